@@ -1,0 +1,196 @@
+//! The control API: JSON over HTTP, so tests in any language can play the
+//! phone and its contacts. Documented in `tests/fakewa/README.md`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::server::{ControlError, Fault, Server};
+use crate::state::MessageKind;
+
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/control/scan", post(scan))
+        .route("/control/pair-code", post(pair_code))
+        .route("/control/messages", post(messages))
+        .route("/control/outbox", get(outbox))
+        .route("/control/unlink", post(unlink))
+        .route("/control/drop", post(drop_conn))
+        .route("/control/stall", post(stall))
+        .route("/control/replace", post(replace))
+        .route("/control/refuse", post(refuse))
+        .route("/control/devices", get(devices))
+        .route("/control/deliveries", get(deliveries))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such control endpoint",
+            )
+        })
+        .with_state(server)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        error(status, self.code(), &self.to_string())
+    }
+}
+
+/// A JSON body whose rejection is itself a JSON error.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => {
+                let status = match rejection {
+                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(error(status, "bad_request", &rejection.body_text()))
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanReq {
+    qr: String,
+    phone: Option<String>,
+}
+
+async fn scan(State(s): State<Arc<Server>>, Body(req): Body<ScanReq>) -> Response {
+    match s.scan(&req.qr, req.phone.as_deref()).await {
+        Ok(paired) => Json(paired).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairCodeReq {
+    phone: String,
+    code: String,
+}
+
+async fn pair_code(State(s): State<Arc<Server>>, Body(req): Body<PairCodeReq>) -> Response {
+    match s.enter_pair_code(&req.phone, &req.code).await {
+        Ok(paired) => Json(paired).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageReq {
+    to_phone: String,
+    from_phone: String,
+    text: String,
+    #[serde(default = "default_kind")]
+    kind: MessageKind,
+}
+
+fn default_kind() -> MessageKind {
+    MessageKind::Dm
+}
+
+async fn messages(State(s): State<Arc<Server>>, Body(req): Body<MessageReq>) -> Response {
+    match s.send_message(&req.to_phone, &req.from_phone, &req.text, req.kind) {
+        Ok(id) => Json(json!({"id": id})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct OutboxQuery {
+    from_phone: Option<String>,
+}
+
+async fn outbox(State(s): State<Arc<Server>>, Query(q): Query<OutboxQuery>) -> Response {
+    Json(json!({"messages": s.outbox(q.from_phone.as_deref())})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhoneReq {
+    phone: String,
+}
+
+async fn unlink(State(s): State<Arc<Server>>, Body(req): Body<PhoneReq>) -> Response {
+    match s.unlink(&req.phone) {
+        Ok(n) => Json(json!({"devices": n})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn fault(s: &Server, phone: &str, fault: Fault) -> Response {
+    match s.fault(phone, fault) {
+        Ok(n) => Json(json!({"connections": n})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn drop_conn(State(s): State<Arc<Server>>, Body(req): Body<PhoneReq>) -> Response {
+    fault(&s, &req.phone, Fault::Drop).await
+}
+
+async fn stall(State(s): State<Arc<Server>>, Body(req): Body<PhoneReq>) -> Response {
+    fault(&s, &req.phone, Fault::Stall).await
+}
+
+async fn replace(State(s): State<Arc<Server>>, Body(req): Body<PhoneReq>) -> Response {
+    fault(&s, &req.phone, Fault::Replace).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefuseReq {
+    seconds: u64,
+}
+
+async fn refuse(State(s): State<Arc<Server>>, Body(req): Body<RefuseReq>) -> Response {
+    if req.seconds > 3600 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "seconds must be at most 3600",
+        );
+    }
+    s.refuse_for(req.seconds);
+    Json(json!({"refusing_for": req.seconds})).into_response()
+}
+
+async fn devices(State(s): State<Arc<Server>>) -> Response {
+    Json(json!({"devices": s.devices()})).into_response()
+}
+
+async fn deliveries(State(s): State<Arc<Server>>) -> Response {
+    Json(json!({"deliveries": s.deliveries()})).into_response()
+}

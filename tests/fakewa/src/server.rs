@@ -1,0 +1,496 @@
+//! The fake server as a whole: listener, connection registry, the phone and
+//! contacts, and the operations the control API exposes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use wacore_binary::builder::NodeBuilder;
+use wacore_binary::node::Node;
+
+use crate::conn::{self, ConnCmd, ConnHandle};
+use crate::noise::ServerIdentity;
+use crate::peer::Contact;
+use crate::phone::{self, AccountKey};
+use crate::state::{DeviceKey, MessageKind, QueuedMessage, State};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where paired devices and keys are kept; `None` keeps them in memory.
+    pub state_dir: Option<PathBuf>,
+    /// Number of QR refs sent in `pair-device`.
+    pub qr_refs: usize,
+    /// Whether `pair-success` and `success` carry a LID.
+    pub assign_lid: bool,
+    /// Whether `pair-success` carries `<biz name>` (which becomes the push name).
+    pub push_name_in_pair_success: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            qr_refs: 6,
+            assign_lid: true,
+            push_name_in_pair_success: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ControlError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::BadRequest(_) => "bad_request",
+            ControlError::NotFound(_) => "not_found",
+            ControlError::Conflict(_) => "conflict",
+            ControlError::Failed(_) => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Paired {
+    pub phone: String,
+    pub jid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lid: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboxEntry {
+    pub id: String,
+    pub from_phone: String,
+    pub from_device: u16,
+    pub to: String,
+    pub text: Option<String>,
+    pub received_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    pub id: String,
+    pub phone: String,
+    pub device: u16,
+    pub enc_types: Vec<String>,
+    pub offline: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceInfo {
+    pub phone: String,
+    pub device: u16,
+    pub jid: String,
+    pub lid: Option<String>,
+    pub connected: bool,
+    pub removed: bool,
+    pub pending_messages: usize,
+}
+
+/// Live connections, by what they are waiting for.
+#[derive(Default)]
+pub(crate) struct Conns {
+    /// Unpaired clients showing QR codes, by their Noise static key.
+    pub registering: HashMap<[u8; 32], ConnHandle>,
+    /// Unpaired clients that asked for a pairing code, by phone number.
+    pub pair_code: HashMap<String, ConnHandle>,
+    /// Logged-in devices.
+    pub live: HashMap<DeviceKey, ConnHandle>,
+}
+
+pub struct Server {
+    pub(crate) config: Config,
+    pub(crate) identity: ServerIdentity,
+    pub(crate) state: Mutex<State>,
+    pub(crate) conns: Mutex<Conns>,
+    contacts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Contact>>>>,
+    outbox: Mutex<Vec<OutboxEntry>>,
+    deliveries: Mutex<Vec<Delivery>>,
+    refuse_until: Mutex<Option<Instant>>,
+    next_conn_id: AtomicU64,
+    next_msg_id: AtomicU64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Server {
+    pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
+        let state = State::open(
+            config.state_dir.as_deref(),
+            ServerIdentity::generate_private,
+        )?;
+        let identity = ServerIdentity::from_private(&state.server.server_private)
+            .map_err(std::io::Error::other)?;
+        Ok(Arc::new(Self {
+            config,
+            identity,
+            state: Mutex::new(state),
+            conns: Mutex::new(Conns::default()),
+            contacts: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(Vec::new()),
+            refuse_until: Mutex::new(None),
+            next_conn_id: AtomicU64::new(1),
+            next_msg_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// Accepts WebSocket connections until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.changed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            if self.refusing() {
+                tracing::info!(%peer, "refusing connection (fault injected)");
+                drop(stream);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+            let server = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                conn::serve(server, id, stream, peer, shutdown).await;
+            });
+        }
+    }
+
+    fn refusing(&self) -> bool {
+        lock(&self.refuse_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The Signal peer for `phone`: a fake contact, or, for a number that is
+    /// an account here, that account's own primary phone (device 0).
+    pub(crate) fn contact(&self, phone: &str) -> Arc<tokio::sync::Mutex<Contact>> {
+        if let Some(existing) = lock(&self.contacts).get(phone) {
+            return existing.clone();
+        }
+        let account_key = lock(&self.state)
+            .server
+            .accounts
+            .get(phone)
+            .map(|a| a.account_key.clone());
+        let contact = match account_key {
+            Some(key) => Contact::own_phone(phone, &key),
+            None => Contact::new(phone),
+        };
+        lock(&self.contacts)
+            .entry(phone.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(contact)))
+            .clone()
+    }
+
+    pub(crate) fn record_outbound(&self, entry: OutboxEntry) {
+        tracing::info!(id = %entry.id, from = %entry.from_phone, to = %entry.to, "device sent a message");
+        lock(&self.outbox).push(entry);
+    }
+
+    pub(crate) fn new_message_id(&self) -> String {
+        format!(
+            "FAKEWA{:010X}{:06X}",
+            now_ms(),
+            self.next_msg_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    // ---- control operations -------------------------------------------
+
+    /// The phone scans a QR code shown by an unpaired client.
+    pub async fn scan(&self, qr: &str, phone: Option<&str>) -> Result<Paired, ControlError> {
+        let payload = phone::parse_qr(qr)
+            .map_err(|e| ControlError::BadRequest(format!("invalid QR: {e}")))?;
+        if let Some(p) = phone {
+            validate_phone(p)?;
+        }
+        let handle = lock(&self.conns)
+            .registering
+            .get(&payload.noise_pub)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound("no connected client shows this QR code".into())
+            })?;
+        let (tx, rx) = oneshot::channel();
+        handle.send(ConnCmd::Pair {
+            phone: phone.map(str::to_owned),
+            adv_secret: payload.adv_secret,
+            identity_pub: payload.identity_pub,
+            reply: tx,
+        });
+        recv_reply(rx).await
+    }
+
+    /// The phone's user types the pairing code the client showed.
+    pub async fn enter_pair_code(&self, phone: &str, code: &str) -> Result<Paired, ControlError> {
+        validate_phone(phone)?;
+        let handle = lock(&self.conns)
+            .pair_code
+            .get(phone)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("no client requested a pairing code for {phone}"))
+            })?;
+        let (tx, rx) = oneshot::channel();
+        handle.send(ConnCmd::EnterPairCode {
+            code: code.to_owned(),
+            reply: tx,
+        });
+        recv_reply(rx).await
+    }
+
+    /// Queues an inbound message for every linked device of `to_phone` and
+    /// delivers it to those that are connected.
+    pub fn send_message(
+        &self,
+        to_phone: &str,
+        contact: &str,
+        text: &str,
+        kind: MessageKind,
+    ) -> Result<String, ControlError> {
+        validate_phone(to_phone)?;
+        validate_phone(contact)?;
+        if contact == to_phone {
+            return Err(ControlError::BadRequest(
+                "from_phone must differ from to_phone".into(),
+            ));
+        }
+        let id = self.new_message_id();
+        let devices = {
+            let mut state = lock(&self.state);
+            let devices = state.devices_of(to_phone);
+            if devices.is_empty() {
+                return Err(ControlError::NotFound(format!(
+                    "{to_phone} has no linked device"
+                )));
+            }
+            for key in &devices {
+                if let Some(record) = state.devices.get_mut(key) {
+                    record.queue.push_back(QueuedMessage {
+                        id: id.clone(),
+                        kind,
+                        contact: contact.to_owned(),
+                        text: text.to_owned(),
+                        timestamp: now_secs(),
+                    });
+                }
+                state
+                    .save_device(key)
+                    .map_err(|e| ControlError::Failed(e.to_string()))?;
+            }
+            devices
+        };
+        let conns = lock(&self.conns);
+        for key in devices {
+            if let Some(handle) = conns.live.get(&key) {
+                handle.send(ConnCmd::Flush);
+            }
+        }
+        Ok(id)
+    }
+
+    pub fn outbox(&self, from_phone: Option<&str>) -> Vec<OutboxEntry> {
+        lock(&self.outbox)
+            .iter()
+            .filter(|e| from_phone.is_none_or(|p| e.from_phone == p))
+            .cloned()
+            .collect()
+    }
+
+    /// The phone removes all its linked devices.
+    pub fn unlink(&self, phone: &str) -> Result<usize, ControlError> {
+        let keys = {
+            let mut state = lock(&self.state);
+            let keys = state.devices_of(phone);
+            for key in &keys {
+                if let Some(record) = state.devices.get_mut(key) {
+                    record.removed = true;
+                    record.queue.clear();
+                }
+                state
+                    .save_device(key)
+                    .map_err(|e| ControlError::Failed(e.to_string()))?;
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return Err(ControlError::NotFound(format!(
+                "{phone} has no linked device"
+            )));
+        }
+        let conns = lock(&self.conns);
+        for key in &keys {
+            if let Some(handle) = conns.live.get(key) {
+                handle.send(ConnCmd::StreamError(device_removed()));
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// Applies a fault to the live connections of `phone`'s devices.
+    pub fn fault(&self, phone: &str, fault: Fault) -> Result<usize, ControlError> {
+        let conns = lock(&self.conns);
+        let handles: Vec<_> = conns
+            .live
+            .iter()
+            .filter(|(k, _)| k.phone == phone)
+            .map(|(_, h)| h.clone())
+            .collect();
+        if handles.is_empty() {
+            return Err(ControlError::NotFound(format!(
+                "{phone} has no connected device"
+            )));
+        }
+        for handle in &handles {
+            handle.send(match fault {
+                Fault::Drop => ConnCmd::Drop,
+                Fault::Stall => ConnCmd::Stall,
+                Fault::Replace => ConnCmd::StreamError(
+                    NodeBuilder::new("stream:error")
+                        .children([NodeBuilder::new("conflict")
+                            .attr("type", "replaced")
+                            .build()])
+                        .build(),
+                ),
+            });
+        }
+        Ok(handles.len())
+    }
+
+    pub fn refuse_for(&self, seconds: u64) {
+        *lock(&self.refuse_until) = Some(Instant::now() + Duration::from_secs(seconds));
+    }
+
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        let state = lock(&self.state);
+        let conns = lock(&self.conns);
+        state
+            .devices
+            .values()
+            .map(|d| DeviceInfo {
+                phone: d.phone.clone(),
+                device: d.device_id,
+                jid: d.jid(),
+                lid: state
+                    .lid_of(&d.phone)
+                    .filter(|_| self.config.assign_lid)
+                    .map(|l| format!("{l}:{}@lid", d.device_id)),
+                connected: conns.live.contains_key(&d.key()),
+                removed: d.removed,
+                pending_messages: d.queue.len(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn new_account_key() -> AccountKey {
+        AccountKey::generate()
+    }
+
+    pub(crate) fn record_delivery(&self, delivery: Delivery) {
+        lock(&self.deliveries).push(delivery);
+    }
+
+    /// Every inbound message stanza sent to a device, with its `<enc>` types
+    /// (`pkmsg`, `msg`, `skmsg`), in order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        lock(&self.deliveries).clone()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Close the TCP connection without a WebSocket close.
+    Drop,
+    /// Stop reading from and writing to the connection.
+    Stall,
+    /// `<stream:error><conflict type="replaced"/>`.
+    Replace,
+}
+
+pub(crate) fn device_removed() -> Node {
+    NodeBuilder::new("stream:error")
+        .attr("code", "401")
+        .children([NodeBuilder::new("conflict")
+            .attr("type", "device_removed")
+            .build()])
+        .build()
+}
+
+fn validate_phone(phone: &str) -> Result<(), ControlError> {
+    if (7..=15).contains(&phone.len())
+        && phone.bytes().all(|b| b.is_ascii_digit())
+        && !phone.starts_with('0')
+    {
+        Ok(())
+    } else {
+        Err(ControlError::BadRequest(format!(
+            "invalid phone number {phone:?}: 7-15 digits, no leading 0"
+        )))
+    }
+}
+
+async fn recv_reply(
+    rx: oneshot::Receiver<Result<Paired, ControlError>>,
+) -> Result<Paired, ControlError> {
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ControlError::Failed(
+            "the client disconnected before pairing finished".into(),
+        )),
+        Err(_) => Err(ControlError::Failed(
+            "the client did not answer pair-success within 30 s".into(),
+        )),
+    }
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Paired, ControlError>>;
+
+pub(crate) fn channel() -> (
+    mpsc::UnboundedSender<ConnCmd>,
+    mpsc::UnboundedReceiver<ConnCmd>,
+) {
+    mpsc::unbounded_channel()
+}

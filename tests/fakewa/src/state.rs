@@ -1,0 +1,236 @@
+//! What fakewa remembers: its Noise key, the accounts ("phones") and the
+//! devices linked to them, with the Signal bundle each device uploaded.
+//!
+//! With a state dir, everything here is written to disk on every change
+//! (one file for the server, one per device, each replaced atomically), so a
+//! restarted fakewa still knows its devices.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::peer::DeviceBundle;
+use crate::phone::AccountKey;
+
+/// First phone number handed out when a scan names none.
+const FIRST_PHONE: u64 = 15_550_100_000;
+/// First LID user handed out.
+const FIRST_LID: u64 = 100_000_000_000_001;
+
+#[derive(Serialize, Deserialize)]
+pub struct ServerState {
+    pub server_private: [u8; 32],
+    pub next_phone: u64,
+    pub next_lid: u64,
+    pub accounts: BTreeMap<String, Account>,
+}
+
+/// A WhatsApp account: the primary phone and its identity.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Account {
+    pub phone: String,
+    pub lid: String,
+    /// The phone's ADV account key; also its Signal identity as device 0.
+    pub account_key: AccountKey,
+    pub next_device_id: u16,
+}
+
+/// A linked (companion) device.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub phone: String,
+    pub device_id: u16,
+    pub noise_pub: [u8; 32],
+    pub bundle: DeviceBundle,
+    pub removed: bool,
+    pub push_name: String,
+    pub paired_at: u64,
+    /// Whether the phone has shared an app-state sync key with this device.
+    #[serde(default)]
+    pub app_state_key_shared: bool,
+    /// Messages for this device the client has not acknowledged with a receipt.
+    #[serde(default)]
+    pub queue: VecDeque<QueuedMessage>,
+}
+
+impl DeviceRecord {
+    pub fn key(&self) -> DeviceKey {
+        DeviceKey {
+            phone: self.phone.clone(),
+            device: self.device_id,
+        }
+    }
+
+    pub fn jid(&self) -> String {
+        format!("{}:{}@s.whatsapp.net", self.phone, self.device_id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceKey {
+    pub phone: String,
+    pub device: u16,
+}
+
+impl std::fmt::Display for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.phone, self.device)
+    }
+}
+
+/// What kind of inbound message a test asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A direct message from a contact.
+    Dm,
+    /// A message the account's own phone sent to a contact.
+    FromMe,
+    /// A `status@broadcast` post by a contact.
+    Status,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub id: String,
+    pub kind: MessageKind,
+    /// The contact: the sender for `dm`/`status`, the recipient for `from_me`.
+    pub contact: String,
+    pub text: String,
+    pub timestamp: u64,
+}
+
+pub struct State {
+    pub server: ServerState,
+    pub devices: BTreeMap<DeviceKey, DeviceRecord>,
+    dir: Option<PathBuf>,
+}
+
+impl State {
+    /// Loads the state from `dir` (creating it on first use), or starts an
+    /// in-memory state when `dir` is `None`.
+    pub fn open(dir: Option<&Path>, new_private: impl FnOnce() -> [u8; 32]) -> io::Result<Self> {
+        let fresh = |private| ServerState {
+            server_private: private,
+            next_phone: FIRST_PHONE,
+            next_lid: FIRST_LID,
+            accounts: BTreeMap::new(),
+        };
+        let Some(dir) = dir else {
+            return Ok(Self {
+                server: fresh(new_private()),
+                devices: BTreeMap::new(),
+                dir: None,
+            });
+        };
+        std::fs::create_dir_all(dir.join("devices"))?;
+        let server_path = dir.join("server.json");
+        let server = match std::fs::read(&server_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let server = fresh(new_private());
+                write_atomic(&server_path, &serde_json::to_vec_pretty(&server)?)?;
+                server
+            }
+            Err(e) => return Err(e),
+        };
+        let mut devices = BTreeMap::new();
+        for entry in std::fs::read_dir(dir.join("devices"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let record: DeviceRecord =
+                    serde_json::from_slice(&std::fs::read(&path)?).map_err(io::Error::other)?;
+                devices.insert(record.key(), record);
+            }
+        }
+        Ok(Self {
+            server,
+            devices,
+            dir: Some(dir.to_owned()),
+        })
+    }
+
+    pub fn save_server(&self) -> io::Result<()> {
+        match &self.dir {
+            Some(dir) => write_atomic(
+                &dir.join("server.json"),
+                &serde_json::to_vec_pretty(&self.server)?,
+            ),
+            None => Ok(()),
+        }
+    }
+
+    pub fn save_device(&self, key: &DeviceKey) -> io::Result<()> {
+        let (Some(dir), Some(record)) = (&self.dir, self.devices.get(key)) else {
+            return Ok(());
+        };
+        let path = dir
+            .join("devices")
+            .join(format!("{}.{}.json", key.phone, key.device));
+        write_atomic(&path, &serde_json::to_vec(record)?)
+    }
+
+    /// The account for `phone`, created when it does not exist yet.
+    pub fn account(
+        &mut self,
+        phone: Option<&str>,
+        new_key: impl FnOnce() -> AccountKey,
+    ) -> io::Result<Account> {
+        let phone = match phone {
+            Some(p) => p.to_owned(),
+            None => loop {
+                let candidate = self.server.next_phone.to_string();
+                self.server.next_phone += 1;
+                if !self.server.accounts.contains_key(&candidate) {
+                    break candidate;
+                }
+            },
+        };
+        if let Some(account) = self.server.accounts.get(&phone) {
+            return Ok(account.clone());
+        }
+        let account = Account {
+            phone: phone.clone(),
+            lid: self.server.next_lid.to_string(),
+            account_key: new_key(),
+            next_device_id: 1,
+        };
+        self.server.next_lid += 1;
+        self.server.accounts.insert(phone, account.clone());
+        self.save_server()?;
+        Ok(account)
+    }
+
+    pub fn allocate_device_id(&mut self, phone: &str) -> io::Result<u16> {
+        let account = self
+            .server
+            .accounts
+            .get_mut(phone)
+            .ok_or_else(|| io::Error::other(format!("no account {phone}")))?;
+        let id = account.next_device_id;
+        account.next_device_id = account.next_device_id.checked_add(1).unwrap_or(1).max(1);
+        self.save_server()?;
+        Ok(id)
+    }
+
+    pub fn lid_of(&self, phone: &str) -> Option<String> {
+        self.server.accounts.get(phone).map(|a| a.lid.clone())
+    }
+
+    /// The live (not unlinked) devices of an account.
+    pub fn devices_of(&self, phone: &str) -> Vec<DeviceKey> {
+        self.devices
+            .values()
+            .filter(|d| d.phone == phone && !d.removed)
+            .map(DeviceRecord::key)
+            .collect()
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
