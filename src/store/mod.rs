@@ -1,0 +1,304 @@
+//! whatsd's embedded storage: one sled database per daemon, encrypted at rest.
+//!
+//! Layout of the sled database in `<data_dir>/db`:
+//!
+//! | tree                 | key                          | value                                   |
+//! |----------------------|------------------------------|-----------------------------------------|
+//! | `store_meta`         | `key_check`, `rekey_target`  | sealed verifier (proves the master key)  |
+//! | `session_records`    | session id                   | sealed prost `whatsd.v1.SessionRecord`  |
+//! | `phone_index`        | phone ‖ 0x00 ‖ session id    | empty                                   |
+//! | `device/<session>`   | kind byte ‖ kind-specific key | sealed value (see [`device`])          |
+//!
+//! Each session's WhatsApp key material lives in its own tree, so wiping a
+//! session is a single atomic `drop_tree`. Every value is sealed with the
+//! master key (see [`crypto`]); the phone index carries no value.
+//!
+//! Invariant that [`rekey`] relies on: every tree other than `store_meta`,
+//! `phone_index` and sled's default tree holds only values sealed with AAD
+//! = that tree's own name ‖ 0x00 ‖ key. A new tree must follow it or be
+//! added to rekey's skip list.
+
+pub mod crypto;
+pub mod device;
+pub mod error;
+pub mod records;
+mod rekey;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+pub use crypto::{KeyConfig, KeySource, MasterKey, Sealer, load_master_key};
+pub use device::DeviceBackend;
+pub use error::StoreError;
+pub use records::RECORD_VERSION;
+pub use rekey::{RekeyReport, rekey};
+
+/// Default data dir, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./sessions";
+
+const DB_DIR: &str = "db";
+const META_TREE: &str = "store_meta";
+const RECORDS_TREE: &str = "session_records";
+const PHONE_INDEX_TREE: &str = "phone_index";
+const DEVICE_TREE_PREFIX: &str = "device/";
+/// sled's own default tree; whatsd keeps nothing in it.
+const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
+
+/// Meta key holding a verifier sealed with the current master key.
+const KEY_CHECK: &[u8] = b"key_check";
+/// Meta key present only while a key rotation is in progress; holds a
+/// verifier sealed with the new key.
+const REKEY_TARGET: &[u8] = b"rekey_target";
+const VERIFIER: &[u8] = b"whatsd store format 1";
+
+/// sled page cache bound; the working set of a few hundred sessions fits.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Handle to the daemon's store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    sealer: Arc<Sealer>,
+    records: sled::Tree,
+    phone_index: sled::Tree,
+    data_dir: PathBuf,
+    /// One live backend per session, so a wipe can fence off every handle
+    /// to the tree it drops.
+    backends: Mutex<HashMap<String, Weak<DeviceBackend>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.inner.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir` with `key`.
+    ///
+    /// Fails with [`StoreError::WrongMasterKey`] if the store was created
+    /// with another key, and with [`StoreError::RekeyInterrupted`] if a key
+    /// rotation did not finish; in both cases nothing is written.
+    pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, StoreError> {
+        create_data_dir(data_dir)?;
+        let db = open_db(data_dir)?;
+        let sealer = Arc::new(Sealer::new(key));
+        check_master_key(&db, &sealer, data_dir)?;
+        let records = db.open_tree(RECORDS_TREE)?;
+        let phone_index = db.open_tree(PHONE_INDEX_TREE)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                sealer,
+                records,
+                phone_index,
+                data_dir: data_dir.to_path_buf(),
+                backends: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The `Backend` (wacore's store traits) over one session's device
+    /// keyspace. Returns the same backend while it is alive and not wiped.
+    pub fn device_backend(&self, session_id: &str) -> Result<Arc<DeviceBackend>, StoreError> {
+        validate_session_id(session_id)?;
+        let mut backends = self
+            .inner
+            .backends
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
+        if let Some(live) = backends.get(session_id).and_then(Weak::upgrade)
+            && !live.is_wiped()
+        {
+            return Ok(live);
+        }
+        backends.retain(|_, backend| backend.strong_count() > 0);
+        let name = device_tree_name(session_id);
+        let tree = self.inner.db.open_tree(&name)?;
+        let backend = Arc::new(DeviceBackend::new(
+            session_id,
+            name.into_bytes(),
+            tree,
+            Arc::clone(&self.inner.sealer),
+        ));
+        backends.insert(session_id.to_string(), Arc::downgrade(&backend));
+        Ok(backend)
+    }
+
+    /// Deletes a session's whole device keyspace in one atomic, durable step
+    /// (reset, logout, unlink). A backend still held for the session fails
+    /// every later call with [`StoreError::Wiped`]; `device_backend` then
+    /// hands out a fresh, empty one. Returns whether a keyspace existed.
+    pub async fn wipe_device(&self, session_id: &str) -> Result<bool, StoreError> {
+        validate_session_id(session_id)?;
+        let existed = {
+            let mut backends = self
+                .inner
+                .backends
+                .lock()
+                .map_err(|_| StoreError::Poisoned)?;
+            let name = device_tree_name(session_id);
+            let drop_tree = || {
+                self.inner
+                    .db
+                    .drop_tree(name.as_bytes())
+                    .map_err(StoreError::from)
+            };
+            match backends.remove(session_id).and_then(|weak| weak.upgrade()) {
+                Some(live) => live.wipe_with(drop_tree)?,
+                None => drop_tree()?,
+            }
+        };
+        self.flush().await?;
+        Ok(existed)
+    }
+
+    /// Closes the live backend of a session whose client has stopped (see
+    /// [`DeviceBackend::close`]); the next `device_backend` opens a new one
+    /// over the same keys.
+    pub fn close_device(&self, session_id: &str) {
+        if let Ok(mut backends) = self.inner.backends.lock()
+            && let Some(live) = backends.remove(session_id).and_then(|weak| weak.upgrade())
+        {
+            live.close();
+        }
+    }
+
+    /// Removes a session completely: first its device keyspace, then its
+    /// record and phone-index entry. A crash in between leaves a record
+    /// without keys (a logged-out session), never keys without a record.
+    pub async fn remove_session(&self, session_id: &str) -> Result<(), StoreError> {
+        self.wipe_device(session_id).await?;
+        self.delete_record(session_id).await?;
+        Ok(())
+    }
+
+    /// Session ids that have a device keyspace, whether or not they have a
+    /// record (for finding orphans).
+    pub fn device_keyspaces(&self) -> Vec<String> {
+        self.inner
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|name| std::str::from_utf8(name).ok())
+            .filter_map(|name| name.strip_prefix(DEVICE_TREE_PREFIX))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    fn sealer(&self) -> &Sealer {
+        &self.inner.sealer
+    }
+}
+
+/// Whether `data_dir` already holds a store (used to refuse generating a key
+/// for an existing store).
+pub(crate) fn store_exists(data_dir: &Path) -> bool {
+    data_dir.join(DB_DIR).exists()
+}
+
+/// Creates the data dir (mode 0700 when it is new).
+pub(crate) fn create_data_dir(data_dir: &Path) -> Result<(), StoreError> {
+    if data_dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(data_dir)
+        .map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })
+}
+
+fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
+    let path = data_dir.join(DB_DIR);
+    sled::Config::new()
+        .path(&path)
+        .cache_capacity(CACHE_CAPACITY_BYTES)
+        .open()
+        .map_err(|source| StoreError::Open { path, source })
+}
+
+/// Proves `sealer` holds the key the store was created with, or writes the
+/// proof for a brand-new store.
+fn check_master_key(db: &sled::Db, sealer: &Sealer, data_dir: &Path) -> Result<(), StoreError> {
+    let meta = db.open_tree(META_TREE)?;
+    if meta.contains_key(REKEY_TARGET)? {
+        return Err(StoreError::RekeyInterrupted {
+            path: data_dir.to_path_buf(),
+        });
+    }
+    match meta.get(KEY_CHECK)? {
+        Some(sealed) => match sealer.open(META_TREE.as_bytes(), KEY_CHECK, &sealed) {
+            Ok(plain) if plain == VERIFIER => Ok(()),
+            _ => Err(StoreError::WrongMasterKey {
+                path: data_dir.to_path_buf(),
+            }),
+        },
+        None if holds_data(db)? => Err(StoreError::Corrupt {
+            session: "<store>".to_string(),
+            what: "key check record",
+            reason: "the store holds data but no key check record".to_string(),
+        }),
+        None => {
+            meta.insert(
+                KEY_CHECK,
+                sealer.seal(META_TREE.as_bytes(), KEY_CHECK, VERIFIER)?,
+            )?;
+            db.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn holds_data(db: &sled::Db) -> Result<bool, StoreError> {
+    for name in db.tree_names() {
+        if name == SLED_DEFAULT_TREE || name == META_TREE.as_bytes() {
+            continue;
+        }
+        if !db.open_tree(&name)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn device_tree_name(session_id: &str) -> String {
+    format!("{DEVICE_TREE_PREFIX}{session_id}")
+}
+
+/// Session ids name sled trees and phone-index entries: 1-128 bytes, no
+/// '/' and no NUL.
+pub fn validate_session_id(session_id: &str) -> Result<(), StoreError> {
+    let ok = !session_id.is_empty() && session_id.len() <= 128 && !session_id.contains(['/', '\0']);
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidSessionId(session_id.to_string()))
+    }
+}
