@@ -1,0 +1,690 @@
+//! One session's task: owns its client, applies commands and library events
+//! in order, persists every state change before announcing it.
+
+use std::collections::HashMap;
+use std::future::pending;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use whatsapp_rust::store::traits::DeviceStore;
+
+use super::event::{EventKind, Identity, PairingQr, SessionEvent};
+use super::state::{Reason, SessionState};
+use super::supervisor::ActorExit;
+use super::{PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, TRANSITIONS_KEPT, now_ms};
+use crate::proto::v1::{SessionRecord, Transition};
+use crate::store::Store;
+use crate::wa::{Connection, WaError, WaEvent};
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
+
+pub(super) enum Command {
+    Start(Reply<SessionInfo>),
+    Stop(Reply<SessionInfo>),
+    Reset(Reply<SessionInfo>),
+    Logout(Reply<SessionInfo>),
+    Delete(Reply<()>),
+    PairCode { phone: String, reply: Reply<PairCodeIssued> },
+    SendText { to: String, text: String, reply: Reply<String> },
+    /// Daemon start: reconnect a session that was paired.
+    Restore,
+    Health,
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What all session tasks share.
+pub(super) struct Shared {
+    pub store: Store,
+    pub config: SessionConfig,
+    pub events: broadcast::Sender<SessionEvent>,
+    pub live_qr: Mutex<HashMap<String, PairingQr>>,
+    pub start_permits: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(super) fn emit(&self, record: &SessionRecord, kind: EventKind) {
+        let _ = self.events.send(SessionEvent {
+            session: record.id.clone(),
+            tenant: record.tenant.clone(),
+            at_ms: now_ms(),
+            kind,
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a restored session may hold a start permit before others get a turn.
+const START_PERMIT_HOLD: Duration = Duration::from_secs(30);
+/// Bound on asking WhatsApp for a pairing code.
+const PAIR_CODE_TIMEOUT: Duration = Duration::from_secs(35);
+/// Bound on one send.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(super) struct Actor {
+    shared: Arc<Shared>,
+    record: SessionRecord,
+    conn: Option<Connection>,
+    wa_events: Option<mpsc::UnboundedReceiver<WaEvent>>,
+    /// When a pairing that has not reached `connected` is given up.
+    activation_deadline: Option<Instant>,
+    qr_index: u32,
+    phone_poll: Option<JoinHandle<Option<Identity>>>,
+    start_permit: Option<(OwnedSemaphorePermit, Instant)>,
+    /// When the current state was entered (for the health sweep).
+    state_since: Instant,
+}
+
+/// Sets `record`'s state and reason and appends a transition.
+pub(super) fn apply_transition(record: &mut SessionRecord, to: SessionState, reason: Option<Reason>, message: Option<&str>) {
+    let now = now_ms();
+    record.transitions.push(Transition {
+        from: record.state.clone(),
+        to: to.as_str().to_owned(),
+        reason: reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+        at_ms: now,
+    });
+    let excess = record.transitions.len().saturating_sub(TRANSITIONS_KEPT);
+    record.transitions.drain(..excess);
+    record.state = to.as_str().to_owned();
+    record.reason = reason.map(|r| r.as_str().to_owned()).unwrap_or_default();
+    record.reason_message = message.unwrap_or_default().to_owned();
+    record.updated_at_ms = now;
+}
+
+impl Actor {
+    pub(super) fn new(shared: Arc<Shared>, record: SessionRecord) -> Self {
+        Self {
+            shared,
+            record,
+            conn: None,
+            wa_events: None,
+            activation_deadline: None,
+            qr_index: 0,
+            phone_poll: None,
+            start_permit: None,
+            state_since: Instant::now(),
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    fn state(&self) -> SessionState {
+        SessionState::parse(&self.record.state).unwrap_or(SessionState::Failed)
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo::from_record(&self.record)
+    }
+
+    fn config(&self) -> &SessionConfig {
+        &self.shared.config
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> ActorExit {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        self.stop_client().await;
+                        let _ = done.send(());
+                        return ActorExit::Stopped;
+                    }
+                    Some(Command::Delete(reply)) => {
+                        let result = self.delete().await;
+                        let deleted = result.is_ok();
+                        let _ = reply.send(result);
+                        if deleted {
+                            return ActorExit::Deleted;
+                        }
+                    }
+                    Some(command) => self.on_command(command).await,
+                    None => {
+                        self.stop_client().await;
+                        return ActorExit::Stopped;
+                    }
+                },
+                event = next_event(&mut self.wa_events) => match event {
+                    Some(event) => self.on_wa_event(event).await,
+                    None => self.wa_events = None,
+                },
+                _ = client_finished(&mut self.conn) => self.on_client_exit().await,
+                _ = sleep_until(self.activation_deadline) => self.on_activation_timeout().await,
+                found = poll_result(&mut self.phone_poll) => self.on_phone_poll(found).await,
+                _ = sleep_until(self.start_permit.as_ref().map(|(_, until)| *until)) => {
+                    self.start_permit = None;
+                }
+            }
+        }
+    }
+
+    // ---- state --------------------------------------------------------
+
+    /// Persists the new state, then announces it.
+    async fn transition(&mut self, to: SessionState, reason: Option<Reason>, message: Option<String>) {
+        let from = self.state();
+        apply_transition(&mut self.record, to, reason, message.as_deref());
+        self.state_since = Instant::now();
+        if matches!(to, SessionState::Connected | SessionState::Failed | SessionState::Stopped | SessionState::LoggedOut) {
+            self.start_permit = None;
+        }
+        if !to.is_pairing() {
+            lock(&self.shared.live_qr).remove(&self.record.id);
+        }
+        self.persist().await;
+        tracing::info!(session = %self.record.id, %from, %to, reason = reason.map(|r| r.as_str()), "state");
+        self.emit(EventKind::State { from, to, reason, message });
+    }
+
+    async fn persist(&self) {
+        if let Err(e) = self.shared.store.put_record(&self.record).await {
+            tracing::error!(session = %self.record.id, "persisting the session record: {e}");
+        }
+    }
+
+    fn emit(&self, kind: EventKind) {
+        self.shared.emit(&self.record, kind);
+    }
+
+    fn identity(&self) -> Identity {
+        Identity { phone: self.record.phone.clone(), jid: self.record.jid.clone(), lid: self.record.lid.clone() }
+    }
+
+    fn is_paired(&self) -> bool {
+        !self.record.phone.is_empty()
+    }
+
+    // ---- commands -----------------------------------------------------
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Start(reply) => {
+                let result = self.start().await.map(|()| self.info());
+                let _ = reply.send(result);
+            }
+            Command::Stop(reply) => {
+                self.stop_client().await;
+                if self.state() != SessionState::Stopped {
+                    self.transition(SessionState::Stopped, Some(Reason::Requested), None).await;
+                }
+                let _ = reply.send(Ok(self.info()));
+            }
+            Command::Reset(reply) => {
+                let result = self.reset().await.map(|()| self.info());
+                let _ = reply.send(result);
+            }
+            Command::Logout(reply) => {
+                let result = self.logout().await.map(|()| self.info());
+                let _ = reply.send(result);
+            }
+            Command::PairCode { phone, reply } => {
+                let _ = reply.send(self.pair_code(&phone).await);
+            }
+            Command::SendText { to, text, reply } => {
+                let _ = reply.send(self.send_text(&to, &text).await);
+            }
+            Command::Restore => {
+                let permit = self.shared.start_permits.clone().acquire_owned().await.ok();
+                self.start_permit = permit.map(|p| (p, Instant::now() + START_PERMIT_HOLD));
+                if let Err(e) = self.start().await {
+                    tracing::warn!(session = %self.record.id, "restoring: {e}");
+                }
+            }
+            Command::Health => self.health_check().await,
+            Command::Delete(_) | Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Starts the client: a paired session reconnects, an unpaired one pairs.
+    async fn start(&mut self) -> Result<(), SupervisorError> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        if self.is_paired() {
+            if let Err(message) = self.check_keyspace().await {
+                self.transition(SessionState::Failed, Some(Reason::StoreError), Some(message)).await;
+                return Err(SupervisorError::InvalidState { id: self.id().to_owned(), state: SessionState::Failed, action: "start" });
+            }
+            self.transition(SessionState::Connecting, None, None).await;
+        } else {
+            self.qr_index = 0;
+            self.activation_deadline = Some(Instant::now() + self.config().activation_timeout);
+            self.transition(SessionState::Starting, None, None).await;
+        }
+        self.launch_client().await
+    }
+
+    /// A paired record must come with the keys it was paired with.
+    async fn check_keyspace(&self) -> Result<(), String> {
+        let backend = self.shared.store.device_backend(&self.record.id).map_err(|e| e.to_string())?;
+        match backend.load().await {
+            Ok(Some(device)) if device.pn.is_some() => Ok(()),
+            Ok(_) => Err("the session's keys are missing: re-pair it (reset)".into()),
+            Err(e) => Err(format!("the session's keys cannot be read: {e}")),
+        }
+    }
+
+    async fn launch_client(&mut self) -> Result<(), SupervisorError> {
+        let backend = match self.shared.store.device_backend(&self.record.id) {
+            Ok(b) => b,
+            Err(e) => {
+                self.transition(SessionState::Failed, Some(Reason::StoreError), Some(e.to_string())).await;
+                return Err(e.into());
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        match Connection::start(&self.shared.config.wa, backend, tx).await {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.wa_events = Some(rx);
+                Ok(())
+            }
+            Err(e) => {
+                self.activation_deadline = None;
+                self.transition(SessionState::Failed, Some(Reason::StoreError), Some(e.to_string())).await;
+                Err(SupervisorError::InvalidState { id: self.id().to_owned(), state: SessionState::Failed, action: "start" })
+            }
+        }
+    }
+
+    /// Stops the client (flushing its state), cancels pairing timers.
+    async fn stop_client(&mut self) {
+        self.activation_deadline = None;
+        if let Some(poll) = self.phone_poll.take() {
+            poll.abort();
+        }
+        lock(&self.shared.live_qr).remove(&self.record.id);
+        self.wa_events = None;
+        if let Some(conn) = self.conn.take() {
+            conn.shutdown(self.config().shutdown_timeout).await;
+        }
+        // The library's background tasks can outlive the client by a while:
+        // fence the keyspace off so none of them writes after we stopped.
+        self.shared.store.close_device(&self.record.id);
+    }
+
+    /// Forgets the linked account: keys wiped, identity cleared from the
+    /// record (and so from the phone index).
+    async fn wipe(&mut self) -> Result<(), SupervisorError> {
+        self.shared.store.wipe_device(&self.record.id).await?;
+        self.record.phone.clear();
+        self.record.jid.clear();
+        self.record.lid.clear();
+        self.record.push_name.clear();
+        self.record.business_name.clear();
+        self.record.platform.clear();
+        self.record.paired_at_ms = 0;
+        Ok(())
+    }
+
+    async fn reset(&mut self) -> Result<(), SupervisorError> {
+        if let Some(conn) = self.conn.take() {
+            if self.state() == SessionState::Connected {
+                // Unlink at WhatsApp too, so the phone does not keep a dead device.
+                conn.logout(self.config().shutdown_timeout).await;
+            } else {
+                conn.shutdown(self.config().shutdown_timeout).await;
+            }
+        }
+        self.stop_client().await;
+        if let Err(e) = self.wipe().await {
+            self.transition(SessionState::Failed, Some(Reason::StoreError), Some(e.to_string())).await;
+            return Err(e);
+        }
+        self.transition(SessionState::Created, Some(Reason::Reset), None).await;
+        self.start().await
+    }
+
+    async fn logout(&mut self) -> Result<(), SupervisorError> {
+        match self.conn.take() {
+            Some(conn) if self.state() == SessionState::Connected => conn.logout(self.config().shutdown_timeout).await,
+            Some(conn) => conn.shutdown(self.config().shutdown_timeout).await,
+            None => {}
+        }
+        self.stop_client().await;
+        let phone = self.record.phone.clone();
+        self.wipe().await?;
+        self.transition(SessionState::LoggedOut, Some(Reason::LoggedOut), (!phone.is_empty()).then(|| format!("was {phone}"))).await;
+        self.emit(EventKind::LoggedOut { reason: Reason::LoggedOut });
+        Ok(())
+    }
+
+    async fn delete(&mut self) -> Result<(), SupervisorError> {
+        self.stop_client().await;
+        self.shared.store.remove_session(&self.record.id).await?;
+        tracing::info!(session = %self.record.id, "deleted");
+        Ok(())
+    }
+
+    async fn pair_code(&mut self, phone: &str) -> Result<PairCodeIssued, SupervisorError> {
+        let digits: String = phone.chars().filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')')).collect();
+        if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+            return Err(SupervisorError::BadRequest(format!(
+                "invalid phone number {phone:?}: 7-15 digits with country code, no leading 0"
+            )));
+        }
+        let state = self.state();
+        let conn = match &self.conn {
+            Some(conn) if matches!(state, SessionState::Starting | SessionState::Qr | SessionState::PairCode) => conn,
+            _ => return Err(SupervisorError::InvalidState { id: self.id().to_owned(), state, action: "request a pairing code" }),
+        };
+        match tokio::time::timeout(PAIR_CODE_TIMEOUT, conn.pair_code(&digits)).await {
+            Ok(Ok(code)) => {
+                // The library also announces the code as an event, which sets
+                // the state and informs subscribers; 180 s is its validity.
+                Ok(PairCodeIssued { code, expires_at_ms: now_ms() + 180_000 })
+            }
+            Ok(Err(WaError::PairCode { reason, message })) => Err(SupervisorError::PairCode { reason, message }),
+            Ok(Err(e)) => Err(SupervisorError::PairCode { reason: "request_failed".into(), message: e.to_string() }),
+            Err(_) => Err(SupervisorError::Timeout("WhatsApp did not issue a pairing code")),
+        }
+    }
+
+    async fn send_text(&mut self, to: &str, text: &str) -> Result<String, SupervisorError> {
+        let state = self.state();
+        let Some(conn) = self.conn.as_ref().filter(|_| state == SessionState::Connected) else {
+            return Err(SupervisorError::NotConnected(self.id().to_owned()));
+        };
+        let jid = crate::wa::parse_recipient(to).map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
+        match tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&jid.to_string(), text)).await {
+            Ok(Ok(id)) => {
+                self.emit(EventKind::MessageSent { id: id.clone(), to: jid.to_string() });
+                Ok(id)
+            }
+            Ok(Err(e)) => Err(SupervisorError::Send(e.to_string())),
+            Err(_) => Err(SupervisorError::Timeout("sending took too long")),
+        }
+    }
+
+    async fn health_check(&mut self) {
+        let state = self.state();
+        let in_state = self.state_since.elapsed();
+        if state.is_transient() && in_state > self.config().stuck_after && self.conn.is_some() {
+            tracing::warn!(session = %self.record.id, %state, ?in_state, "stuck; restarting the client");
+            self.stop_client().await;
+            self.transition(state, Some(Reason::HealthCheck), Some(format!("stuck in {state} for {}s", in_state.as_secs()))).await;
+            if let Err(e) = self.start().await {
+                tracing::warn!(session = %self.record.id, "restart after health check: {e}");
+            }
+            return;
+        }
+        if state == SessionState::Connected
+            && let Some(conn) = &self.conn
+        {
+            let last = conn.last_data_received_ms() as i64;
+            let silent_ms = self.config().silent_after.as_millis() as i64;
+            if last > 0 && now_ms() - last > silent_ms {
+                tracing::warn!(session = %self.record.id, "connected but silent; reconnecting");
+                conn.reconnect().await;
+            }
+            self.record.last_seen_at_ms = now_ms();
+            return;
+        }
+        let last_seen = self.record.last_connected_at_ms.max(self.record.last_seen_at_ms);
+        if self.is_paired() && state != SessionState::Connected && last_seen > 0 && now_ms() - last_seen > self.config().expiry.as_millis() as i64 {
+            self.stop_client().await;
+            if let Err(e) = self.wipe().await {
+                tracing::error!(session = %self.record.id, "wiping an expired session: {e}");
+            }
+            let days = (now_ms() - last_seen) / 86_400_000;
+            self.transition(SessionState::Failed, Some(Reason::Expired), Some(format!("unreachable for {days} days; re-pair it"))).await;
+        }
+    }
+
+    // ---- library events -----------------------------------------------
+
+    async fn on_wa_event(&mut self, event: WaEvent) {
+        match event {
+            WaEvent::Qr { code, valid_for } => {
+                self.qr_index += 1;
+                let qr = PairingQr { code, expires_at_ms: now_ms() + valid_for.as_millis() as i64, index: self.qr_index };
+                lock(&self.shared.live_qr).insert(self.record.id.clone(), qr.clone());
+                if self.state() == SessionState::Starting {
+                    self.transition(SessionState::Qr, None, None).await;
+                }
+                let activation_deadline_ms = self
+                    .activation_deadline
+                    .map(|d| now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64)
+                    .unwrap_or(0);
+                self.emit(EventKind::Qr { qr, activation_deadline_ms });
+            }
+            WaEvent::QrExhausted { disconnected } => {
+                tracing::info!(session = %self.record.id, disconnected, "QR codes exhausted");
+            }
+            WaEvent::PairCode { code, valid_for } => {
+                if self.state() != SessionState::PairCode {
+                    self.transition(SessionState::PairCode, None, None).await;
+                }
+                self.emit(EventKind::PairCode { code, expires_at_ms: now_ms() + valid_for.as_millis() as i64 });
+            }
+            WaEvent::PairCodeRefresh => {
+                self.emit(EventKind::PairCodeError { reason: "expired".into(), message: "the pairing code expired; request a new one".into() });
+                if self.state() == SessionState::PairCode {
+                    self.transition(SessionState::Qr, None, None).await;
+                }
+            }
+            WaEvent::PairCodeError { reason, message } => {
+                self.emit(EventKind::PairCodeError { reason, message });
+                if self.state() == SessionState::PairCode {
+                    self.transition(SessionState::Qr, None, None).await;
+                }
+            }
+            WaEvent::PairSuccess { identity, business_name, platform } => {
+                self.record.phone = identity.phone.clone();
+                self.record.jid = identity.jid.clone();
+                self.record.lid = identity.lid.clone();
+                self.record.business_name = business_name.clone();
+                self.record.platform = platform.clone();
+                self.record.paired_at_ms = now_ms();
+                if !business_name.is_empty() {
+                    self.record.push_name = business_name.clone();
+                }
+                // Close the library's write-behind window: a crash now must not
+                // lose the fact that this device is linked.
+                if let Some(conn) = &self.conn {
+                    conn.flush_device().await;
+                }
+                self.transition(SessionState::Paired, None, None).await;
+                self.emit(EventKind::Paired { identity: identity.clone(), business_name, platform });
+                if !identity.phone.is_empty() {
+                    self.emit(EventKind::Phone { identity });
+                }
+            }
+            WaEvent::PairError { message } => {
+                tracing::warn!(session = %self.record.id, "the phone's link attempt failed: {message}");
+            }
+            WaEvent::Connected => self.on_connected().await,
+            WaEvent::Disconnected => {
+                if self.state() == SessionState::Connected {
+                    self.transition(SessionState::Disconnected, Some(Reason::ConnectionLost), None).await;
+                }
+            }
+            WaEvent::LoggedOut { on_connect } => {
+                let phone = self.record.phone.clone();
+                self.stop_client().await;
+                if let Err(e) = self.wipe().await {
+                    tracing::error!(session = %self.record.id, "wiping after unlink: {e}");
+                }
+                let message = format!(
+                    "{} {}",
+                    if on_connect { "WhatsApp refused the login: the device was unlinked" } else { "unlinked from the phone" },
+                    if phone.is_empty() { String::new() } else { format!("(was {phone})") }
+                );
+                self.transition(SessionState::LoggedOut, Some(Reason::UnlinkedFromPhone), Some(message.trim().to_owned())).await;
+                self.emit(EventKind::LoggedOut { reason: Reason::UnlinkedFromPhone });
+            }
+            WaEvent::StreamReplaced => {
+                // Never restart on our own: two copies would keep kicking each other off.
+                self.stop_client().await;
+                self.transition(
+                    SessionState::Failed,
+                    Some(Reason::StreamReplaced),
+                    Some("another connection took over this device; start it again once the other one is gone".into()),
+                )
+                .await;
+            }
+            WaEvent::TemporaryBan { message, expires_in } => {
+                self.stop_client().await;
+                self.transition(
+                    SessionState::Failed,
+                    Some(Reason::TemporaryBan),
+                    Some(format!("{message}; banned for {} more seconds", expires_in.as_secs())),
+                )
+                .await;
+            }
+            WaEvent::ClientOutdated => {
+                self.stop_client().await;
+                self.transition(SessionState::Failed, Some(Reason::ClientOutdated), Some("WhatsApp refused this client version".into())).await;
+            }
+            WaEvent::ConnectFailure { terminal, message } => {
+                if terminal {
+                    self.stop_client().await;
+                    self.transition(SessionState::Failed, Some(Reason::ConnectFailure), Some(message)).await;
+                }
+            }
+            WaEvent::PushName(name) => {
+                if name != self.record.push_name {
+                    self.record.push_name = name.clone();
+                    self.persist().await;
+                    self.emit(EventKind::PushName { push_name: name });
+                }
+            }
+        }
+    }
+
+    async fn on_connected(&mut self) {
+        self.activation_deadline = None;
+        let (live, push_name) = match &self.conn {
+            Some(conn) => (conn.identity(), conn.push_name()),
+            None => (Identity::default(), String::new()),
+        };
+        if !live.phone.is_empty() {
+            self.record.phone = live.phone;
+            self.record.jid = live.jid;
+        }
+        if !live.lid.is_empty() {
+            self.record.lid = live.lid;
+        }
+        if !push_name.is_empty() {
+            self.record.push_name = push_name;
+        }
+        self.record.last_connected_at_ms = now_ms();
+        self.record.last_seen_at_ms = now_ms();
+        self.transition(SessionState::Connected, None, None).await;
+        self.emit(EventKind::Connected { identity: self.identity(), push_name: self.record.push_name.clone() });
+        if self.record.phone.is_empty()
+            && self.phone_poll.is_none()
+            && let Some(conn) = &self.conn
+        {
+            let probe = conn.identity_probe();
+            let budget = self.config().phone_poll_budget;
+            self.phone_poll = Some(tokio::spawn(super::phone::poll_identity(budget, move || {
+                let identity = probe.identity();
+                async move { Some(identity) }
+            })));
+        }
+    }
+
+    async fn on_phone_poll(&mut self, found: Option<Identity>) {
+        self.phone_poll = None;
+        match found {
+            Some(identity) => {
+                self.record.phone = identity.phone.clone();
+                self.record.jid = identity.jid.clone();
+                if !identity.lid.is_empty() {
+                    self.record.lid = identity.lid.clone();
+                }
+                self.persist().await;
+                self.emit(EventKind::Phone { identity });
+            }
+            None => {
+                tracing::warn!(session = %self.record.id, "phone number still unknown after polling");
+                self.record.reason = Reason::PhoneUnknown.as_str().to_owned();
+                self.record.reason_message = "the phone number could not be learned from WhatsApp".into();
+                self.persist().await;
+                self.emit(EventKind::PhoneUnknown);
+            }
+        }
+    }
+
+    /// The client's run loop ended by itself.
+    async fn on_client_exit(&mut self) {
+        // Terminal events may still be queued behind the exit: apply them first.
+        while let Some(event) = self.wa_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.on_wa_event(event).await;
+        }
+        let Some(conn) = self.conn.take() else { return };
+        drop(conn);
+        self.wa_events = None;
+        self.shared.store.close_device(&self.record.id);
+        let state = self.state();
+        match state {
+            SessionState::Starting | SessionState::Qr | SessionState::PairCode if !self.is_paired() => {
+                let time_left = self.activation_deadline.is_some_and(|d| d > Instant::now());
+                if time_left {
+                    // QR refs ran out: a fresh client on the same keys shows new codes.
+                    tracing::info!(session = %self.record.id, "QR codes ran out; starting a fresh client for new ones");
+                    if let Err(e) = self.launch_client().await {
+                        tracing::warn!(session = %self.record.id, "restarting pairing: {e}");
+                    }
+                } else {
+                    self.on_activation_timeout().await;
+                }
+            }
+            SessionState::Failed | SessionState::LoggedOut | SessionState::Stopped | SessionState::Created => {}
+            _ => {
+                self.transition(SessionState::Failed, Some(Reason::Internal), Some(format!("the client stopped unexpectedly while {state}"))).await;
+            }
+        }
+    }
+
+    async fn on_activation_timeout(&mut self) {
+        let secs = self.config().activation_timeout.as_secs();
+        tracing::warn!(session = %self.record.id, "not connected {secs} s after pairing began; giving up");
+        self.stop_client().await;
+        if let Err(e) = self.wipe().await {
+            tracing::error!(session = %self.record.id, "wiping after the activation timeout: {e}");
+        }
+        self.transition(
+            SessionState::Failed,
+            Some(Reason::ActivationTimeout),
+            Some(format!("not connected within {secs} s of pairing; reset to try again")),
+        )
+        .await;
+    }
+}
+
+async fn next_event(rx: &mut Option<mpsc::UnboundedReceiver<WaEvent>>) -> Option<WaEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => pending().await,
+    }
+}
+
+async fn client_finished(conn: &mut Option<Connection>) {
+    match conn {
+        Some(conn) => conn.finished().await,
+        None => pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => pending().await,
+    }
+}
+
+async fn poll_result(poll: &mut Option<JoinHandle<Option<Identity>>>) -> Option<Identity> {
+    match poll {
+        Some(handle) => handle.await.ok().flatten(),
+        None => pending().await,
+    }
+}

@@ -1,0 +1,207 @@
+//! Sessions: the state machine, one task per session, and the supervisor
+//! that owns them. Commands come in through [`Supervisor`]; every change is
+//! persisted to the store first, then broadcast as a [`SessionEvent`].
+
+mod actor;
+mod event;
+pub mod phone;
+mod state;
+mod supervisor;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use event::{EventKind, Identity, PairingQr, SessionEvent};
+pub use state::{Reason, SessionState};
+pub use supervisor::Supervisor;
+
+use crate::proto::v1::SessionRecord;
+use crate::store::StoreError;
+
+/// How many transitions a record keeps.
+pub const TRANSITIONS_KEPT: usize = 20;
+
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub wa: crate::wa::WaConfig,
+    /// A pairing that has not reached `connected` this long after it began
+    /// is stopped and its keys wiped.
+    pub activation_timeout: Duration,
+    /// How long to poll for a phone number the pairing did not report.
+    pub phone_poll_budget: Duration,
+    /// Sessions started at once when the daemon restarts.
+    pub start_concurrency: usize,
+    /// How often the health sweep runs.
+    pub health_interval: Duration,
+    /// A session in a transient state longer than this is restarted.
+    pub stuck_after: Duration,
+    /// A connected session that received nothing for this long is reconnected.
+    pub silent_after: Duration,
+    /// A paired session unreachable for this long is `failed(expired)`.
+    pub expiry: Duration,
+    /// Bound on stopping one session's client.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            wa: crate::wa::WaConfig::default(),
+            activation_timeout: Duration::from_secs(5 * 60),
+            phone_poll_budget: Duration::from_secs(60),
+            start_concurrency: 32,
+            health_interval: Duration::from_secs(5 * 60),
+            stuck_after: Duration::from_secs(2 * 60),
+            silent_after: Duration::from_secs(5 * 60),
+            expiry: Duration::from_secs(14 * 24 * 3600),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the API shows about a session.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub tenant: String,
+    pub state: SessionState,
+    pub reason: Option<Reason>,
+    pub reason_message: Option<String>,
+    pub phone: String,
+    pub jid: String,
+    pub lid: String,
+    pub push_name: String,
+    pub business_name: String,
+    pub platform: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub paired_at_ms: i64,
+    pub last_connected_at_ms: i64,
+    pub transitions: Vec<TransitionInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransitionInfo {
+    pub from: SessionState,
+    pub to: SessionState,
+    pub reason: Option<Reason>,
+    pub at_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PairCodeIssued {
+    pub code: String,
+    pub expires_at_ms: i64,
+}
+
+impl SessionInfo {
+    pub(crate) fn from_record(r: &SessionRecord) -> Self {
+        let state = SessionState::parse(&r.state).unwrap_or(SessionState::Failed);
+        Self {
+            id: r.id.clone(),
+            tenant: r.tenant.clone(),
+            state,
+            reason: parse_reason(&r.reason),
+            reason_message: (!r.reason_message.is_empty()).then(|| r.reason_message.clone()),
+            phone: r.phone.clone(),
+            jid: r.jid.clone(),
+            lid: r.lid.clone(),
+            push_name: r.push_name.clone(),
+            business_name: r.business_name.clone(),
+            platform: r.platform.clone(),
+            created_at_ms: r.created_at_ms,
+            updated_at_ms: r.updated_at_ms,
+            paired_at_ms: r.paired_at_ms,
+            last_connected_at_ms: r.last_connected_at_ms,
+            transitions: r
+                .transitions
+                .iter()
+                .map(|t| TransitionInfo {
+                    from: SessionState::parse(&t.from).unwrap_or(SessionState::Failed),
+                    to: SessionState::parse(&t.to).unwrap_or(SessionState::Failed),
+                    reason: parse_reason(&t.reason),
+                    at_ms: t.at_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(crate) fn parse_reason(s: &str) -> Option<Reason> {
+    if s.is_empty() {
+        return None;
+    }
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("session {0} not found")]
+    NotFound(String),
+    #[error("session {0} already exists")]
+    AlreadyExists(String),
+    #[error("invalid session id {0:?}: use 1-64 characters from a-z, 0-9, '_' and '-'")]
+    InvalidId(String),
+    #[error("session {id} is {state}; cannot {action}")]
+    InvalidState { id: String, state: SessionState, action: &'static str },
+    #[error("session {0} is not connected")]
+    NotConnected(String),
+    #[error("pairing code refused ({reason}): {message}")]
+    PairCode { reason: String, message: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("send failed: {0}")]
+    Send(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+impl SupervisorError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::InvalidId(_) => "invalid_id",
+            Self::InvalidState { .. } => "invalid_state",
+            Self::NotConnected(_) => "not_connected",
+            Self::PairCode { .. } => "pair_code_rejected",
+            Self::BadRequest(_) => "bad_request",
+            Self::Send(_) => "send_failed",
+            Self::Store(_) => "store_error",
+            Self::ShuttingDown => "shutting_down",
+            Self::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// Session ids: `[a-z0-9_-]{1,64}`.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids() {
+        for ok in ["a", "shop-1", "x_y", &"a".repeat(64)] {
+            assert!(valid_session_id(ok), "{ok}");
+        }
+        for bad in ["", "../x", "A", "é", "a b", &"a".repeat(65), "a/b"] {
+            assert!(!valid_session_id(bad), "{bad}");
+        }
+    }
+}

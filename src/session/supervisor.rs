@@ -1,0 +1,353 @@
+//! The supervisor: one task per session, a registry of them, the restart
+//! reload, the health sweep, and graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+use super::actor::{Actor, Command, Reply, Shared};
+use super::event::{EventKind, PairingQr, SessionEvent};
+use super::state::{Reason, SessionState};
+use super::{PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms, valid_session_id};
+use crate::proto::v1::{SessionRecord, Transition};
+use crate::store::Store;
+
+/// Events buffered per subscriber before it starts missing some.
+const EVENT_BUFFER: usize = 4096;
+/// Commands queued per session.
+const COMMAND_BUFFER: usize = 64;
+/// Bound on any one command (reset and logout stop a client first).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Owns every session's task. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    sessions: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    running: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Supervisor {
+    /// Loads every stored session and brings it back: paired sessions
+    /// reconnect (at most `start_concurrency` at once), pairings that were
+    /// under way become `stopped`, everything else stays as it was.
+    pub async fn start(store: Store, config: SessionConfig) -> Result<Supervisor, SupervisorError> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let shared = Arc::new(Shared {
+            start_permits: Arc::new(Semaphore::new(config.start_concurrency.max(1))),
+            store,
+            config,
+            events,
+            live_qr: Mutex::new(HashMap::new()),
+        });
+        let supervisor = Supervisor {
+            inner: Arc::new(Inner { shared, sessions: Mutex::new(HashMap::new()), running: AtomicBool::new(true) }),
+        };
+        let records = supervisor.inner.shared.store.list_records()?;
+        let mut restored = 0;
+        for (id, record) in records {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(session = %id, "session record unreadable: {e}");
+                    continue;
+                }
+            };
+            let mut record = record;
+            let state = SessionState::parse(&record.state).unwrap_or(SessionState::Failed);
+            if state.is_pairing() && record.phone.is_empty() {
+                // Nobody is watching a QR code any more: stop before anyone asks.
+                super::actor::apply_transition(&mut record, SessionState::Stopped, Some(Reason::PairingInterrupted), None);
+                supervisor.inner.shared.store.put_record(&record).await?;
+            }
+            let reconnect = SessionState::parse(&record.state).is_some_and(SessionState::is_running);
+            let tx = supervisor.spawn_actor(record);
+            if reconnect {
+                restored += 1;
+                let _ = tx.send(Command::Restore).await;
+            }
+        }
+        tracing::info!(restored, "supervisor started");
+        supervisor.spawn_health_sweep();
+        Ok(supervisor)
+    }
+
+    fn spawn_actor(&self, record: SessionRecord) -> mpsc::Sender<Command> {
+        let id = record.id.clone();
+        let (tx, rx) = mpsc::channel(COMMAND_BUFFER);
+        lock(&self.inner.sessions).insert(id.clone(), tx.clone());
+        let shared = self.inner.shared.clone();
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let task = tokio::spawn(Actor::new(shared.clone(), record).run(rx));
+            match task.await {
+                Ok(ActorExit::Deleted) => {
+                    if let Some(inner) = weak.upgrade() {
+                        lock(&inner.sessions).remove(&id);
+                    }
+                }
+                Ok(ActorExit::Stopped) => {}
+                Err(e) => {
+                    // One session's bug must not take the others down: record it,
+                    // and give the session a fresh (idle) task so it can be reset.
+                    tracing::error!(session = %id, "session task died: {e}");
+                    let Some(inner) = weak.upgrade() else { return };
+                    let message = if e.is_panic() { "session task panicked" } else { "session task was cancelled" };
+                    let record = shared.mark_failed_after_crash(&id, message).await;
+                    if let Some(record) = record
+                        && inner.running.load(Ordering::SeqCst)
+                    {
+                        Supervisor { inner }.spawn_actor(record);
+                    }
+                }
+            }
+        });
+        tx
+    }
+
+    fn spawn_health_sweep(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.shared.config.health_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if !inner.running.load(Ordering::SeqCst) {
+                    return;
+                }
+                let senders: Vec<_> = lock(&inner.sessions).values().cloned().collect();
+                for tx in senders {
+                    let _ = tx.try_send(Command::Health);
+                }
+            }
+        });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.inner.shared.events.subscribe()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// Creates a session (id generated when absent) and, with `start`,
+    /// begins pairing.
+    pub async fn create(&self, id: Option<String>, tenant: String, start: bool) -> Result<SessionInfo, SupervisorError> {
+        self.check_running()?;
+        let id = match id {
+            Some(id) if valid_session_id(&id) => id,
+            Some(id) => return Err(SupervisorError::InvalidId(id)),
+            None => generate_id(),
+        };
+        let tenant = if tenant.is_empty() { "default".to_owned() } else { tenant };
+        let now = now_ms();
+        let record = SessionRecord {
+            id: id.clone(),
+            tenant,
+            state: SessionState::Created.as_str().to_owned(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            transitions: vec![Transition {
+                from: SessionState::Created.as_str().into(),
+                to: SessionState::Created.as_str().into(),
+                reason: String::new(),
+                at_ms: now,
+            }],
+            ..Default::default()
+        };
+        {
+            // Reserve the id before the async write so two creates cannot both win.
+            let mut sessions = lock(&self.inner.sessions);
+            if sessions.contains_key(&id) {
+                return Err(SupervisorError::AlreadyExists(id));
+            }
+            let (placeholder, _) = mpsc::channel(1);
+            sessions.insert(id.clone(), placeholder);
+        }
+        if let Err(e) = self.inner.shared.store.put_record(&record).await {
+            lock(&self.inner.sessions).remove(&id);
+            return Err(e.into());
+        }
+        self.spawn_actor(record);
+        if start {
+            return self.start_session(&id).await;
+        }
+        self.get(&id).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<SessionInfo, SupervisorError> {
+        if !valid_session_id(id) {
+            return Err(SupervisorError::NotFound(id.to_owned()));
+        }
+        match self.inner.shared.store.get_record(id)? {
+            Some(record) => Ok(SessionInfo::from_record(&record)),
+            None => Err(SupervisorError::NotFound(id.to_owned())),
+        }
+    }
+
+    pub async fn list(&self) -> Vec<SessionInfo> {
+        match self.inner.shared.store.list_records() {
+            Ok(records) => records.into_iter().filter_map(|(_, r)| r.ok()).map(|r| SessionInfo::from_record(&r)).collect(),
+            Err(e) => {
+                tracing::error!("listing sessions: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    pub async fn sessions_for_phone(&self, phone: &str) -> Result<Vec<SessionInfo>, SupervisorError> {
+        if phone.is_empty() || !phone.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SupervisorError::BadRequest(format!("invalid phone number {phone:?}: digits only")));
+        }
+        let ids = self.inner.shared.store.sessions_for_phone(phone)?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Ok(info) = self.get(&id).await {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The QR code currently shown for `id`, if one is live.
+    pub fn live_qr(&self, id: &str) -> Option<PairingQr> {
+        let qr = lock(&self.inner.shared.live_qr).get(id).cloned()?;
+        (qr.expires_at_ms > now_ms()).then_some(qr)
+    }
+
+    pub async fn start_session(&self, id: &str) -> Result<SessionInfo, SupervisorError> {
+        self.call(id, Command::Start).await
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<SessionInfo, SupervisorError> {
+        self.call(id, Command::Stop).await
+    }
+
+    pub async fn reset(&self, id: &str) -> Result<SessionInfo, SupervisorError> {
+        self.call(id, Command::Reset).await
+    }
+
+    pub async fn logout(&self, id: &str) -> Result<SessionInfo, SupervisorError> {
+        self.call(id, Command::Logout).await
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), SupervisorError> {
+        self.call(id, Command::Delete).await
+    }
+
+    pub async fn pair_code(&self, id: &str, phone: &str) -> Result<PairCodeIssued, SupervisorError> {
+        let phone = phone.to_owned();
+        self.call(id, move |reply| Command::PairCode { phone, reply }).await
+    }
+
+    pub async fn send_text(&self, id: &str, to: &str, text: &str) -> Result<String, SupervisorError> {
+        if text.is_empty() {
+            return Err(SupervisorError::BadRequest("text must not be empty".into()));
+        }
+        let (to, text) = (to.to_owned(), text.to_owned());
+        self.call(id, move |reply| Command::SendText { to, text, reply }).await
+    }
+
+    /// Stops every session (each bounded by the shutdown timeout, flushing
+    /// its device state), then flushes the store.
+    pub async fn shutdown(&self) {
+        if !self.inner.running.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let senders: Vec<_> = lock(&self.inner.sessions).drain().map(|(_, tx)| tx).collect();
+        let mut waits = Vec::new();
+        for tx in senders {
+            let (done, wait) = oneshot::channel();
+            if tx.send(Command::Shutdown(done)).await.is_ok() {
+                waits.push(wait);
+            }
+        }
+        let bound = self.inner.shared.config.shutdown_timeout + Duration::from_secs(5);
+        let all = futures_join_all(waits);
+        if tokio::time::timeout(bound, all).await.is_err() {
+            tracing::warn!("some sessions did not stop within {bound:?}");
+        }
+        if let Err(e) = self.inner.shared.store.flush().await {
+            tracing::error!("flushing the store at shutdown: {e}");
+        }
+        tracing::info!("supervisor stopped");
+    }
+
+    fn check_running(&self) -> Result<(), SupervisorError> {
+        if self.is_running() { Ok(()) } else { Err(SupervisorError::ShuttingDown) }
+    }
+
+    async fn call<T>(&self, id: &str, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SupervisorError> {
+        self.check_running()?;
+        let tx = lock(&self.inner.sessions)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SupervisorError::NotFound(id.to_owned()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply)).await.map_err(|_| SupervisorError::NotFound(id.to_owned()))?;
+        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SupervisorError::NotFound(id.to_owned())),
+            Err(_) => Err(SupervisorError::Timeout("the session did not answer")),
+        }
+    }
+}
+
+/// How a session's task ended.
+pub(super) enum ActorExit {
+    /// The session was deleted.
+    Deleted,
+    /// The daemon is shutting down.
+    Stopped,
+}
+
+async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
+    for wait in waits {
+        let _ = wait.await;
+    }
+}
+
+fn generate_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 6];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("s-{hex}")
+}
+
+impl Shared {
+    /// After a task died: `failed(internal)`, persisted and announced.
+    async fn mark_failed_after_crash(&self, id: &str, message: &str) -> Option<SessionRecord> {
+        lock(&self.live_qr).remove(id);
+        let mut record = self.store.get_record(id).ok().flatten()?;
+        let from = SessionState::parse(&record.state).unwrap_or(SessionState::Failed);
+        super::actor::apply_transition(&mut record, SessionState::Failed, Some(Reason::Internal), Some(message));
+        if let Err(e) = self.store.put_record(&record).await {
+            tracing::error!(session = %id, "recording the crash: {e}");
+        }
+        self.emit(
+            &record,
+            EventKind::State {
+                from,
+                to: SessionState::Failed,
+                reason: Some(Reason::Internal),
+                message: Some(message.to_owned()),
+            },
+        );
+        Some(record)
+    }
+}

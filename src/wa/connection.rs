@@ -1,0 +1,209 @@
+//! One session's whatsapp-rust client: build it on the session's sled
+//! backend, run it, and translate the library's events into [`WaEvent`]s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::pair_code::PairCodeOptions;
+use whatsapp_rust::store::traits::Backend;
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+use whatsapp_rust::types::events::{Event, EventHandler, EventInterest};
+use whatsapp_rust::{Client, Jid};
+
+use super::{WaConfig, WaError, WaEvent};
+
+/// A running client. Dropping it aborts the client without a flush; call
+/// [`Connection::shutdown`] to stop it properly.
+pub struct Connection {
+    handle: BotHandle,
+    client: Arc<Client>,
+}
+
+/// Forwards every library event, in dispatch order, into a channel.
+///
+/// Runs inline on the library's dispatch path, so it only does a
+/// non-blocking send. The default concurrent delivery would spawn a task per
+/// event and lose their order (`Connected` could overtake `PairSuccess`).
+struct Forward(mpsc::UnboundedSender<WaEvent>);
+
+impl EventHandler for Forward {
+    fn handle_event(&self, event: Arc<Event>) {
+        if let Some(mapped) = super::events::map(&event) {
+            let _ = self.0.send(mapped);
+        }
+    }
+
+    fn interest(&self) -> EventInterest {
+        EventInterest::ALL
+    }
+}
+
+impl Connection {
+    /// Builds a client on `backend` and starts it. Events arrive on `events`.
+    pub async fn start(
+        config: &WaConfig,
+        backend: Arc<dyn Backend>,
+        events: mpsc::UnboundedSender<WaEvent>,
+    ) -> Result<Self, WaError> {
+        let mut transport = TokioWebSocketTransportFactory::new();
+        if let Some(url) = &config.ws_url {
+            transport = transport.with_url(url.clone());
+        }
+        let mut builder = Bot::builder()
+            .with_backend_arc(backend)
+            .with_transport_factory(transport)
+            .with_device_props(
+                whatsapp_rust::wacore::store::device::DevicePropsOverride::new().with_os(config.device_os.clone()),
+            )
+            .skip_history_sync()
+            .with_event_handler(Forward(events));
+        if let Some(version) = config.version {
+            builder = builder.with_version(version);
+        }
+        let bot = builder.build().await.map_err(|e| WaError::Build(e.to_string()))?;
+        let client = bot.client();
+        let handle = bot.spawn();
+        Ok(Self { handle, client })
+    }
+
+    /// Resolves when the client's run loop has exited (logout, terminal
+    /// stream error, QR codes exhausted, or shutdown).
+    pub fn finished(&mut self) -> &mut BotHandle {
+        &mut self.handle
+    }
+
+    /// Disconnects (flushing device state, receipts and the Signal cache) and
+    /// waits for the run loop to exit, at most `timeout`; aborts after that.
+    pub async fn shutdown(self, timeout: Duration) {
+        let handle = self.handle;
+        let abort = {
+            let client = self.client.clone();
+            move || client.signal_shutdown_sync()
+        };
+        if tokio::time::timeout(timeout, handle.shutdown()).await.is_err() {
+            tracing::warn!("client did not stop within {timeout:?}; aborting it");
+            abort();
+        }
+    }
+
+    /// Unlinks this device at WhatsApp (best effort, needs a connection),
+    /// then stops the client. The keys are the caller's to wipe.
+    pub async fn logout(self, timeout: Duration) {
+        if tokio::time::timeout(timeout, self.client.logout()).await.is_err() {
+            tracing::warn!("logout did not finish within {timeout:?}");
+        }
+        self.shutdown(timeout).await;
+    }
+
+    /// Writes the device state (phone, keys, LID) to the store now instead
+    /// of within the library's 30 s write-behind window.
+    pub async fn flush_device(&self) {
+        if let Err(e) = self.client.persistence_manager().flush().await {
+            tracing::warn!("flushing device state: {e:?}");
+        }
+    }
+
+    /// Requests a pairing code for `phone` (digits with country code).
+    pub async fn pair_code(&self, phone: &str) -> Result<String, WaError> {
+        let options = PairCodeOptions { phone_number: phone.to_owned(), ..Default::default() };
+        match self.client.pair_with_code(options).await {
+            Ok(code) => Ok(code),
+            Err(e) => Err(WaError::PairCode {
+                reason: e.rejection().map(|r| rejection_name(&r)).unwrap_or_else(|| "request_failed".into()),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Sends a text; returns the message id once it is on the wire.
+    pub async fn send_text(&self, to: &str, text: &str) -> Result<String, WaError> {
+        let jid = parse_recipient(to)?;
+        let sent = self.client.send_text(jid, text).await.map_err(|e| WaError::Send(e.to_string()))?;
+        Ok(sent.message_id)
+    }
+
+    /// Phone, device JID and LID as the library knows them now.
+    pub fn identity(&self) -> crate::session::Identity {
+        self.identity_probe().identity()
+    }
+
+    /// A handle that reads the identity later, from another task.
+    pub fn identity_probe(&self) -> IdentityProbe {
+        IdentityProbe(self.client.clone())
+    }
+
+    pub fn push_name(&self) -> String {
+        self.client.push_name()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// When the last bytes arrived from WhatsApp (ms since epoch; 0 if never).
+    pub fn last_data_received_ms(&self) -> u64 {
+        self.client.stats().last_data_received_ms
+    }
+
+    /// Drops the socket and reconnects (for a connection that went silent).
+    pub async fn reconnect(&self) {
+        self.client.reconnect_immediately().await;
+    }
+}
+
+/// Reads a client's identity (phone, device JID, LID) on demand.
+pub struct IdentityProbe(Arc<Client>);
+
+impl IdentityProbe {
+    pub fn identity(&self) -> crate::session::Identity {
+        let pn = self.0.pn();
+        crate::session::Identity {
+            phone: pn.as_ref().map(|j| j.user.to_string()).unwrap_or_default(),
+            jid: pn.map(|j| j.to_string()).unwrap_or_default(),
+            lid: self.0.lid().map(|j| j.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+/// `15551234567`, `+1 555 123 4567` or a full JID.
+pub fn parse_recipient(to: &str) -> Result<Jid, WaError> {
+    let to = to.trim();
+    if to.contains('@') {
+        return to.parse::<Jid>().map_err(|_| WaError::BadRecipient(to.to_owned()));
+    }
+    let digits: String = to.chars().filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')')).collect();
+    if (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0') {
+        Ok(Jid::pn(digits))
+    } else {
+        Err(WaError::BadRecipient(to.to_owned()))
+    }
+}
+
+fn rejection_name(r: &whatsapp_rust::wacore::pair_code::PairCodeRejection) -> String {
+    use whatsapp_rust::wacore::pair_code::PairCodeRejection as R;
+    match r {
+        R::BadRequest => "bad_request",
+        R::Forbidden => "forbidden",
+        R::RateOverlimit => "rate_overlimit",
+        R::FeatureNotAvailable => "feature_not_available",
+        R::InternalServerError => "internal_server_error",
+        _ => "unknown",
+    }
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_recipient;
+
+    #[test]
+    fn recipients_parse_from_numbers_and_jids() {
+        assert_eq!(parse_recipient("+1 555 123 4567").unwrap().to_string(), "15551234567@s.whatsapp.net");
+        assert_eq!(parse_recipient("15551234567@s.whatsapp.net").unwrap().user, "15551234567");
+        for bad in ["", "123", "0155512345", "abc", "1555123456789012"] {
+            assert!(parse_recipient(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The only place that touches whatsapp-rust: build a client for a session,
+//! and translate the library's events into whatsd's own [`WaEvent`]s.
+//! Nothing here knows HTTP, webhooks or session policy.
+
+pub mod build_info;
+mod connection;
+mod events;
+
+use std::time::Duration;
+
+pub use connection::{Connection, IdentityProbe, parse_recipient};
+
+use crate::session::Identity;
+
+/// How clients reach WhatsApp.
+#[derive(Clone, Debug)]
+pub struct WaConfig {
+    /// WebSocket URL; `None` is WhatsApp's own (`wss://web.whatsapp.com/ws/chat`).
+    pub ws_url: Option<String>,
+    /// WhatsApp Web version to announce; `None` fetches the current one from
+    /// web.whatsapp.com (and refreshes it daily).
+    pub version: Option<(u32, u32, u32)>,
+    /// Shown on the phone under "Linked devices".
+    pub device_os: String,
+}
+
+impl Default for WaConfig {
+    fn default() -> Self {
+        Self { ws_url: None, version: None, device_os: "whatsd".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaError {
+    #[error("cannot build the WhatsApp client: {0}")]
+    Build(String),
+    #[error("pairing code refused ({reason}): {message}")]
+    PairCode { reason: String, message: String },
+    #[error("invalid recipient {0:?}: a phone number with country code or a JID")]
+    BadRecipient(String),
+    #[error("send failed: {0}")]
+    Send(String),
+}
+
+/// What a session needs to know from its client, in the order it happened.
+#[derive(Clone, Debug)]
+pub enum WaEvent {
+    /// A QR code to show, valid for `valid_for`. The code is a credential.
+    Qr { code: String, valid_for: Duration },
+    /// No QR refs left; `disconnected` means the client stopped itself.
+    QrExhausted { disconnected: bool },
+    PairCode { code: String, valid_for: Duration },
+    /// The outstanding pairing code is dead (expired or replaced by the server).
+    PairCodeRefresh,
+    PairCodeError { reason: String, message: String },
+    /// The phone linked this device. A reconnect, then `Connected`, follows.
+    PairSuccess { identity: Identity, business_name: String, platform: String },
+    /// The phone's link attempt failed verification.
+    PairError { message: String },
+    /// Logged in and synced.
+    Connected,
+    /// Unexpected connection loss; the library reconnects by itself.
+    Disconnected,
+    /// Unlinked: from the phone, at login (`on_connect`), or by our logout.
+    LoggedOut { on_connect: bool },
+    /// Another connection took over this device. Terminal.
+    StreamReplaced,
+    TemporaryBan { message: String, expires_in: Duration },
+    ClientOutdated,
+    /// WhatsApp refused the connection; `terminal` when the library gives up.
+    ConnectFailure { terminal: bool, message: String },
+    PushName(String),
+}
