@@ -8,6 +8,7 @@
 
 mod conn;
 pub mod control;
+pub mod control_client;
 pub mod noise;
 pub mod peer;
 pub mod phone;

@@ -518,3 +518,57 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// [U] of the fake-server notes: a PN-only world (no LID anywhere) has no
+/// hidden dependency on LID: pairing, login, inbound and outbound all work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pn_only_world_without_lids_works() {
+    init_tracing();
+    let any = ([127, 0, 0, 1], 0).into();
+    let fake = FakeWa::start_with(
+        Config {
+            assign_lid: false,
+            ..Default::default()
+        },
+        any,
+        any,
+    )
+    .await
+    .unwrap();
+    let backend = Arc::new(InMemoryBackend::new());
+    let mut client = start_client(&fake.ws_url(), backend.clone()).await;
+    let qr = client.next_qr().await;
+    let (status, paired) = post(fake.control_addr(), "/control/scan", json!({"qr": qr})).await;
+    assert_eq!(status, 200);
+    assert!(paired.get("lid").is_none(), "no LID handed out: {paired}");
+    let phone = paired["phone"].as_str().unwrap().to_owned();
+    client.connected(60).await;
+    fake.server
+        .send_message(&phone, "15550007777", "pn only", MessageKind::Dm)
+        .unwrap();
+    let (text, sender, _, _) = client.next_text(30).await;
+    assert_eq!((text.as_str(), sender.as_str()), ("pn only", "15550007777"));
+    let to: whatsapp_rust::Jid = "15550007777@s.whatsapp.net".parse().unwrap();
+    let sent = client
+        .client
+        .send_text(to, "reply without lid")
+        .await
+        .unwrap();
+    let addr = fake.control_addr();
+    let path = format!("/control/outbox?from_phone={phone}");
+    let message = poll_value(20, "reply in outbox", || async {
+        let (_, body) = common::http("GET", addr, &path, None).await;
+        body["messages"].as_array().and_then(|m| {
+            m.iter()
+                .find(|m| m["id"] == sent.message_id.as_str())
+                .cloned()
+        })
+    })
+    .await;
+    assert_eq!(message["text"], "reply without lid");
+    client.shutdown().await;
+    // And a restart (IK login) without LIDs.
+    let mut again = start_client(&fake.ws_url(), backend).await;
+    again.connected(60).await;
+    again.shutdown().await;
+}

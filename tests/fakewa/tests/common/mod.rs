@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use whatsapp_rust::Client;
 use whatsapp_rust::bot::{Bot, BotHandle};
@@ -121,69 +120,16 @@ impl TestClient {
     }
 }
 
-/// Minimal HTTP/1.1 JSON client for the control API (one request per connection).
+/// One control API request (see `fakewa::control_client`).
 pub async fn http(
     method: &str,
     addr: SocketAddr,
     path: &str,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    fakewa::control_client::request(method, addr, path, body)
         .await
-        .expect("connect control API");
-    let body = body.unwrap_or("");
-    let content_type = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut raw))
-        .await
-        .expect("control API answers within 60 s")
-        .expect("read response");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, payload) = text
-        .split_once("\r\n\r\n")
-        .expect("HTTP response has a body separator");
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let payload = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(payload)
-    } else {
-        payload.to_owned()
-    };
-    let json = serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
-    (status, json)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
+        .expect("control API answers")
 }
 
 pub async fn post(
