@@ -128,13 +128,9 @@ async fn assert_batch_present(b: &whatsd::store::DeviceBackend, n: u64) {
     }
 }
 
-/// The child: write forever, acknowledging each durable batch on stdout.
-#[test]
-#[ignore = "run as a subprocess by acknowledged_writes_survive_sigkill"]
+/// The child (this same test, re-run with `CHILD_ENV` set): write forever,
+/// acknowledging each durable batch on stdout.
 fn crash_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
     let dir = PathBuf::from(std::env::var_os(DIR_ENV).expect("data dir"));
     let base: u64 = std::env::var(BASE_ENV)
         .expect("base")
@@ -166,6 +162,9 @@ fn random_below(bound: u32) -> u32 {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return crash_child();
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let key = MasterKey::generate().expect("key");
     key.write_new_file(&key_file(dir.path())).expect("key file");
@@ -175,7 +174,11 @@ fn acknowledged_writes_survive_sigkill() {
     for round in 0..ROUNDS {
         let kill_after = 1 + random_below(150) as usize;
         let mut child = Command::new(&exe)
-            .args(["crash_child", "--exact", "--ignored", "--nocapture"])
+            .args([
+                "acknowledged_writes_survive_sigkill",
+                "--exact",
+                "--nocapture",
+            ])
             .env(CHILD_ENV, "1")
             .env(DIR_ENV, dir.path())
             .env(BASE_ENV, (round * 1_000_000).to_string())

@@ -170,7 +170,10 @@ impl DeviceBackend {
     ) -> Result<T, StoreError> {
         let guard = self.tree.read().map_err(|_| StoreError::Poisoned)?;
         match guard.as_ref() {
-            Some(tree) => f(tree),
+            Some(tree) => {
+                let _gate = super::sled_gate();
+                f(tree)
+            }
             None => Err(StoreError::Wiped(self.session.to_string())),
         }
     }

@@ -23,6 +23,7 @@ pub mod device;
 pub mod error;
 pub mod records;
 mod rekey;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::fs;
@@ -34,6 +35,21 @@ pub use device::DeviceBackend;
 pub use error::StoreError;
 pub use records::RECORD_VERSION;
 pub use rekey::{RekeyReport, rekey};
+
+/// Serializes every sled call that takes sled's concurrency control.
+///
+/// sled 0.34 keeps one process-wide reader/writer lock for all its
+/// databases: transactions and batches take it exclusively, inserts,
+/// removes, iterator steps and its own periodic flusher share it, and some
+/// sharers wait for log buffers while holding it. Under concurrent
+/// transactions and writes from many sessions that deadlocked (seen with
+/// 14 test daemons in one process, and possible with one). Our writes and
+/// scans go through this gate, one at a time; the periodic flusher is off
+/// (durable writes flush explicitly). Never held across an `.await`.
+pub(crate) fn sled_gate() -> std::sync::MutexGuard<'static, ()> {
+    static GATE: Mutex<()> = Mutex::new(());
+    GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Default data dir, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./sessions";
@@ -151,6 +167,7 @@ impl Store {
                 .map_err(|_| StoreError::Poisoned)?;
             let name = device_tree_name(session_id);
             let drop_tree = || {
+                let _gate = sled_gate();
                 self.inner
                     .db
                     .drop_tree(name.as_bytes())
@@ -240,6 +257,10 @@ fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
     sled::Config::new()
         .path(&path)
         .cache_capacity(CACHE_CAPACITY_BYTES)
+        // No background flusher: it shares sled's global lock (see
+        // `sled_gate`). Durable writes flush themselves; the rest is flushed
+        // with them, by `Store::flush` at shutdown, or when the Db drops.
+        .flush_every_ms(None)
         .open()
         .map_err(|source| StoreError::Open { path, source })
 }
@@ -266,6 +287,7 @@ fn check_master_key(db: &sled::Db, sealer: &Sealer, data_dir: &Path) -> Result<(
             reason: "the store holds data but no key check record".to_string(),
         }),
         None => {
+            let _gate = sled_gate();
             meta.insert(
                 KEY_CHECK,
                 sealer.seal(META_TREE.as_bytes(), KEY_CHECK, VERIFIER)?,

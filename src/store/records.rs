@@ -37,6 +37,7 @@ impl Store {
         let stale = self.stale_index_entries(id)?;
 
         let inner = &self.inner;
+        let gate = super::sled_gate();
         (&inner.records, &inner.phone_index)
             .transaction(|(records, index)| {
                 for key in &stale {
@@ -51,6 +52,7 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_error)?;
+        drop(gate);
         self.flush().await
     }
 
@@ -84,6 +86,7 @@ impl Store {
         validate_session_id(session_id)?;
         let stale = self.stale_index_entries(session_id)?;
         let inner = &self.inner;
+        let gate = super::sled_gate();
         let existed = (&inner.records, &inner.phone_index)
             .transaction(|(records, index)| {
                 for key in &stale {
@@ -92,6 +95,7 @@ impl Store {
                 Ok(records.remove(session_id.as_bytes())?.is_some())
             })
             .map_err(tx_error)?;
+        drop(gate);
         self.flush().await?;
         Ok(existed)
     }

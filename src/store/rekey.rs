@@ -96,6 +96,7 @@ fn rekey_until(
         }
         Some(_) => tracing::info!("resuming an interrupted key rotation"),
         None => {
+            let _gate = super::sled_gate();
             meta.insert(
                 REKEY_TARGET,
                 new.seal(META_TREE.as_bytes(), REKEY_TARGET, VERIFIER)?,
@@ -117,7 +118,10 @@ fn rekey_until(
         let mut pending_in_batch = 0;
         for item in tree.iter() {
             if stop_after == Some(report.resealed) {
-                tree.apply_batch(batch)?;
+                {
+                    let _gate = super::sled_gate();
+                    tree.apply_batch(batch)?;
+                }
                 db.flush()?;
                 return Ok(report);
             }
@@ -136,11 +140,17 @@ fn rekey_until(
                 Err(_) => report.unreadable += 1,
             }
             if pending_in_batch == BATCH_SIZE {
-                tree.apply_batch(std::mem::take(&mut batch))?;
+                {
+                    let _gate = super::sled_gate();
+                    tree.apply_batch(std::mem::take(&mut batch))?;
+                }
                 pending_in_batch = 0;
             }
         }
-        tree.apply_batch(batch)?;
+        {
+            let _gate = super::sled_gate();
+            tree.apply_batch(batch)?;
+        }
     }
     db.flush()?;
 
@@ -150,7 +160,10 @@ fn rekey_until(
         new.seal(META_TREE.as_bytes(), KEY_CHECK, VERIFIER)?,
     );
     commit.remove(REKEY_TARGET);
-    meta.apply_batch(commit)?;
+    {
+        let _gate = super::sled_gate();
+        meta.apply_batch(commit)?;
+    }
     db.flush()?;
     if report.unreadable > 0 {
         tracing::warn!(
