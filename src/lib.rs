@@ -1,13 +1,20 @@
 //! whatsd: a self-hosted WhatsApp multi-device session daemon.
 //!
-//! Layout: `wa` is the only code that touches whatsapp-rust; `session` runs
-//! the sessions (state machine, one task each, supervisor); `store` keeps
+//! Layout: `wa` is the only code that touches whatsapp-rust; `store` keeps
 //! records and device keys in sled, sealed at rest; `proto` holds the
-//! generated record types.
+//! generated record types; `session` runs the sessions; `api` serves them
+//! over HTTP and WebSocket; `config` reads the configuration; `cli` is the
+//! command-line client of the API.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cli;
+pub mod config;
+mod daemon;
 pub mod proto;
 pub mod session;
 pub mod store;
 pub mod wa;
+
+pub use daemon::{RunError, run};

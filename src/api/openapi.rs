@@ -1,0 +1,281 @@
+//! The OpenAPI 3.1 document of the REST API, served at `/v1/openapi.json`.
+//! Written by hand next to the router; `tests/api_openapi.rs` checks that
+//! both list the same routes.
+
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn json_body(schema: Value, required: bool) -> Value {
+    json!({ "required": required, "content": { "application/json": { "schema": schema } } })
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": description,
+            "schema": { "type": "string" } })
+}
+
+fn query_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn session_id() -> Value {
+    path_param("id", "session id, `[a-z0-9_-]{1,64}`")
+}
+
+/// One operation with the error answers every authenticated route shares.
+fn op(
+    summary: &str,
+    params: Vec<Value>,
+    body: Option<Value>,
+    mut responses: serde_json::Map<String, Value>,
+) -> Value {
+    for (status, what) in [
+        ("400", "malformed request"),
+        ("401", "missing or invalid token"),
+        ("429", "too many failed authentications from this address"),
+        ("503", "timed out or shutting down"),
+    ] {
+        responses
+            .entry(status)
+            .or_insert_with(|| error_response(what));
+    }
+    let mut op = json!({ "summary": summary, "parameters": params, "responses": responses });
+    if let Some(body) = body {
+        op["requestBody"] = body;
+    }
+    op
+}
+
+fn responses(items: &[(&str, Value)]) -> serde_json::Map<String, Value> {
+    items
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn session_action(summary: &str) -> Value {
+    json!({ "post": op(summary, vec![session_id()], None, responses(&[
+        ("200", json_response("the session afterwards", schema_ref("Session"))),
+        ("404", error_response("no such session")),
+        ("409", error_response("not possible in the session's state")),
+    ])) })
+}
+
+pub fn document() -> Value {
+    let state_enum: Vec<&str> = crate::session::SessionState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "whatsd",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Self-hosted WhatsApp multi-device session daemon. Every route except /healthz, /readyz and this document needs `Authorization: Bearer <token>`: the admin token, or a tenant token (scoped to that tenant's sessions). Errors are always `{\"error\":{\"code\",\"message\"}}`."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error"],
+                    "properties": { "error": { "type": "object", "required": ["code", "message"],
+                        "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } }
+                },
+                "SessionState": { "type": "string", "enum": state_enum },
+                "Transition": {
+                    "type": "object",
+                    "properties": {
+                        "from": schema_ref("SessionState"), "to": schema_ref("SessionState"),
+                        "reason": { "type": ["string", "null"] }, "at_ms": { "type": "integer" }
+                    }
+                },
+                "Session": {
+                    "type": "object",
+                    "properties": {
+                        "id": { "type": "string" }, "tenant": { "type": "string" },
+                        "state": schema_ref("SessionState"),
+                        "reason": { "type": ["string", "null"] }, "reason_message": { "type": ["string", "null"] },
+                        "phone": { "type": "string" }, "jid": { "type": "string" }, "lid": { "type": "string" },
+                        "push_name": { "type": "string" }, "business_name": { "type": "string" },
+                        "platform": { "type": "string" },
+                        "created_at_ms": { "type": "integer" }, "updated_at_ms": { "type": "integer" },
+                        "paired_at_ms": { "type": "integer" }, "last_connected_at_ms": { "type": "integer" },
+                        "transitions": { "type": "array", "items": schema_ref("Transition") }
+                    }
+                },
+                "SessionList": { "type": "object", "properties": { "sessions": { "type": "array", "items": schema_ref("Session") } } },
+                "Qr": {
+                    "type": "object",
+                    "properties": {
+                        "code": { "type": "string", "description": "a credential: whoever sees it can link a device" },
+                        "expires_at": { "type": "string", "format": "date-time" },
+                        "expires_at_ms": { "type": "integer" }, "index": { "type": "integer" },
+                        "svg": { "type": "string" }
+                    }
+                },
+                "Tenant": {
+                    "type": "object",
+                    "properties": {
+                        "id": { "type": "string" }, "created_at": { "type": "string", "format": "date-time" },
+                        "created_at_ms": { "type": "integer" }, "token_issued_at_ms": { "type": "integer" },
+                        "sessions": { "type": "integer" },
+                        "token": { "type": "string", "description": "only when created or rotated; shown once" }
+                    }
+                }
+            }
+        },
+        "security": [ { "bearer": [] } ],
+        "paths": {
+            "/healthz": { "get": { "summary": "the process is up", "security": [],
+                "responses": { "200": { "description": "up" } } } },
+            "/readyz": { "get": { "summary": "the store is open and the supervisor runs", "security": [],
+                "responses": { "200": { "description": "ready" }, "503": error_response("not ready") } } },
+            "/v1/openapi.json": { "get": { "summary": "this document", "security": [],
+                "responses": { "200": { "description": "OpenAPI 3.1" } } } },
+            "/v1/sessions": {
+                "get": op("list sessions", vec![
+                    query_param("state", "only sessions in this state", schema_ref("SessionState")),
+                    query_param("tenant", "only this tenant's sessions", json!({ "type": "string" })),
+                ], None, responses(&[
+                    ("200", json_response("sessions", schema_ref("SessionList"))),
+                    ("403", error_response("a tenant token asked for another tenant")),
+                ])),
+                "post": op("create a session", vec![], Some(json_body(json!({
+                    "type": "object", "additionalProperties": false,
+                    "properties": {
+                        "id": { "type": "string", "pattern": "^[a-z0-9_-]{1,64}$", "description": "generated when absent" },
+                        "tenant": { "type": "string", "description": "default `default` (admin) or the caller's tenant" },
+                        "start": { "type": "boolean", "default": true }
+                    }
+                }), false)), responses(&[
+                    ("201", json_response("created", schema_ref("Session"))),
+                    ("403", error_response("a tenant token named another tenant")),
+                    ("409", error_response("a session with that id exists")),
+                    ("413", error_response("body too large")),
+                    ("415", error_response("body is not JSON")),
+                    ("422", error_response("invalid id, unknown tenant or unknown field")),
+                ]))
+            },
+            "/v1/sessions/{id}": {
+                "get": op("show a session", vec![session_id()], None, responses(&[
+                    ("200", json_response("the session", schema_ref("Session"))),
+                    ("404", error_response("no such session")),
+                ])),
+                "delete": op("delete a session (logs the device out, wipes its keys)", vec![session_id()], None, responses(&[
+                    ("204", json!({ "description": "deleted" })),
+                    ("404", error_response("no such session")),
+                ]))
+            },
+            "/v1/sessions/{id}/start": session_action("start a session"),
+            "/v1/sessions/{id}/stop": session_action("stop a session"),
+            "/v1/sessions/{id}/reset": session_action("wipe keys and pair again"),
+            "/v1/sessions/{id}/logout": session_action("unlink the device"),
+            "/v1/sessions/{id}/qr": {
+                "get": op("the live pairing QR", vec![session_id(),
+                    query_param("format", "json (default), svg or png", json!({ "type": "string", "enum": ["json", "svg", "png"] }))],
+                    None, responses(&[
+                    ("200", json!({ "description": "the QR", "content": {
+                        "application/json": { "schema": schema_ref("Qr") },
+                        "image/svg+xml": {}, "image/png": {} } })),
+                    ("404", error_response("no such session, or no live QR (code: qr_pending, already_paired, pairing_by_code, not_started)")),
+                ]))
+            },
+            "/v1/sessions/{id}/pair-code": {
+                "post": op("pair with a phone-number code", vec![session_id()], Some(json_body(json!({
+                    "type": "object", "additionalProperties": false, "required": ["phone"],
+                    "properties": { "phone": { "type": "string", "description": "international number, digits" } }
+                }), true)), responses(&[
+                    ("200", json_response("the code to type on the phone", json!({ "type": "object", "properties": {
+                        "code": { "type": "string" }, "expires_at": { "type": "string", "format": "date-time" },
+                        "expires_at_ms": { "type": "integer" } } }))),
+                    ("404", error_response("no such session")),
+                    ("409", error_response("not possible in the session's state")),
+                    ("422", error_response("invalid phone, or WhatsApp refused")),
+                ]))
+            },
+            "/v1/sessions/{id}/messages": {
+                "post": op("send a text message", vec![session_id()], Some(json_body(json!({
+                    "type": "object", "additionalProperties": false, "required": ["to", "text"],
+                    "properties": { "to": { "type": "string", "description": "phone number or JID" }, "text": { "type": "string" } }
+                }), true)), responses(&[
+                    ("200", json_response("sent", json!({ "type": "object", "properties": { "id": { "type": "string" } } }))),
+                    ("404", error_response("no such session")),
+                    ("409", error_response("the session is not connected")),
+                    ("422", error_response("invalid recipient or text")),
+                    ("502", error_response("WhatsApp did not take the message")),
+                ]))
+            },
+            "/v1/phones/{phone}": {
+                "get": op("sessions paired with a phone number", vec![path_param("phone", "digits")], None, responses(&[
+                    ("200", json_response("sessions", json!({ "type": "object", "properties": {
+                        "phone": { "type": "string" }, "sessions": { "type": "array", "items": schema_ref("Session") } } }))),
+                ]))
+            },
+            "/v1/tenants": {
+                "get": op("list tenants", vec![], None, responses(&[
+                    ("200", json_response("tenants", json!({ "type": "object", "properties": {
+                        "tenants": { "type": "array", "items": schema_ref("Tenant") } } }))),
+                ])),
+                "post": op("create a tenant (admin); returns its token once", vec![], Some(json_body(json!({
+                    "type": "object", "additionalProperties": false, "required": ["id"],
+                    "properties": { "id": { "type": "string", "pattern": "^[a-z0-9_-]{1,64}$" } }
+                }), true)), responses(&[
+                    ("201", json_response("created, with `token`", schema_ref("Tenant"))),
+                    ("403", error_response("needs the admin token")),
+                    ("409", error_response("exists")),
+                    ("422", error_response("invalid id")),
+                ]))
+            },
+            "/v1/tenants/{id}": {
+                "get": op("show a tenant", vec![path_param("id", "tenant id")], None, responses(&[
+                    ("200", json_response("the tenant", schema_ref("Tenant"))),
+                    ("404", error_response("no such tenant")),
+                ])),
+                "delete": op("delete a tenant without sessions (admin)", vec![path_param("id", "tenant id")], None, responses(&[
+                    ("204", json!({ "description": "deleted" })),
+                    ("403", error_response("needs the admin token")),
+                    ("404", error_response("no such tenant")),
+                    ("409", error_response("the tenant still has sessions")),
+                ]))
+            },
+            "/v1/tenants/{id}/token": {
+                "post": op("rotate a tenant's token; the old one stops working", vec![path_param("id", "tenant id")], None, responses(&[
+                    ("200", json_response("the tenant, with the new `token`", schema_ref("Tenant"))),
+                    ("404", error_response("no such tenant")),
+                ]))
+            },
+            "/v1/ws-tickets": {
+                "post": op("a one-time ticket for /v1/events?ticket=", vec![], None, responses(&[
+                    ("201", json_response("the ticket", json!({ "type": "object", "properties": {
+                        "ticket": { "type": "string" }, "expires_at": { "type": "string", "format": "date-time" },
+                        "expires_at_ms": { "type": "integer" } } }))),
+                ]))
+            },
+            "/v1/events": {
+                "get": op("WebSocket of session events: a `snapshot` frame, then `session.*` and `message.*` frames", vec![
+                    query_param("session", "follow one session", json!({ "type": "string" })),
+                    query_param("tenant", "follow one tenant", json!({ "type": "string" })),
+                    query_param("ticket", "one-time ticket (browsers)", json!({ "type": "string" })),
+                ], None, responses(&[
+                    ("101", json!({ "description": "switching to the WebSocket protocol" })),
+                    ("403", error_response("a tenant token asked for another tenant")),
+                    ("404", error_response("no such session")),
+                ]))
+            }
+        }
+    })
+}

@@ -1,0 +1,173 @@
+//! REST handlers for tenants, their tokens, and WebSocket tickets.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::auth::{Principal, hash_token, new_token};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, check_id};
+use super::qr::{now_ms, rfc3339_ms};
+use crate::store::tenants::TenantRecord;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub id: String,
+}
+
+fn view(record: &TenantRecord, sessions: usize) -> serde_json::Value {
+    json!({
+        "id": record.id,
+        "created_at": rfc3339_ms(record.created_at_ms),
+        "created_at_ms": record.created_at_ms,
+        "token_issued_at_ms": record.token_issued_at_ms,
+        "sessions": sessions,
+    })
+}
+
+async fn session_count(state: &AppState, tenant: &str) -> usize {
+    state
+        .supervisor
+        .list()
+        .await
+        .iter()
+        .filter(|s| s.tenant == tenant)
+        .count()
+}
+
+/// The tenant, if the caller may see it (404 otherwise).
+fn visible_tenant(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<TenantRecord, ApiError> {
+    check_id("tenant", id).map_err(|m| ApiError::bad_request("invalid_id", m))?;
+    let not_found = || ApiError::not_found("not_found", format!("no tenant {id:?}"));
+    if !principal.can_see(id) {
+        return Err(not_found());
+    }
+    state.store.get_tenant(id)?.ok_or_else(not_found)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<CreateTenant>,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
+    check_id("tenant", &req.id).map_err(|m| ApiError::unprocessable("invalid_id", m))?;
+    let token = new_token()?;
+    let now = now_ms();
+    let record = TenantRecord {
+        version: 0,
+        id: req.id.clone(),
+        token_hash: hash_token(&token),
+        created_at_ms: now,
+        token_issued_at_ms: now,
+    };
+    if !state.store.create_tenant(&record).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!(
+                "tenant {:?} already exists; rotate its token instead",
+                req.id
+            ),
+        ));
+    }
+    state.auth.set_tenant_token(&record.id, record.token_hash);
+    tracing::info!(tenant = %record.id, "tenant created");
+    let mut body = view(&record, 0);
+    body["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sessions = state.supervisor.list().await;
+    let tenants: Vec<_> = state
+        .store
+        .list_tenants()?
+        .iter()
+        .filter(|t| principal.can_see(&t.id))
+        .map(|t| view(t, sessions.iter().filter(|s| s.tenant == t.id).count()))
+        .collect();
+    Ok(Json(json!({ "tenants": tenants })))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let record = visible_tenant(&state, &principal, &id)?;
+    let count = session_count(&state, &id).await;
+    Ok(Json(view(&record, count)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin()?;
+    visible_tenant(&state, &principal, &id)?;
+    let count = session_count(&state, &id).await;
+    if count > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_has_sessions",
+            format!("tenant {id:?} still has {count} session(s); delete them first"),
+        ));
+    }
+    state.store.delete_tenant(&id).await?;
+    state.auth.remove_tenant(&id);
+    tracing::info!(tenant = %id, "tenant deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues a new token for the tenant; the old one stops working at once.
+/// The admin may rotate any tenant's token, a tenant its own.
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut record = visible_tenant(&state, &principal, &id)?;
+    let token = new_token()?;
+    record.token_hash = hash_token(&token);
+    record.token_issued_at_ms = now_ms();
+    state.store.put_tenant(&record).await?;
+    state.auth.set_tenant_token(&record.id, record.token_hash);
+    tracing::info!(tenant = %id, "tenant token rotated");
+    let count = session_count(&state, &id).await;
+    let mut body = view(&record, count);
+    body["token"] = json!(token);
+    Ok(Json(body))
+}
+
+/// A one-time ticket for `GET /v1/events?ticket=…` (browsers cannot set
+/// headers on a WebSocket).
+pub async fn ws_ticket(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Response, ApiError> {
+    let (ticket, ttl) = state.auth.issue_ticket(principal)?;
+    let expires_at_ms = now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "ticket": ticket,
+            "expires_at": rfc3339_ms(expires_at_ms),
+            "expires_at_ms": expires_at_ms,
+        })),
+    )
+        .into_response())
+}

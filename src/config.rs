@@ -1,0 +1,668 @@
+//! The daemon's configuration: a TOML file (optional), then `WHATSD_…`
+//! environment variables on top, then a semantic [`Config::check`].
+//!
+//! Every key has a default, so `whatsd serve` works with no file at all.
+//! Durations are written as `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"14d"` or a
+//! bare number of seconds; sizes as `"1MiB"`, `"64KiB"`, `"1000"` or a bare
+//! number of bytes. Each key `a.b_c` can be overridden by the environment
+//! variable `WHATSD_A_B_C` (top-level keys: `WHATSD_LISTEN`, …).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::session::SessionConfig;
+use crate::wa::WaConfig;
+
+/// Default listen address: loopback only; put a TLS proxy in front to expose it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Prefix of every configuration environment variable.
+pub const ENV_PREFIX: &str = "WHATSD_";
+
+/// `WHATSD_…` variables that are not configuration keys (secrets and CLI
+/// settings); the overlay leaves them alone.
+const NOT_CONFIG_VARS: &[&str] = &[
+    "WHATSD_ADMIN_TOKEN",
+    "WHATSD_TOKEN",
+    "WHATSD_TOKEN_FILE",
+    "WHATSD_URL",
+    "WHATSD_CONFIG",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP/WebSocket API. Port 0 picks a free port (the
+    /// bound address is printed as `listening on ADDR`).
+    pub listen: String,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The store's master key (32 raw bytes or 64 hex digits). Unset:
+    /// `$CREDENTIALS_DIRECTORY/master-key`, then `<data_dir>/master.key`
+    /// (generated on first start).
+    pub master_key_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub whatsapp: WhatsAppConfig,
+    pub sessions: SessionsConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_string(),
+            data_dir: PathBuf::from(crate::store::DEFAULT_DATA_DIR),
+            master_key_file: None,
+            auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            whatsapp: WhatsAppConfig::default(),
+            sessions: SessionsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the admin token. Unset: `$WHATSD_ADMIN_TOKEN`, then
+    /// `$CREDENTIALS_DIRECTORY/admin-token`, then a token generated on the
+    /// first start (printed once, stored hashed).
+    pub admin_token_file: Option<PathBuf>,
+    /// WebSocket connections one token may hold at once.
+    pub max_sockets_per_token: usize,
+    /// Lifetime of a one-time WebSocket ticket.
+    #[serde(deserialize_with = "de_duration")]
+    pub ticket_ttl: Duration,
+    /// Failed authentications one address may make per `failure_window`
+    /// before it is answered 429 until the window passes.
+    pub failure_limit: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub failure_window: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_token_file: None,
+            max_sockets_per_token: 16,
+            ticket_ttl: Duration::from_secs(30),
+            failure_limit: 10,
+            failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest request body accepted.
+    #[serde(deserialize_with = "de_size")]
+    pub body_limit: u64,
+    /// Longest a request may take before it is answered 503.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// Open TCP connections (HTTP and WebSocket) at once; more wait.
+    pub max_connections: usize,
+    /// How often the server pings each WebSocket.
+    #[serde(deserialize_with = "de_duration")]
+    pub ws_ping_interval: Duration,
+    /// A WebSocket write that takes longer than this drops the socket.
+    #[serde(deserialize_with = "de_duration")]
+    pub ws_send_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            ws_ping_interval: Duration::from_secs(20),
+            ws_send_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhatsAppConfig {
+    /// WebSocket URL of WhatsApp. Unset: WhatsApp's own. Tests point it at fakewa.
+    pub ws_url: Option<String>,
+    /// Client version `"MAJOR.MINOR.PATCH"`. Unset: learned from WhatsApp Web.
+    pub version: Option<String>,
+    /// Name shown on the phone's "Linked devices" list. Unset: the library default.
+    pub device_os: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    #[serde(deserialize_with = "de_duration")]
+    pub activation_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub phone_poll_budget: Duration,
+    pub start_concurrency: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub health_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub stuck_after: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub silent_after: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub expiry: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            activation_timeout: Duration::from_secs(5 * 60),
+            phone_poll_budget: Duration::from_secs(60),
+            start_concurrency: 32,
+            health_interval: Duration::from_secs(5 * 60),
+            stuck_after: Duration::from_secs(2 * 60),
+            silent_after: Duration::from_secs(5 * 60),
+            expiry: Duration::from_secs(14 * 24 * 3600),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `"info"` or `"whatsd=debug,info"`. `RUST_LOG` wins.
+    pub filter: String,
+    /// `"text"` or `"json"`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".to_string(),
+            format: "text".to_string(),
+        }
+    }
+}
+
+/// Why a configuration was refused. Reported with exit code 78.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Kinds of value an environment variable is converted to.
+#[derive(Clone, Copy)]
+enum EnvKind {
+    Str,
+    Int,
+}
+
+/// Every key the environment may set, as (TOML path, kind).
+const ENV_KEYS: &[(&[&str], EnvKind)] = &[
+    (&["listen"], EnvKind::Str),
+    (&["data_dir"], EnvKind::Str),
+    (&["master_key_file"], EnvKind::Str),
+    (&["auth", "admin_token_file"], EnvKind::Str),
+    (&["auth", "max_sockets_per_token"], EnvKind::Int),
+    (&["auth", "ticket_ttl"], EnvKind::Str),
+    (&["auth", "failure_limit"], EnvKind::Int),
+    (&["auth", "failure_window"], EnvKind::Str),
+    (&["api", "body_limit"], EnvKind::Str),
+    (&["api", "request_timeout"], EnvKind::Str),
+    (&["api", "max_connections"], EnvKind::Int),
+    (&["api", "ws_ping_interval"], EnvKind::Str),
+    (&["api", "ws_send_timeout"], EnvKind::Str),
+    (&["whatsapp", "ws_url"], EnvKind::Str),
+    (&["whatsapp", "version"], EnvKind::Str),
+    (&["whatsapp", "device_os"], EnvKind::Str),
+    (&["sessions", "activation_timeout"], EnvKind::Str),
+    (&["sessions", "phone_poll_budget"], EnvKind::Str),
+    (&["sessions", "start_concurrency"], EnvKind::Int),
+    (&["sessions", "health_interval"], EnvKind::Str),
+    (&["sessions", "stuck_after"], EnvKind::Str),
+    (&["sessions", "silent_after"], EnvKind::Str),
+    (&["sessions", "expiry"], EnvKind::Str),
+    (&["sessions", "shutdown_timeout"], EnvKind::Str),
+    (&["log", "filter"], EnvKind::Str),
+    (&["log", "format"], EnvKind::Str),
+];
+
+fn env_name(path: &[&str]) -> String {
+    format!("{ENV_PREFIX}{}", path.join("_").to_ascii_uppercase())
+}
+
+impl Config {
+    /// Reads `path` (if any), overlays the process environment, and checks
+    /// the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let file_path = path.map_or_else(|| PathBuf::from("<none>"), Path::to_path_buf);
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: file_path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        };
+        // The file alone first: its errors carry line and column.
+        toml::from_str::<Config>(&text).map_err(parse_err)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse_err)?;
+        let mut overlaid = Vec::new();
+        for (var, value) in env {
+            if !var.starts_with(ENV_PREFIX) || NOT_CONFIG_VARS.contains(&var.as_str()) {
+                continue;
+            }
+            let Some((key, kind)) = ENV_KEYS.iter().find(|(key, _)| env_name(key) == var) else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "not a configuration key (see config/example.toml)".to_string(),
+                });
+            };
+            let value = match kind {
+                EnvKind::Str => toml::Value::String(value),
+                EnvKind::Int => match value.trim().parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => {
+                        return Err(ConfigError::Env {
+                            var,
+                            message: format!("expected an integer, got {value:?}"),
+                        });
+                    }
+                },
+            };
+            set_path(&mut table, key, value);
+            overlaid.push(var);
+        }
+        let config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
+                var: overlaid.join(", "),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Semantic checks the types cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.listen_addr().is_err() {
+            return bad(format!(
+                "listen = {:?} is not an address like \"127.0.0.1:8080\"",
+                self.listen
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty".into());
+        }
+        if let Some(url) = &self.whatsapp.ws_url
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            return bad(format!(
+                "whatsapp.ws_url = {url:?} must start with ws:// or wss://"
+            ));
+        }
+        if let Some(version) = &self.whatsapp.version
+            && parse_version(version).is_none()
+        {
+            return bad(format!(
+                "whatsapp.version = {version:?} must look like \"2.3000.1023456789\""
+            ));
+        }
+        if let Some(os) = &self.whatsapp.device_os
+            && os.trim().is_empty()
+        {
+            return bad("whatsapp.device_os must not be empty".into());
+        }
+        let positive = [
+            ("auth.ticket_ttl", self.auth.ticket_ttl),
+            ("auth.failure_window", self.auth.failure_window),
+            ("api.request_timeout", self.api.request_timeout),
+            ("api.ws_ping_interval", self.api.ws_ping_interval),
+            ("api.ws_send_timeout", self.api.ws_send_timeout),
+            (
+                "sessions.activation_timeout",
+                self.sessions.activation_timeout,
+            ),
+            (
+                "sessions.phone_poll_budget",
+                self.sessions.phone_poll_budget,
+            ),
+            ("sessions.health_interval", self.sessions.health_interval),
+            ("sessions.stuck_after", self.sessions.stuck_after),
+            ("sessions.silent_after", self.sessions.silent_after),
+            ("sessions.expiry", self.sessions.expiry),
+            ("sessions.shutdown_timeout", self.sessions.shutdown_timeout),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return bad(format!("{name} must be greater than zero"));
+            }
+        }
+        let counts = [
+            (
+                "auth.max_sockets_per_token",
+                self.auth.max_sockets_per_token,
+            ),
+            ("auth.failure_limit", self.auth.failure_limit as usize),
+            ("api.max_connections", self.api.max_connections),
+            (
+                "sessions.start_concurrency",
+                self.sessions.start_concurrency,
+            ),
+        ];
+        for (name, value) in counts {
+            if value == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.auth.ticket_ttl > Duration::from_secs(300) {
+            return bad("auth.ticket_ttl must be at most 5m: tickets travel in URLs".into());
+        }
+        if self.api.body_limit < 1024 {
+            return bad("api.body_limit must be at least 1KiB".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad(format!(
+                "log.format = {:?} must be \"text\" or \"json\"",
+                self.log.format
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return bad(format!(
+                "log.filter = {:?} is not a valid tracing filter",
+                self.log.filter
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listen address (checked by [`Config::check`]).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("listen = {:?}", self.listen)))
+    }
+
+    /// The supervisor's settings.
+    pub fn session_config(&self) -> SessionConfig {
+        let defaults = WaConfig::default();
+        let wa = WaConfig {
+            ws_url: self.whatsapp.ws_url.clone(),
+            version: self.whatsapp.version.as_deref().and_then(parse_version),
+            device_os: self
+                .whatsapp
+                .device_os
+                .clone()
+                .unwrap_or(defaults.device_os),
+        };
+        let s = &self.sessions;
+        SessionConfig {
+            wa,
+            activation_timeout: s.activation_timeout,
+            phone_poll_budget: s.phone_poll_budget,
+            start_concurrency: s.start_concurrency,
+            health_interval: s.health_interval,
+            stuck_after: s.stuck_after,
+            silent_after: s.silent_after,
+            expiry: s.expiry,
+            shutdown_timeout: s.shutdown_timeout,
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert((*last).to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry((*first).to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// `"2.3000.1023456789"` → `(2, 3000, 1023456789)`.
+pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = s.trim().split('.');
+    let v = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    parts.next().is_none().then_some(v)
+}
+
+/// `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"14d"`, `"90"` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"30s\", \"5m\" or \"500ms\""))?;
+    let scale = |mul: u64| {
+        n.checked_mul(mul)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => scale(1),
+        "m" => scale(60),
+        "h" => scale(3600),
+        "d" => scale(86_400),
+        other => Err(format!(
+            "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+        )),
+    }
+}
+
+/// `"1MiB"`, `"64KiB"`, `"1000"` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"1MiB\" or \"65536\""))?;
+    let mul = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        "GiB" | "G" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrString {
+    Number(u64),
+    String(String),
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match NumberOrString::deserialize(d)? {
+        NumberOrString::Number(secs) => Ok(Duration::from_secs(secs)),
+        NumberOrString::String(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumberOrString::deserialize(d)? {
+        NumberOrString::Number(n) => Ok(n),
+        NumberOrString::String(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_with_env(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn no_file_gives_working_defaults() {
+        let c = Config::load_with_env(None, Vec::new()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./sessions"));
+        assert_eq!(c.api.body_limit, 1024 * 1024);
+        assert_eq!(c.sessions.expiry, Duration::from_secs(14 * 86_400));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2048").unwrap(), 2048);
+        assert!(parse_size("1 furlong").is_err());
+        assert_eq!(
+            parse_version("2.3000.1023456789"),
+            Some((2, 3000, 1_023_456_789))
+        );
+        assert_eq!(parse_version("2.3000"), None);
+        assert_eq!(parse_version("2.3000.1.4"), None);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = load("[api]\nbody_limt = \"1MiB\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("body_limt"), "{err}");
+        let err = load("lisen = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load(
+            "listen = \"127.0.0.1:1\"\n[sessions]\nstart_concurrency = 4\n",
+            &[
+                ("WHATSD_LISTEN", "127.0.0.1:0"),
+                ("WHATSD_SESSIONS_START_CONCURRENCY", "7"),
+                ("WHATSD_WHATSAPP_VERSION", "2.3000.1"),
+                ("WHATSD_API_BODY_LIMIT", "2MiB"),
+                ("WHATSD_ADMIN_TOKEN", "not config"),
+                ("HOME", "/root"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0");
+        assert_eq!(c.sessions.start_concurrency, 7);
+        assert_eq!(c.api.body_limit, 2 << 20);
+        assert_eq!(c.session_config().wa.version, Some((2, 3000, 1)));
+    }
+
+    #[test]
+    fn bad_environment_is_named() {
+        let err = load("", &[("WHATSD_SESSIONS_START_CONCURRENCY", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WHATSD_SESSIONS_START_CONCURRENCY"), "{err}");
+        let err = load("", &[("WHATSD_LISTN", "x")]).unwrap_err().to_string();
+        assert!(err.contains("WHATSD_LISTN"), "{err}");
+        let err = load("", &[("WHATSD_API_REQUEST_TIMEOUT", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        for (text, needle) in [
+            ("listen = \"localhost\"", "listen"),
+            ("[whatsapp]\nws_url = \"http://x\"", "ws_url"),
+            ("[whatsapp]\nversion = \"latest\"", "version"),
+            ("[sessions]\nstart_concurrency = 0", "start_concurrency"),
+            ("[api]\nrequest_timeout = \"0s\"", "request_timeout"),
+            ("[log]\nformat = \"xml\"", "format"),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_env_key_maps_to_a_real_key() {
+        for (path, kind) in ENV_KEYS {
+            let value = match kind {
+                EnvKind::Int => "3",
+                EnvKind::Str => match *path.last().unwrap() {
+                    "listen" => "127.0.0.1:0",
+                    "ws_url" => "ws://127.0.0.1:1/ws/chat",
+                    "version" => "2.3000.1",
+                    "body_limit" => "2MiB",
+                    "format" => "json",
+                    "filter" => "debug",
+                    p if p.ends_with("_file") || p == "data_dir" => "/tmp/x",
+                    "device_os" => "x",
+                    _ => "1m",
+                },
+            };
+            let var = env_name(path);
+            load("", &[(&var, value)]).unwrap_or_else(|e| panic!("{var}: {e}"));
+        }
+    }
+}

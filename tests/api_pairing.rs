@@ -1,0 +1,146 @@
+//! Full pairing through the API only, against fakewa: create → WebSocket
+//! `snapshot` → `session.qr` (with SVG) → the phone scans → `session.paired`
+//! with the exact phone → `session.connected`; the REST view agrees, the
+//! PNG decodes to the same code, and a text sent through REST reaches
+//! fakewa's outbox.
+
+mod common;
+
+use common::{ADMIN, Daemon, control, next_json, wait_event, ws_connect};
+use serde_json::json;
+
+const PHONE: &str = "15551234567";
+
+fn decode_png(png: &[u8]) -> String {
+    let image = image::load_from_memory_with_format(png, image::ImageFormat::Png)
+        .expect("a PNG")
+        .to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare(image);
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "exactly one QR code in the PNG");
+    let (_, content) = grids[0].decode().expect("the QR decodes");
+    content
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_through_the_api_only() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+
+    let created = daemon
+        .post(
+            "/v1/sessions",
+            Some(ADMIN),
+            Some(json!({ "id": "shop-1", "start": false })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["state"], "created");
+    assert_eq!(created.json()["tenant"], "default");
+
+    let mut ws = ws_connect(daemon.addr, "/v1/events?session=shop-1", Some(ADMIN))
+        .await
+        .expect("socket opens");
+    let snapshot = next_json(&mut ws, 10).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["sessions"][0]["id"], "shop-1");
+    assert_eq!(snapshot["sessions"][0]["state"], "created");
+    assert!(snapshot["sessions"][0]["qr"].is_null());
+
+    let started = daemon
+        .post("/v1/sessions/shop-1/start", Some(ADMIN), None)
+        .await;
+    assert_eq!(started.status, 200, "{}", started.text());
+
+    let qr = wait_event(&mut ws, "session.qr", 30).await;
+    let code = qr["code"].as_str().expect("code").to_string();
+    assert_eq!(qr["session"], "shop-1");
+    assert!(qr["svg"].as_str().expect("svg").contains("<svg"));
+    assert!(
+        qr["expires_at"]
+            .as_str()
+            .expect("expires_at")
+            .ends_with('Z')
+    );
+    assert!(qr["index"].as_u64().expect("index") >= 1);
+
+    // The same QR over REST, as JSON, SVG and a PNG that decodes to it.
+    let as_json = daemon.get("/v1/sessions/shop-1/qr", Some(ADMIN)).await;
+    assert_eq!(as_json.status, 200, "{}", as_json.text());
+    assert_eq!(as_json.json()["code"], code.as_str());
+    assert!(as_json.json()["svg"].as_str().unwrap().contains("<svg"));
+    let svg = daemon
+        .get("/v1/sessions/shop-1/qr?format=svg", Some(ADMIN))
+        .await;
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    let png = daemon
+        .get("/v1/sessions/shop-1/qr?format=png", Some(ADMIN))
+        .await;
+    assert_eq!(png.status, 200);
+    assert_eq!(png.header("content-type"), Some("image/png"));
+    assert_eq!(decode_png(&png.body), code);
+
+    // The phone scans it.
+    let scanned = control(
+        fake.control_addr(),
+        "/control/scan",
+        json!({ "qr": code, "phone": PHONE }),
+    )
+    .await;
+    assert_eq!(scanned.status, 200, "{}", scanned.text());
+
+    let paired = wait_event(&mut ws, "session.paired", 30).await;
+    assert_eq!(paired["phone"], PHONE);
+    let jid = paired["jid"].as_str().expect("jid").to_string();
+    assert!(jid.starts_with(PHONE), "{jid}");
+    let connected = wait_event(&mut ws, "session.connected", 60).await;
+    assert_eq!(connected["phone"], PHONE);
+
+    let shown = daemon.get("/v1/sessions/shop-1", Some(ADMIN)).await.json();
+    assert_eq!(shown["state"], "connected");
+    assert_eq!(shown["phone"], PHONE);
+    assert_eq!(shown["jid"], jid.as_str());
+    assert_eq!(shown["lid"], paired["lid"]);
+    assert!(shown["paired_at_ms"].as_i64().unwrap() > 0);
+    assert!(
+        shown["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["to"] == "connected")
+    );
+
+    // No QR once paired, with a reason code.
+    let gone = daemon.get("/v1/sessions/shop-1/qr", Some(ADMIN)).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.error_code(), "already_paired");
+
+    let by_phone = daemon
+        .get(&format!("/v1/phones/{PHONE}"), Some(ADMIN))
+        .await;
+    assert_eq!(by_phone.status, 200);
+    assert_eq!(by_phone.json()["sessions"][0]["id"], "shop-1");
+
+    // Send a text through REST; fakewa's outbox has it.
+    let sent = daemon
+        .post(
+            "/v1/sessions/shop-1/messages",
+            Some(ADMIN),
+            Some(json!({ "to": "15550009999", "text": "hello from whatsd" })),
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let message_id = sent.json()["id"].as_str().expect("message id").to_string();
+    assert!(!message_id.is_empty());
+    let outbox = fake.server.outbox(Some(PHONE));
+    assert!(
+        outbox
+            .iter()
+            .any(|m| m.text.as_deref() == Some("hello from whatsd")
+                && m.to.starts_with("15550009999")),
+        "outbox: {outbox:?}"
+    );
+    let event = wait_event(&mut ws, "message.sent", 10).await;
+    assert_eq!(event["id"], message_id.as_str());
+}
