@@ -38,7 +38,9 @@ fn config(fake: &FakeWa) -> SessionConfig {
 
 async fn boot(dir: &Path, config: SessionConfig) -> Daemon {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
     let store = reopen(|| Store::open(dir, &key())).await;
@@ -61,7 +63,9 @@ async fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -
     loop {
         match open() {
             Ok(v) => return v,
-            Err(e) if tokio::time::Instant::now() < deadline && format!("{e:?}").contains("lock") => {
+            Err(e)
+                if tokio::time::Instant::now() < deadline && format!("{e:?}").contains("lock") =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("cannot open the data dir: {e:?}"),
@@ -69,7 +73,35 @@ async fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 impl Daemon {
+    /// After a restart the record still says `connected` from before: wait
+    /// for a login that happened after `since_ms` (bounded poll).
+    async fn connected_since(&self, id: &str, since_ms: i64) {
+        self.connected_since_within(id, since_ms, 30).await
+    }
+
+    async fn connected_since_within(&self, id: &str, since_ms: i64, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let info = self.supervisor.get(id).await.unwrap();
+            if info.state == SessionState::Connected && info.last_connected_at_ms >= since_ms {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} did not reconnect after the restart: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The first event for `session` that `pick` accepts, within `secs`.
     async fn wait<T>(
         &mut self,
@@ -344,12 +376,10 @@ async fn restart_reconnects_paired_sessions_and_stops_pairings() {
         d.qr("pending", 5).await;
         d.supervisor.shutdown().await;
     }
-    let mut d = boot(dir.path(), config(&fake)).await;
+    let restarted_at = now_ms();
+    let d = boot(dir.path(), config(&fake)).await;
     for id in ["a", "b"] {
-        let info = d.supervisor.get(id).await.unwrap();
-        if info.state != SessionState::Connected {
-            d.state(id, SessionState::Connected, 30).await;
-        }
+        d.connected_since(id, restarted_at).await;
     }
     let a = d.supervisor.get("a").await.unwrap();
     assert_eq!(a.phone, "15551230010", "phone kept across restart");
@@ -389,11 +419,9 @@ async fn a_corrupt_keyspace_fails_only_its_own_session() {
         assert!(n > 0, "the keyspace had values");
         db.flush().unwrap();
     }
+    let restarted_at = now_ms();
     let mut d = boot(dir.path(), config(&fake)).await;
-    let info = d.supervisor.get("good").await.unwrap();
-    if info.state != SessionState::Connected {
-        d.state("good", SessionState::Connected, 30).await;
-    }
+    d.connected_since("good", restarted_at).await;
     let bad = d.supervisor.get("bad").await.unwrap();
     let bad = if bad.state == SessionState::Failed {
         bad
@@ -552,11 +580,19 @@ async fn send_text_reaches_the_contact() {
         })
         .await;
     assert_eq!(sent.0, id);
-    let outbox = fake.server.outbox(Some("15551230070"));
-    let entry = outbox
-        .iter()
-        .find(|m| m.id == id)
-        .expect("fakewa received it");
+    // send_text returns once the stanza is written; fakewa reads it a moment later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let entry = loop {
+        let outbox = fake.server.outbox(Some("15551230070"));
+        if let Some(entry) = outbox.into_iter().find(|m| m.id == id) {
+            break entry;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fakewa never received {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(entry.text.as_deref(), Some("hello from whatsd"));
     assert!(entry.to.starts_with("15550009999"));
     d.supervisor.shutdown().await;
@@ -647,5 +683,27 @@ async fn many_sessions_pair_independently() {
             .count(),
         5
     );
+    d.supervisor.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_sweep_reconnects_a_silent_connection() {
+    // fakewa stops reading and writing ("connected but silent"). The library
+    // alone notices only after an idle ping (15-30 s) plus its 20 s
+    // dead-socket deadline; the sweep (here every second, silent after 3 s)
+    // must reconnect well before that.
+    let fake = FakeWa::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&fake);
+    cfg.health_interval = Duration::from_secs(1);
+    cfg.silent_after = Duration::from_secs(3);
+    let mut d = boot(dir.path(), cfg).await;
+    d.pair(&fake, "quiet", "15551230080").await;
+    let stalled_at = now_ms();
+    fake.server
+        .fault("15551230080", fakewa::Fault::Stall)
+        .unwrap();
+    d.connected_since_within("quiet", stalled_at, 15).await;
+    assert_eq!(device_count(&fake, "15551230080"), (1, 1));
     d.supervisor.shutdown().await;
 }

@@ -14,7 +14,9 @@ use whatsapp_rust::store::traits::DeviceStore;
 use super::event::{EventKind, Identity, PairingQr, SessionEvent};
 use super::state::{Reason, SessionState};
 use super::supervisor::ActorExit;
-use super::{PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, TRANSITIONS_KEPT, now_ms};
+use super::{
+    PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, TRANSITIONS_KEPT, now_ms,
+};
 use crate::proto::v1::{SessionRecord, Transition};
 use crate::store::Store;
 use crate::wa::{Connection, WaError, WaEvent};
@@ -27,8 +29,15 @@ pub(super) enum Command {
     Reset(Reply<SessionInfo>),
     Logout(Reply<SessionInfo>),
     Delete(Reply<()>),
-    PairCode { phone: String, reply: Reply<PairCodeIssued> },
-    SendText { to: String, text: String, reply: Reply<String> },
+    PairCode {
+        phone: String,
+        reply: Reply<PairCodeIssued>,
+    },
+    SendText {
+        to: String,
+        text: String,
+        reply: Reply<String>,
+    },
     /// Daemon start: reconnect a session that was paired.
     Restore,
     Health,
@@ -81,7 +90,12 @@ pub(super) struct Actor {
 }
 
 /// Sets `record`'s state and reason and appends a transition.
-pub(super) fn apply_transition(record: &mut SessionRecord, to: SessionState, reason: Option<Reason>, message: Option<&str>) {
+pub(super) fn apply_transition(
+    record: &mut SessionRecord,
+    to: SessionState,
+    reason: Option<Reason>,
+    message: Option<&str>,
+) {
     let now = now_ms();
     record.transitions.push(Transition {
         from: record.state.clone(),
@@ -168,11 +182,22 @@ impl Actor {
     // ---- state --------------------------------------------------------
 
     /// Persists the new state, then announces it.
-    async fn transition(&mut self, to: SessionState, reason: Option<Reason>, message: Option<String>) {
+    async fn transition(
+        &mut self,
+        to: SessionState,
+        reason: Option<Reason>,
+        message: Option<String>,
+    ) {
         let from = self.state();
         apply_transition(&mut self.record, to, reason, message.as_deref());
         self.state_since = Instant::now();
-        if matches!(to, SessionState::Connected | SessionState::Failed | SessionState::Stopped | SessionState::LoggedOut) {
+        if matches!(
+            to,
+            SessionState::Connected
+                | SessionState::Failed
+                | SessionState::Stopped
+                | SessionState::LoggedOut
+        ) {
             self.start_permit = None;
         }
         if !to.is_pairing() {
@@ -180,7 +205,12 @@ impl Actor {
         }
         self.persist().await;
         tracing::info!(session = %self.record.id, %from, %to, reason = reason.map(|r| r.as_str()), "state");
-        self.emit(EventKind::State { from, to, reason, message });
+        self.emit(EventKind::State {
+            from,
+            to,
+            reason,
+            message,
+        });
     }
 
     async fn persist(&self) {
@@ -194,7 +224,11 @@ impl Actor {
     }
 
     fn identity(&self) -> Identity {
-        Identity { phone: self.record.phone.clone(), jid: self.record.jid.clone(), lid: self.record.lid.clone() }
+        Identity {
+            phone: self.record.phone.clone(),
+            jid: self.record.jid.clone(),
+            lid: self.record.lid.clone(),
+        }
     }
 
     fn is_paired(&self) -> bool {
@@ -212,7 +246,8 @@ impl Actor {
             Command::Stop(reply) => {
                 self.stop_client().await;
                 if self.state() != SessionState::Stopped {
-                    self.transition(SessionState::Stopped, Some(Reason::Requested), None).await;
+                    self.transition(SessionState::Stopped, Some(Reason::Requested), None)
+                        .await;
                 }
                 let _ = reply.send(Ok(self.info()));
             }
@@ -249,8 +284,17 @@ impl Actor {
         }
         if self.is_paired() {
             if let Err(message) = self.check_keyspace().await {
-                self.transition(SessionState::Failed, Some(Reason::StoreError), Some(message)).await;
-                return Err(SupervisorError::InvalidState { id: self.id().to_owned(), state: SessionState::Failed, action: "start" });
+                self.transition(
+                    SessionState::Failed,
+                    Some(Reason::StoreError),
+                    Some(message),
+                )
+                .await;
+                return Err(SupervisorError::InvalidState {
+                    id: self.id().to_owned(),
+                    state: SessionState::Failed,
+                    action: "start",
+                });
             }
             self.transition(SessionState::Connecting, None, None).await;
         } else {
@@ -263,7 +307,11 @@ impl Actor {
 
     /// A paired record must come with the keys it was paired with.
     async fn check_keyspace(&self) -> Result<(), String> {
-        let backend = self.shared.store.device_backend(&self.record.id).map_err(|e| e.to_string())?;
+        let backend = self
+            .shared
+            .store
+            .device_backend(&self.record.id)
+            .map_err(|e| e.to_string())?;
         match backend.load().await {
             Ok(Some(device)) if device.pn.is_some() => Ok(()),
             Ok(_) => Err("the session's keys are missing: re-pair it (reset)".into()),
@@ -275,7 +323,12 @@ impl Actor {
         let backend = match self.shared.store.device_backend(&self.record.id) {
             Ok(b) => b,
             Err(e) => {
-                self.transition(SessionState::Failed, Some(Reason::StoreError), Some(e.to_string())).await;
+                self.transition(
+                    SessionState::Failed,
+                    Some(Reason::StoreError),
+                    Some(e.to_string()),
+                )
+                .await;
                 return Err(e.into());
             }
         };
@@ -288,8 +341,17 @@ impl Actor {
             }
             Err(e) => {
                 self.activation_deadline = None;
-                self.transition(SessionState::Failed, Some(Reason::StoreError), Some(e.to_string())).await;
-                Err(SupervisorError::InvalidState { id: self.id().to_owned(), state: SessionState::Failed, action: "start" })
+                self.transition(
+                    SessionState::Failed,
+                    Some(Reason::StoreError),
+                    Some(e.to_string()),
+                )
+                .await;
+                Err(SupervisorError::InvalidState {
+                    id: self.id().to_owned(),
+                    state: SessionState::Failed,
+                    action: "start",
+                })
             }
         }
     }
@@ -335,24 +397,39 @@ impl Actor {
         }
         self.stop_client().await;
         if let Err(e) = self.wipe().await {
-            self.transition(SessionState::Failed, Some(Reason::StoreError), Some(e.to_string())).await;
+            self.transition(
+                SessionState::Failed,
+                Some(Reason::StoreError),
+                Some(e.to_string()),
+            )
+            .await;
             return Err(e);
         }
-        self.transition(SessionState::Created, Some(Reason::Reset), None).await;
+        self.transition(SessionState::Created, Some(Reason::Reset), None)
+            .await;
         self.start().await
     }
 
     async fn logout(&mut self) -> Result<(), SupervisorError> {
         match self.conn.take() {
-            Some(conn) if self.state() == SessionState::Connected => conn.logout(self.config().shutdown_timeout).await,
+            Some(conn) if self.state() == SessionState::Connected => {
+                conn.logout(self.config().shutdown_timeout).await
+            }
             Some(conn) => conn.shutdown(self.config().shutdown_timeout).await,
             None => {}
         }
         self.stop_client().await;
         let phone = self.record.phone.clone();
         self.wipe().await?;
-        self.transition(SessionState::LoggedOut, Some(Reason::LoggedOut), (!phone.is_empty()).then(|| format!("was {phone}"))).await;
-        self.emit(EventKind::LoggedOut { reason: Reason::LoggedOut });
+        self.transition(
+            SessionState::LoggedOut,
+            Some(Reason::LoggedOut),
+            (!phone.is_empty()).then(|| format!("was {phone}")),
+        )
+        .await;
+        self.emit(EventKind::LoggedOut {
+            reason: Reason::LoggedOut,
+        });
         Ok(())
     }
 
@@ -364,38 +441,75 @@ impl Actor {
     }
 
     async fn pair_code(&mut self, phone: &str) -> Result<PairCodeIssued, SupervisorError> {
-        let digits: String = phone.chars().filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')')).collect();
-        if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+        let digits: String = phone
+            .chars()
+            .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')'))
+            .collect();
+        if !(7..=15).contains(&digits.len())
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || digits.starts_with('0')
+        {
             return Err(SupervisorError::BadRequest(format!(
                 "invalid phone number {phone:?}: 7-15 digits with country code, no leading 0"
             )));
         }
         let state = self.state();
         let conn = match &self.conn {
-            Some(conn) if matches!(state, SessionState::Starting | SessionState::Qr | SessionState::PairCode) => conn,
-            _ => return Err(SupervisorError::InvalidState { id: self.id().to_owned(), state, action: "request a pairing code" }),
+            Some(conn)
+                if matches!(
+                    state,
+                    SessionState::Starting | SessionState::Qr | SessionState::PairCode
+                ) =>
+            {
+                conn
+            }
+            _ => {
+                return Err(SupervisorError::InvalidState {
+                    id: self.id().to_owned(),
+                    state,
+                    action: "request a pairing code",
+                });
+            }
         };
         match tokio::time::timeout(PAIR_CODE_TIMEOUT, conn.pair_code(&digits)).await {
             Ok(Ok(code)) => {
                 // The library also announces the code as an event, which sets
                 // the state and informs subscribers; 180 s is its validity.
-                Ok(PairCodeIssued { code, expires_at_ms: now_ms() + 180_000 })
+                Ok(PairCodeIssued {
+                    code,
+                    expires_at_ms: now_ms() + 180_000,
+                })
             }
-            Ok(Err(WaError::PairCode { reason, message })) => Err(SupervisorError::PairCode { reason, message }),
-            Ok(Err(e)) => Err(SupervisorError::PairCode { reason: "request_failed".into(), message: e.to_string() }),
-            Err(_) => Err(SupervisorError::Timeout("WhatsApp did not issue a pairing code")),
+            Ok(Err(WaError::PairCode { reason, message })) => {
+                Err(SupervisorError::PairCode { reason, message })
+            }
+            Ok(Err(e)) => Err(SupervisorError::PairCode {
+                reason: "request_failed".into(),
+                message: e.to_string(),
+            }),
+            Err(_) => Err(SupervisorError::Timeout(
+                "WhatsApp did not issue a pairing code",
+            )),
         }
     }
 
     async fn send_text(&mut self, to: &str, text: &str) -> Result<String, SupervisorError> {
         let state = self.state();
-        let Some(conn) = self.conn.as_ref().filter(|_| state == SessionState::Connected) else {
+        let Some(conn) = self
+            .conn
+            .as_ref()
+            .filter(|_| state == SessionState::Connected)
+        else {
             return Err(SupervisorError::NotConnected(self.id().to_owned()));
         };
-        let jid = crate::wa::parse_recipient(to).map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
+        let jid = crate::wa::parse_recipient(to)
+            .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
         match tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&jid.to_string(), text)).await {
             Ok(Ok(id)) => {
-                self.emit(EventKind::MessageSent { id: id.clone(), to: jid.to_string() });
+                self.emit(EventKind::MessageSent {
+                    id: id.clone(),
+                    to: jid.to_string(),
+                });
                 Ok(id)
             }
             Ok(Err(e)) => Err(SupervisorError::Send(e.to_string())),
@@ -409,7 +523,12 @@ impl Actor {
         if state.is_transient() && in_state > self.config().stuck_after && self.conn.is_some() {
             tracing::warn!(session = %self.record.id, %state, ?in_state, "stuck; restarting the client");
             self.stop_client().await;
-            self.transition(state, Some(Reason::HealthCheck), Some(format!("stuck in {state} for {}s", in_state.as_secs()))).await;
+            self.transition(
+                state,
+                Some(Reason::HealthCheck),
+                Some(format!("stuck in {state} for {}s", in_state.as_secs())),
+            )
+            .await;
             if let Err(e) = self.start().await {
                 tracing::warn!(session = %self.record.id, "restart after health check: {e}");
             }
@@ -427,14 +546,26 @@ impl Actor {
             self.record.last_seen_at_ms = now_ms();
             return;
         }
-        let last_seen = self.record.last_connected_at_ms.max(self.record.last_seen_at_ms);
-        if self.is_paired() && state != SessionState::Connected && last_seen > 0 && now_ms() - last_seen > self.config().expiry.as_millis() as i64 {
+        let last_seen = self
+            .record
+            .last_connected_at_ms
+            .max(self.record.last_seen_at_ms);
+        if self.is_paired()
+            && state != SessionState::Connected
+            && last_seen > 0
+            && now_ms() - last_seen > self.config().expiry.as_millis() as i64
+        {
             self.stop_client().await;
             if let Err(e) = self.wipe().await {
                 tracing::error!(session = %self.record.id, "wiping an expired session: {e}");
             }
             let days = (now_ms() - last_seen) / 86_400_000;
-            self.transition(SessionState::Failed, Some(Reason::Expired), Some(format!("unreachable for {days} days; re-pair it"))).await;
+            self.transition(
+                SessionState::Failed,
+                Some(Reason::Expired),
+                Some(format!("unreachable for {days} days; re-pair it")),
+            )
+            .await;
         }
     }
 
@@ -444,16 +575,25 @@ impl Actor {
         match event {
             WaEvent::Qr { code, valid_for } => {
                 self.qr_index += 1;
-                let qr = PairingQr { code, expires_at_ms: now_ms() + valid_for.as_millis() as i64, index: self.qr_index };
+                let qr = PairingQr {
+                    code,
+                    expires_at_ms: now_ms() + valid_for.as_millis() as i64,
+                    index: self.qr_index,
+                };
                 lock(&self.shared.live_qr).insert(self.record.id.clone(), qr.clone());
                 if self.state() == SessionState::Starting {
                     self.transition(SessionState::Qr, None, None).await;
                 }
                 let activation_deadline_ms = self
                     .activation_deadline
-                    .map(|d| now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64)
+                    .map(|d| {
+                        now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64
+                    })
                     .unwrap_or(0);
-                self.emit(EventKind::Qr { qr, activation_deadline_ms });
+                self.emit(EventKind::Qr {
+                    qr,
+                    activation_deadline_ms,
+                });
             }
             WaEvent::QrExhausted { disconnected } => {
                 tracing::info!(session = %self.record.id, disconnected, "QR codes exhausted");
@@ -462,10 +602,16 @@ impl Actor {
                 if self.state() != SessionState::PairCode {
                     self.transition(SessionState::PairCode, None, None).await;
                 }
-                self.emit(EventKind::PairCode { code, expires_at_ms: now_ms() + valid_for.as_millis() as i64 });
+                self.emit(EventKind::PairCode {
+                    code,
+                    expires_at_ms: now_ms() + valid_for.as_millis() as i64,
+                });
             }
             WaEvent::PairCodeRefresh => {
-                self.emit(EventKind::PairCodeError { reason: "expired".into(), message: "the pairing code expired; request a new one".into() });
+                self.emit(EventKind::PairCodeError {
+                    reason: "expired".into(),
+                    message: "the pairing code expired; request a new one".into(),
+                });
                 if self.state() == SessionState::PairCode {
                     self.transition(SessionState::Qr, None, None).await;
                 }
@@ -476,7 +622,11 @@ impl Actor {
                     self.transition(SessionState::Qr, None, None).await;
                 }
             }
-            WaEvent::PairSuccess { identity, business_name, platform } => {
+            WaEvent::PairSuccess {
+                identity,
+                business_name,
+                platform,
+            } => {
                 self.record.phone = identity.phone.clone();
                 self.record.jid = identity.jid.clone();
                 self.record.lid = identity.lid.clone();
@@ -492,7 +642,11 @@ impl Actor {
                     conn.flush_device().await;
                 }
                 self.transition(SessionState::Paired, None, None).await;
-                self.emit(EventKind::Paired { identity: identity.clone(), business_name, platform });
+                self.emit(EventKind::Paired {
+                    identity: identity.clone(),
+                    business_name,
+                    platform,
+                });
                 if !identity.phone.is_empty() {
                     self.emit(EventKind::Phone { identity });
                 }
@@ -503,7 +657,12 @@ impl Actor {
             WaEvent::Connected => self.on_connected().await,
             WaEvent::Disconnected => {
                 if self.state() == SessionState::Connected {
-                    self.transition(SessionState::Disconnected, Some(Reason::ConnectionLost), None).await;
+                    self.transition(
+                        SessionState::Disconnected,
+                        Some(Reason::ConnectionLost),
+                        None,
+                    )
+                    .await;
                 }
             }
             WaEvent::LoggedOut { on_connect } => {
@@ -514,11 +673,26 @@ impl Actor {
                 }
                 let message = format!(
                     "{} {}",
-                    if on_connect { "WhatsApp refused the login: the device was unlinked" } else { "unlinked from the phone" },
-                    if phone.is_empty() { String::new() } else { format!("(was {phone})") }
+                    if on_connect {
+                        "WhatsApp refused the login: the device was unlinked"
+                    } else {
+                        "unlinked from the phone"
+                    },
+                    if phone.is_empty() {
+                        String::new()
+                    } else {
+                        format!("(was {phone})")
+                    }
                 );
-                self.transition(SessionState::LoggedOut, Some(Reason::UnlinkedFromPhone), Some(message.trim().to_owned())).await;
-                self.emit(EventKind::LoggedOut { reason: Reason::UnlinkedFromPhone });
+                self.transition(
+                    SessionState::LoggedOut,
+                    Some(Reason::UnlinkedFromPhone),
+                    Some(message.trim().to_owned()),
+                )
+                .await;
+                self.emit(EventKind::LoggedOut {
+                    reason: Reason::UnlinkedFromPhone,
+                });
             }
             WaEvent::StreamReplaced => {
                 // Never restart on our own: two copies would keep kicking each other off.
@@ -530,23 +704,39 @@ impl Actor {
                 )
                 .await;
             }
-            WaEvent::TemporaryBan { message, expires_in } => {
+            WaEvent::TemporaryBan {
+                message,
+                expires_in,
+            } => {
                 self.stop_client().await;
                 self.transition(
                     SessionState::Failed,
                     Some(Reason::TemporaryBan),
-                    Some(format!("{message}; banned for {} more seconds", expires_in.as_secs())),
+                    Some(format!(
+                        "{message}; banned for {} more seconds",
+                        expires_in.as_secs()
+                    )),
                 )
                 .await;
             }
             WaEvent::ClientOutdated => {
                 self.stop_client().await;
-                self.transition(SessionState::Failed, Some(Reason::ClientOutdated), Some("WhatsApp refused this client version".into())).await;
+                self.transition(
+                    SessionState::Failed,
+                    Some(Reason::ClientOutdated),
+                    Some("WhatsApp refused this client version".into()),
+                )
+                .await;
             }
             WaEvent::ConnectFailure { terminal, message } => {
                 if terminal {
                     self.stop_client().await;
-                    self.transition(SessionState::Failed, Some(Reason::ConnectFailure), Some(message)).await;
+                    self.transition(
+                        SessionState::Failed,
+                        Some(Reason::ConnectFailure),
+                        Some(message),
+                    )
+                    .await;
                 }
             }
             WaEvent::PushName(name) => {
@@ -578,17 +768,23 @@ impl Actor {
         self.record.last_connected_at_ms = now_ms();
         self.record.last_seen_at_ms = now_ms();
         self.transition(SessionState::Connected, None, None).await;
-        self.emit(EventKind::Connected { identity: self.identity(), push_name: self.record.push_name.clone() });
+        self.emit(EventKind::Connected {
+            identity: self.identity(),
+            push_name: self.record.push_name.clone(),
+        });
         if self.record.phone.is_empty()
             && self.phone_poll.is_none()
             && let Some(conn) = &self.conn
         {
             let probe = conn.identity_probe();
             let budget = self.config().phone_poll_budget;
-            self.phone_poll = Some(tokio::spawn(super::phone::poll_identity(budget, move || {
-                let identity = probe.identity();
-                async move { Some(identity) }
-            })));
+            self.phone_poll = Some(tokio::spawn(super::phone::poll_identity(
+                budget,
+                move || {
+                    let identity = probe.identity();
+                    async move { Some(identity) }
+                },
+            )));
         }
     }
 
@@ -607,7 +803,8 @@ impl Actor {
             None => {
                 tracing::warn!(session = %self.record.id, "phone number still unknown after polling");
                 self.record.reason = Reason::PhoneUnknown.as_str().to_owned();
-                self.record.reason_message = "the phone number could not be learned from WhatsApp".into();
+                self.record.reason_message =
+                    "the phone number could not be learned from WhatsApp".into();
                 self.persist().await;
                 self.emit(EventKind::PhoneUnknown);
             }
@@ -626,7 +823,9 @@ impl Actor {
         self.shared.store.close_device(&self.record.id);
         let state = self.state();
         match state {
-            SessionState::Starting | SessionState::Qr | SessionState::PairCode if !self.is_paired() => {
+            SessionState::Starting | SessionState::Qr | SessionState::PairCode
+                if !self.is_paired() =>
+            {
                 let time_left = self.activation_deadline.is_some_and(|d| d > Instant::now());
                 if time_left {
                     // QR refs ran out: a fresh client on the same keys shows new codes.
@@ -638,9 +837,17 @@ impl Actor {
                     self.on_activation_timeout().await;
                 }
             }
-            SessionState::Failed | SessionState::LoggedOut | SessionState::Stopped | SessionState::Created => {}
+            SessionState::Failed
+            | SessionState::LoggedOut
+            | SessionState::Stopped
+            | SessionState::Created => {}
             _ => {
-                self.transition(SessionState::Failed, Some(Reason::Internal), Some(format!("the client stopped unexpectedly while {state}"))).await;
+                self.transition(
+                    SessionState::Failed,
+                    Some(Reason::Internal),
+                    Some(format!("the client stopped unexpectedly while {state}")),
+                )
+                .await;
             }
         }
     }
@@ -655,7 +862,9 @@ impl Actor {
         self.transition(
             SessionState::Failed,
             Some(Reason::ActivationTimeout),
-            Some(format!("not connected within {secs} s of pairing; reset to try again")),
+            Some(format!(
+                "not connected within {secs} s of pairing; reset to try again"
+            )),
         )
         .await;
     }

@@ -136,7 +136,11 @@ mod tests {
             tenant: "t".into(),
             at_ms: 5,
             kind: EventKind::Paired {
-                identity: Identity { phone: "1555".into(), jid: "1555:2@s.whatsapp.net".into(), lid: "9:2@lid".into() },
+                identity: Identity {
+                    phone: "1555".into(),
+                    jid: "1555:2@s.whatsapp.net".into(),
+                    lid: "9:2@lid".into(),
+                },
                 business_name: String::new(),
                 platform: "android".into(),
             },
@@ -151,7 +155,11 @@ mod tests {
 
     #[test]
     fn qr_debug_never_shows_the_code() {
-        let qr = PairingQr { code: "secret-ref,abc".into(), expires_at_ms: 1, index: 1 };
+        let qr = PairingQr {
+            code: "secret-ref,abc".into(),
+            expires_at_ms: 1,
+            index: 1,
+        };
         assert!(!format!("{qr:?}").contains("secret"));
     }
 }

@@ -144,7 +144,11 @@ pub enum SupervisorError {
     #[error("invalid session id {0:?}: use 1-64 characters from a-z, 0-9, '_' and '-'")]
     InvalidId(String),
     #[error("session {id} is {state}; cannot {action}")]
-    InvalidState { id: String, state: SessionState, action: &'static str },
+    InvalidState {
+        id: String,
+        state: SessionState,
+        action: &'static str,
+    },
     #[error("session {0} is not connected")]
     NotConnected(String),
     #[error("pairing code refused ({reason}): {message}")]
@@ -181,7 +185,10 @@ impl SupervisorError {
 
 /// Session ids: `[a-z0-9_-]{1,64}`.
 pub fn valid_session_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 pub(crate) fn now_ms() -> i64 {

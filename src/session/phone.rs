@@ -9,8 +9,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff;
 use backoff::Clock;
+use backoff::backoff::Backoff;
 use backoff::exponential::ExponentialBackoff;
 
 use super::event::Identity;
@@ -66,7 +66,11 @@ mod tests {
     use super::*;
 
     fn known() -> Identity {
-        Identity { phone: "15551234567".into(), jid: "15551234567:2@s.whatsapp.net".into(), lid: String::new() }
+        Identity {
+            phone: "15551234567".into(),
+            jid: "15551234567:2@s.whatsapp.net".into(),
+            lid: String::new(),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -83,7 +87,10 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 5);
         // Four waits of ~0.25, 0.5, 1, 2 s (±25 %): exponential, not a tight loop.
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(2800) && waited <= Duration::from_millis(4700), "{waited:?}");
+        assert!(
+            waited >= Duration::from_millis(2800) && waited <= Duration::from_millis(4700),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -98,7 +105,10 @@ mod tests {
         .await;
         assert_eq!(found, None);
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_secs(50) && waited <= Duration::from_secs(71), "{waited:?}");
+        assert!(
+            waited >= Duration::from_secs(50) && waited <= Duration::from_secs(71),
+            "{waited:?}"
+        );
         // Capped at 10 s between tries: about a dozen tries, not thousands.
         let n = calls.load(Ordering::SeqCst);
         assert!((8..=16).contains(&n), "{n} tries");
@@ -107,7 +117,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_identity_without_a_phone_does_not_count() {
         let found = poll_identity(Duration::from_secs(5), || async {
-            Some(Identity { phone: String::new(), jid: String::new(), lid: "1@lid".into() })
+            Some(Identity {
+                phone: String::new(),
+                jid: String::new(),
+                lid: "1@lid".into(),
+            })
         })
         .await;
         assert_eq!(found, None);

@@ -68,21 +68,33 @@ impl SessionState {
 
     /// States in which pairing is under way (the activation timeout runs).
     pub fn is_pairing(self) -> bool {
-        matches!(self, Self::Starting | Self::Qr | Self::PairCode | Self::Paired)
+        matches!(
+            self,
+            Self::Starting | Self::Qr | Self::PairCode | Self::Paired
+        )
     }
 
     /// States with a client running.
     pub fn is_running(self) -> bool {
         matches!(
             self,
-            Self::Starting | Self::Qr | Self::PairCode | Self::Paired | Self::Connecting | Self::Connected | Self::Disconnected
+            Self::Starting
+                | Self::Qr
+                | Self::PairCode
+                | Self::Paired
+                | Self::Connecting
+                | Self::Connected
+                | Self::Disconnected
         )
     }
 
     /// States a session passes through on its way somewhere else; the health
     /// sweep restarts sessions stuck in one.
     pub fn is_transient(self) -> bool {
-        matches!(self, Self::Starting | Self::Paired | Self::Connecting | Self::Disconnected)
+        matches!(
+            self,
+            Self::Starting | Self::Paired | Self::Connecting | Self::Disconnected
+        )
     }
 }
 
@@ -177,7 +189,12 @@ mod tests {
 
     #[test]
     fn reason_names_match_serde() {
-        for reason in [Reason::ActivationTimeout, Reason::StoreError, Reason::PhoneUnknown, Reason::StreamReplaced] {
+        for reason in [
+            Reason::ActivationTimeout,
+            Reason::StoreError,
+            Reason::PhoneUnknown,
+            Reason::StreamReplaced,
+        ] {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }

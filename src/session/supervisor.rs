@@ -11,7 +11,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use super::actor::{Actor, Command, Reply, Shared};
 use super::event::{EventKind, PairingQr, SessionEvent};
 use super::state::{Reason, SessionState};
-use super::{PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms, valid_session_id};
+use super::{
+    PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms, valid_session_id,
+};
 use crate::proto::v1::{SessionRecord, Transition};
 use crate::store::Store;
 
@@ -52,7 +54,11 @@ impl Supervisor {
             live_qr: Mutex::new(HashMap::new()),
         });
         let supervisor = Supervisor {
-            inner: Arc::new(Inner { shared, sessions: Mutex::new(HashMap::new()), running: AtomicBool::new(true) }),
+            inner: Arc::new(Inner {
+                shared,
+                sessions: Mutex::new(HashMap::new()),
+                running: AtomicBool::new(true),
+            }),
         };
         let records = supervisor.inner.shared.store.list_records()?;
         let mut restored = 0;
@@ -68,10 +74,16 @@ impl Supervisor {
             let state = SessionState::parse(&record.state).unwrap_or(SessionState::Failed);
             if state.is_pairing() && record.phone.is_empty() {
                 // Nobody is watching a QR code any more: stop before anyone asks.
-                super::actor::apply_transition(&mut record, SessionState::Stopped, Some(Reason::PairingInterrupted), None);
+                super::actor::apply_transition(
+                    &mut record,
+                    SessionState::Stopped,
+                    Some(Reason::PairingInterrupted),
+                    None,
+                );
                 supervisor.inner.shared.store.put_record(&record).await?;
             }
-            let reconnect = SessionState::parse(&record.state).is_some_and(SessionState::is_running);
+            let reconnect =
+                SessionState::parse(&record.state).is_some_and(SessionState::is_running);
             let tx = supervisor.spawn_actor(record);
             if reconnect {
                 restored += 1;
@@ -103,7 +115,11 @@ impl Supervisor {
                     // and give the session a fresh (idle) task so it can be reset.
                     tracing::error!(session = %id, "session task died: {e}");
                     let Some(inner) = weak.upgrade() else { return };
-                    let message = if e.is_panic() { "session task panicked" } else { "session task was cancelled" };
+                    let message = if e.is_panic() {
+                        "session task panicked"
+                    } else {
+                        "session task was cancelled"
+                    };
                     let record = shared.mark_failed_after_crash(&id, message).await;
                     if let Some(record) = record
                         && inner.running.load(Ordering::SeqCst)
@@ -146,14 +162,23 @@ impl Supervisor {
 
     /// Creates a session (id generated when absent) and, with `start`,
     /// begins pairing.
-    pub async fn create(&self, id: Option<String>, tenant: String, start: bool) -> Result<SessionInfo, SupervisorError> {
+    pub async fn create(
+        &self,
+        id: Option<String>,
+        tenant: String,
+        start: bool,
+    ) -> Result<SessionInfo, SupervisorError> {
         self.check_running()?;
         let id = match id {
             Some(id) if valid_session_id(&id) => id,
             Some(id) => return Err(SupervisorError::InvalidId(id)),
             None => generate_id(),
         };
-        let tenant = if tenant.is_empty() { "default".to_owned() } else { tenant };
+        let tenant = if tenant.is_empty() {
+            "default".to_owned()
+        } else {
+            tenant
+        };
         let now = now_ms();
         let record = SessionRecord {
             id: id.clone(),
@@ -201,7 +226,11 @@ impl Supervisor {
 
     pub async fn list(&self) -> Vec<SessionInfo> {
         match self.inner.shared.store.list_records() {
-            Ok(records) => records.into_iter().filter_map(|(_, r)| r.ok()).map(|r| SessionInfo::from_record(&r)).collect(),
+            Ok(records) => records
+                .into_iter()
+                .filter_map(|(_, r)| r.ok())
+                .map(|r| SessionInfo::from_record(&r))
+                .collect(),
             Err(e) => {
                 tracing::error!("listing sessions: {e}");
                 Vec::new()
@@ -209,9 +238,14 @@ impl Supervisor {
         }
     }
 
-    pub async fn sessions_for_phone(&self, phone: &str) -> Result<Vec<SessionInfo>, SupervisorError> {
+    pub async fn sessions_for_phone(
+        &self,
+        phone: &str,
+    ) -> Result<Vec<SessionInfo>, SupervisorError> {
         if phone.is_empty() || !phone.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(SupervisorError::BadRequest(format!("invalid phone number {phone:?}: digits only")));
+            return Err(SupervisorError::BadRequest(format!(
+                "invalid phone number {phone:?}: digits only"
+            )));
         }
         let ids = self.inner.shared.store.sessions_for_phone(phone)?;
         let mut out = Vec::new();
@@ -249,17 +283,28 @@ impl Supervisor {
         self.call(id, Command::Delete).await
     }
 
-    pub async fn pair_code(&self, id: &str, phone: &str) -> Result<PairCodeIssued, SupervisorError> {
+    pub async fn pair_code(
+        &self,
+        id: &str,
+        phone: &str,
+    ) -> Result<PairCodeIssued, SupervisorError> {
         let phone = phone.to_owned();
-        self.call(id, move |reply| Command::PairCode { phone, reply }).await
+        self.call(id, move |reply| Command::PairCode { phone, reply })
+            .await
     }
 
-    pub async fn send_text(&self, id: &str, to: &str, text: &str) -> Result<String, SupervisorError> {
+    pub async fn send_text(
+        &self,
+        id: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<String, SupervisorError> {
         if text.is_empty() {
             return Err(SupervisorError::BadRequest("text must not be empty".into()));
         }
         let (to, text) = (to.to_owned(), text.to_owned());
-        self.call(id, move |reply| Command::SendText { to, text, reply }).await
+        self.call(id, move |reply| Command::SendText { to, text, reply })
+            .await
     }
 
     /// Stops every session (each bounded by the shutdown timeout, flushing
@@ -268,7 +313,10 @@ impl Supervisor {
         if !self.inner.running.swap(false, Ordering::SeqCst) {
             return;
         }
-        let senders: Vec<_> = lock(&self.inner.sessions).drain().map(|(_, tx)| tx).collect();
+        let senders: Vec<_> = lock(&self.inner.sessions)
+            .drain()
+            .map(|(_, tx)| tx)
+            .collect();
         let mut waits = Vec::new();
         for tx in senders {
             let (done, wait) = oneshot::channel();
@@ -288,17 +336,27 @@ impl Supervisor {
     }
 
     fn check_running(&self) -> Result<(), SupervisorError> {
-        if self.is_running() { Ok(()) } else { Err(SupervisorError::ShuttingDown) }
+        if self.is_running() {
+            Ok(())
+        } else {
+            Err(SupervisorError::ShuttingDown)
+        }
     }
 
-    async fn call<T>(&self, id: &str, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SupervisorError> {
+    async fn call<T>(
+        &self,
+        id: &str,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, SupervisorError> {
         self.check_running()?;
         let tx = lock(&self.inner.sessions)
             .get(id)
             .cloned()
             .ok_or_else(|| SupervisorError::NotFound(id.to_owned()))?;
         let (reply, rx) = oneshot::channel();
-        tx.send(make(reply)).await.map_err(|_| SupervisorError::NotFound(id.to_owned()))?;
+        tx.send(make(reply))
+            .await
+            .map_err(|_| SupervisorError::NotFound(id.to_owned()))?;
         match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(SupervisorError::NotFound(id.to_owned())),
@@ -335,7 +393,12 @@ impl Shared {
         lock(&self.live_qr).remove(id);
         let mut record = self.store.get_record(id).ok().flatten()?;
         let from = SessionState::parse(&record.state).unwrap_or(SessionState::Failed);
-        super::actor::apply_transition(&mut record, SessionState::Failed, Some(Reason::Internal), Some(message));
+        super::actor::apply_transition(
+            &mut record,
+            SessionState::Failed,
+            Some(Reason::Internal),
+            Some(message),
+        );
         if let Err(e) = self.store.put_record(&record).await {
             tracing::error!(session = %id, "recording the crash: {e}");
         }

@@ -1,0 +1,328 @@
+//! Session density, restart time and pairing latency against fakewa.
+//!
+//! `cargo bench --bench sessions` (env `WHATSD_BENCH_SESSIONS`, default 1000).
+//! fakewa runs in a child process (this same binary, `FAKEWA_CHILD=1`), so
+//! the resident memory measured here is whatsd's alone. Prints numbers; it
+//! asserts nothing about speed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast::error::RecvError;
+use whatsd::session::{EventKind, SessionConfig, SessionState, Supervisor};
+use whatsd::store::{MasterKey, Store};
+use whatsd::wa::WaConfig;
+
+const VERSION: (u32, u32, u32) = (2, 3000, 1_023_456_789);
+/// Pairings measured one at a time for latency; the rest go in parallel.
+const SEQUENTIAL: usize = 100;
+const PARALLEL: usize = 50;
+
+fn main() {
+    if std::env::var_os("FAKEWA_CHILD").is_some() {
+        return fakewa_child();
+    }
+    let n: usize = std::env::var("WHATSD_BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .env("FAKEWA_CHILD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start fakewa child");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("child stdout"))
+        .read_line(&mut line)
+        .expect("fakewa addresses");
+    let mut parts = line.split_whitespace();
+    let ws_url = parts.next().expect("ws url").to_owned();
+    let control: SocketAddr = parts
+        .next()
+        .expect("control addr")
+        .parse()
+        .expect("control addr");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(n, ws_url, control));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"stop\n");
+    }
+    let _ = child.wait();
+}
+
+fn fakewa_child() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let fake = fakewa::FakeWa::start().await.expect("fakewa starts");
+        println!("{} {}", fake.ws_url(), fake.control_addr());
+        // Runs until the parent closes our stdin.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+        })
+        .await;
+    });
+}
+
+fn config(ws_url: &str) -> SessionConfig {
+    SessionConfig {
+        wa: WaConfig {
+            ws_url: Some(ws_url.to_owned()),
+            version: Some(VERSION),
+            device_os: "whatsd-bench".into(),
+        },
+        activation_timeout: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
+async fn open_store(dir: &Path) -> Store {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Store::open(dir, &MasterKey::from_bytes([7; 32])) {
+            Ok(store) => return store,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("open") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("store: {e}"),
+        }
+    }
+}
+
+async fn run(n: usize, ws_url: String, control: SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rss_start = rss_kib();
+    let supervisor = Supervisor::start(open_store(dir.path()).await, config(&ws_url))
+        .await
+        .expect("supervisor");
+    let rss_empty = rss_kib();
+
+    println!("pairing {n} sessions against fakewa (child process) ...");
+    let started = Instant::now();
+    let mut to_paired = Vec::new();
+    let mut to_connected = Vec::new();
+    for i in 0..n.min(SEQUENTIAL) {
+        let (p, c) = pair_one(&supervisor, control, i).await;
+        to_paired.push(p);
+        to_connected.push(c);
+    }
+    let mut next = n.min(SEQUENTIAL);
+    while next < n {
+        let batch: Vec<usize> = (next..(next + PARALLEL).min(n)).collect();
+        next += batch.len();
+        let jobs = batch.into_iter().map(|i| {
+            let supervisor = supervisor.clone();
+            tokio::spawn(async move { pair_one(&supervisor, control, i).await })
+        });
+        for job in jobs.collect::<Vec<_>>() {
+            job.await.expect("pairing task");
+        }
+    }
+    let pairing_time = started.elapsed();
+    let connected = count_connected(&supervisor).await;
+    assert_eq!(connected, n, "every session connected");
+    let rss_all = rss_kib();
+
+    // Idle: all sessions connected, nothing happening but keepalives.
+    let cpu_before = cpu_ticks();
+    let idle = Duration::from_secs(20);
+    tokio::time::sleep(idle).await;
+    let cpu_idle = (cpu_ticks() - cpu_before) as f64 / ticks_per_sec() / idle.as_secs_f64() * 100.0;
+
+    // Restart: a new supervisor on the same data dir reconnects everything.
+    supervisor.shutdown().await;
+    drop(supervisor);
+    // The clock starts before the store opens: process start to all connected.
+    let restart_began = Instant::now();
+    let restart_began_ms = unix_ms();
+    let supervisor = Supervisor::start(open_store(dir.path()).await, config(&ws_url))
+        .await
+        .expect("supervisor again");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // Records still say "connected" from before: count only fresh logins.
+    while count_connected_since(&supervisor, restart_began_ms).await < n {
+        assert!(
+            Instant::now() < deadline,
+            "restart did not reconnect everything in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restart_time = restart_began.elapsed();
+    supervisor.shutdown().await;
+
+    let per_session_kib = (rss_all.saturating_sub(rss_empty)) as f64 / n as f64;
+    println!();
+    println!("sessions                      {n}");
+    println!(
+        "pairing all                   {:.1} s",
+        pairing_time.as_secs_f64()
+    );
+    println!(
+        "scan -> paired   (n={:>4})    p50 {:>7.1} ms   p99 {:>7.1} ms",
+        to_paired.len(),
+        pct(&mut to_paired, 50.0),
+        pct(&mut to_paired, 99.0)
+    );
+    println!(
+        "scan -> connected (n={:>4})   p50 {:>7.1} ms   p99 {:>7.1} ms",
+        to_connected.len(),
+        pct(&mut to_connected, 50.0),
+        pct(&mut to_connected, 99.0)
+    );
+    println!(
+        "RSS at start / empty / all    {} / {} / {} KiB",
+        rss_start, rss_empty, rss_all
+    );
+    println!(
+        "RSS per connected session     {:.0} KiB ({:.2} MiB)",
+        per_session_kib,
+        per_session_kib / 1024.0
+    );
+    println!(
+        "idle CPU, {n} connected       {cpu_idle:.1} % of one core (over {} s)",
+        idle.as_secs()
+    );
+    println!(
+        "restart -> all connected      {:.1} s",
+        restart_time.as_secs_f64()
+    );
+}
+
+/// Creates session `i`, scans its first QR as a fresh number, waits for it to
+/// connect. Returns (scan→paired, scan→connected) in milliseconds.
+async fn pair_one(supervisor: &Supervisor, control: SocketAddr, i: usize) -> (f64, f64) {
+    let id = format!("bench-{i}");
+    let mut events = supervisor.subscribe();
+    supervisor
+        .create(Some(id.clone()), "bench".into(), true)
+        .await
+        .expect("create");
+    let code = loop {
+        if let Some(qr) = supervisor.live_qr(&id) {
+            break qr.code;
+        }
+        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+            Ok(Ok(e)) if e.session == id => {
+                if let EventKind::Qr { qr, .. } = e.kind {
+                    break qr.code;
+                }
+            }
+            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("events closed: {e}"),
+            Err(_) => panic!("no QR for {id}"),
+        }
+    };
+    let scanned = Instant::now();
+    let phone = format!("1666{:07}", i);
+    let (status, body) = fakewa::control_client::post(
+        control,
+        "/control/scan",
+        serde_json::json!({"qr": code, "phone": phone}),
+    )
+    .await
+    .expect("scan");
+    assert_eq!(status, 200, "{body}");
+    let mut paired = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(120), events.recv()).await {
+            Ok(Ok(e)) if e.session == id => match e.kind {
+                EventKind::Paired { .. } => paired = Some(scanned.elapsed()),
+                EventKind::Connected { .. } => {
+                    let connected = scanned.elapsed();
+                    let paired = paired.unwrap_or(connected);
+                    return (paired.as_secs_f64() * 1e3, connected.as_secs_f64() * 1e3);
+                }
+                _ => {}
+            },
+            Ok(Ok(_)) => {}
+            Ok(Err(RecvError::Lagged(_))) => {
+                if supervisor.get(&id).await.map(|s| s.state).ok() == Some(SessionState::Connected)
+                {
+                    let t = scanned.elapsed().as_secs_f64() * 1e3;
+                    return (t, t);
+                }
+            }
+            Ok(Err(e)) => panic!("events closed: {e}"),
+            Err(_) => panic!("{id} did not connect"),
+        }
+    }
+}
+
+async fn count_connected_since(supervisor: &Supervisor, since_ms: i64) -> usize {
+    supervisor
+        .list()
+        .await
+        .iter()
+        .filter(|s| s.state == SessionState::Connected && s.last_connected_at_ms >= since_ms)
+        .count()
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn count_connected(supervisor: &Supervisor) -> usize {
+    supervisor
+        .list()
+        .await
+        .iter()
+        .filter(|s| s.state == SessionState::Connected)
+        .count()
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// utime + stime of this process, in clock ticks.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on (no libc call
+/// needed for a benchmark's arithmetic).
+fn ticks_per_sec() -> f64 {
+    100.0
+}
