@@ -29,7 +29,8 @@ pub fn cert_chain_verification_enforced() -> bool {
         intermediate: MessageField::some(cert(details(1, 0, vec![9; 32]))),
         leaf: MessageField::some(cert(details(2, 1, key.to_vec()))),
     };
-    whatsapp_rust::wacore::noise::HandshakeUtils::verify_server_cert(&chain.encode_to_vec(), &key).is_err()
+    whatsapp_rust::wacore::noise::HandshakeUtils::verify_server_cert(&chain.encode_to_vec(), &key)
+        .is_err()
 }
 
 #[cfg(test)]

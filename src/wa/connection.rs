@@ -55,14 +55,18 @@ impl Connection {
             .with_backend_arc(backend)
             .with_transport_factory(transport)
             .with_device_props(
-                whatsapp_rust::wacore::store::device::DevicePropsOverride::new().with_os(config.device_os.clone()),
+                whatsapp_rust::wacore::store::device::DevicePropsOverride::new()
+                    .with_os(config.device_os.clone()),
             )
             .skip_history_sync()
             .with_event_handler(Forward(events));
         if let Some(version) = config.version {
             builder = builder.with_version(version);
         }
-        let bot = builder.build().await.map_err(|e| WaError::Build(e.to_string()))?;
+        let bot = builder
+            .build()
+            .await
+            .map_err(|e| WaError::Build(e.to_string()))?;
         let client = bot.client();
         let handle = bot.spawn();
         Ok(Self { handle, client })
@@ -82,7 +86,10 @@ impl Connection {
             let client = self.client.clone();
             move || client.signal_shutdown_sync()
         };
-        if tokio::time::timeout(timeout, handle.shutdown()).await.is_err() {
+        if tokio::time::timeout(timeout, handle.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("client did not stop within {timeout:?}; aborting it");
             abort();
         }
@@ -91,7 +98,10 @@ impl Connection {
     /// Unlinks this device at WhatsApp (best effort, needs a connection),
     /// then stops the client. The keys are the caller's to wipe.
     pub async fn logout(self, timeout: Duration) {
-        if tokio::time::timeout(timeout, self.client.logout()).await.is_err() {
+        if tokio::time::timeout(timeout, self.client.logout())
+            .await
+            .is_err()
+        {
             tracing::warn!("logout did not finish within {timeout:?}");
         }
         self.shutdown(timeout).await;
@@ -107,11 +117,17 @@ impl Connection {
 
     /// Requests a pairing code for `phone` (digits with country code).
     pub async fn pair_code(&self, phone: &str) -> Result<String, WaError> {
-        let options = PairCodeOptions { phone_number: phone.to_owned(), ..Default::default() };
+        let options = PairCodeOptions {
+            phone_number: phone.to_owned(),
+            ..Default::default()
+        };
         match self.client.pair_with_code(options).await {
             Ok(code) => Ok(code),
             Err(e) => Err(WaError::PairCode {
-                reason: e.rejection().map(|r| rejection_name(&r)).unwrap_or_else(|| "request_failed".into()),
+                reason: e
+                    .rejection()
+                    .map(|r| rejection_name(&r))
+                    .unwrap_or_else(|| "request_failed".into()),
                 message: e.to_string(),
             }),
         }
@@ -120,7 +136,11 @@ impl Connection {
     /// Sends a text; returns the message id once it is on the wire.
     pub async fn send_text(&self, to: &str, text: &str) -> Result<String, WaError> {
         let jid = parse_recipient(to)?;
-        let sent = self.client.send_text(jid, text).await.map_err(|e| WaError::Send(e.to_string()))?;
+        let sent = self
+            .client
+            .send_text(jid, text)
+            .await
+            .map_err(|e| WaError::Send(e.to_string()))?;
         Ok(sent.message_id)
     }
 
@@ -171,10 +191,18 @@ impl IdentityProbe {
 pub fn parse_recipient(to: &str) -> Result<Jid, WaError> {
     let to = to.trim();
     if to.contains('@') {
-        return to.parse::<Jid>().map_err(|_| WaError::BadRecipient(to.to_owned()));
+        return to
+            .parse::<Jid>()
+            .map_err(|_| WaError::BadRecipient(to.to_owned()));
     }
-    let digits: String = to.chars().filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')')).collect();
-    if (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0') {
+    let digits: String = to
+        .chars()
+        .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')'))
+        .collect();
+    if (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+    {
         Ok(Jid::pn(digits))
     } else {
         Err(WaError::BadRecipient(to.to_owned()))
@@ -200,8 +228,14 @@ mod tests {
 
     #[test]
     fn recipients_parse_from_numbers_and_jids() {
-        assert_eq!(parse_recipient("+1 555 123 4567").unwrap().to_string(), "15551234567@s.whatsapp.net");
-        assert_eq!(parse_recipient("15551234567@s.whatsapp.net").unwrap().user, "15551234567");
+        assert_eq!(
+            parse_recipient("+1 555 123 4567").unwrap().to_string(),
+            "15551234567@s.whatsapp.net"
+        );
+        assert_eq!(
+            parse_recipient("15551234567@s.whatsapp.net").unwrap().user,
+            "15551234567"
+        );
         for bad in ["", "123", "0155512345", "abc", "1555123456789012"] {
             assert!(parse_recipient(bad).is_err(), "{bad:?} must be refused");
         }

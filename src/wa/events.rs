@@ -10,9 +10,17 @@ use crate::session::Identity;
 
 pub(super) fn map(event: &Event) -> Option<WaEvent> {
     Some(match event {
-        Event::PairingQrCode(q) => WaEvent::Qr { code: q.code.clone(), valid_for: q.timeout },
-        Event::PairingQrCodesExhausted(e) => WaEvent::QrExhausted { disconnected: e.disconnected },
-        Event::PairingCode(c) => WaEvent::PairCode { code: c.code.clone(), valid_for: c.timeout },
+        Event::PairingQrCode(q) => WaEvent::Qr {
+            code: q.code.clone(),
+            valid_for: q.timeout,
+        },
+        Event::PairingQrCodesExhausted(e) => WaEvent::QrExhausted {
+            disconnected: e.disconnected,
+        },
+        Event::PairingCode(c) => WaEvent::PairCode {
+            code: c.code.clone(),
+            valid_for: c.timeout,
+        },
         Event::PairingCodeRefresh(_) => WaEvent::PairCodeRefresh,
         Event::PairingCodeError(e) => WaEvent::PairCodeError {
             reason: e
@@ -27,15 +35,23 @@ pub(super) fn map(event: &Event) -> Option<WaEvent> {
             identity: Identity {
                 phone: p.id.user.to_string(),
                 jid: p.id.to_string(),
-                lid: if p.lid.user.is_empty() { String::new() } else { p.lid.to_string() },
+                lid: if p.lid.user.is_empty() {
+                    String::new()
+                } else {
+                    p.lid.to_string()
+                },
             },
             business_name: p.business_name.clone(),
             platform: p.platform.clone(),
         },
-        Event::PairError(e) => WaEvent::PairError { message: e.error.clone() },
+        Event::PairError(e) => WaEvent::PairError {
+            message: e.error.clone(),
+        },
         Event::Connected(_) => WaEvent::Connected,
         Event::Disconnected(_) => WaEvent::Disconnected,
-        Event::LoggedOut(l) => WaEvent::LoggedOut { on_connect: l.on_connect },
+        Event::LoggedOut(l) => WaEvent::LoggedOut {
+            on_connect: l.on_connect,
+        },
         Event::StreamReplaced(_) => WaEvent::StreamReplaced,
         Event::TemporaryBan(b) => WaEvent::TemporaryBan {
             message: b.message.clone().unwrap_or_else(|| format!("{:?}", b.code)),
@@ -44,7 +60,10 @@ pub(super) fn map(event: &Event) -> Option<WaEvent> {
         Event::ClientOutdated(_) => WaEvent::ClientOutdated,
         Event::ConnectFailure(f) => WaEvent::ConnectFailure {
             terminal: !f.reason.should_reconnect(),
-            message: f.message.clone().unwrap_or_else(|| format!("{:?}", f.reason)),
+            message: f
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", f.reason)),
         },
         Event::SelfPushNameUpdated(p) => WaEvent::PushName(p.new_name.clone()),
         _ => return None,

@@ -26,7 +26,11 @@ pub struct WaConfig {
 
 impl Default for WaConfig {
     fn default() -> Self {
-        Self { ws_url: None, version: None, device_os: "whatsd".into() }
+        Self {
+            ws_url: None,
+            version: None,
+            device_os: "whatsd".into(),
+        }
     }
 }
 
@@ -46,28 +50,53 @@ pub enum WaError {
 #[derive(Clone, Debug)]
 pub enum WaEvent {
     /// A QR code to show, valid for `valid_for`. The code is a credential.
-    Qr { code: String, valid_for: Duration },
+    Qr {
+        code: String,
+        valid_for: Duration,
+    },
     /// No QR refs left; `disconnected` means the client stopped itself.
-    QrExhausted { disconnected: bool },
-    PairCode { code: String, valid_for: Duration },
+    QrExhausted {
+        disconnected: bool,
+    },
+    PairCode {
+        code: String,
+        valid_for: Duration,
+    },
     /// The outstanding pairing code is dead (expired or replaced by the server).
     PairCodeRefresh,
-    PairCodeError { reason: String, message: String },
+    PairCodeError {
+        reason: String,
+        message: String,
+    },
     /// The phone linked this device. A reconnect, then `Connected`, follows.
-    PairSuccess { identity: Identity, business_name: String, platform: String },
+    PairSuccess {
+        identity: Identity,
+        business_name: String,
+        platform: String,
+    },
     /// The phone's link attempt failed verification.
-    PairError { message: String },
+    PairError {
+        message: String,
+    },
     /// Logged in and synced.
     Connected,
     /// Unexpected connection loss; the library reconnects by itself.
     Disconnected,
     /// Unlinked: from the phone, at login (`on_connect`), or by our logout.
-    LoggedOut { on_connect: bool },
+    LoggedOut {
+        on_connect: bool,
+    },
     /// Another connection took over this device. Terminal.
     StreamReplaced,
-    TemporaryBan { message: String, expires_in: Duration },
+    TemporaryBan {
+        message: String,
+        expires_in: Duration,
+    },
     ClientOutdated,
     /// WhatsApp refused the connection; `terminal` when the library gives up.
-    ConnectFailure { terminal: bool, message: String },
+    ConnectFailure {
+        terminal: bool,
+        message: String,
+    },
     PushName(String),
 }
