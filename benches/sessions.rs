@@ -22,6 +22,13 @@ const SEQUENTIAL: usize = 100;
 const PARALLEL: usize = 50;
 
 fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     if std::env::var_os("FAKEWA_CHILD").is_some() {
         return fakewa_child();
     }

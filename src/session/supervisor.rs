@@ -101,12 +101,19 @@ impl Supervisor {
         lock(&self.inner.sessions).insert(id.clone(), tx.clone());
         let shared = self.inner.shared.clone();
         let weak = Arc::downgrade(&self.inner);
+        let own = tx.downgrade();
         tokio::spawn(async move {
             let task = tokio::spawn(Actor::new(shared.clone(), record).run(rx));
             match task.await {
                 Ok(ActorExit::Deleted) => {
+                    // Only this task's own entry: the id may already be reused.
                     if let Some(inner) = weak.upgrade() {
-                        lock(&inner.sessions).remove(&id);
+                        let mut sessions = lock(&inner.sessions);
+                        if let Some(own) = own.upgrade()
+                            && sessions.get(&id).is_some_and(|tx| tx.same_channel(&own))
+                        {
+                            sessions.remove(&id);
+                        }
                     }
                 }
                 Ok(ActorExit::Stopped) => {}
@@ -280,7 +287,10 @@ impl Supervisor {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), SupervisorError> {
-        self.call(id, Command::Delete).await
+        self.call(id, Command::Delete).await?;
+        // Gone now, not when its task has wound down: the id is free again.
+        lock(&self.inner.sessions).remove(id);
+        Ok(())
     }
 
     pub async fn pair_code(

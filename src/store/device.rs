@@ -16,7 +16,7 @@
 //! # Durability
 //!
 //! sled only writes to disk every ~500 ms on its own. The methods below flush
-//! (`flush_async().await`) before returning `Ok`, so their data survives a
+//! (`flush_blocking(..).await`) before returning `Ok`, so their data survives a
 //! `kill -9` the moment they return:
 //!
 //! - everything the library's durability contract names (whatsapp-rust
@@ -133,7 +133,7 @@ impl DeviceBackend {
     pub async fn flush(&self) -> Result<(), StoreError> {
         // A tree's flush is the whole database's.
         let tree = self.with_tree(|tree| Ok(tree.clone()))?;
-        tree.flush_async().await?;
+        super::flush_blocking(tree).await?;
         Ok(())
     }
 

@@ -93,6 +93,9 @@ pub enum StoreError {
     #[error("invalid argument: {0}")]
     Invalid(String),
 
+    #[error("internal task failed: {0}")]
+    Task(&'static str),
+
     #[error("internal lock poisoned")]
     Poisoned,
 }

@@ -51,6 +51,20 @@ pub(crate) fn sled_gate() -> std::sync::MutexGuard<'static, ()> {
     GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Makes every write so far durable (a tree's flush is the whole
+/// database's), on tokio's blocking pool.
+///
+/// Not sled's `flush_async`: that runs the flush on sled's own small IO
+/// pool, and with many sessions flushing at once every pool thread sat in
+/// a flush waiting for a log buffer whose write was queued behind them —
+/// the pool starved itself (seen in the 1,000-session benchmark).
+pub(crate) async fn flush_blocking(tree: sled::Tree) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(|_| StoreError::Task("the flush panicked"))??;
+    Ok(())
+}
+
 /// Default data dir, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./sessions";
 
@@ -217,7 +231,7 @@ impl Store {
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush_async().await?;
+        flush_blocking(self.inner.db.open_tree(META_TREE)?).await?;
         Ok(())
     }
 
