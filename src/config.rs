@@ -159,16 +159,18 @@ pub struct SessionsConfig {
 }
 
 impl Default for SessionsConfig {
+    /// The supervisor's own defaults: one source of truth.
     fn default() -> Self {
+        let d = crate::session::SessionConfig::default();
         Self {
-            activation_timeout: Duration::from_secs(5 * 60),
-            phone_poll_budget: Duration::from_secs(60),
-            start_concurrency: 32,
-            health_interval: Duration::from_secs(5 * 60),
-            stuck_after: Duration::from_secs(2 * 60),
-            silent_after: Duration::from_secs(5 * 60),
-            expiry: Duration::from_secs(14 * 24 * 3600),
-            shutdown_timeout: Duration::from_secs(10),
+            activation_timeout: d.activation_timeout,
+            phone_poll_budget: d.phone_poll_budget,
+            start_concurrency: d.start_concurrency,
+            health_interval: d.health_interval,
+            stuck_after: d.stuck_after,
+            silent_after: d.silent_after,
+            expiry: d.expiry,
+            shutdown_timeout: d.shutdown_timeout,
         }
     }
 }
