@@ -193,7 +193,7 @@ impl Conn {
                         }
                         ConnCmd::StreamError(node) => {
                             self.send(&mut cipher, &node).await?;
-                            let _ = self.ws.close(None).await;
+                            self.linger().await;
                             return Ok(());
                         }
                         cmd => self.on_command(&mut cipher, cmd).await?,
@@ -202,6 +202,22 @@ impl Conn {
                 _ = self.shutdown.changed() => return Ok(()),
             }
         }
+    }
+
+    /// After a terminal stream error: let the client read it and hang up
+    /// first (at most 5 s), as WhatsApp does. Closing at once races the
+    /// error against the close on the client's side, and a client that sees
+    /// the close first just reconnects.
+    async fn linger(&mut self) {
+        let drained = async {
+            while let Some(Ok(msg)) = self.ws.next().await {
+                if matches!(msg, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drained).await;
+        let _ = self.ws.close(None).await;
     }
 
     /// Reads the WA header and the handshake messages.
