@@ -285,12 +285,7 @@ fn unix_ms() -> i64 {
 }
 
 async fn count_connected(supervisor: &Supervisor) -> usize {
-    supervisor
-        .list()
-        .await
-        .iter()
-        .filter(|s| s.state == SessionState::Connected)
-        .count()
+    count_connected_since(supervisor, 0).await
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

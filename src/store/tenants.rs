@@ -46,8 +46,8 @@ impl Store {
         Ok(self.inner.db.open_tree(TENANTS_TREE)?)
     }
 
-    /// Inserts or replaces a tenant, durably.
-    pub async fn put_tenant(&self, record: &TenantRecord) -> Result<(), StoreError> {
+    /// Checks the id, stamps the layout version and seals the record.
+    fn seal_tenant(&self, record: &TenantRecord) -> Result<Vec<u8>, StoreError> {
         if record.id.is_empty() || record.id.len() > 128 {
             return Err(StoreError::Invalid(format!("tenant id {:?}", record.id)));
         }
@@ -55,9 +55,13 @@ impl Store {
         record.version = TENANT_RECORD_VERSION;
         let plain = serde_json::to_vec(&record)
             .map_err(|e| StoreError::Invalid(format!("tenant record: {e}")))?;
-        let sealed = self
-            .sealer()
-            .seal(TENANTS_TREE.as_bytes(), record.id.as_bytes(), &plain)?;
+        self.sealer()
+            .seal(TENANTS_TREE.as_bytes(), record.id.as_bytes(), &plain)
+    }
+
+    /// Inserts or replaces a tenant, durably.
+    pub async fn put_tenant(&self, record: &TenantRecord) -> Result<(), StoreError> {
+        let sealed = self.seal_tenant(record)?;
         let tree = self.tenants_tree()?;
         {
             let _gate = super::sled_gate();
@@ -69,13 +73,7 @@ impl Store {
     /// Inserts a tenant only if none with that id exists. Returns whether it
     /// was inserted.
     pub async fn create_tenant(&self, record: &TenantRecord) -> Result<bool, StoreError> {
-        let mut record = record.clone();
-        record.version = TENANT_RECORD_VERSION;
-        let plain = serde_json::to_vec(&record)
-            .map_err(|e| StoreError::Invalid(format!("tenant record: {e}")))?;
-        let sealed = self
-            .sealer()
-            .seal(TENANTS_TREE.as_bytes(), record.id.as_bytes(), &plain)?;
+        let sealed = self.seal_tenant(record)?;
         let tree = self.tenants_tree()?;
         let gate = super::sled_gate();
         let swapped = tree.compare_and_swap(record.id.as_bytes(), None::<&[u8]>, Some(sealed))?;
