@@ -266,17 +266,34 @@ pub(crate) fn create_data_dir(data_dir: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// How long `open` waits for a just-closed database's file lock.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
     let path = data_dir.join(DB_DIR);
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(&path)
         .cache_capacity(CACHE_CAPACITY_BYTES)
         // No background flusher: it shares sled's global lock (see
         // `sled_gate`). Durable writes flush themselves; the rest is flushed
         // with them, by `Store::flush` at shutdown, or when the Db drops.
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| StoreError::Open { path, source })
+        .flush_every_ms(None);
+    // sled releases its file lock when its IO threads let go of the log, a
+    // moment after the last handle dropped: a reopen in the same process
+    // (rekey, tests) can see the lock still held. Another daemon holding it
+    // is still refused, after this short wait.
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result.map_err(|source| StoreError::Open { path, source }),
+        }
+    }
 }
 
 /// Proves `sealer` holds the key the store was created with, or writes the
