@@ -1,0 +1,388 @@
+//! Process-wide metrics, rendered in the Prometheus text exposition format
+//! (version 0.0.4) at `GET /metrics`.
+//!
+//! Counters are plain atomics bumped through the free functions below, from
+//! wherever the event happens; gauges are read when scraped (sessions by
+//! state from the supervisor, the outbox from a registered source, the
+//! store's size, the process's memory). Labels only ever take values from
+//! fixed sets (`&'static str`): no per-session or per-message labels.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::session::{SessionState, Supervisor};
+use crate::store::Store;
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds (seconds) of the webhook delivery latency buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Outbox gauges: (pending deliveries, age in seconds of the oldest one).
+pub type OutboxSource = Arc<dyn Fn() -> (u64, f64) + Send + Sync>;
+
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+struct Registry {
+    transitions: Mutex<BTreeMap<&'static str, u64>>,
+    webhook_deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    pairing_attempts: AtomicU64,
+    pairing_successes: AtomicU64,
+    pairing_timeouts: AtomicU64,
+    qr_issued: AtomicU64,
+    messages_received: AtomicU64,
+    messages_sent: AtomicU64,
+    latency: Histogram,
+    outbox: RwLock<Option<OutboxSource>>,
+}
+
+static REGISTRY: Registry = Registry {
+    transitions: Mutex::new(BTreeMap::new()),
+    webhook_deliveries: Mutex::new(BTreeMap::new()),
+    pairing_attempts: AtomicU64::new(0),
+    pairing_successes: AtomicU64::new(0),
+    pairing_timeouts: AtomicU64::new(0),
+    qr_issued: AtomicU64::new(0),
+    messages_received: AtomicU64::new(0),
+    messages_sent: AtomicU64::new(0),
+    latency: Histogram {
+        buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len()],
+        count: AtomicU64::new(0),
+        sum_micros: AtomicU64::new(0),
+    },
+    outbox: RwLock::new(None),
+};
+
+/// Webhook delivery outcomes, always exported (0 until they happen).
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    *map.entry(key).or_insert(0) += 1;
+}
+
+/// A session entered state `to` (`SessionState::as_str`).
+pub fn inc_transition(to: &'static str) {
+    bump(&REGISTRY.transitions, to);
+}
+
+/// A session began pairing (QR or phone-number code).
+pub fn inc_pairing_attempt() {
+    REGISTRY.pairing_attempts.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A phone linked a pairing session.
+pub fn inc_pairing_success() {
+    REGISTRY.pairing_successes.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A pairing gave up at the activation timeout.
+pub fn inc_pairing_timeout() {
+    REGISTRY.pairing_timeouts.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A pairing QR code was shown.
+pub fn inc_qr_issued() {
+    REGISTRY.qr_issued.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A message arrived from WhatsApp.
+pub fn inc_message_received() {
+    REGISTRY.messages_received.fetch_add(1, Ordering::Relaxed);
+}
+
+/// WhatsApp accepted a message we sent.
+pub fn inc_message_sent() {
+    REGISTRY.messages_sent.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One webhook delivery attempt ended with `outcome` (`delivered`,
+/// `retried` or `dead_lettered`) after `latency`.
+pub fn webhook_delivery(outcome: &'static str, latency: Duration) {
+    bump(&REGISTRY.webhook_deliveries, outcome);
+    let h = &REGISTRY.latency;
+    let secs = latency.as_secs_f64();
+    for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+        if secs <= *bound {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    h.count.fetch_add(1, Ordering::Relaxed);
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    h.sum_micros.fetch_add(micros, Ordering::Relaxed);
+}
+
+/// Registers where the outbox gauges come from (the webhook dispatcher);
+/// replaces an earlier source. Called at scrape time, so keep it cheap.
+pub fn set_outbox_source(source: OutboxSource) {
+    *REGISTRY.outbox.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
+}
+
+/// The whole exposition.
+pub async fn render(supervisor: &Supervisor, store: &Store) -> String {
+    let mut by_state: BTreeMap<&'static str, u64> =
+        SessionState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    for session in supervisor.list().await {
+        *by_state.entry(session.state.as_str()).or_insert(0) += 1;
+    }
+    let store_size = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.size_on_disk())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    };
+    let mut out = String::with_capacity(4096);
+    render_into(&mut out, &by_state, store_size, resident_memory_bytes());
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+}
+
+fn render_into(
+    out: &mut String,
+    sessions: &BTreeMap<&'static str, u64>,
+    store_size: Option<u64>,
+    rss: Option<u64>,
+) {
+    let r = &REGISTRY;
+    let _ = writeln!(out, "# HELP whatsd_build_info The running version.");
+    let _ = writeln!(out, "# TYPE whatsd_build_info gauge");
+    let _ = writeln!(
+        out,
+        "whatsd_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    header(out, "whatsd_sessions", "gauge", "Sessions by state.");
+    for (state, n) in sessions {
+        let _ = writeln!(out, "whatsd_sessions{{state=\"{state}\"}} {n}");
+    }
+
+    header(
+        out,
+        "whatsd_session_transitions_total",
+        "counter",
+        "State transitions since start, by the state entered.",
+    );
+    let transitions = r.transitions.lock().unwrap_or_else(|p| p.into_inner());
+    for state in SessionState::ALL {
+        let n = transitions.get(state.as_str()).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "whatsd_session_transitions_total{{to=\"{}\"}} {n}",
+            state.as_str()
+        );
+    }
+    drop(transitions);
+
+    counter(
+        out,
+        "whatsd_pairing_attempts_total",
+        "Pairings begun.",
+        &r.pairing_attempts,
+    );
+    counter(
+        out,
+        "whatsd_pairing_successes_total",
+        "Pairings the phone completed.",
+        &r.pairing_successes,
+    );
+    counter(
+        out,
+        "whatsd_pairing_timeouts_total",
+        "Pairings abandoned at the activation timeout.",
+        &r.pairing_timeouts,
+    );
+    counter(
+        out,
+        "whatsd_qr_codes_issued_total",
+        "Pairing QR codes shown.",
+        &r.qr_issued,
+    );
+    counter(
+        out,
+        "whatsd_messages_received_total",
+        "Messages received from WhatsApp.",
+        &r.messages_received,
+    );
+    counter(
+        out,
+        "whatsd_messages_sent_total",
+        "Messages WhatsApp accepted from us.",
+        &r.messages_sent,
+    );
+
+    header(
+        out,
+        "whatsd_webhook_deliveries_total",
+        "counter",
+        "Webhook delivery attempts by outcome.",
+    );
+    let deliveries = r
+        .webhook_deliveries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut outcomes: Vec<&'static str> = WEBHOOK_OUTCOMES.to_vec();
+    outcomes.extend(
+        deliveries
+            .keys()
+            .copied()
+            .filter(|k| !WEBHOOK_OUTCOMES.contains(k)),
+    );
+    for outcome in outcomes {
+        let n = deliveries.get(outcome).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "whatsd_webhook_deliveries_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    drop(deliveries);
+
+    let h = &r.latency;
+    header(
+        out,
+        "whatsd_webhook_delivery_duration_seconds",
+        "histogram",
+        "Time from a delivery attempt's start to its answer.",
+    );
+    for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+        let _ = writeln!(
+            out,
+            "whatsd_webhook_delivery_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+            bucket.load(Ordering::Relaxed)
+        );
+    }
+    let count = h.count.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "whatsd_webhook_delivery_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "whatsd_webhook_delivery_duration_seconds_sum {}",
+        h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "whatsd_webhook_delivery_duration_seconds_count {count}"
+    );
+
+    let source = r.outbox.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let (depth, oldest) = source.map_or((0, 0.0), |f| f());
+    header(
+        out,
+        "whatsd_webhook_outbox_depth",
+        "gauge",
+        "Webhook deliveries waiting in the outbox.",
+    );
+    let _ = writeln!(out, "whatsd_webhook_outbox_depth {depth}");
+    header(
+        out,
+        "whatsd_webhook_outbox_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest pending webhook delivery (0 when none).",
+    );
+    let _ = writeln!(out, "whatsd_webhook_outbox_oldest_age_seconds {oldest}");
+
+    if let Some(bytes) = store_size {
+        header(
+            out,
+            "whatsd_store_size_bytes",
+            "gauge",
+            "Size of the store on disk.",
+        );
+        let _ = writeln!(out, "whatsd_store_size_bytes {bytes}");
+    }
+    if let Some(bytes) = rss {
+        header(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the daemon process.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {bytes}");
+    }
+}
+
+/// `VmRSS` from `/proc/self/status` (Linux), in bytes.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_read_from_proc_status() {
+        assert_eq!(
+            parse_vm_rss("Name:\twhatsd\nVmRSS:\t   12345 kB\nThreads: 3\n"),
+            Some(12345 * 1024)
+        );
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(resident_memory_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn exposition_has_every_family_once() {
+        webhook_delivery("delivered", Duration::from_millis(30));
+        set_outbox_source(Arc::new(|| (3, 1.5)));
+        let mut out = String::new();
+        let sessions = SessionState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        render_into(&mut out, &sessions, Some(4096), Some(1 << 20));
+        for family in [
+            "whatsd_sessions",
+            "whatsd_session_transitions_total",
+            "whatsd_webhook_deliveries_total",
+            "whatsd_webhook_delivery_duration_seconds",
+            "whatsd_webhook_outbox_depth",
+            "whatsd_store_size_bytes",
+            "process_resident_memory_bytes",
+        ] {
+            let types = out
+                .lines()
+                .filter(|l| l.starts_with(&format!("# TYPE {family} ")))
+                .count();
+            assert_eq!(types, 1, "{family}:\n{out}");
+        }
+        assert!(out.contains("whatsd_webhook_outbox_depth 3\n"), "{out}");
+        assert!(
+            out.contains("whatsd_webhook_delivery_duration_seconds_bucket{le=\"0.05\"} "),
+            "{out}"
+        );
+        assert!(out.contains("whatsd_sessions{state=\"connected\"} 0\n"));
+    }
+}
