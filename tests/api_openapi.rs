@@ -17,7 +17,7 @@ fn routes_in_source() -> BTreeSet<String> {
         .skip(1)
         .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
         .map(|path| {
-            if path == "/healthz" || path == "/readyz" {
+            if path == "/healthz" || path == "/readyz" || path == "/metrics" {
                 path.to_string()
             } else {
                 format!("/v1{path}")
