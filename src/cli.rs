@@ -2,9 +2,12 @@
 //! `whatsd qr ID`, `whatsd tenants …`. The token comes from `$WHATSD_TOKEN`
 //! or a file (`--token-file` / `$WHATSD_TOKEN_FILE`), never from argv.
 //! Plain `http://` only: run it on the daemon's host or through a tunnel.
+//!
+//! Also the store's offline tools: `whatsd store backup` (through the API
+//! while the daemon runs), `whatsd store restore`, `whatsd store rekey`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -95,6 +98,23 @@ impl Client {
     /// Calls the API; a non-2xx answer becomes a [`CliError`] carrying the
     /// server's error code and message.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let bytes = self.call_bytes(method, path, body)?;
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.into_owned()))
+        })
+    }
+
+    /// [`Client::call`], returning the body as bytes (up to `MAX_BODY`).
+    pub fn call_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Vec<u8>, CliError> {
+        const MAX_BODY: u64 = 4 << 30;
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let unavailable = |e: ureq::Error| {
@@ -119,15 +139,16 @@ impl Client {
         }
         .map_err(unavailable)?;
         let status = response.status();
-        let text = response.into_body().read_to_string().map_err(unavailable)?;
-        let value: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let bytes = response
+            .into_body()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map_err(unavailable)?;
         if status.is_success() {
-            return Ok(value);
+            return Ok(bytes);
         }
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let code = value["error"]["code"].as_str().unwrap_or("error");
         let message = value["error"]["message"].as_str().unwrap_or("");
         let exit = if status.as_u16() == 401 || status.as_u16() == 403 {
@@ -423,4 +444,172 @@ pub async fn follow_qr(client: &Client, id: &str) -> Result<(), CliError> {
         }
     }
     Err(CliError::new(EXIT_UNAVAILABLE, "the event stream ended"))
+}
+
+/// `whatsd store backup`: a consistent copy of the store into `out` (a file,
+/// or a directory that gets `whatsd-backup-<time>.wdb`). With `data_dir` and
+/// no daemon holding it, read directly; otherwise the running daemon takes
+/// it (`POST /v1/admin/backup`, admin token). The master key is not in it.
+pub fn store_backup(
+    data_dir: Option<&Path>,
+    out: &Path,
+    client: impl FnOnce() -> Result<Client, CliError>,
+) -> Result<(), CliError> {
+    use crate::store::backup;
+    let offline = match data_dir {
+        Some(dir) => match backup::backup_offline(dir) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if backup::is_locked(&e) => None,
+            Err(e) => return Err(CliError::new(EXIT_API_ERROR, format!("backup: {e}"))),
+        },
+        None => None,
+    };
+    let (bytes, how) = match offline {
+        Some(bytes) => (bytes, "read offline"),
+        None => (
+            client()?.call_bytes("POST", "/v1/admin/backup", None)?,
+            "taken by the running daemon",
+        ),
+    };
+    let summary = backup::inspect(&bytes).map_err(|e| {
+        CliError::new(
+            EXIT_API_ERROR,
+            format!("the backup does not check out: {e}"),
+        )
+    })?;
+    let path = if out.is_dir() {
+        let stamp = crate::api::qr::rfc3339_ms(crate::api::qr::now_ms()).replace(':', "");
+        out.join(format!("whatsd-backup-{stamp}.wdb"))
+    } else {
+        out.to_path_buf()
+    };
+    write_private(&path, &bytes)
+        .map_err(|e| CliError::new(EXIT_API_ERROR, format!("{}: {e}", path.display())))?;
+    println!(
+        "backup {how}: {} ({} trees, {} entries, {} bytes)",
+        path.display(),
+        summary.trees,
+        summary.entries,
+        summary.bytes
+    );
+    eprintln!("the master key is not in the backup: keep it separately");
+    Ok(())
+}
+
+/// Writes `bytes` to a new 0600 file next to `path`, syncs it, renames it
+/// into place.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The master key for an offline tool, without ever generating one: the
+/// given file, `$CREDENTIALS_DIRECTORY/master-key`, `<data_dir>/master.key`.
+fn offline_key(
+    data_dir: &Path,
+    key_file: Option<&Path>,
+) -> Result<Option<(crate::store::MasterKey, PathBuf)>, CliError> {
+    use crate::store::crypto::{CREDENTIAL_NAME, GENERATED_KEY_FILE};
+    let candidates = [
+        key_file.map(Path::to_path_buf),
+        std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| PathBuf::from(d).join(CREDENTIAL_NAME)),
+        Some(data_dir.join(GENERATED_KEY_FILE)),
+    ];
+    for (i, path) in candidates.into_iter().enumerate() {
+        let Some(path) = path else { continue };
+        if i > 0 && !path.exists() {
+            continue;
+        }
+        let key = crate::store::MasterKey::from_file(&path)
+            .map_err(|e| CliError::new(EXIT_NOPERM, e.to_string()))?;
+        return Ok(Some((key, path)));
+    }
+    Ok(None)
+}
+
+/// `whatsd store restore`: a backup into an empty data dir (daemon
+/// stopped). Checks the master key first when one is at hand.
+pub fn store_restore(
+    data_dir: &Path,
+    input: &Path,
+    key_file: Option<&Path>,
+) -> Result<(), CliError> {
+    let bytes = std::fs::read(input)
+        .map_err(|e| CliError::new(EXIT_USAGE, format!("{}: {e}", input.display())))?;
+    let key = offline_key(data_dir, key_file)?;
+    if key.is_none() {
+        eprintln!(
+            "no master key given (--master-key-file, the credential master-key or {}/master.key): \
+             restoring without checking that it opens the backup",
+            data_dir.display()
+        );
+    }
+    let summary = crate::store::backup::restore(data_dir, &bytes, key.as_ref().map(|(k, _)| k))
+        .map_err(|e| CliError::new(EXIT_API_ERROR, format!("restore: {e}")))?;
+    println!(
+        "restored {} trees, {} entries into {}",
+        summary.trees,
+        summary.entries,
+        data_dir.display()
+    );
+    match key {
+        Some((_, path)) => println!("the master key at {} opens it", path.display()),
+        None => println!("start whatsd with the master key the backup was taken with"),
+    }
+    Ok(())
+}
+
+/// `whatsd store rekey`: re-seals the store (daemon stopped) from the
+/// current master key to `new_key_file`. A key kept in the data dir is
+/// replaced there; a configured key or credential the operator replaces.
+pub fn store_rekey(
+    data_dir: &Path,
+    old_key_file: Option<&Path>,
+    new_key_file: &Path,
+) -> Result<(), CliError> {
+    let Some((old, old_path)) = offline_key(data_dir, old_key_file)? else {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            "no current master key: pass --old-key-file",
+        ));
+    };
+    let new = crate::store::MasterKey::from_file(new_key_file)
+        .map_err(|e| CliError::new(EXIT_USAGE, e.to_string()))?;
+    let report = crate::store::rekey(data_dir, &old, &new).map_err(|e| {
+        let hint = if crate::store::backup::is_locked(&e) {
+            " (stop the daemon first)"
+        } else {
+            ""
+        };
+        CliError::new(EXIT_API_ERROR, format!("rekey: {e}{hint}"))
+    })?;
+    println!(
+        "re-sealed {} values ({} already done, {} unreadable)",
+        report.resealed, report.already_new, report.unreadable
+    );
+    let in_data_dir = data_dir.join(crate::store::crypto::GENERATED_KEY_FILE);
+    if old_path == in_data_dir {
+        new.install_file(&in_data_dir)
+            .map_err(|e| CliError::new(EXIT_API_ERROR, e.to_string()))?;
+        println!("installed the new key as {}", in_data_dir.display());
+    } else {
+        println!(
+            "now install {} as the master key (config or credential) in place of {}",
+            new_key_file.display(),
+            old_path.display()
+        );
+    }
+    Ok(())
 }

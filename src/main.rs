@@ -10,6 +10,8 @@ use whatsd::config::Config;
 
 /// Exit code for a bad configuration (`EX_CONFIG`).
 const EXIT_CONFIG: u8 = 78;
+/// Exit code for a command line that cannot work (`EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
 
 /// Self-hosted WhatsApp multi-device session daemon.
 #[derive(Parser)]
@@ -50,6 +52,11 @@ enum Command {
         /// TOML configuration file; without one, defaults and `WHATSD_*` apply.
         #[arg(long, env = "WHATSD_CONFIG")]
         config: Option<PathBuf>,
+        /// Try whatsd without a phone: start an embedded fake WhatsApp server
+        /// and point every session at it (builds with the `demo` feature only;
+        /// such builds must never talk to real WhatsApp).
+        #[arg(long)]
+        demo: bool,
     },
     /// Check a configuration file (and the `WHATSD_*` environment) and exit.
     ValidateConfig { file: PathBuf },
@@ -72,6 +79,51 @@ enum Command {
         command: TenantsCommand,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Back up, restore and re-key the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// A consistent copy of the store, also while the daemon runs (then
+    /// through its API, with the admin token). The master key is not in it.
+    Backup {
+        /// The daemon's data dir (read directly when no daemon holds it).
+        #[arg(long, env = "WHATSD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Backup file, or a directory to put a time-stamped one in.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Restore a backup into an empty data dir (daemon stopped).
+    Restore {
+        #[arg(long, env = "WHATSD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The backup file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The master key the backup was taken with, to check before writing.
+        /// Unset: `$CREDENTIALS_DIRECTORY/master-key`, then `<data-dir>/master.key`.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+    },
+    /// Re-seal the store with a new master key (daemon stopped).
+    Rekey {
+        #[arg(long, env = "WHATSD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The current key. Unset: `$CREDENTIALS_DIRECTORY/master-key`, then
+        /// `<data-dir>/master.key`.
+        #[arg(long)]
+        old_key_file: Option<PathBuf>,
+        /// The new key: 32 raw bytes or 64 hex digits.
+        #[arg(long)]
+        new_key_file: PathBuf,
     },
 }
 
@@ -151,7 +203,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, demo } => serve(config, demo),
         Command::ValidateConfig { file } => match Config::load(Some(&file)) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -185,6 +237,23 @@ fn main() -> ExitCode {
             TenantsCommand::Delete { id } => cli::tenants_delete(client, &id),
             TenantsCommand::RotateToken { id } => cli::tenants_rotate(client, &id),
         }),
+        Command::Store { command } => exit_code(match command {
+            StoreCommand::Backup {
+                data_dir,
+                out,
+                remote,
+            } => cli::store_backup(data_dir.as_deref(), &out, || remote.client()),
+            StoreCommand::Restore {
+                data_dir,
+                input,
+                master_key_file,
+            } => cli::store_restore(&data_dir, &input, master_key_file.as_deref()),
+            StoreCommand::Rekey {
+                data_dir,
+                old_key_file,
+                new_key_file,
+            } => cli::store_rekey(&data_dir, old_key_file.as_deref(), &new_key_file),
+        }),
         Command::Qr { id, remote } => client_command(&remote, |client| {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -199,7 +268,11 @@ fn main() -> ExitCode {
 }
 
 fn client_command(remote: &Remote, f: impl FnOnce(&Client) -> Result<(), CliError>) -> ExitCode {
-    match remote.client().and_then(|client| f(&client)) {
+    exit_code(remote.client().and_then(|client| f(&client)))
+}
+
+fn exit_code(result: Result<(), CliError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("whatsd: {e}");
@@ -208,7 +281,11 @@ fn client_command(remote: &Remote, f: impl FnOnce(&Client) -> Result<(), CliErro
     }
 }
 
-fn serve(path: Option<PathBuf>) -> ExitCode {
+fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
+    if let Err(message) = demo::check(demo) {
+        eprintln!("whatsd: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let config = match Config::load(path.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -216,7 +293,11 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(&config);
+    let log = whatsd::telemetry::init(&config.log);
+    let options = whatsd::Options {
+        config_path: path,
+        log,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -227,7 +308,20 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(whatsd::run(config, shutdown_signal())) {
+    let result = runtime.block_on(async move {
+        let (config, _fake) = if demo {
+            demo::start(config)
+                .await
+                .map_err(|source| whatsd::RunError::Bind {
+                    addr: "127.0.0.1:0 (the demo's fake WhatsApp server)".into(),
+                    source,
+                })?
+        } else {
+            (config, None)
+        };
+        whatsd::run_with(config, options, shutdown_signal()).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "whatsd stopped with an error");
@@ -237,16 +331,81 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+/// `serve --demo`: an embedded fakewa (feature `demo`, which also turns off
+/// the certificate-chain check: the fake cannot sign its chain).
+#[cfg(feature = "demo")]
+mod demo {
+    use whatsd::config::Config;
+
+    /// Version announced to the fake (it never asks web.whatsapp.com).
+    const DEMO_VERSION: &str = "2.3000.1023456789";
+
+    /// A demo build serves only the fake: it has no certificate check.
+    pub fn check(demo: bool) -> Result<(), String> {
+        if demo {
+            Ok(())
+        } else {
+            Err(
+                "this is a demo build (feature `demo`): it does not verify WhatsApp's \
+                 certificate chain and must never talk to real WhatsApp; run \
+                 `whatsd serve --demo`, or use a build without the feature"
+                    .into(),
+            )
+        }
+    }
+
+    /// Starts fakewa on loopback and points the sessions at it, with their
+    /// own data dir so demo pairings never mix with real ones.
+    pub async fn start(mut config: Config) -> std::io::Result<(Config, Option<fakewa::FakeWa>)> {
+        let fake = fakewa::FakeWa::start().await?;
+        config.whatsapp.ws_url = Some(fake.ws_url());
+        config.whatsapp.version = Some(DEMO_VERSION.to_string());
+        let mut data_dir = config.data_dir.into_os_string();
+        data_dir.push("-demo");
+        config.data_dir = data_dir.into();
+        let control = fake.control_url();
+        eprintln!(
+            "\n\
+             ********************************************************************\n\
+             *  DEMO MODE: sessions talk to an embedded FAKE WhatsApp server.   *\n\
+             *  This build does not verify WhatsApp's certificates: never use   *\n\
+             *  it with real WhatsApp.                                          *\n\
+             ********************************************************************\n\
+             fake WhatsApp:  {ws}\n\
+             fake phone API: {control}\n\
+             demo data dir:  {data}\n\
+             \n\
+             scan a QR with the fake phone:\n\
+             \x20 curl -d '{{\"qr\":\"<code from GET /v1/sessions/ID/qr>\",\"phone\":\"15551234567\"}}' \\\n\
+             \x20      -H 'Content-Type: application/json' {control}/control/scan\n\
+             send a message from a contact to that phone:\n\
+             \x20 curl -d '{{\"to_phone\":\"15551234567\",\"from_phone\":\"15557654321\",\"text\":\"hi\"}}' \\\n\
+             \x20      -H 'Content-Type: application/json' {control}/control/messages\n",
+            ws = fake.ws_url(),
+            data = config.data_dir.display(),
+        );
+        println!("demo fakewa control: {control}");
+        tracing::warn!(%control, "demo mode: sessions use an embedded fake WhatsApp server");
+        Ok((config, Some(fake)))
+    }
+}
+
+#[cfg(not(feature = "demo"))]
+mod demo {
+    use whatsd::config::Config;
+
+    pub fn check(demo: bool) -> Result<(), String> {
+        if demo {
+            Err("--demo needs a build with the `demo` feature \
+                 (cargo run --features demo -- serve --demo)"
+                .into())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn start(config: Config) -> std::io::Result<(Config, Option<()>)> {
+        Ok((config, None))
     }
 }
 
