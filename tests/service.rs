@@ -1,0 +1,145 @@
+//! Running as a service: the systemd notification protocol (`READY=1` only
+//! once `/readyz` answers 200, `WATCHDOG=1` at half of `WATCHDOG_USEC`,
+//! `STOPPING=1` on SIGTERM), SIGHUP reloading the configuration, and
+//! `--demo` refusing to run in a build without the `demo` feature.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN, Daemon, Options};
+use tokio::net::UnixDatagram;
+
+/// Reads notifications until one equals or starts with `wanted`; returns
+/// every message read, the match last.
+async fn until(socket: &UnixDatagram, wanted: &str, secs: u64) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {wanted:?} within {secs} s; got {seen:?}"))
+            .expect("recv");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let hit = message.lines().any(|l| l == wanted);
+        seen.push(message);
+        if hit {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_watchdog_and_stopping_reach_the_notify_socket() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let options = Options {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "200000".into()),
+        ],
+        ..Options::default()
+    };
+    let (_dir, mut daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+
+    let before_ready = until(&socket, "READY=1", 30).await;
+    assert!(
+        !before_ready.iter().any(|m| m.contains("WATCHDOG=1")),
+        "no watchdog ping before READY: {before_ready:?}"
+    );
+    let ready = daemon.get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "READY=1 came before /readyz answers 200");
+
+    // At half of 200 ms: two pings arrive well within a few seconds.
+    let mut pings = 0;
+    while pings < 2 {
+        let got = until(&socket, "WATCHDOG=1", 5).await;
+        assert!(!got.iter().any(|m| m.contains("STOPPING")), "{got:?}");
+        pings += 1;
+    }
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status:?}");
+    until(&socket, "STOPPING=1", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_survives_a_bad_file() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, mut daemon) = Daemon::start(&fake.ws_url()).await;
+    let pid = daemon.child.as_ref().unwrap().id().unwrap().to_string();
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    };
+    let wait_log = |needle: &'static str, after: usize| {
+        let daemon = &daemon;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let log = daemon.log();
+                let start = after.min(log.len());
+                if let Some(found) = log[start..].find(needle) {
+                    let at = start + found;
+                    let line_start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let line_end = log[at..].find('\n').map_or(log.len(), |i| at + i);
+                    return (log[line_start..line_end].to_string(), line_end);
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no {needle:?} in the log within 10 s:\n{}",
+                    common::tail(&log)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // A live change and one that needs a restart.
+    let original = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let changed = original
+        .replace("filter = \"info,whatsd=debug\"", "filter = \"info\"")
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
+    assert_ne!(changed, original);
+    std::fs::write(&daemon.config_path, &changed).unwrap();
+    hup();
+    let (line, at) = wait_log("configuration reloaded", 0).await;
+    assert!(line.contains("log.filter"), "{line}");
+    let log = daemon.log();
+    assert!(log.contains("needs_restart"), "{}", common::tail(&log));
+    assert!(log.contains("SIGHUP"));
+
+    // A bad file: logged, the daemon keeps serving with what it had.
+    std::fs::write(&daemon.config_path, "listen = [not toml").unwrap();
+    hup();
+    wait_log("reload refused", at).await;
+    let ready = daemon.get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let listed = daemon.get("/v1/sessions", Some(ADMIN)).await;
+    assert_eq!(listed.status, 200);
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn demo_needs_the_demo_feature() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_whatsd"))
+        .args(["serve", "--demo"])
+        .output()
+        .expect("run whatsd");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--features demo"),
+        "the message says how to get a demo build: {stderr}"
+    );
+}
