@@ -1,0 +1,58 @@
+//! The admin page: one HTML page with its script and stylesheet, compiled
+//! into the binary so the daemon serves it offline, with no web server or
+//! CDN in front. The page talks to the REST API and the event WebSocket
+//! like any other client; it holds the token in `sessionStorage` only.
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::AppState;
+
+const INDEX_HTML: &str = include_str!("admin/index.html");
+const APP_JS: &str = include_str!("admin/app.js");
+const APP_CSS: &str = include_str!("admin/app.css");
+
+/// Only our own files; QR codes arrive as `data:` SVG images; the page
+/// never runs inline script or style, and no other site may frame it.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// The page at `/` and `/admin`, and its assets under `/admin/`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/admin", get(index))
+        .route("/admin/app.js", get(script))
+        .route("/admin/app.css", get(stylesheet))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let headers: [(HeaderName, HeaderValue); 4] = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+    ];
+    (headers, body).into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}

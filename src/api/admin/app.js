@@ -1,0 +1,731 @@
+// whatsd admin page. Plain JS, no build step, no dependencies.
+//
+// The session list is what the event WebSocket says: its `snapshot` frame
+// replaces everything, event frames update it. REST is used for commands
+// and for what events do not carry (transitions, webhook status).
+'use strict';
+
+const TOKEN_KEY = 'whatsd.token';
+// After its first code, whatsapp-rust shows each further QR code for 20 s
+// (pair.rs); with the activation deadline that bounds how many are left.
+const LATER_QR_MS = 20000;
+const RECONNECT_MIN_MS = 500;
+const RECONNECT_MAX_MS = 5000;
+const PAIRING_STATES = new Set(['starting', 'qr', 'pair_code']);
+const LINKED_STATES = new Set(['paired', 'connecting', 'connected', 'disconnected']);
+
+const $ = (id) => document.getElementById(id);
+
+const page = {
+  token: null,
+  sessions: new Map(), // id -> session, as the WebSocket reported it
+  selected: null,
+  socket: null,
+  attempts: 0,
+  reconnectTimer: null,
+  clockSkewMs: 0, // server clock minus ours, from the frames' at_ms
+  pairCode: null, // {session, code, expires_at_ms}
+  detailSeq: 0,
+};
+
+// ---- API ------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: 'Bearer ' + page.token };
+  const init = { method, headers, cache: 'no-store' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, 'network_error', 'the daemon did not answer (' + e.message + ')');
+  }
+  if (response.status === 204) return null;
+  const text = await response.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch (e) {
+    json = null;
+  }
+  if (!response.ok) {
+    const error = json && json.error ? json.error : {};
+    throw new ApiError(response.status, error.code || 'http_' + response.status,
+      error.message || text || response.statusText);
+  }
+  return json;
+}
+
+function showError(error) {
+  $('error-code').textContent = error.code ? '[' + error.code + ']' : '[error]';
+  $('error-message').textContent = error.message || String(error);
+  $('error').hidden = false;
+}
+
+function clearError() {
+  $('error').hidden = true;
+}
+
+// ---- sign-in ---------------------------------------------------------------
+
+async function signIn(token) {
+  page.token = token;
+  try {
+    await api('GET', '/v1/sessions');
+  } catch (e) {
+    page.token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    throw e;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('sign-in').hidden = true;
+  $('app').hidden = false;
+  $('sign-out').hidden = false;
+  clearError();
+  loadTenants();
+  connect();
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  page.token = null;
+  clearTimeout(page.reconnectTimer);
+  if (page.socket) {
+    const socket = page.socket;
+    page.socket = null;
+    socket.close(1000, 'signed out');
+  }
+  page.sessions.clear();
+  page.selected = null;
+  page.pairCode = null;
+  $('session-rows').replaceChildren();
+  $('detail').hidden = true;
+  $('app').hidden = true;
+  $('sign-out').hidden = true;
+  $('sign-in').hidden = false;
+  $('token').value = '';
+  setConnection('offline', 'signed out');
+  $('token').focus();
+}
+
+async function loadTenants() {
+  try {
+    const { tenants } = await api('GET', '/v1/tenants');
+    const options = tenants.map((t) => {
+      const option = document.createElement('option');
+      option.value = t.id;
+      return option;
+    });
+    $('tenant-list').replaceChildren(...options);
+  } catch (e) {
+    // The list only helps typing; creating works without it.
+  }
+}
+
+// ---- event WebSocket -------------------------------------------------------
+
+function setConnection(state, text) {
+  $('conn').dataset.state = state;
+  $('app').classList.toggle('stale', state !== 'live');
+  $('conn-text').textContent = text;
+}
+
+async function connect() {
+  clearTimeout(page.reconnectTimer);
+  if (!page.token) return;
+  setConnection(page.attempts === 0 ? 'connecting' : 'reconnecting',
+    page.attempts === 0 ? 'connecting…' : 'reconnecting…');
+  let ticket;
+  try {
+    ticket = (await api('POST', '/v1/ws-tickets')).ticket;
+  } catch (e) {
+    if (e.status === 401) {
+      signOut();
+      showError(e);
+      return;
+    }
+    scheduleReconnect();
+    return;
+  }
+  if (!page.token) return;
+  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+  const socket = new WebSocket(scheme + location.host + '/v1/events?ticket=' + encodeURIComponent(ticket));
+  page.socket = socket;
+  socket.addEventListener('message', (message) => {
+    if (page.socket !== socket) return;
+    let frame;
+    try {
+      frame = JSON.parse(message.data);
+    } catch (e) {
+      return;
+    }
+    onFrame(frame);
+  });
+  socket.addEventListener('close', () => {
+    if (page.socket !== socket) return;
+    page.socket = null;
+    scheduleReconnect();
+  });
+}
+
+function scheduleReconnect() {
+  if (!page.token) return;
+  page.attempts += 1;
+  setConnection('reconnecting', 'reconnecting…');
+  // Nothing shown may outlive the socket: QR codes go until the next snapshot.
+  for (const session of page.sessions.values()) session.qr = null;
+  renderDetail();
+  const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(page.attempts - 1, 4));
+  page.reconnectTimer = setTimeout(connect, delay);
+}
+
+function onFrame(frame) {
+  if (typeof frame.at_ms === 'number') page.clockSkewMs = frame.at_ms - Date.now();
+  if (frame.type === 'snapshot') {
+    page.attempts = 0;
+    setConnection('live', 'live');
+    page.sessions.clear();
+    for (const entry of frame.sessions) {
+      const session = { ...entry, qr: null, activation_deadline_ms: 0 };
+      if (entry.qr) session.qr = { ...entry.qr, at_ms: frame.at_ms };
+      page.sessions.set(entry.id, session);
+    }
+    renderList();
+    renderDetail();
+    if (page.selected && page.sessions.has(page.selected)) loadDetail(page.selected);
+    return;
+  }
+  const id = frame.session;
+  if (!id) return;
+  let session = page.sessions.get(id);
+  if (!session) {
+    // New since the snapshot (its events can overtake the answer to our
+    // own create): start from the event, fetch what events do not carry.
+    session = blankSession(id, frame.tenant);
+    page.sessions.set(id, session);
+    fetchSession(id);
+  }
+  applyEvent(session, frame);
+  renderList();
+  if (id === page.selected) renderDetail();
+}
+
+function applyEvent(session, frame) {
+  switch (frame.type) {
+    case 'session.state':
+      session.state = frame.to;
+      session.reason = frame.reason || null;
+      session.reason_message = frame.message || null;
+      session.updated_at_ms = frame.at_ms;
+      if (!PAIRING_STATES.has(frame.to)) session.qr = null;
+      if (frame.to === 'created' || frame.to === 'logged_out') {
+        session.phone = '';
+        session.jid = '';
+        session.push_name = '';
+      }
+      if (session.id === page.selected) loadDetail(session.id);
+      break;
+    case 'session.qr':
+      session.qr = {
+        code: frame.code,
+        svg: frame.svg,
+        index: frame.index,
+        expires_at_ms: frame.expires_at_ms,
+        at_ms: frame.at_ms,
+      };
+      session.activation_deadline_ms = frame.activation_deadline_ms || 0;
+      break;
+    case 'session.pair_code':
+      page.pairCode = { session: session.id, code: frame.code, expires_at_ms: frame.expires_at_ms };
+      break;
+    case 'session.pair_code_error':
+      if (session.id === page.selected) {
+        showError({ code: frame.reason, message: 'WhatsApp refused the pairing code: ' + frame.message });
+      }
+      break;
+    case 'session.paired':
+    case 'session.phone':
+    case 'session.connected':
+      session.qr = null;
+      if (frame.phone) session.phone = frame.phone;
+      if (frame.jid) session.jid = frame.jid;
+      if (frame.lid) session.lid = frame.lid;
+      if (frame.push_name) session.push_name = frame.push_name;
+      if (frame.type === 'session.connected') session.last_connected_at_ms = frame.at_ms;
+      if (page.pairCode && page.pairCode.session === session.id) page.pairCode = null;
+      break;
+    case 'session.push_name':
+      session.push_name = frame.push_name;
+      break;
+    default:
+      break;
+  }
+}
+
+function blankSession(id, tenant) {
+  return {
+    id, tenant, state: 'created', reason: null, reason_message: null, phone: '', jid: '', lid: '',
+    push_name: '', last_connected_at_ms: 0, updated_at_ms: 0, qr: null, activation_deadline_ms: 0,
+  };
+}
+
+// A REST record of a session the socket already reports: it wins when it is
+// newer than the last event; otherwise it only fills in what is unknown.
+function mergeRecord(record) {
+  let session = page.sessions.get(record.id);
+  if (!session) {
+    session = blankSession(record.id, record.tenant);
+    page.sessions.set(record.id, session);
+  }
+  const newer = (record.updated_at_ms || 0) > (session.updated_at_ms || 0);
+  for (const [key, value] of Object.entries(record)) {
+    if (key === 'transitions' || key === 'qr') continue;
+    if (newer || session[key] === undefined || session[key] === '' || session[key] === 0) session[key] = value;
+  }
+  if (!PAIRING_STATES.has(session.state)) session.qr = null;
+}
+
+async function fetchSession(id) {
+  try {
+    const record = await api('GET', '/v1/sessions/' + encodeURIComponent(id));
+    if (!page.sessions.has(id)) return; // deleted meanwhile
+    mergeRecord(record);
+    renderList();
+    if (id === page.selected) renderDetail();
+  } catch (e) {
+    // Gone again, or not ours to see.
+  }
+}
+
+// ---- rendering -------------------------------------------------------------
+
+function serverNow() {
+  return Date.now() + page.clockSkewMs;
+}
+
+function formatTime(ms) {
+  if (!ms) return '—';
+  const date = new Date(ms);
+  const sameDay = date.toDateString() === new Date().toDateString();
+  return sameDay ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
+function formatDuration(ms) {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  const minutes = Math.floor(total / 60);
+  const seconds = total % 60;
+  return minutes > 0 ? minutes + ' min ' + String(seconds).padStart(2, '0') + ' s' : seconds + ' s';
+}
+
+function stateLabel(state) {
+  return state.replace('_', ' ');
+}
+
+function setBadge(element, state) {
+  element.className = 'badge state-' + state;
+  element.textContent = stateLabel(state);
+}
+
+function sortedSessions() {
+  return [...page.sessions.values()].sort((a, b) => a.id.localeCompare(b.id));
+}
+
+function renderList() {
+  const rows = $('session-rows');
+  const existing = new Map([...rows.children].map((row) => [row.dataset.id, row]));
+  const wanted = sortedSessions();
+  wanted.forEach((session, i) => {
+    let row = existing.get(session.id);
+    if (!row) row = newRow(session.id);
+    existing.delete(session.id);
+    fillRow(row, session);
+    if (rows.children[i] !== row) rows.insertBefore(row, rows.children[i] || null);
+  });
+  for (const row of existing.values()) row.remove();
+  $('no-sessions').hidden = wanted.length > 0;
+  $('sessions').hidden = wanted.length === 0;
+}
+
+function newRow(id) {
+  const row = document.createElement('tr');
+  row.dataset.id = id;
+  const labels = ['Session', 'Tenant', 'State', 'Phone', 'Push name', 'Last connected'];
+  for (const label of labels) {
+    const cell = document.createElement(label === 'Session' ? 'th' : 'td');
+    if (label === 'Session') cell.scope = 'row';
+    cell.dataset.label = label;
+    row.append(cell);
+  }
+  const open = document.createElement('button');
+  open.type = 'button';
+  open.className = 'link';
+  open.textContent = id;
+  open.addEventListener('click', () => select(id));
+  row.cells[0].append(open);
+  const badge = document.createElement('span');
+  row.cells[2].append(badge);
+  row.addEventListener('click', (event) => {
+    if (event.target === row || event.target.tagName === 'TD') select(id);
+  });
+  return row;
+}
+
+function fillRow(row, session) {
+  row.classList.toggle('selected', session.id === page.selected);
+  const open = row.cells[0].firstChild;
+  if (session.id === page.selected) open.setAttribute('aria-current', 'true');
+  else open.removeAttribute('aria-current');
+  row.cells[1].textContent = session.tenant;
+  setBadge(row.cells[2].firstChild, session.state);
+  row.cells[3].textContent = session.phone ? '+' + session.phone : '—';
+  row.cells[4].textContent = session.push_name || '—';
+  row.cells[5].textContent = formatTime(session.last_connected_at_ms);
+}
+
+function select(id) {
+  if (page.selected !== id) page.pairCode = null;
+  page.selected = id;
+  clearError();
+  renderList();
+  renderDetail();
+  loadDetail(id);
+  $('detail').hidden = false;
+  $('detail-title').focus();
+}
+
+function renderDetail() {
+  const session = page.sessions.get(page.selected);
+  if (!session) {
+    $('detail').hidden = true;
+    return;
+  }
+  $('detail').hidden = false;
+  $('detail-id').textContent = session.id;
+  setBadge($('detail-state'), session.state);
+  const reason = $('detail-reason');
+  if (session.reason && !['connected', 'qr', 'starting', 'connecting'].includes(session.state)) {
+    reason.textContent = 'Reason: ' + session.reason + (session.reason_message ? ' — ' + session.reason_message : '');
+    reason.hidden = false;
+  } else {
+    reason.hidden = true;
+  }
+
+  const pairing = PAIRING_STATES.has(session.state);
+  $('pairing').hidden = !pairing;
+  const linked = !pairing && Boolean(session.phone) && LINKED_STATES.has(session.state);
+  $('linked').hidden = !linked;
+  if (linked) {
+    $('linked-phone').textContent = '+' + session.phone;
+    $('linked-jid').textContent = session.jid || '—';
+    $('linked-name').textContent = session.push_name || '—';
+  }
+  renderQr(session);
+  renderPairCode(session);
+
+  const running = !['created', 'stopped', 'failed', 'logged_out'].includes(session.state);
+  $('act-start').disabled = running;
+  $('act-stop').disabled = !running;
+  $('act-logout').disabled = !(session.phone || running);
+}
+
+function renderQr(session) {
+  const img = $('qr');
+  const qr = session.qr;
+  if (!qr || !isOurSvg(qr.svg)) {
+    img.hidden = true;
+    img.removeAttribute('src');
+    delete img.dataset.qr;
+    delete img.dataset.index;
+    $('qr-waiting').hidden = false;
+    $('qr-meta').hidden = true;
+    return;
+  }
+  if (img.dataset.qr !== qr.code) {
+    img.src = 'data:image/svg+xml;base64,' + btoa(qr.svg);
+    img.dataset.qr = qr.code;
+    img.dataset.index = String(qr.index);
+    img.alt = 'Pairing QR code ' + qr.index + ' for session ' + session.id;
+  }
+  img.hidden = false;
+  $('qr-waiting').hidden = true;
+  $('qr-meta').hidden = false;
+  renderCountdowns();
+}
+
+// The QR comes from our own server as an SVG document; it is shown through
+// an <img> (scripts in it never run), and anything else is refused.
+function isOurSvg(svg) {
+  return typeof svg === 'string' && /^(<\?xml[^>]*>\s*)?<svg[\s>]/.test(svg) && /^[\x20-\x7e\s]*$/.test(svg);
+}
+
+function renderPairCode(session) {
+  const box = $('pair-code-box');
+  const code = page.pairCode && page.pairCode.session === session.id ? page.pairCode : null;
+  box.hidden = !code || session.state !== 'pair_code';
+  if (!box.hidden) {
+    const text = code.code.length === 8 ? code.code.slice(0, 4) + '-' + code.code.slice(4) : code.code;
+    $('pair-code').textContent = text;
+    $('pair-code').dataset.code = code.code;
+  }
+  renderCountdowns();
+}
+
+function renderCountdowns() {
+  const session = page.sessions.get(page.selected);
+  if (!session) return;
+  const now = serverNow();
+  const qr = session.qr;
+  if (qr) {
+    const left = qr.expires_at_ms - now;
+    $('qr-expiry').textContent = left > 0 ? 'Expires in ' + formatDuration(left) + '.' : 'Expired; the next code is on its way.';
+    if (session.activation_deadline_ms) {
+      const activation = session.activation_deadline_ms - now;
+      const later = Math.ceil(Math.max(0, session.activation_deadline_ms - qr.expires_at_ms) / LATER_QR_MS);
+      $('qr-count').textContent = 'Code ' + qr.index + ' of about ' + (qr.index + later) + '.';
+      $('qr-activation').textContent = 'Pairing must finish within ' + formatDuration(activation) + '.';
+    } else {
+      $('qr-count').textContent = 'Code ' + qr.index + '.';
+      $('qr-activation').textContent = '';
+    }
+  }
+  const code = page.pairCode;
+  if (code && code.session === session.id) {
+    const left = code.expires_at_ms - now;
+    $('pair-code-expiry').textContent = left > 0 ? 'Valid for ' + formatDuration(left) + '.' : 'Expired; request a new code.';
+  }
+}
+
+async function loadDetail(id) {
+  const seq = ++page.detailSeq;
+  let session;
+  try {
+    session = await api('GET', '/v1/sessions/' + encodeURIComponent(id));
+  } catch (e) {
+    if (e.status !== 404) showError(e);
+    return;
+  }
+  if (seq !== page.detailSeq || page.selected !== id || !page.sessions.has(id)) return;
+  mergeRecord(session);
+  renderList();
+  renderDetail();
+  renderTransitions(session.transitions || []);
+  loadWebhooks(session.tenant, seq);
+}
+
+function renderTransitions(transitions) {
+  const items = transitions.slice().reverse().map((t) => {
+    const item = document.createElement('li');
+    const time = document.createElement('time');
+    time.dateTime = new Date(t.at_ms).toISOString();
+    time.textContent = formatTime(t.at_ms);
+    const what = document.createElement('span');
+    what.textContent = stateLabel(t.from) + ' → ' + stateLabel(t.to);
+    item.append(time, ' ', what);
+    if (t.reason) {
+      const why = document.createElement('span');
+      why.className = 'why';
+      why.textContent = t.reason;
+      item.append(' ', why);
+    }
+    return item;
+  });
+  $('transitions').replaceChildren(...items);
+}
+
+// The webhook status route is new; its shape may still change. Show what
+// it answers, hide the panel on anything but 200.
+async function loadWebhooks(tenant, seq) {
+  const panel = $('webhooks');
+  let status;
+  try {
+    status = await api('GET', '/v1/tenants/' + encodeURIComponent(tenant) + '/webhooks/status');
+  } catch (e) {
+    if (seq === page.detailSeq) panel.hidden = true;
+    return;
+  }
+  if (seq !== page.detailSeq || !status || typeof status !== 'object') return;
+  $('webhooks-tenant').textContent = tenant;
+  const rows = [];
+  const add = (key, value) => {
+    const row = document.createElement('div');
+    const dt = document.createElement('dt');
+    dt.textContent = key.replaceAll('_', ' ');
+    const dd = document.createElement('dd');
+    dd.textContent = value === null || value === '' ? '—' : String(value);
+    row.append(dt, dd);
+    rows.push(row);
+  };
+  const walk = (value, prefix) => {
+    for (const [key, inner] of Object.entries(value)) {
+      const name = prefix ? prefix + ' ' + key : key;
+      if (inner && typeof inner === 'object' && !Array.isArray(inner)) walk(inner, name);
+      else if (Array.isArray(inner)) add(name, inner.length + ' item(s)');
+      else add(name, inner);
+    }
+  };
+  walk(status, '');
+  $('webhooks-body').replaceChildren(...rows.slice(0, 40));
+  panel.hidden = false;
+}
+
+// ---- actions ---------------------------------------------------------------
+
+function confirmAction(title, text, ok) {
+  const dialog = $('confirm');
+  $('confirm-title').textContent = title;
+  $('confirm-text').textContent = text;
+  $('confirm-ok').textContent = ok;
+  return new Promise((resolve) => {
+    const done = (answer) => {
+      $('confirm-ok').removeEventListener('click', yes);
+      $('confirm-cancel').removeEventListener('click', no);
+      dialog.removeEventListener('close', no);
+      if (dialog.open) dialog.close();
+      resolve(answer);
+    };
+    const yes = () => done(true);
+    const no = () => done(false);
+    $('confirm-ok').addEventListener('click', yes);
+    $('confirm-cancel').addEventListener('click', no);
+    dialog.addEventListener('close', no);
+    dialog.showModal();
+  });
+}
+
+async function act(action) {
+  const id = page.selected;
+  if (!id) return;
+  const path = '/v1/sessions/' + encodeURIComponent(id);
+  const confirmations = {
+    reset: ['Reset session ' + id + '?',
+      'This unlinks the device from the phone, wipes the session\'s keys and starts pairing again with a new QR code. Messages stop until it is paired again.',
+      'Reset'],
+    logout: ['Log out session ' + id + '?',
+      'This unlinks the device from the phone and wipes the session\'s keys. The session stays in the list; start it to pair again.',
+      'Log out'],
+    delete: ['Delete session ' + id + '?',
+      'This unlinks the device, wipes its keys and removes the session for good.',
+      'Delete'],
+  };
+  if (confirmations[action] && !(await confirmAction(...confirmations[action]))) return;
+  clearError();
+  try {
+    if (action === 'delete') {
+      await api('DELETE', path);
+      page.sessions.delete(id);
+      page.selected = null;
+      renderList();
+      renderDetail();
+      return;
+    }
+    if (action === 'reset') page.pairCode = null;
+    await api('POST', path + '/' + action);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function createSession(event) {
+  event.preventDefault();
+  clearError();
+  const body = {};
+  const id = $('new-id').value.trim();
+  const tenant = $('new-tenant').value.trim();
+  if (id) body.id = id;
+  if (tenant) body.tenant = tenant;
+  try {
+    const session = await api('POST', '/v1/sessions', body);
+    mergeRecord(session);
+    $('new-id').value = '';
+    renderList();
+    select(session.id);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function requestPairCode(event) {
+  event.preventDefault();
+  clearError();
+  const id = page.selected;
+  if (!id) return;
+  try {
+    const issued = await api('POST', '/v1/sessions/' + encodeURIComponent(id) + '/pair-code',
+      { phone: $('pair-phone').value });
+    page.pairCode = { session: id, code: issued.code, expires_at_ms: issued.expires_at_ms };
+    renderDetail();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+function selectTab(which) {
+  const qr = which === 'qr';
+  $('tab-qr').setAttribute('aria-selected', String(qr));
+  $('tab-phone').setAttribute('aria-selected', String(!qr));
+  $('tab-qr').tabIndex = qr ? 0 : -1;
+  $('tab-phone').tabIndex = qr ? -1 : 0;
+  $('panel-qr').hidden = !qr;
+  $('panel-phone').hidden = qr;
+}
+
+function onTabKey(event) {
+  if (event.key === 'ArrowRight' || event.key === 'ArrowLeft') {
+    const next = event.currentTarget.id === 'tab-qr' ? 'phone' : 'qr';
+    selectTab(next);
+    $('tab-' + next).focus();
+    event.preventDefault();
+  }
+}
+
+// ---- wiring ----------------------------------------------------------------
+
+document.addEventListener('DOMContentLoaded', () => {
+  $('detail-title').tabIndex = -1;
+  $('sign-in-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const token = $('token').value.trim();
+    if (!token) {
+      showError({ code: 'missing_token', message: 'paste the admin token or a tenant token' });
+      return;
+    }
+    try {
+      await signIn(token);
+    } catch (e) {
+      showError(e);
+    }
+  });
+  $('sign-out').addEventListener('click', signOut);
+  $('error-close').addEventListener('click', clearError);
+  $('create-form').addEventListener('submit', createSession);
+  $('pair-code-form').addEventListener('submit', requestPairCode);
+  $('tab-qr').addEventListener('click', () => selectTab('qr'));
+  $('tab-phone').addEventListener('click', () => selectTab('phone'));
+  $('tab-qr').addEventListener('keydown', onTabKey);
+  $('tab-phone').addEventListener('keydown', onTabKey);
+  for (const action of ['start', 'stop', 'reset', 'logout', 'delete']) {
+    $('act-' + action).addEventListener('click', () => act(action));
+  }
+  setInterval(renderCountdowns, 1000);
+  renderList();
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) {
+    signIn(saved).catch((e) => {
+      signOut();
+      showError(e);
+    });
+  } else {
+    $('token').focus();
+  }
+});

@@ -1,0 +1,327 @@
+// The admin page in a real browser, against the real daemon and fakewa:
+// sign in → create a session → the QR shows → fakewa's phone scans the
+// code read from the page → the page shows `connected` and the exact phone
+// → reset through the confirm dialog → a new QR → the daemon restarts →
+// the connection indicator shows `reconnecting`, then `live` again.
+//
+// Run through ./run.sh (it builds the binaries). Every wait is on a
+// condition with a timeout. Screenshots: target/browser-screenshots/.
+//
+// The daemon is a `demo` build (no certificate-chain check) on a temp data
+// dir; where that build requires `serve --demo`, it runs its own embedded
+// fakewa and the test uses that one's control API.
+//
+// Environment: WHATSD_BIN, FAKEWA_BIN (built binaries), CHROMIUM
+// (default /usr/bin/chromium), SCREENSHOTS (output directory).
+
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const WHATSD = process.env.WHATSD_BIN || join(ROOT, 'target/debug/whatsd');
+const FAKEWA = process.env.FAKEWA_BIN || join(ROOT, 'target/debug/fakewa');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SHOTS = process.env.SCREENSHOTS || join(ROOT, 'target/browser-screenshots');
+const ADMIN = 'browser-test-admin-token-0123456789';
+const PHONE = '15551234567';
+// Pinned so sessions never ask web.whatsapp.com for the version.
+const VERSION = '2.3000.1023456789';
+const SECOND = 1000;
+
+const children = new Set();
+const work = mkdtempSync(join(tmpdir(), 'whatsd-browser-'));
+
+function log(message) {
+  console.log(`[${(performance.now() / 1000).toFixed(1)}s] ${message}`);
+}
+
+/**
+ * Starts a process and resolves once a stdout line matches `ready`, with
+ * that match and the lines before it.
+ */
+async function startProcess(name, command, args, options, ready, timeoutMs) {
+  const child = spawn(command, args, { ...options, stdio: ['ignore', 'pipe', options.stderr ?? 'inherit'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  // Read every line, also after `ready`: a full pipe would block the process.
+  const lines = createInterface({ input: child.stdout });
+  const before = [];
+  const found = new Promise((ok, fail) => {
+    lines.on('line', (line) => {
+      const match = ready.exec(line);
+      if (match) ok(match);
+      else before.push(line);
+    });
+    child.once('exit', (code, signal) => fail(new Error(`${name} exited (${code ?? signal}) before it was ready`)));
+  });
+  let timer;
+  const timeout = new Promise((_, fail) => {
+    timer = setTimeout(() => fail(new Error(`${name} not ready within ${timeoutMs / SECOND} s`)), timeoutMs);
+  });
+  try {
+    const match = await Promise.race([found, timeout]);
+    return { child, match, before };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function stopProcess(child, signal = 'SIGTERM', timeoutMs = 30 * SECOND) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill(signal);
+  let timer;
+  await Promise.race([
+    exited,
+    new Promise((_, fail) => {
+      timer = setTimeout(() => fail(new Error(`pid ${child.pid} did not exit within ${timeoutMs / SECOND} s`)), timeoutMs);
+    }),
+  ]);
+  clearTimeout(timer);
+}
+
+async function startFakewa() {
+  const { child, match } = await startProcess(
+    'fakewa',
+    FAKEWA,
+    ['--listen', '127.0.0.1:0', '--control', '127.0.0.1:0'],
+    { env: { ...process.env, RUST_LOG: 'warn' } },
+    /^fakewa: whatsapp (\S+) control (\S+)/,
+    30 * SECOND,
+  );
+  return { child, wsUrl: match[1], control: match[2] };
+}
+
+function writeConfig(listen, wsUrl) {
+  const path = join(work, 'whatsd.toml');
+  writeFileSync(
+    path,
+    `listen = ${JSON.stringify(listen)}\ndata_dir = ${JSON.stringify(join(work, 'data'))}\n\n` +
+      `[whatsapp]\nws_url = ${JSON.stringify(wsUrl)}\nversion = ${JSON.stringify(VERSION)}\n\n` +
+      `[log]\nfilter = "info,whatsd=debug"\n`,
+  );
+  return path;
+}
+
+// A `demo` build that knows `serve --demo` refuses to start without it;
+// it then runs its own embedded fakewa and prints that one's control URL.
+const DEMO_FLAG = /--demo\b/.test(spawnSync(WHATSD, ['serve', '--help'], { encoding: 'utf8' }).stdout || '');
+
+async function startDaemon(config, fake) {
+  // The daemon takes every WHATSD_* variable as a configuration key.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WHATSD_')));
+  env.WHATSD_ADMIN_TOKEN = ADMIN;
+  delete env.RUST_LOG;
+  delete env.CREDENTIALS_DIRECTORY;
+  const stderr = openSync(join(work, 'daemon.log'), 'a');
+  const args = ['serve', '--config', config, ...(DEMO_FLAG ? ['--demo'] : [])];
+  const { child, match, before } = await startProcess('whatsd', WHATSD, args, { env, stderr }, /^listening on (\S+)/, 60 * SECOND);
+  const embedded = before.map((line) => /^demo fakewa control: (\S+)/.exec(line)).find(Boolean);
+  return { child, addr: match[1], control: embedded ? embedded[1] : fake.control };
+}
+
+async function control(base, path, body) {
+  const response = await fetch(base + path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`fakewa ${path}: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(SHOTS, name + '.png'), fullPage: true });
+  log(`screenshot ${name}.png`);
+}
+
+async function signIn(page, base) {
+  await page.goto(base + '/');
+  await page.locator('#token').fill(ADMIN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15 * SECOND });
+}
+
+/** Waits for the QR image to carry a code other than `previous`; returns it. */
+async function waitForQr(page, previous, timeoutMs) {
+  const handle = await page.waitForFunction(
+    (old) => {
+      const img = document.getElementById('qr');
+      const code = img && !img.hidden && img.complete && img.naturalWidth > 0 ? img.dataset.qr : null;
+      return code && code !== old ? code : null;
+    },
+    previous,
+    { timeout: timeoutMs, polling: 100 },
+  );
+  return handle.jsonValue();
+}
+
+async function waitForText(locator, text, timeoutMs) {
+  await locator.filter({ hasText: text }).first().waitFor({ timeout: timeoutMs });
+}
+
+async function main() {
+  const started = performance.now();
+  rmSync(SHOTS, { recursive: true, force: true });
+  mkdirSync(SHOTS, { recursive: true });
+
+  const fake = await startFakewa();
+  log(`fakewa at ${fake.wsUrl}, control ${fake.control}`);
+  let daemon = await startDaemon(writeConfig('127.0.0.1:0', fake.wsUrl), fake);
+  const base = 'http://' + daemon.addr;
+  log(`whatsd at ${base}; fake phone at ${daemon.control}`);
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+  try {
+    const desktop = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const phone = await browser.newPage({
+      viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
+    });
+    const problems = [];
+    for (const [name, page] of [['desktop', desktop], ['phone', phone]]) {
+      page.on('pageerror', (e) => problems.push(`${name}: page error: ${e.message}`));
+      page.on('console', (m) => {
+        if (m.type() === 'error' && !/Failed to load resource|WebSocket connection/.test(m.text())) {
+          problems.push(`${name}: console error: ${m.text()}`);
+        }
+      });
+    }
+
+    // 1. Sign in. The token never shows up in the URL.
+    await desktop.goto(base + '/admin');
+    await desktop.locator('#token').waitFor();
+    await shot(desktop, '01-sign-in');
+    await signIn(desktop, base);
+    if (desktop.url().includes(ADMIN)) throw new Error('the token leaked into the URL');
+    log('signed in, socket live');
+
+    // 2. Create a session; its first QR arrives over the WebSocket.
+    await desktop.locator('#new-id').fill('shop-1');
+    await desktop.getByRole('button', { name: 'Create and pair' }).click();
+    const firstQr = await waitForQr(desktop, null, 30 * SECOND);
+    await waitForText(desktop.locator('#qr-count'), /Code \d+ of about \d+/, 30 * SECOND);
+    await waitForText(desktop.locator('#qr-expiry'), /Expires in/, 5 * SECOND);
+    log('first QR shown');
+    await shot(desktop, '02-qr');
+    await signIn(phone, base);
+    await phone.getByRole('button', { name: 'shop-1' }).click();
+    await waitForQr(phone, null, 10 * SECOND);
+    await shot(phone, '02-qr-phone');
+
+    // 3. The phone scans the code the page shows.
+    const scanned = await control(daemon.control, '/control/scan', { qr: firstQr, phone: PHONE });
+    log(`fakewa paired ${scanned.jid}`);
+    for (const page of [desktop, phone]) {
+      await waitForText(page.locator('#detail-state'), 'connected', 60 * SECOND);
+      await waitForText(page.locator('#linked-phone'), '+' + PHONE, 5 * SECOND);
+      await waitForText(page.locator('#linked-jid'), scanned.jid, 5 * SECOND);
+      await waitForText(page.locator('#session-rows tr[data-id="shop-1"] td'), '+' + PHONE, 5 * SECOND);
+      if (await page.locator('#qr').isVisible()) throw new Error('the QR is still visible after pairing');
+    }
+    await waitForText(desktop.locator('#transitions li'), 'qr → paired', 5 * SECOND);
+    log('page shows connected with the phone');
+    await shot(desktop, '03-connected');
+    await shot(phone, '03-connected-phone');
+
+    // An API error is shown with its code.
+    await desktop.locator('#new-id').fill('shop-1');
+    await desktop.getByRole('button', { name: 'Create and pair' }).click();
+    await waitForText(desktop.locator('#error'), /\[\w+\]/, 5 * SECOND);
+    log(`API error shown: ${(await desktop.locator('#error').innerText()).replace(/\s+/g, ' ')}`);
+    await desktop.getByRole('button', { name: 'Dismiss' }).click();
+
+    // 4. Reset through the confirm dialog: a new QR replaces the link.
+    await desktop.getByRole('button', { name: 'Reset…' }).click();
+    const dialog = desktop.locator('#confirm');
+    await dialog.waitFor({ state: 'visible', timeout: 5 * SECOND });
+    const warning = await dialog.innerText();
+    if (!/unlinks/.test(warning) || !/wipes/.test(warning) || !/new QR/.test(warning)) {
+      throw new Error('the reset dialog does not say what reset does: ' + warning);
+    }
+    await shot(desktop, '04-reset-confirm');
+    await dialog.getByRole('button', { name: 'Reset' }).click();
+    await dialog.waitFor({ state: 'hidden', timeout: 5 * SECOND });
+    const secondQr = await waitForQr(desktop, firstQr, 30 * SECOND);
+    if (secondQr === firstQr) throw new Error('reset did not bring a new QR');
+    await waitForQr(phone, firstQr, 10 * SECOND);
+    log('reset: a new QR is shown');
+    await shot(desktop, '05-new-qr');
+    await shot(phone, '05-new-qr-phone');
+
+    // 5. The daemon restarts: the WebSocket drops; the page reconnects
+    //    with a fresh ticket and a fresh snapshot, on the same address.
+    await stopProcess(daemon.child);
+    for (const page of [desktop, phone]) {
+      await page.locator('#conn[data-state="reconnecting"]').waitFor({ timeout: 15 * SECOND });
+    }
+    for (const page of [desktop, phone]) {
+      await page.locator('#qr').waitFor({ state: 'hidden', timeout: 5 * SECOND });
+    }
+    log('daemon stopped: indicator shows reconnecting, no stale QR');
+    await shot(desktop, '06-reconnecting');
+    await shot(phone, '06-reconnecting-phone');
+    daemon = await startDaemon(writeConfig(daemon.addr, fake.wsUrl), fake);
+    for (const page of [desktop, phone]) {
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30 * SECOND });
+      // The pairing under way was interrupted by the restart.
+      await waitForText(page.locator('#session-rows tr[data-id="shop-1"] .badge'), 'stopped', 10 * SECOND);
+    }
+    log('daemon restarted: indicator live again, fresh snapshot');
+    await shot(desktop, '07-live-again');
+    await shot(phone, '07-live-again-phone');
+
+    if (problems.length > 0) throw new Error('the page reported errors:\n' + problems.join('\n'));
+    log(`PASS in ${((performance.now() - started) / SECOND).toFixed(1)} s`);
+  } catch (e) {
+    for (const [i, context] of browser.contexts().entries()) {
+      for (const page of context.pages()) {
+        await page.screenshot({ path: join(SHOTS, `failed-${i}.png`), fullPage: true }).catch(() => {});
+      }
+    }
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}
+
+async function cleanup() {
+  for (const child of [...children]) {
+    await stopProcess(child, 'SIGTERM', 10 * SECOND).catch(() => child.kill('SIGKILL'));
+  }
+}
+
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    for (const child of children) child.kill('SIGKILL');
+    process.exit(130);
+  });
+}
+
+try {
+  await main();
+  await cleanup();
+  rmSync(work, { recursive: true, force: true });
+} catch (e) {
+  console.error(e);
+  await cleanup();
+  try {
+    const daemonLog = readFileSync(join(work, 'daemon.log'), 'utf8').split('\n');
+    console.error('--- daemon log (tail) ---\n' + daemonLog.slice(-60).join('\n'));
+  } catch {
+    // no log
+  }
+  console.error(`(work dir kept: ${work})`);
+  process.exit(1);
+}
