@@ -18,9 +18,11 @@
 //! = that tree's own name ‖ 0x00 ‖ key. A new tree must follow it or be
 //! added to rekey's skip list.
 
+pub mod backup;
 pub mod crypto;
 pub mod device;
 pub mod error;
+pub mod outbox;
 pub mod records;
 mod rekey;
 pub mod tenants;
@@ -101,6 +103,19 @@ struct Inner {
     /// One live backend per session, so a wipe can fence off every handle
     /// to the tree it drops.
     backends: Mutex<HashMap<String, Weak<DeviceBackend>>>,
+    flushes: FlushGroup,
+}
+
+/// Group commit: concurrent [`Store::flush`] calls share one sled flush.
+///
+/// A caller takes a ticket after its writes; the flusher reads the newest
+/// ticket before it starts, so every ticket up to that one had its writes
+/// in sled before the flush began and is covered by it.
+#[derive(Default)]
+struct FlushGroup {
+    requested: std::sync::atomic::AtomicU64,
+    /// The newest ticket known durable.
+    done: tokio::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,6 +147,7 @@ impl Store {
                 phone_index,
                 data_dir: data_dir.to_path_buf(),
                 backends: Mutex::new(HashMap::new()),
+                flushes: FlushGroup::default(),
             }),
         })
     }
@@ -229,9 +245,19 @@ impl Store {
             .collect()
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable. Concurrent callers share one
+    /// flush (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let group = &self.inner.flushes;
+        let ticket = group.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut done = group.done.lock().await;
+        if *done >= ticket {
+            return Ok(());
+        }
+        let covered = group.requested.load(Ordering::Acquire);
         flush_blocking(self.inner.db.open_tree(META_TREE)?).await?;
+        *done = covered;
         Ok(())
     }
 
