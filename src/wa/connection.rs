@@ -12,7 +12,7 @@ use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest};
 use whatsapp_rust::{Client, Jid};
 
-use super::{WaConfig, WaError, WaEvent};
+use super::{InboundSink, WaConfig, WaError, WaEvent};
 
 /// A running client. Dropping it aborts the client without a flush; call
 /// [`Connection::shutdown`] to stop it properly.
@@ -42,10 +42,15 @@ impl EventHandler for Forward {
 
 impl Connection {
     /// Builds a client on `backend` and starts it. Events arrive on `events`.
+    ///
+    /// With an `inbound` sink, every decrypted message is committed to it
+    /// before WhatsApp is acknowledged (at-least-once); without one the
+    /// library acknowledges right after decryption (at-most-once).
     pub async fn start(
         config: &WaConfig,
         backend: Arc<dyn Backend>,
         events: mpsc::UnboundedSender<WaEvent>,
+        inbound: Option<Arc<dyn InboundSink>>,
     ) -> Result<Self, WaError> {
         let mut transport = TokioWebSocketTransportFactory::new();
         if let Some(url) = &config.ws_url {
@@ -62,6 +67,9 @@ impl Connection {
             .with_event_handler(Forward(events));
         if let Some(version) = config.version {
             builder = builder.with_version(version);
+        }
+        if let Some(sink) = inbound {
+            builder = builder.with_inbound_durability_hook(super::inbound::Hook(sink));
         }
         let bot = builder
             .build()
@@ -177,6 +185,10 @@ impl Connection {
 pub struct IdentityProbe(Arc<Client>);
 
 impl IdentityProbe {
+    pub(super) fn new(client: Arc<Client>) -> Self {
+        Self(client)
+    }
+
     pub fn identity(&self) -> crate::session::Identity {
         let pn = self.0.pn();
         crate::session::Identity {

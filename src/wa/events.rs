@@ -66,6 +66,11 @@ pub(super) fn map(event: &Event) -> Option<WaEvent> {
                 .unwrap_or_else(|| format!("{:?}", f.reason)),
         },
         Event::SelfPushNameUpdated(p) => WaEvent::PushName(p.new_name.clone()),
+        Event::UndecryptableMessage(u) => {
+            let mut message = super::inbound::from_info(&u.info);
+            message.undecryptable = true;
+            WaEvent::Undecryptable(Box::new(message))
+        }
         _ => return None,
     })
 }

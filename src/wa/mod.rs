@@ -5,10 +5,12 @@
 pub mod build_info;
 mod connection;
 mod events;
+pub mod inbound;
 
 use std::time::Duration;
 
 pub use connection::{Connection, IdentityProbe, parse_recipient};
+pub use inbound::{InboundMessage, InboundSink};
 
 use crate::session::Identity;
 
@@ -99,4 +101,7 @@ pub enum WaEvent {
         message: String,
     },
     PushName(String),
+    /// A message arrived that could not be decrypted (the library has
+    /// already asked the sender to retry; a later copy may decrypt).
+    Undecryptable(Box<InboundMessage>),
 }
