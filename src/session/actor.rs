@@ -15,11 +15,12 @@ use super::event::{EventKind, Identity, PairingQr, SessionEvent};
 use super::state::{Reason, SessionState};
 use super::supervisor::ActorExit;
 use super::{
-    PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, TRANSITIONS_KEPT, now_ms,
+    EventSink, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, TRANSITIONS_KEPT,
+    now_ms,
 };
 use crate::proto::v1::{SessionRecord, Transition};
 use crate::store::Store;
-use crate::wa::{Connection, WaError, WaEvent};
+use crate::wa::{Connection, InboundMessage, InboundSink, WaError, WaEvent};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
@@ -49,18 +50,40 @@ pub(super) struct Shared {
     pub store: Store,
     pub config: SessionConfig,
     pub events: broadcast::Sender<SessionEvent>,
+    pub sink: Option<Arc<dyn EventSink>>,
     pub live_qr: Mutex<HashMap<String, PairingQr>>,
     pub start_permits: Arc<Semaphore>,
 }
 
 impl Shared {
     pub(super) fn emit(&self, record: &SessionRecord, kind: EventKind) {
-        let _ = self.events.send(SessionEvent {
+        let event = SessionEvent {
             session: record.id.clone(),
             tenant: record.tenant.clone(),
             at_ms: now_ms(),
             kind,
-        });
+        };
+        if let Some(sink) = &self.sink {
+            sink.session_event(&event);
+        }
+        let _ = self.events.send(event);
+    }
+}
+
+/// A session's view of the [`EventSink`]: the library's durability hook
+/// commits through it, tagged with the session and tenant.
+struct SessionInbound {
+    sink: Arc<dyn EventSink>,
+    session: String,
+    tenant: String,
+}
+
+#[async_trait::async_trait]
+impl InboundSink for SessionInbound {
+    async fn commit(&self, me: Identity, batch: Vec<InboundMessage>) -> anyhow::Result<()> {
+        self.sink
+            .messages(&self.session, &self.tenant, me, batch)
+            .await
     }
 }
 
@@ -204,6 +227,7 @@ impl Actor {
             lock(&self.shared.live_qr).remove(&self.record.id);
         }
         self.persist().await;
+        crate::metrics::inc_transition(to.as_str());
         tracing::info!(session = %self.record.id, %from, %to, reason = reason.map(|r| r.as_str()), "state");
         self.emit(EventKind::State {
             from,
@@ -300,6 +324,7 @@ impl Actor {
         } else {
             self.qr_index = 0;
             self.activation_deadline = Some(Instant::now() + self.config().activation_timeout);
+            crate::metrics::inc_pairing_attempt();
             self.transition(SessionState::Starting, None, None).await;
         }
         self.launch_client().await
@@ -333,7 +358,14 @@ impl Actor {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        match Connection::start(&self.shared.config.wa, backend, tx).await {
+        let inbound = self.shared.sink.clone().map(|sink| {
+            Arc::new(SessionInbound {
+                sink,
+                session: self.record.id.clone(),
+                tenant: self.record.tenant.clone(),
+            }) as Arc<dyn InboundSink>
+        });
+        match Connection::start(&self.shared.config.wa, backend, tx, inbound).await {
             Ok(conn) => {
                 self.conn = Some(conn);
                 self.wa_events = Some(rx);
@@ -506,6 +538,7 @@ impl Actor {
             .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
         match tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&jid.to_string(), text)).await {
             Ok(Ok(id)) => {
+                crate::metrics::inc_message_sent();
                 self.emit(EventKind::MessageSent {
                     id: id.clone(),
                     to: jid.to_string(),
@@ -581,6 +614,7 @@ impl Actor {
                     index: self.qr_index,
                 };
                 lock(&self.shared.live_qr).insert(self.record.id.clone(), qr.clone());
+                crate::metrics::inc_qr_issued();
                 if self.state() == SessionState::Starting {
                     self.transition(SessionState::Qr, None, None).await;
                 }
@@ -633,6 +667,7 @@ impl Actor {
                 self.record.business_name = business_name.clone();
                 self.record.platform = platform.clone();
                 self.record.paired_at_ms = now_ms();
+                crate::metrics::inc_pairing_success();
                 if !business_name.is_empty() {
                     self.record.push_name = business_name.clone();
                 }
@@ -737,6 +772,15 @@ impl Actor {
                         Some(message),
                     )
                     .await;
+                }
+            }
+            WaEvent::Undecryptable(message) => {
+                if let Some(sink) = &self.shared.sink {
+                    let me = self.identity();
+                    let (session, tenant) = (&self.record.id, &self.record.tenant);
+                    if let Err(e) = sink.messages(session, tenant, me, vec![*message]).await {
+                        tracing::error!(session = %session, "recording an undecryptable message: {e:#}");
+                    }
                 }
             }
             WaEvent::PushName(name) => {
@@ -855,6 +899,7 @@ impl Actor {
     async fn on_activation_timeout(&mut self) {
         let secs = self.config().activation_timeout.as_secs();
         tracing::warn!(session = %self.record.id, "not connected {secs} s after pairing began; giving up");
+        crate::metrics::inc_pairing_timeout();
         self.stop_client().await;
         if let Err(e) = self.wipe().await {
             tracing::error!(session = %self.record.id, "wiping after the activation timeout: {e}");

@@ -19,6 +19,25 @@ pub use supervisor::Supervisor;
 use crate::proto::v1::SessionRecord;
 use crate::store::StoreError;
 
+/// Where a session's messages and events go beyond the live broadcast: the
+/// durable webhook outbox. Implemented by `crate::webhook`.
+#[async_trait::async_trait]
+pub trait EventSink: Send + Sync {
+    /// Durably records incoming messages; WhatsApp is acknowledged only
+    /// after `Ok`. Must be idempotent (a message may come again).
+    async fn messages(
+        &self,
+        session: &str,
+        tenant: &str,
+        me: Identity,
+        batch: Vec<crate::wa::InboundMessage>,
+    ) -> anyhow::Result<()>;
+
+    /// Records a session event, in the order the session emits them. Runs
+    /// on the session's task: it must not block for long.
+    fn session_event(&self, event: &SessionEvent);
+}
+
 /// How many transitions a record keeps.
 pub const TRANSITIONS_KEPT: usize = 20;
 

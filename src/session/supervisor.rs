@@ -12,7 +12,8 @@ use super::actor::{Actor, Command, Reply, Shared};
 use super::event::{EventKind, PairingQr, SessionEvent};
 use super::state::{Reason, SessionState};
 use super::{
-    PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms, valid_session_id,
+    EventSink, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms,
+    valid_session_id,
 };
 use crate::proto::v1::{SessionRecord, Transition};
 use crate::store::Store;
@@ -45,8 +46,19 @@ impl Supervisor {
     /// reconnect (at most `start_concurrency` at once), pairings that were
     /// under way become `stopped`, everything else stays as it was.
     pub async fn start(store: Store, config: SessionConfig) -> Result<Supervisor, SupervisorError> {
+        Self::start_with_sink(store, config, None).await
+    }
+
+    /// Like [`Supervisor::start`], with a sink that gets every incoming
+    /// message (before WhatsApp's ack) and every session event.
+    pub async fn start_with_sink(
+        store: Store,
+        config: SessionConfig,
+        sink: Option<Arc<dyn EventSink>>,
+    ) -> Result<Supervisor, SupervisorError> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let shared = Arc::new(Shared {
+            sink,
             start_permits: Arc::new(Semaphore::new(config.start_concurrency.max(1))),
             store,
             config,
@@ -103,7 +115,10 @@ impl Supervisor {
         let weak = Arc::downgrade(&self.inner);
         let own = tx.downgrade();
         tokio::spawn(async move {
-            let task = tokio::spawn(Actor::new(shared.clone(), record).run(rx));
+            let task = tokio::spawn(tracing::Instrument::instrument(
+                Actor::new(shared.clone(), record).run(rx),
+                tracing::info_span!("session", id = %id),
+            ));
             match task.await {
                 Ok(ActorExit::Deleted) => {
                     // Only this task's own entry: the id may already be reused.
