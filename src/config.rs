@@ -47,6 +47,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub whatsapp: WhatsAppConfig,
     pub sessions: SessionsConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
 
@@ -60,6 +61,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             whatsapp: WhatsAppConfig::default(),
             sessions: SessionsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -175,12 +177,162 @@ impl Default for SessionsConfig {
     }
 }
 
+/// `[webhooks]`: delivery settings, and an optional endpoint that gets
+/// every session's events (tenants add their own through the API).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Global endpoint URL; empty: none.
+    pub url: String,
+    /// Its signing secret (at least 16 bytes); prefer `secret_file`.
+    pub secret: String,
+    /// File holding the signing secret.
+    pub secret_file: Option<PathBuf>,
+    /// Event types the global endpoint receives; empty: all.
+    pub events: Vec<String>,
+    /// `"whatsd"` or `"cloud_api"`.
+    pub format: String,
+    /// Allow webhook targets on loopback/private/link-local addresses.
+    pub allow_private_targets: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub initial_backoff: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_backoff: Duration,
+    /// Requests in flight at once over all endpoints.
+    pub concurrency: usize,
+    /// `"deliver"` `status@broadcast` posts as `message.status`, or `"drop"`.
+    pub status_broadcast: String,
+}
+
+impl std::fmt::Debug for WebhooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhooksConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("secret_file", &self.secret_file)
+            .field("events", &self.events)
+            .field("format", &self.format)
+            .field("allow_private_targets", &self.allow_private_targets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for WebhooksConfig {
+    /// The webhook module's own defaults: one source of truth.
+    fn default() -> Self {
+        let d = crate::webhook::Settings::default();
+        Self {
+            url: String::new(),
+            secret: String::new(),
+            secret_file: None,
+            events: Vec::new(),
+            format: "whatsd".to_string(),
+            allow_private_targets: d.allow_private_targets,
+            timeout: d.timeout,
+            max_age: d.max_age,
+            initial_backoff: d.schedule.initial,
+            max_backoff: d.schedule.max,
+            concurrency: d.concurrency,
+            status_broadcast: "deliver".to_string(),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The webhook module's settings; reads `secret_file`.
+    pub fn settings(&self) -> Result<crate::webhook::Settings, ConfigError> {
+        self.build_settings(true)
+    }
+
+    /// `read_secret = false` checks everything but the secret file's
+    /// contents (for `validate-config` on another machine's file).
+    fn build_settings(&self, read_secret: bool) -> Result<crate::webhook::Settings, ConfigError> {
+        use crate::webhook::{EndpointSpec, Format, Schedule, Settings};
+        let bad = |msg: String| ConfigError::Invalid(format!("webhooks.{msg}"));
+        let format = match self.format.as_str() {
+            "whatsd" => Format::Whatsd,
+            "cloud_api" => Format::CloudApi,
+            other => {
+                return Err(bad(format!(
+                    "format = {other:?} must be \"whatsd\" or \"cloud_api\""
+                )));
+            }
+        };
+        let deliver_status = match self.status_broadcast.as_str() {
+            "deliver" => true,
+            "drop" => false,
+            other => {
+                return Err(bad(format!(
+                    "status_broadcast = {other:?} must be \"deliver\" or \"drop\""
+                )));
+            }
+        };
+        let global = if self.url.is_empty() {
+            None
+        } else {
+            let secret = match &self.secret_file {
+                Some(_) if !read_secret => "x".repeat(crate::webhook::endpoint::MIN_SECRET_LEN),
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+                None => self.secret.clone(),
+            };
+            let spec = EndpointSpec {
+                url: self.url.clone(),
+                secret,
+                events: self.events.clone(),
+                format,
+            };
+            crate::webhook::endpoint::check_spec(&spec, self.allow_private_targets)
+                .map_err(|e| bad(format!("url/secret/events: {e}")))?;
+            Some(spec)
+        };
+        for (name, value) in [
+            ("timeout", self.timeout),
+            ("max_age", self.max_age),
+            ("initial_backoff", self.initial_backoff),
+            ("max_backoff", self.max_backoff),
+        ] {
+            if value.is_zero() {
+                return Err(bad(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.initial_backoff > self.max_backoff {
+            return Err(bad("initial_backoff must not exceed max_backoff".into()));
+        }
+        if self.concurrency == 0 {
+            return Err(bad("concurrency must be at least 1".into()));
+        }
+        Ok(Settings {
+            global,
+            allow_private_targets: self.allow_private_targets,
+            timeout: self.timeout,
+            max_age: self.max_age,
+            schedule: Schedule {
+                initial: self.initial_backoff,
+                max: self.max_backoff,
+            },
+            concurrency: self.concurrency,
+            deliver_status,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing filter, e.g. `"info"` or `"whatsd=debug,info"`. `RUST_LOG` wins.
     pub filter: String,
-    /// `"text"` or `"json"`.
+    /// `"auto"` (human on a terminal, JSON lines otherwise), `"human"`
+    /// (alias `"text"`) or `"json"`.
     pub format: String,
 }
 
@@ -188,7 +340,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             filter: "info".to_string(),
-            format: "text".to_string(),
+            format: "auto".to_string(),
         }
     }
 }
@@ -215,6 +367,9 @@ pub enum ConfigError {
 enum EnvKind {
     Str,
     Int,
+    Bool,
+    /// Comma-separated list of strings.
+    List,
 }
 
 /// Every key the environment may set, as (TOML path, kind).
@@ -243,6 +398,18 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["sessions", "silent_after"], EnvKind::Str),
     (&["sessions", "expiry"], EnvKind::Str),
     (&["sessions", "shutdown_timeout"], EnvKind::Str),
+    (&["webhooks", "url"], EnvKind::Str),
+    (&["webhooks", "secret"], EnvKind::Str),
+    (&["webhooks", "secret_file"], EnvKind::Str),
+    (&["webhooks", "events"], EnvKind::List),
+    (&["webhooks", "format"], EnvKind::Str),
+    (&["webhooks", "allow_private_targets"], EnvKind::Bool),
+    (&["webhooks", "timeout"], EnvKind::Str),
+    (&["webhooks", "max_age"], EnvKind::Str),
+    (&["webhooks", "initial_backoff"], EnvKind::Str),
+    (&["webhooks", "max_backoff"], EnvKind::Str),
+    (&["webhooks", "concurrency"], EnvKind::Int),
+    (&["webhooks", "status_broadcast"], EnvKind::Str),
     (&["log", "filter"], EnvKind::Str),
     (&["log", "format"], EnvKind::Str),
 ];
@@ -300,6 +467,24 @@ impl Config {
                         });
                     }
                 },
+                EnvKind::Bool => match value.trim() {
+                    "true" | "1" | "yes" => toml::Value::Boolean(true),
+                    "false" | "0" | "no" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError::Env {
+                            var,
+                            message: format!("expected true or false, got {value:?}"),
+                        });
+                    }
+                },
+                EnvKind::List => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_string()))
+                        .collect(),
+                ),
             };
             set_path(&mut table, key, value);
             overlaid.push(var);
@@ -392,9 +577,10 @@ impl Config {
         if self.api.body_limit < 1024 {
             return bad("api.body_limit must be at least 1KiB".into());
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
+        self.webhooks.build_settings(false)?;
+        if !matches!(self.log.format.as_str(), "auto" | "human" | "text" | "json") {
             return bad(format!(
-                "log.format = {:?} must be \"text\" or \"json\"",
+                "log.format = {:?} must be \"auto\", \"human\" or \"json\"",
                 self.log.format
             ));
         }
@@ -651,6 +837,17 @@ mod tests {
         for (path, kind) in ENV_KEYS {
             let value = match kind {
                 EnvKind::Int => "3",
+                EnvKind::Bool => "true",
+                EnvKind::List => "message.received, session.connected",
+                EnvKind::Str if path[0] == "webhooks" => match path[1] {
+                    // A global endpoint needs its secret; the pair is below.
+                    "url" => continue,
+                    "secret" => "0123456789abcdef",
+                    "format" => "cloud_api",
+                    "status_broadcast" => "drop",
+                    "secret_file" => "/tmp/x",
+                    _ => "1m",
+                },
                 EnvKind::Str => match *path.last().unwrap() {
                     "listen" => "127.0.0.1:0",
                     "ws_url" => "ws://127.0.0.1:1/ws/chat",
@@ -666,5 +863,17 @@ mod tests {
             let var = env_name(path);
             load("", &[(&var, value)]).unwrap_or_else(|e| panic!("{var}: {e}"));
         }
+        let config = load(
+            "",
+            &[
+                ("WHATSD_WEBHOOKS_URL", "https://hooks.example.com/x"),
+                ("WHATSD_WEBHOOKS_SECRET", "0123456789abcdef"),
+            ],
+        )
+        .unwrap();
+        let global = config.webhooks.settings().unwrap().global.unwrap();
+        assert_eq!(global.url, "https://hooks.example.com/x");
+        let err = load("", &[("WHATSD_WEBHOOKS_URL", "http://127.0.0.1:1/x")]).unwrap_err();
+        assert!(err.to_string().contains("webhooks."), "{err}");
     }
 }

@@ -1,10 +1,22 @@
 //! The daemon's lifecycle: open the store, start the supervisor, serve the
 //! API until the injected shutdown future resolves, then tear down in order:
 //! stop accepting → close WebSockets (1001) → stop sessions → flush the store.
+//!
+//! Under systemd (`Type=notify`) it reports `READY=1` once the store is open,
+//! sessions are being restored and the listener is bound; `WATCHDOG=1` at
+//! half of `WatchdogSec=` while the store answers; `STOPPING=1` when the
+//! shutdown begins.
+//!
+//! On SIGHUP the configuration is read again (same file, same environment)
+//! and checked; a bad one is logged and the running one kept. The log filter
+//! changes at once; every other subsystem that can change live subscribes to
+//! the [`ConfigWatch`] it is started with and re-reads its section on
+//! `changed()` (the webhook dispatcher: `[webhooks]`). Keys only a restart
+//! applies are named in the log.
 
 use std::future::{Future, IntoFuture};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +27,11 @@ use crate::api::auth::{Auth, hash_token, new_token};
 use crate::api::listener::{CappedListener, PeerAddr};
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
+use crate::notify::Notifier;
 use crate::session::{Supervisor, SupervisorError};
 use crate::store::{KeyConfig, Store, StoreError, load_master_key};
+use crate::telemetry::{FilterReload, LogHandle};
+use crate::webhook::{WebhookError, Webhooks};
 
 /// Environment variable that may hold the admin token.
 pub const ADMIN_TOKEN_ENV: &str = "WHATSD_ADMIN_TOKEN";
@@ -24,8 +39,26 @@ pub const ADMIN_TOKEN_ENV: &str = "WHATSD_ADMIN_TOKEN";
 pub const ADMIN_TOKEN_CREDENTIAL: &str = "admin-token";
 /// Shortest admin token accepted from a file or the environment.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// How long in-flight webhook requests get at shutdown (the rest stays in
+/// the outbox for the next start).
+const WEBHOOK_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long WebSockets get to close at shutdown.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The configuration in force, replaced on every successful SIGHUP reload.
+/// Subsystems that apply changes live hold a receiver and re-read their
+/// section on `changed()`.
+pub type ConfigWatch = watch::Receiver<Arc<Config>>;
+
+/// What the binary hands the daemon besides its configuration.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The file the configuration came from, read again on SIGHUP (`None`:
+    /// defaults and the environment only).
+    pub config_path: Option<PathBuf>,
+    /// The installed log subscriber, whose filter a reload replaces.
+    pub log: Option<LogHandle>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -33,6 +66,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("webhooks: {0}")]
+    Webhook(#[from] WebhookError),
     #[error("session supervisor: {0}")]
     Supervisor(#[from] SupervisorError),
     #[error("cannot listen on {addr}: {source}")]
@@ -61,7 +96,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    run_with(config, Options::default(), shutdown).await
+}
+
+/// [`run`], with SIGHUP reloading `options.config_path`.
+pub async fn run_with(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     config.check()?;
+    let notifier = Notifier::from_env();
+    let (config_tx, config_watch) = watch::channel(Arc::new(config.clone()));
     let key_config = KeyConfig::from_env(config.master_key_file.clone());
     let (key, key_source) = load_master_key(&key_config, &config.data_dir)?;
     let store = Store::open(&config.data_dir, &key)?;
@@ -75,7 +121,21 @@ pub async fn run(
         .map(|t| (t.token_hash, t.id));
     let auth = Arc::new(Auth::new(admin_hash, tenants, config.auth.clone()));
 
-    let supervisor = Supervisor::start(store.clone(), config.session_config()).await?;
+    let webhooks = Webhooks::start(store.clone(), config.webhooks.settings()?).await?;
+    {
+        let webhooks = webhooks.clone();
+        crate::metrics::set_outbox_source(Arc::new(move || webhooks.totals()));
+    }
+    let supervisor = Supervisor::start_with_sink(
+        store.clone(),
+        config.session_config(),
+        Some(Arc::new(webhooks.clone())),
+    )
+    .await?;
+    let webhook_reloader = tokio::spawn(apply_webhook_settings(
+        webhooks.clone(),
+        config_watch.clone(),
+    ));
 
     let addr = config.listen_addr()?;
     let listener = TcpListener::bind(addr)
@@ -93,12 +153,15 @@ pub async fn run(
         Arc::clone(&auth),
         config.clone(),
         shutdown_rx.clone(),
-    );
+    )
+    .with_webhooks(webhooks.clone());
     let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
     let signal = {
         let tx = shutdown_tx.clone();
+        let notifier = notifier.clone();
         async move {
             shutdown.await;
+            notifier.notify("STOPPING=1");
             tracing::info!("shutting down: the API stops accepting");
             let _ = tx.send(true);
         }
@@ -113,17 +176,28 @@ pub async fn run(
 
     tracing::info!(addr = %bound, "API listening");
     announce(&format!("listening on {bound}"));
+    notifier.notify("READY=1\nSTATUS=serving the API");
+    let watchdog = spawn_watchdog(&notifier, store.clone());
+    let reloader = tokio::spawn(reload_on_sighup(options, config_tx, shutdown_rx.clone()));
+    // Subsystems that apply settings live were started above with
+    // `config_watch.clone()`.
+    drop(config_watch);
 
     let mut stopping = shutdown_rx.clone();
     let served = tokio::select! {
         result = &mut server => Some(result),
         _ = stopping.wait_for(|s| *s) => None,
     };
+    reloader.abort();
+    webhook_reloader.abort();
     if let Some(result) = served {
         // The server ended on its own: tear down anyway, then report.
+        notifier.notify("STOPPING=1");
         let _ = shutdown_tx.send(true);
         supervisor.shutdown().await;
+        webhooks.shutdown(WEBHOOK_STOP_GRACE).await;
         store.flush().await?;
+        watchdog.abort();
         return match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(RunError::Serve(e)),
@@ -141,9 +215,154 @@ pub async fn run(
     }
     tracing::info!("stopping sessions");
     supervisor.shutdown().await;
+    // After the sessions: their last events are in the outbox already.
+    webhooks.shutdown(WEBHOOK_STOP_GRACE).await;
     store.flush().await?;
+    watchdog.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Pings systemd's watchdog at half its timeout while the store answers,
+/// through the drain too (systemd's stop timeout bounds that). A stalled
+/// runtime or a dead store stops the pings and systemd restarts us.
+fn spawn_watchdog(notifier: &Notifier, store: Store) -> tokio::task::JoinHandle<()> {
+    let notifier = notifier.clone();
+    tokio::spawn(async move {
+        let Some(timeout) = notifier.watchdog() else {
+            return;
+        };
+        let mut ticker = tokio::time::interval(timeout / 2);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if store.admin_token_hash().is_ok() {
+                notifier.notify("WATCHDOG=1");
+            } else {
+                tracing::error!("the store does not answer; withholding the watchdog ping");
+            }
+        }
+    })
+}
+
+/// Applies the `[webhooks]` section of every reloaded configuration.
+async fn apply_webhook_settings(webhooks: Webhooks, mut config: ConfigWatch) {
+    while config.changed().await.is_ok() {
+        let new = config.borrow_and_update().clone();
+        match new.webhooks.settings() {
+            Ok(settings) => match webhooks.reload(settings) {
+                Ok(()) => tracing::info!("webhook settings applied"),
+                Err(e) => tracing::error!(error = %e, "webhook settings refused"),
+            },
+            Err(e) => tracing::error!(error = %e, "webhook settings refused"),
+        }
+    }
+}
+
+/// Waits for SIGHUP and reloads, until the shutdown begins.
+async fn reload_on_sighup(
+    options: Options,
+    config_tx: watch::Sender<Arc<Config>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let running = config_tx.borrow().clone();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading is off");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            tracing::info!(signal = "SIGHUP", "reloading the configuration");
+            reload(&options, &running, &config_tx);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (options, running, config_tx, stopping.wait_for(|s| *s).await);
+    }
+}
+
+/// Every setting, as (name, applied live?, comparable form). Only names are
+/// logged: the values may be secret.
+fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
+    vec![
+        ("listen", false, c.listen.clone()),
+        ("data_dir", false, format!("{:?}", c.data_dir)),
+        ("master_key_file", false, format!("{:?}", c.master_key_file)),
+        ("auth", false, format!("{:?}", c.auth)),
+        ("api", false, format!("{:?}", c.api)),
+        ("whatsapp", false, format!("{:?}", c.whatsapp)),
+        ("sessions", false, format!("{:?}", c.sessions)),
+        (
+            "webhooks.concurrency",
+            false,
+            c.webhooks.concurrency.to_string(),
+        ),
+        (
+            "webhooks",
+            true,
+            format!("{:?}", c.webhooks.settings().ok()),
+        ),
+        ("log.filter", true, c.log.filter.clone()),
+        ("log.format", false, c.log.format.clone()),
+        ("webhooks", true, format!("{:?}", c.webhooks)),
+    ]
+}
+
+/// Reads and checks the configuration again; applies the log filter and
+/// publishes the new configuration, or keeps the old one if it is bad.
+/// Settings that need a restart are compared with those the daemon started
+/// with, so each reload names all of them.
+fn reload(options: &Options, running: &Config, config_tx: &watch::Sender<Arc<Config>>) {
+    let new = match Config::load(options.config_path.as_deref()) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            return;
+        }
+    };
+    let published = config_tx.borrow().clone();
+    let mut live = Vec::new();
+    let mut restart = Vec::new();
+    let compared = settings(&published)
+        .into_iter()
+        .zip(settings(running))
+        .zip(settings(&new));
+    for (((name, applies_live, last), (_, _, started)), (_, _, now)) in compared {
+        if applies_live && last != now {
+            live.push(name);
+        } else if !applies_live && started != now {
+            restart.push(name);
+        }
+    }
+    if live.contains(&"log.filter")
+        && let Some(log) = &options.log
+    {
+        match log.set_filter(&new.log.filter) {
+            Ok(FilterReload::Applied) => {}
+            Ok(FilterReload::HeldByEnv) => {
+                tracing::warn!("log.filter changed, but RUST_LOG is set and keeps precedence");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot apply the new log filter"),
+        }
+    }
+    config_tx.send_replace(Arc::new(new));
+    if !restart.is_empty() {
+        tracing::warn!(
+            needs_restart = ?restart,
+            "changed settings that apply only after a restart; the running values stay"
+        );
+    }
+    tracing::info!(applied = ?live, "configuration reloaded");
 }
 
 /// A line on stdout that scripts and tests wait for.

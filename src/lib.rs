@@ -2,8 +2,9 @@
 //!
 //! Layout: `wa` is the only code that touches whatsapp-rust; `store` keeps
 //! records and device keys in sled, sealed at rest; `proto` holds the
-//! generated record types; `session` runs the sessions; `api` serves them
-//! over HTTP and WebSocket; `config` reads the configuration; `cli` is the
+//! generated record types; `session` runs the sessions; `webhook` forwards
+//! their messages and events to tenants from a durable outbox; `api` serves
+//! them over HTTP and WebSocket; `config` reads the configuration; `cli` is the
 //! command-line client of the API.
 
 #![forbid(unsafe_code)]
@@ -12,9 +13,13 @@ pub mod api;
 pub mod cli;
 pub mod config;
 mod daemon;
+pub mod metrics;
+pub mod notify;
 pub mod proto;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod wa;
+pub mod webhook;
 
-pub use daemon::{RunError, run};
+pub use daemon::{ConfigWatch, Options, RunError, run, run_with};

@@ -36,7 +36,7 @@ fn the_example_config_sets_every_key() {
             .sum::<usize>()
     };
     // Every key of whatsd::config::Config: 3 top-level, 5 auth, 5 api, 3 whatsapp, 8 sessions, 2 log.
-    assert_eq!(count(&table), 26, "config/example.toml must show every key");
+    assert_eq!(count(&table), 38, "config/example.toml must show every key");
 }
 
 #[test]

@@ -1,17 +1,20 @@
 //! The HTTP/WebSocket API (axum): REST under `/v1`, the event WebSocket,
-//! authentication, limits, and the OpenAPI document.
+//! authentication, limits, the OpenAPI document, and the admin page.
 //!
 //! Commands flow `api` → [`Supervisor`]; events flow back through the
 //! supervisor's broadcast to [`ws`]. Nothing here touches `wa`.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod listener;
 pub mod openapi;
+pub mod operations;
 pub mod qr;
 pub mod sessions;
 pub mod tenants;
+pub mod webhooks;
 pub mod ws;
 
 use std::ops::Deref;
@@ -24,7 +27,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -45,6 +48,8 @@ pub struct Shared {
     pub config: Config,
     /// Turns `true` when the daemon starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// The webhook outbox; `None` only in router tests without one.
+    pub webhooks: Option<crate::webhook::Webhooks>,
 }
 
 impl Deref for AppState {
@@ -69,6 +74,23 @@ impl AppState {
             auth,
             config,
             shutdown,
+            webhooks: None,
+        }))
+    }
+
+    /// The same state, serving the webhook routes from `webhooks`.
+    pub fn with_webhooks(self, webhooks: crate::webhook::Webhooks) -> Self {
+        let shared = Arc::try_unwrap(self.0).unwrap_or_else(|arc| Shared {
+            supervisor: arc.supervisor.clone(),
+            store: arc.store.clone(),
+            auth: Arc::clone(&arc.auth),
+            config: arc.config.clone(),
+            shutdown: arc.shutdown.clone(),
+            webhooks: None,
+        });
+        Self(Arc::new(Shared {
+            webhooks: Some(webhooks),
+            ..shared
         }))
     }
 }
@@ -92,14 +114,51 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants", get(tenants::list).post(tenants::create))
         .route("/tenants/{id}", get(tenants::show).delete(tenants::delete))
         .route("/tenants/{id}/token", post(tenants::rotate_token))
+        .route("/tenants/{id}/webhooks", get(webhooks::tenant_list))
+        .route(
+            "/tenants/{id}/webhooks/status",
+            get(webhooks::tenant_status),
+        )
+        .route(
+            "/tenants/{id}/webhooks/dead-letters",
+            get(webhooks::dead_list).delete(webhooks::dead_purge),
+        )
+        .route(
+            "/tenants/{id}/webhooks/dead-letters/redeliver",
+            post(webhooks::dead_redeliver_all),
+        )
+        .route(
+            "/tenants/{id}/webhooks/dead-letters/{dead}",
+            delete(webhooks::dead_delete),
+        )
+        .route(
+            "/tenants/{id}/webhooks/dead-letters/{dead}/redeliver",
+            post(webhooks::dead_redeliver),
+        )
+        .route(
+            "/tenants/{id}/webhooks/{name}",
+            get(webhooks::tenant_show)
+                .put(webhooks::tenant_put)
+                .delete(webhooks::tenant_delete),
+        )
+        .route("/sessions/{id}/webhooks", get(webhooks::session_list))
+        .route(
+            "/sessions/{id}/webhooks/{name}",
+            get(webhooks::session_show)
+                .put(webhooks::session_put)
+                .delete(webhooks::session_delete),
+        )
         .route("/ws-tickets", post(tenants::ws_ticket))
         .route("/events", get(ws::events))
+        .route("/admin/backup", post(operations::backup))
         .route("/openapi.json", get(openapi_document));
     let body_limit = usize::try_from(state.config.api.body_limit).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(operations::metrics))
         .nest("/v1", v1)
+        .merge(admin::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))

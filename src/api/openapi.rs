@@ -80,7 +80,7 @@ pub fn document() -> Value {
         .iter()
         .map(|s| s.as_str())
         .collect();
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "whatsd",
@@ -144,6 +144,19 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "up" } } } },
             "/readyz": { "get": { "summary": "the store is open and the supervisor runs", "security": [],
                 "responses": { "200": { "description": "ready" }, "503": error_response("not ready") } } },
+            "/metrics": {
+                "get": op("Prometheus metrics, text exposition format 0.0.4 (admin)", vec![], None, responses(&[
+                    ("200", json!({ "description": "the metrics", "content": { "text/plain": {} } })),
+                    ("403", error_response("needs the admin token")),
+                ]))
+            },
+            "/v1/admin/backup": {
+                "post": op("a consistent backup of the whole store (admin); values stay sealed, the master key is not included", vec![], None, responses(&[
+                    ("200", json!({ "description": "the backup file (`whatsd store restore --in`)",
+                        "content": { "application/octet-stream": {} } })),
+                    ("403", error_response("needs the admin token")),
+                ]))
+            },
             "/v1/openapi.json": { "get": { "summary": "this document", "security": [],
                 "responses": { "200": { "description": "OpenAPI 3.1" } } } },
             "/v1/sessions": {
@@ -277,5 +290,127 @@ pub fn document() -> Value {
                 ]))
             }
         }
-    })
+    });
+    webhook_paths(&mut doc);
+    doc
+}
+
+/// Webhook endpoints (tenant and session level), status and dead letters.
+fn webhook_paths(doc: &mut Value) {
+    let tenant = || path_param("id", "tenant id");
+    let name = || {
+        path_param(
+            "name",
+            "endpoint name, `[a-z0-9_-]{1,64}` (not `status` or `dead-letters`)",
+        )
+    };
+    let dead = || path_param("dead", "dead-letter id");
+    let spec = json_body(
+        json!({ "type": "object", "required": ["url", "secret"], "properties": {
+        "url": { "type": "string", "description": "http(s) URL without credentials; internal addresses need webhooks.allow_private_targets" },
+        "secret": { "type": "string", "minLength": 16, "description": "HMAC-SHA256 signing key; never shown again" },
+        "events": { "type": "array", "items": { "type": "string", "enum": crate::webhook::endpoint::EVENT_TYPES }, "description": "empty: all" },
+        "format": { "type": "string", "enum": ["whatsd", "cloud_api"], "default": "whatsd" } } }),
+        true,
+    );
+    let endpoint = json!({ "type": "object", "description": "an endpoint (without its secret)" });
+    let endpoints = json!({ "type": "object", "properties": { "webhooks": { "type": "array", "items": endpoint } } });
+    let put = |scope: &str, first: Value| {
+        op(
+            &format!("create or replace a {scope} webhook endpoint"),
+            vec![first, name()],
+            Some(spec.clone()),
+            responses(&[
+                ("200", json_response("replaced", endpoint.clone())),
+                ("201", json_response("created", endpoint.clone())),
+                ("404", error_response("no such tenant/session")),
+                ("415", error_response("not JSON")),
+                (
+                    "422",
+                    error_response("invalid url, secret, events, or a private target"),
+                ),
+            ]),
+        )
+    };
+    let show = |first: Value| {
+        op(
+            "show a webhook endpoint",
+            vec![first, name()],
+            None,
+            responses(&[
+                ("200", json_response("the endpoint", endpoint.clone())),
+                ("404", error_response("no such endpoint")),
+            ]),
+        )
+    };
+    let delete = |first: Value| {
+        op(
+            "delete a webhook endpoint and its pending deliveries",
+            vec![first, name()],
+            None,
+            responses(&[
+                ("204", json!({ "description": "deleted" })),
+                ("404", error_response("no such endpoint")),
+            ]),
+        )
+    };
+    let paths = json!({
+        "/v1/tenants/{id}/webhooks": {
+            "get": op("the tenant's webhook endpoints", vec![tenant()], None, responses(&[
+                ("200", json_response("endpoints", endpoints.clone())),
+                ("404", error_response("no such tenant")),
+            ]))
+        },
+        "/v1/tenants/{id}/webhooks/{name}": {
+            "get": show(tenant()), "put": put("tenant", tenant()), "delete": delete(tenant())
+        },
+        "/v1/tenants/{id}/webhooks/status": {
+            "get": op("delivery status of the tenant's (and its sessions') endpoints: queue depth, oldest pending age, attempts, last error, last success", vec![tenant()], None, responses(&[
+                ("200", json_response("per-endpoint status", json!({ "type": "object" }))),
+                ("404", error_response("no such tenant")),
+            ]))
+        },
+        "/v1/tenants/{id}/webhooks/dead-letters": {
+            "get": op("the tenant's dead letters, oldest first", vec![tenant(),
+                query_param("after", "only ids above this one", json!({ "type": "integer" })),
+                query_param("limit", "1-1000, default 100", json!({ "type": "integer" }))], None, responses(&[
+                ("200", json_response("dead letters and `next_after`", json!({ "type": "object" }))),
+                ("404", error_response("no such tenant")),
+            ])),
+            "delete": op("purge the tenant's dead letters", vec![tenant()], None, responses(&[
+                ("200", json_response("`purged` count", json!({ "type": "object" }))),
+                ("404", error_response("no such tenant")),
+            ]))
+        },
+        "/v1/tenants/{id}/webhooks/dead-letters/redeliver": {
+            "post": op("redeliver all the tenant's dead letters (to the end of their queues)", vec![tenant()], None, responses(&[
+                ("200", json_response("`redelivering` count", json!({ "type": "object" }))),
+                ("404", error_response("no such tenant")),
+            ]))
+        },
+        "/v1/tenants/{id}/webhooks/dead-letters/{dead}": {
+            "delete": op("delete one dead letter", vec![tenant(), dead()], None, responses(&[
+                ("204", json!({ "description": "deleted" })),
+                ("404", error_response("no such dead letter")),
+            ]))
+        },
+        "/v1/tenants/{id}/webhooks/dead-letters/{dead}/redeliver": {
+            "post": op("redeliver one dead letter", vec![tenant(), dead()], None, responses(&[
+                ("200", json_response("queued again", json!({ "type": "object" }))),
+                ("404", error_response("no such dead letter, or its endpoint is gone")),
+            ]))
+        },
+        "/v1/sessions/{id}/webhooks": {
+            "get": op("the session's own webhook endpoints (they replace the tenant's for this session)", vec![session_id()], None, responses(&[
+                ("200", json_response("endpoints", endpoints.clone())),
+                ("404", error_response("no such session")),
+            ]))
+        },
+        "/v1/sessions/{id}/webhooks/{name}": {
+            "get": show(session_id()), "put": put("session", session_id()), "delete": delete(session_id())
+        }
+    });
+    if let (Some(all), Value::Object(new)) = (doc["paths"].as_object_mut(), paths) {
+        all.extend(new);
+    }
 }

@@ -1,0 +1,317 @@
+//! REST handlers for webhook endpoints (tenant and session level), their
+//! delivery status, and dead letters.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery, check_id};
+use super::sessions::visible_session;
+use crate::webhook::{
+    DeadLetter, EndpointId, EndpointSpec, InvalidEndpoint, Scope, WebhookError, Webhooks,
+};
+
+/// Names that are routes of their own.
+const RESERVED_NAMES: &[&str] = &["status", "dead-letters"];
+
+fn webhooks(state: &AppState) -> Result<&Webhooks, ApiError> {
+    state.webhooks.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_unavailable",
+            "webhooks are not running in this process",
+        )
+    })
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(err: WebhookError) -> Self {
+        match err {
+            WebhookError::Invalid(InvalidEndpoint::PrivateTarget(m)) => ApiError::unprocessable(
+                "private_target",
+                InvalidEndpoint::PrivateTarget(m).to_string(),
+            ),
+            WebhookError::Invalid(e) => ApiError::unprocessable("invalid_webhook", e.to_string()),
+            WebhookError::Store(e) => e.into(),
+            WebhookError::Setup(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+/// The tenant id from the path, if it exists and the caller may act for it
+/// (404 otherwise).
+fn tenant_scope(state: &AppState, principal: &Principal, tenant: &str) -> Result<(), ApiError> {
+    check_id("tenant", tenant).map_err(|m| ApiError::bad_request("invalid_id", m))?;
+    if principal.can_see(tenant) && state.store.get_tenant(tenant)?.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(
+            "not_found",
+            format!("no tenant {tenant:?}"),
+        ))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    crate::webhook::endpoint::check_name(name)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    if RESERVED_NAMES.contains(&name) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("{name:?} is reserved"),
+        ));
+    }
+    Ok(())
+}
+
+fn endpoint_not_found(id: &EndpointId) -> ApiError {
+    ApiError::not_found("not_found", format!("no webhook endpoint {id}"))
+}
+
+async fn put(
+    state: &AppState,
+    id: EndpointId,
+    tenant: &str,
+    spec: EndpointSpec,
+) -> Result<Response, ApiError> {
+    check_name(&id.name)?;
+    let (endpoint, created) = webhooks(state)?.put_endpoint(id, tenant, spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(endpoint.view())).into_response())
+}
+
+fn list(state: &AppState, scope: Scope) -> Result<Json<serde_json::Value>, ApiError> {
+    let endpoints: Vec<_> = webhooks(state)?
+        .endpoints(&scope)
+        .iter()
+        .map(|e| e.view())
+        .collect();
+    Ok(Json(json!({ "webhooks": endpoints })))
+}
+
+fn show(state: &AppState, id: EndpointId) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name(&id.name)?;
+    match webhooks(state)?.endpoint(&id) {
+        Some(e) => Ok(Json(e.view())),
+        None => Err(endpoint_not_found(&id)),
+    }
+}
+
+async fn delete(state: &AppState, id: EndpointId) -> Result<StatusCode, ApiError> {
+    check_name(&id.name)?;
+    if webhooks(state)?.delete_endpoint(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(endpoint_not_found(&id))
+    }
+}
+
+// ---- tenant level --------------------------------------------------------
+
+pub async fn tenant_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(tenant): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    list(&state, Scope::Tenant(tenant))
+}
+
+pub async fn tenant_put(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((tenant, name)): ApiPath<(String, String)>,
+    ApiJson(spec): ApiJson<EndpointSpec>,
+) -> Result<Response, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    let id = EndpointId::new(Scope::Tenant(tenant.clone()), name);
+    put(&state, id, &tenant, spec).await
+}
+
+pub async fn tenant_show(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((tenant, name)): ApiPath<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    show(&state, EndpointId::new(Scope::Tenant(tenant), name))
+}
+
+pub async fn tenant_delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((tenant, name)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    delete(&state, EndpointId::new(Scope::Tenant(tenant), name)).await
+}
+
+/// Delivery status of every endpoint of the tenant and of its sessions.
+pub async fn tenant_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(tenant): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    let webhooks = webhooks(&state)?;
+    let endpoints = webhooks.tenant_endpoints(&tenant);
+    Ok(Json(json!({ "endpoints": webhooks.status(&endpoints) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Dead letters with an id above this one.
+    #[serde(default)]
+    pub after: u64,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+fn dead_view(id: u64, dead: &DeadLetter) -> serde_json::Value {
+    json!({
+        "id": id.to_string(),
+        "endpoint": dead.pending.endpoint.to_string(),
+        "reason": dead.reason,
+        "died_at_ms": dead.died_ms,
+        "attempts": dead.pending.attempts,
+        "last_error": dead.pending.last_error,
+        "event": dead.pending.event,
+    })
+}
+
+pub async fn dead_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let dead = webhooks(&state)?.dead_letters(Some(&tenant), page.after, limit)?;
+    let next = (dead.len() == limit).then(|| dead.last().map(|(id, _)| id.to_string()));
+    let items: Vec<_> = dead.iter().map(|(id, d)| dead_view(*id, d)).collect();
+    Ok(Json(
+        json!({ "dead_letters": items, "next_after": next.flatten() }),
+    ))
+}
+
+fn dead_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::bad_request("invalid_id", format!("{raw:?} is not a dead-letter id"))
+    })
+}
+
+pub async fn dead_redeliver(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((tenant, id)): ApiPath<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    let id = dead_id(&id)?;
+    if webhooks(&state)?.redeliver(id, Some(&tenant)).await? {
+        Ok(Json(json!({ "redelivering": 1 })))
+    } else {
+        Err(ApiError::not_found(
+            "not_found",
+            format!("no dead letter {id} (or its endpoint was deleted)"),
+        ))
+    }
+}
+
+pub async fn dead_redeliver_all(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(tenant): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    let webhooks = webhooks(&state)?;
+    let mut count = 0;
+    for (id, _) in webhooks.dead_letters(Some(&tenant), 0, usize::MAX)? {
+        if webhooks.redeliver(id, Some(&tenant)).await? {
+            count += 1;
+        }
+    }
+    Ok(Json(json!({ "redelivering": count })))
+}
+
+pub async fn dead_delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((tenant, id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    let id = dead_id(&id)?;
+    if webhooks(&state)?
+        .purge_dead(Some(id), Some(&tenant))
+        .await?
+        == 1
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "not_found",
+            format!("no dead letter {id}"),
+        ))
+    }
+}
+
+pub async fn dead_purge(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(tenant): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    let purged = webhooks(&state)?.purge_dead(None, Some(&tenant)).await?;
+    Ok(Json(json!({ "purged": purged })))
+}
+
+// ---- session level (replaces the tenant's endpoints for that session) -----
+
+pub async fn session_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(session): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    visible_session(&state, &principal, &session).await?;
+    list(&state, Scope::Session(session))
+}
+
+pub async fn session_put(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((session, name)): ApiPath<(String, String)>,
+    ApiJson(spec): ApiJson<EndpointSpec>,
+) -> Result<Response, ApiError> {
+    let info = visible_session(&state, &principal, &session).await?;
+    let id = EndpointId::new(Scope::Session(session), name);
+    put(&state, id, &info.tenant, spec).await
+}
+
+pub async fn session_show(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((session, name)): ApiPath<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    visible_session(&state, &principal, &session).await?;
+    show(&state, EndpointId::new(Scope::Session(session), name))
+}
+
+pub async fn session_delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((session, name)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    visible_session(&state, &principal, &session).await?;
+    delete(&state, EndpointId::new(Scope::Session(session), name)).await
+}

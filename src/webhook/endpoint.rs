@@ -1,0 +1,353 @@
+//! Webhook endpoints: who owns them, what they receive, and the checks a
+//! new one must pass.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::target::is_forbidden;
+
+/// Every event type a webhook can subscribe to. QR codes and pairing codes
+/// are credentials and never leave through webhooks.
+pub const EVENT_TYPES: &[&str] = &[
+    "message.received",
+    "message.status",
+    "message.undecryptable",
+    "message.sent",
+    "session.state",
+    "session.paired",
+    "session.connected",
+    "session.phone",
+    "session.phone_unknown",
+    "session.push_name",
+    "session.logged_out",
+    "session.pair_code_error",
+];
+
+/// Shortest accepted signing secret, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+const MAX_SECRET_LEN: usize = 512;
+const MAX_URL_LEN: usize = 2048;
+
+/// Who an endpoint belongs to. A session's own endpoints replace its
+/// tenant's; global endpoints (from the config) get every session's events.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "scope", content = "owner", rename_all = "snake_case")]
+pub enum Scope {
+    Global,
+    Tenant(String),
+    Session(String),
+}
+
+/// An endpoint's full name: its scope and a name unique within it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointId {
+    #[serde(flatten)]
+    pub scope: Scope,
+    pub name: String,
+}
+
+impl EndpointId {
+    pub fn new(scope: Scope, name: impl Into<String>) -> Self {
+        Self {
+            scope,
+            name: name.into(),
+        }
+    }
+
+    /// The store key: length-prefixed parts, so no key prefixes another.
+    pub fn key(&self) -> Vec<u8> {
+        let (kind, owner) = match &self.scope {
+            Scope::Global => ("g", ""),
+            Scope::Tenant(t) => ("t", t.as_str()),
+            Scope::Session(s) => ("s", s.as_str()),
+        };
+        let mut key = Vec::new();
+        for part in [kind, owner, &self.name] {
+            push_part(&mut key, part.as_bytes());
+        }
+        key
+    }
+
+    /// The outbox queue of this endpoint for one session.
+    pub fn queue(&self, session: &str) -> Vec<u8> {
+        let mut queue = Vec::new();
+        push_part(&mut queue, &self.key());
+        push_part(&mut queue, session.as_bytes());
+        queue
+    }
+
+    /// The prefix of all this endpoint's queues.
+    pub fn queues_prefix(&self) -> Vec<u8> {
+        let mut prefix = Vec::new();
+        push_part(&mut prefix, &self.key());
+        prefix
+    }
+}
+
+impl std::fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.scope {
+            Scope::Global => write!(f, "global/{}", self.name),
+            Scope::Tenant(t) => write!(f, "tenant/{t}/{}", self.name),
+            Scope::Session(s) => write!(f, "session/{s}/{}", self.name),
+        }
+    }
+}
+
+fn push_part(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    out.extend_from_slice(part);
+}
+
+/// The body shape an endpoint receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// whatsd's own JSON, signed with `X-Whatsd-Signature`.
+    #[default]
+    Whatsd,
+    /// Meta's WhatsApp Cloud API webhook shape, signed with
+    /// `X-Hub-Signature-256`. Carries incoming messages only.
+    CloudApi,
+}
+
+/// What a client sends to create or replace an endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub url: String,
+    pub secret: String,
+    /// Event types to receive; empty or absent means all of them.
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// A stored endpoint. The secret is sealed at rest and never shown again.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    /// The tenant it belongs to (a session endpoint: the session's tenant;
+    /// global: empty).
+    pub tenant: String,
+    pub url: String,
+    pub secret: String,
+    pub events: Vec<String>,
+    pub format: Format,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Whether this endpoint receives events of type `kind`.
+    pub fn wants(&self, kind: &str, from_me: bool) -> bool {
+        if self.format == Format::CloudApi {
+            // Cloud API webhooks carry messages to the business only.
+            return match kind {
+                "message.received" => !from_me,
+                "message.undecryptable" => true,
+                _ => false,
+            } && (self.events.is_empty() || self.events.iter().any(|e| e == kind));
+        }
+        self.events.is_empty() || self.events.iter().any(|e| e == kind)
+    }
+
+    /// What the API shows (no secret).
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.id.name,
+            "scope": match &self.id.scope {
+                Scope::Global => "global",
+                Scope::Tenant(_) => "tenant",
+                Scope::Session(_) => "session",
+            },
+            "owner": match &self.id.scope {
+                Scope::Global => "",
+                Scope::Tenant(o) | Scope::Session(o) => o,
+            },
+            "tenant": self.tenant,
+            "url": self.url,
+            "events": self.events,
+            "format": self.format,
+            "secret_set": !self.secret.is_empty(),
+            "created_at_ms": self.created_at_ms,
+            "updated_at_ms": self.updated_at_ms,
+        })
+    }
+}
+
+/// Why an endpoint was refused; shown to the client as is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidEndpoint {
+    #[error("endpoint names are 1-64 characters of a-z, 0-9, '_' and '-'")]
+    Name,
+    #[error("url: {0}")]
+    Url(String),
+    #[error(
+        "secret must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} bytes (the HMAC key the receiver verifies with)"
+    )]
+    Secret,
+    #[error("unknown event type {0:?}; known: {known}", known = EVENT_TYPES.join(", "))]
+    Event(String),
+    #[error(
+        "url {0} resolves to a loopback, private, link-local or metadata address; set webhooks.allow_private_targets = true to allow it"
+    )]
+    PrivateTarget(String),
+}
+
+pub fn check_name(name: &str) -> Result<(), InvalidEndpoint> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidEndpoint::Name)
+    }
+}
+
+/// Checks everything that does not need the network. The URL's host, if it
+/// is a name, is checked against private addresses when it is resolved.
+pub fn check_spec(spec: &EndpointSpec, allow_private: bool) -> Result<(), InvalidEndpoint> {
+    check_url(&spec.url, allow_private)?;
+    if spec.secret.len() < MIN_SECRET_LEN || spec.secret.len() > MAX_SECRET_LEN {
+        return Err(InvalidEndpoint::Secret);
+    }
+    for event in &spec.events {
+        if !EVENT_TYPES.contains(&event.as_str()) {
+            return Err(InvalidEndpoint::Event(event.clone()));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, InvalidEndpoint> {
+    if url.len() > MAX_URL_LEN {
+        return Err(InvalidEndpoint::Url(format!(
+            "longer than {MAX_URL_LEN} characters"
+        )));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| InvalidEndpoint::Url(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(InvalidEndpoint::Url(
+            "the scheme must be http or https".into(),
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(InvalidEndpoint::Url(
+            "credentials do not belong in the URL; the request is signed with the secret".into(),
+        ));
+    }
+    let Some(host) = parsed.host() else {
+        return Err(InvalidEndpoint::Url("no host".into()));
+    };
+    if !allow_private {
+        let literal = match host {
+            url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+            url::Host::Domain(name) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if name == "localhost" || name.ends_with(".localhost") {
+                    return Err(InvalidEndpoint::PrivateTarget(url.to_string()));
+                }
+                None
+            }
+        };
+        if literal.is_some_and(is_forbidden) {
+            return Err(InvalidEndpoint::PrivateTarget(url.to_string()));
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> EndpointSpec {
+        EndpointSpec {
+            url: url.into(),
+            secret: "0123456789abcdef".into(),
+            events: vec![],
+            format: Format::Whatsd,
+        }
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(check_spec(&spec("https://hooks.example.com/wa"), false).is_ok());
+        assert!(check_spec(&spec("http://hooks.example.com:8080/wa"), false).is_ok());
+        for (url, why) in [
+            ("ftp://example.com/x", "scheme"),
+            ("https://user:pw@example.com/x", "credentials"),
+            ("not a url", "relative"),
+        ] {
+            let err = check_spec(&spec(url), true).unwrap_err().to_string();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+        for url in [
+            "http://127.0.0.1:9000/hook",
+            "http://localhost/hook",
+            "http://10.1.2.3/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/hook",
+            "http://[fd00:ec2::254]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+        ] {
+            assert!(
+                matches!(
+                    check_spec(&spec(url), false),
+                    Err(InvalidEndpoint::PrivateTarget(_))
+                ),
+                "{url} must be refused"
+            );
+            assert!(
+                check_spec(&spec(url), true).is_ok(),
+                "{url} allowed on request"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_names_and_events_are_checked() {
+        let mut s = spec("https://example.com/");
+        s.secret = "short".into();
+        assert_eq!(check_spec(&s, false), Err(InvalidEndpoint::Secret));
+        let mut s = spec("https://example.com/");
+        s.events = vec!["message.received".into(), "session.qr".into()];
+        assert_eq!(
+            check_spec(&s, false),
+            Err(InvalidEndpoint::Event("session.qr".into()))
+        );
+        assert!(check_name("crm-1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("Has Space").is_err());
+        assert!(check_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn keys_do_not_prefix_each_other() {
+        let a = EndpointId::new(Scope::Tenant("t".into()), "a");
+        let ab = EndpointId::new(Scope::Tenant("t".into()), "ab");
+        assert!(!ab.key().starts_with(&a.key()));
+        assert!(!a.queue("s2").starts_with(&a.queue("s")));
+        assert!(a.queue("s").starts_with(&a.queues_prefix()));
+        assert!(!ab.queue("s").starts_with(&a.queues_prefix()));
+    }
+}

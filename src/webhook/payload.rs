@@ -1,0 +1,402 @@
+//! What a webhook carries: whatsd's own event JSON, the Cloud API shape,
+//! and the signatures over them.
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::endpoint::Format;
+use crate::session::{EventKind, Identity, SessionEvent};
+use crate::wa::InboundMessage;
+
+/// One event as every whatsd-format webhook receives it. `id` is stable
+/// across retries and redeliveries: use it as the idempotency key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub session: String,
+    pub tenant: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub occurred_at: String,
+    pub me: Me,
+    pub data: Value,
+}
+
+/// The account the session is linked to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Me {
+    pub phone: String,
+    pub jid: String,
+    pub lid: String,
+}
+
+impl From<Identity> for Me {
+    fn from(i: Identity) -> Self {
+        Self {
+            phone: i.phone,
+            jid: i.jid,
+            lid: i.lid,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The id of a message event: the same message (chat, sender, id) in the
+/// same session always gets the same id, also when WhatsApp redelivers it.
+pub fn message_event_id(session: &str, m: &InboundMessage) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [session, &m.chat, &m.sender, &m.id] {
+        ctx.update(part.as_bytes());
+        ctx.update(&[0]);
+    }
+    ctx.update(&[u8::from(m.undecryptable)]);
+    format!("msg_{}", &hex(ctx.finish().as_ref())[..32])
+}
+
+/// A fresh random event id (session events happen once).
+pub fn random_event_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    format!("evt_{}", hex(&bytes))
+}
+
+/// The event type of an incoming message.
+pub fn message_kind(m: &InboundMessage) -> &'static str {
+    if m.undecryptable {
+        "message.undecryptable"
+    } else if m.is_status {
+        "message.status"
+    } else {
+        "message.received"
+    }
+}
+
+pub fn message_event(
+    session: &str,
+    tenant: &str,
+    me: &Me,
+    m: &InboundMessage,
+    now_ms: i64,
+) -> WebhookEvent {
+    let c = &m.content;
+    let mut data = json!({
+        "message_id": m.id,
+        "chat": m.chat,
+        "from_me": m.from_me,
+        "is_group": m.is_group,
+        "sender": {
+            "jid": m.sender,
+            "phone": m.sender_phone,
+            "lid": m.sender_lid,
+            "push_name": m.push_name,
+        },
+        "timestamp": m.timestamp,
+    });
+    if m.is_group {
+        data["participant"] = json!(m.sender);
+    }
+    if !m.undecryptable {
+        data["type"] = json!(c.kind);
+        data["text"] = json!(c.text);
+        data["caption"] = json!(c.caption);
+        data["quoted_message_id"] = json!(c.quoted_id);
+        data["media"] = match &c.media {
+            Some(media) => json!({
+                "mimetype": media.mimetype,
+                "file_length": media.file_length,
+                "sha256": media.sha256,
+                "file_name": media.file_name,
+                "width": media.width,
+                "height": media.height,
+                "seconds": media.seconds,
+            }),
+            None => Value::Null,
+        };
+        if let Some((lat, lon)) = c.location {
+            data["location"] = json!({"latitude": lat, "longitude": lon});
+        }
+    }
+    WebhookEvent {
+        id: message_event_id(session, m),
+        kind: message_kind(m).to_string(),
+        session: session.to_string(),
+        tenant: tenant.to_string(),
+        occurred_at: crate::api::qr::rfc3339_ms(now_ms),
+        me: me.clone(),
+        data,
+    }
+}
+
+/// The webhook form of a session event, or `None` for events that never
+/// leave through webhooks (QR and pairing codes are credentials).
+pub fn session_event(event: &SessionEvent, me: &Me) -> Option<WebhookEvent> {
+    if matches!(
+        event.kind,
+        EventKind::Qr { .. } | EventKind::PairCode { .. }
+    ) {
+        return None;
+    }
+    let mut data = serde_json::to_value(&event.kind).ok()?;
+    let kind = data.as_object_mut()?.remove("type")?.as_str()?.to_string();
+    Some(WebhookEvent {
+        id: random_event_id(),
+        kind,
+        session: event.session.clone(),
+        tenant: event.tenant.clone(),
+        occurred_at: crate::api::qr::rfc3339_ms(event.at_ms),
+        me: me.clone(),
+        data,
+    })
+}
+
+/// The request body for an endpoint of format `format`.
+pub fn render(event: &WebhookEvent, format: Format) -> Vec<u8> {
+    let value = match format {
+        Format::Whatsd => return serde_json::to_vec(event).unwrap_or_default(),
+        Format::CloudApi => cloud_api(event),
+    };
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// Meta's WhatsApp Cloud API webhook shape (`object`, `entry[].changes[]
+/// .value` with `metadata`, `contacts`, `messages`). The tenant is the
+/// entry id (the "business account") and the session the phone number id.
+fn cloud_api(event: &WebhookEvent) -> Value {
+    let d = &event.data;
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let from = {
+        let phone = s(&d["sender"]["phone"]);
+        if phone.is_empty() {
+            s(&d["sender"]["jid"])
+                .split('@')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            phone
+        }
+    };
+    let mut message = json!({
+        "from": from,
+        "id": d["message_id"],
+        "timestamp": d["timestamp"].as_i64().unwrap_or_default().to_string(),
+    });
+    let kind = if event.kind == "message.undecryptable" {
+        "unsupported"
+    } else {
+        d["type"].as_str().unwrap_or("unsupported")
+    };
+    match kind {
+        "text" => {
+            message["type"] = json!("text");
+            message["text"] = json!({ "body": d["text"] });
+        }
+        "image" | "video" | "audio" | "document" | "sticker" => {
+            message["type"] = json!(kind);
+            let mut media = json!({
+                "id": d["message_id"],
+                "mime_type": d["media"]["mimetype"],
+                "sha256": d["media"]["sha256"],
+            });
+            if !d["caption"].is_null() {
+                media["caption"] = d["caption"].clone();
+            }
+            if !d["media"]["file_name"].is_null() {
+                media["filename"] = d["media"]["file_name"].clone();
+            }
+            message[kind] = media;
+        }
+        "location" => {
+            message["type"] = json!("location");
+            message["location"] = json!({
+                "latitude": d["location"]["latitude"],
+                "longitude": d["location"]["longitude"],
+                "name": d["text"],
+            });
+        }
+        "reaction" => {
+            message["type"] = json!("reaction");
+            message["reaction"] = json!({
+                "message_id": d["quoted_message_id"],
+                "emoji": d["text"],
+            });
+        }
+        _ => {
+            message["type"] = json!("unsupported");
+            message["errors"] = json!([{
+                "code": 131051,
+                "title": "Message type unknown",
+                "message": if event.kind == "message.undecryptable" {
+                    "the message could not be decrypted"
+                } else {
+                    "message type is not supported"
+                },
+            }]);
+        }
+    }
+    if !d["quoted_message_id"].is_null() && kind != "reaction" {
+        message["context"] = json!({ "id": d["quoted_message_id"] });
+    }
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": event.tenant,
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {
+                        "display_phone_number": event.me.phone,
+                        "phone_number_id": event.session,
+                    },
+                    "contacts": [{
+                        "profile": { "name": d["sender"]["push_name"] },
+                        "wa_id": from,
+                    }],
+                    "messages": [message],
+                },
+            }],
+        }],
+    })
+}
+
+/// `X-Whatsd-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn whatsd_signature(secret: &[u8], unix: i64, body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(unix.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    format!("t={unix},v1={}", hex(ctx.sign().as_ref()))
+}
+
+/// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>` (Meta's).
+pub fn hub_signature(secret: &[u8], body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    format!("sha256={}", hex(hmac::sign(&key, body).as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wa::inbound::Content;
+
+    fn dm() -> InboundMessage {
+        InboundMessage {
+            id: "3EB0ABC".into(),
+            chat: "15550001111@s.whatsapp.net".into(),
+            sender: "15550001111@s.whatsapp.net".into(),
+            sender_phone: "15550001111".into(),
+            sender_lid: "100000011111@lid".into(),
+            push_name: "Ada".into(),
+            timestamp: 1_790_000_000,
+            content: Content {
+                kind: "text",
+                text: Some("hello".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn message_ids_are_stable_and_distinct() {
+        let m = dm();
+        assert_eq!(message_event_id("s1", &m), message_event_id("s1", &m));
+        assert_ne!(message_event_id("s1", &m), message_event_id("s2", &m));
+        let mut other_chat = m.clone();
+        other_chat.chat = "15550002222@s.whatsapp.net".into();
+        assert_ne!(
+            message_event_id("s1", &m),
+            message_event_id("s1", &other_chat)
+        );
+        assert_ne!(random_event_id(), random_event_id());
+    }
+
+    #[test]
+    fn whatsd_payload_has_the_documented_fields() {
+        let me = Me {
+            phone: "15559990000".into(),
+            jid: "15559990000:3@s.whatsapp.net".into(),
+            lid: String::new(),
+        };
+        let e = message_event("s1", "t1", &me, &dm(), 0);
+        let v: Value = serde_json::from_slice(&render(&e, Format::Whatsd)).unwrap();
+        assert_eq!(v["type"], "message.received");
+        assert_eq!(v["session"], "s1");
+        assert_eq!(v["tenant"], "t1");
+        assert_eq!(v["occurred_at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["me"]["phone"], "15559990000");
+        assert_eq!(v["data"]["text"], "hello");
+        assert_eq!(v["data"]["sender"]["phone"], "15550001111");
+        assert_eq!(v["data"]["sender"]["lid"], "100000011111@lid");
+        assert_eq!(v["data"]["from_me"], false);
+        assert_eq!(v["data"]["message_id"], "3EB0ABC");
+    }
+
+    #[test]
+    fn cloud_api_shape() {
+        let me = Me {
+            phone: "15559990000".into(),
+            ..Default::default()
+        };
+        let e = message_event("s1", "t1", &me, &dm(), 0);
+        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi)).unwrap();
+        assert_eq!(v["object"], "whatsapp_business_account");
+        let value = &v["entry"][0]["changes"][0]["value"];
+        assert_eq!(v["entry"][0]["changes"][0]["field"], "messages");
+        assert_eq!(value["messaging_product"], "whatsapp");
+        assert_eq!(value["metadata"]["display_phone_number"], "15559990000");
+        assert_eq!(value["metadata"]["phone_number_id"], "s1");
+        assert_eq!(value["contacts"][0]["wa_id"], "15550001111");
+        assert_eq!(value["contacts"][0]["profile"]["name"], "Ada");
+        let m = &value["messages"][0];
+        assert_eq!(m["from"], "15550001111");
+        assert_eq!(m["id"], "3EB0ABC");
+        assert_eq!(m["timestamp"], "1790000000");
+        assert_eq!(m["type"], "text");
+        assert_eq!(m["text"]["body"], "hello");
+    }
+
+    #[test]
+    fn signatures_match_known_vectors() {
+        // HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog")
+        assert_eq!(
+            hub_signature(b"key", b"The quick brown fox jumps over the lazy dog"),
+            "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
+        let sig = whatsd_signature(b"key", 42, b"{}");
+        let expected = hub_signature(b"key", b"42.{}");
+        assert_eq!(sig, format!("t=42,v1={}", &expected["sha256=".len()..]));
+    }
+
+    #[test]
+    fn credentials_never_become_webhooks() {
+        let qr = SessionEvent {
+            session: "s".into(),
+            tenant: "t".into(),
+            at_ms: 0,
+            kind: EventKind::PairCode {
+                code: "ABCD-EFGH".into(),
+                expires_at_ms: 0,
+            },
+        };
+        assert!(session_event(&qr, &Me::default()).is_none());
+        let connected = SessionEvent {
+            session: "s".into(),
+            tenant: "t".into(),
+            at_ms: 0,
+            kind: EventKind::LoggedOut {
+                reason: crate::session::Reason::UnlinkedFromPhone,
+            },
+        };
+        let e = session_event(&connected, &Me::default()).unwrap();
+        assert_eq!(e.kind, "session.logged_out");
+        assert!(e.data.get("type").is_none());
+    }
+}
