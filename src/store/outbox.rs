@@ -20,7 +20,9 @@
 //! repeats a delivery, which the at-least-once contract allows.
 
 use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
 
+use super::records::tx_error;
 use super::{Store, StoreError, sled_gate};
 
 pub(crate) const OUTBOX_TREE: &str = "webhook_outbox";
@@ -63,6 +65,22 @@ impl Store {
                 session: "<webhooks>".to_string(),
                 what: "webhook outbox value",
             })
+    }
+
+    /// Opens scanned `(key, sealed)` pairs of `tree`.
+    fn open_items(
+        &self,
+        tree: &str,
+        raw: Vec<(sled::IVec, sled::IVec)>,
+    ) -> Result<Vec<QueueItem>, StoreError> {
+        raw.into_iter()
+            .map(|(key, sealed)| {
+                Ok(QueueItem {
+                    value: self.open_value(tree, &key, &sealed)?,
+                    key: key.to_vec(),
+                })
+            })
+            .collect()
     }
 
     /// Appends items to their queues, all or nothing, and returns their keys
@@ -129,14 +147,7 @@ impl Store {
             let _gate = sled_gate();
             tree.iter().collect::<Result<_, _>>()?
         };
-        raw.into_iter()
-            .map(|(key, sealed)| {
-                Ok(QueueItem {
-                    value: self.open_value(OUTBOX_TREE, &key, &sealed)?,
-                    key: key.to_vec(),
-                })
-            })
-            .collect()
+        self.open_items(OUTBOX_TREE, raw)
     }
 
     /// Keys of the outbox items under `prefix` (a queue or a whole endpoint).
@@ -179,14 +190,9 @@ impl Store {
             .transaction(|(outbox, dead)| {
                 outbox.remove(key)?;
                 dead.insert(&dead_key, sealed.as_slice())?;
-                Ok(())
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Invalid("dead-letter transaction aborted".into())
-                }
-            })?;
+            .map_err(tx_error)?;
         Ok(id)
     }
 
@@ -198,14 +204,7 @@ impl Store {
             let _gate = sled_gate();
             tree.range(start..).take(limit).collect::<Result<_, _>>()?
         };
-        raw.into_iter()
-            .map(|(key, sealed)| {
-                Ok(QueueItem {
-                    value: self.open_value(DEAD_TREE, &key, &sealed)?,
-                    key: key.to_vec(),
-                })
-            })
-            .collect()
+        self.open_items(DEAD_TREE, raw)
     }
 
     pub fn dead_letter(&self, id: u64) -> Result<Option<QueueItem>, StoreError> {
@@ -258,14 +257,9 @@ impl Store {
                         return Ok(false);
                     }
                     outbox.insert(key.as_slice(), sealed.as_slice())?;
-                    Ok(true)
+                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
                 })
-                .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                    sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        StoreError::Invalid("requeue transaction aborted".into())
-                    }
-                })?;
+                .map_err(tx_error)?;
             moved.then_some(key)
         };
         self.flush().await?;
@@ -301,14 +295,7 @@ impl Store {
             let _gate = sled_gate();
             tree.iter().collect::<Result<_, _>>()?
         };
-        raw.into_iter()
-            .map(|(key, sealed)| {
-                Ok(QueueItem {
-                    value: self.open_value(ENDPOINTS_TREE, &key, &sealed)?,
-                    key: key.to_vec(),
-                })
-            })
-            .collect()
+        self.open_items(ENDPOINTS_TREE, raw)
     }
 }
 

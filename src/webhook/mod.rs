@@ -28,6 +28,7 @@ pub use endpoint::{Endpoint, EndpointId, EndpointSpec, Format, InvalidEndpoint, 
 pub use payload::{Me, WebhookEvent};
 pub use queue::{DeadLetter, Pending};
 
+pub(crate) use crate::session::now_ms;
 use crate::session::{EventSink, Identity, SessionEvent};
 use crate::store::{Store, StoreError};
 use crate::wa::InboundMessage;
@@ -115,12 +116,8 @@ pub(crate) struct Inner {
     idle: tokio::sync::Notify,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// An outbox item about to be appended: (queue, endpoint, stored value).
+type Item = (Vec<u8>, EndpointId, Vec<u8>);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -473,38 +470,6 @@ impl Webhooks {
 
     // ---- enqueueing ----------------------------------------------------
 
-    /// Appends `events` for every interested endpoint. Durable when it
-    /// returns `Ok` if `durable`; otherwise flushed in the background.
-    async fn enqueue(
-        &self,
-        events: Vec<(WebhookEvent, bool)>,
-        durable: bool,
-    ) -> Result<(), WebhookError> {
-        let items = self.inner.items_for(events);
-        if items.is_empty() {
-            return Ok(());
-        }
-        let refs: Vec<(&[u8], &[u8])> = items
-            .iter()
-            .map(|(queue, _, value)| (queue.as_slice(), value.as_slice()))
-            .collect();
-        self.inner.store.outbox_append(&refs)?;
-        self.inner.count_appended(&items);
-        if durable {
-            self.inner.store.flush().await?;
-            self.inner.after_append(items);
-        } else {
-            let inner = Arc::clone(&self.inner);
-            tokio::spawn(async move {
-                if let Err(e) = inner.store.flush().await {
-                    tracing::error!("flushing the webhook outbox: {e}");
-                }
-                inner.after_append(items);
-            });
-        }
-        Ok(())
-    }
-
     fn me_of(&self, session: &str, live: Identity) -> Me {
         if !live.phone.is_empty() {
             return live.into();
@@ -562,7 +527,11 @@ impl EventSink for Webhooks {
                 )
             })
             .collect();
-        self.enqueue(events, true).await?;
+        let items = self.inner.append(events)?;
+        if !items.is_empty() {
+            self.inner.store.flush().await?;
+            self.inner.after_append(items);
+        }
         Ok(())
     }
 
@@ -572,25 +541,20 @@ impl EventSink for Webhooks {
             return;
         };
         // Written now, in the session's order; flushed right after.
-        let this = self.clone();
-        let items = this.inner.items_for(vec![(webhook, false)]);
-        if items.is_empty() {
-            return;
-        }
-        let refs: Vec<(&[u8], &[u8])> = items
-            .iter()
-            .map(|(queue, _, value)| (queue.as_slice(), value.as_slice()))
-            .collect();
-        if let Err(e) = this.inner.store.outbox_append(&refs) {
-            tracing::error!(session = %event.session, "webhook outbox: {e}");
-            return;
-        }
-        this.inner.count_appended(&items);
+        let items = match self.inner.append(vec![(webhook, false)]) {
+            Ok(items) if !items.is_empty() => items,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(session = %event.session, "webhook outbox: {e}");
+                return;
+            }
+        };
+        let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
-            if let Err(e) = this.inner.store.flush().await {
+            if let Err(e) = inner.store.flush().await {
                 tracing::error!("flushing the webhook outbox: {e}");
             }
-            this.inner.after_append(items);
+            inner.after_append(items);
         });
     }
 }
@@ -632,7 +596,7 @@ impl Inner {
     /// (queue, endpoint, stored value) for every endpoint that wants each
     /// event: the session's own endpoints if it has any, else its
     /// tenant's; plus the global ones.
-    fn items_for(&self, events: Vec<(WebhookEvent, bool)>) -> Vec<(Vec<u8>, EndpointId, Vec<u8>)> {
+    fn items_for(&self, events: Vec<(WebhookEvent, bool)>) -> Vec<Item> {
         let all = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         let mut items = Vec::new();
@@ -668,15 +632,27 @@ impl Inner {
         items
     }
 
-    /// Counts appended items, before any worker can deliver them.
-    fn count_appended(&self, items: &[(Vec<u8>, EndpointId, Vec<u8>)]) {
-        for (_, endpoint, _) in items {
+    /// Appends `events` for every interested endpoint and counts them
+    /// (before any worker can deliver them). Not yet durable: flush, then
+    /// [`Inner::after_append`] starts the workers.
+    fn append(&self, events: Vec<(WebhookEvent, bool)>) -> Result<Vec<Item>, StoreError> {
+        let items = self.items_for(events);
+        if items.is_empty() {
+            return Ok(items);
+        }
+        let refs: Vec<(&[u8], &[u8])> = items
+            .iter()
+            .map(|(queue, _, value)| (queue.as_slice(), value.as_slice()))
+            .collect();
+        self.store.outbox_append(&refs)?;
+        for (_, endpoint, _) in &items {
             self.adjust_depth(endpoint, 1);
         }
+        Ok(items)
     }
 
     /// Starts the workers of freshly appended (and flushed) items.
-    fn after_append(self: &Arc<Self>, items: Vec<(Vec<u8>, EndpointId, Vec<u8>)>) {
+    fn after_append(self: &Arc<Self>, items: Vec<Item>) {
         let mut queues = HashSet::new();
         for (queue, _, _) in items {
             queues.insert(queue);
