@@ -147,8 +147,19 @@ async fn resolve_sender(client: &Client, message: &mut InboundMessage, info: &Me
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The metadata every attachment kind has.
+fn media(mimetype: &Option<String>, file_length: Option<u64>, sha256: &Option<Vec<u8>>) -> Media {
+    Media {
+        mimetype: mimetype.clone(),
+        file_length,
+        sha256: sha256.as_deref().map(hex),
+        ..Default::default()
+    }
 }
 
 fn quoted(context: &wa::ContextInfo) -> Option<String> {
@@ -176,54 +187,39 @@ pub(super) fn content(message: &wa::Message) -> Content {
         content.kind = "image";
         content.quoted_id = m.context_info.as_option().and_then(quoted);
         content.media = Some(Media {
-            mimetype: m.mimetype.clone(),
-            file_length: m.file_length,
-            sha256: m.file_sha256.as_deref().map(hex),
             width: m.width,
             height: m.height,
-            ..Default::default()
+            ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.video_message.as_option() {
         content.kind = "video";
         content.quoted_id = m.context_info.as_option().and_then(quoted);
         content.media = Some(Media {
-            mimetype: m.mimetype.clone(),
-            file_length: m.file_length,
-            sha256: m.file_sha256.as_deref().map(hex),
             width: m.width,
             height: m.height,
             seconds: m.seconds,
-            ..Default::default()
+            ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.audio_message.as_option() {
         content.kind = "audio";
         content.quoted_id = m.context_info.as_option().and_then(quoted);
         content.media = Some(Media {
-            mimetype: m.mimetype.clone(),
-            file_length: m.file_length,
-            sha256: m.file_sha256.as_deref().map(hex),
             seconds: m.seconds,
-            ..Default::default()
+            ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.document_message.as_option() {
         content.kind = "document";
         content.quoted_id = m.context_info.as_option().and_then(quoted);
         content.media = Some(Media {
-            mimetype: m.mimetype.clone(),
-            file_length: m.file_length,
-            sha256: m.file_sha256.as_deref().map(hex),
             file_name: m.file_name.clone().or_else(|| m.title.clone()),
-            ..Default::default()
+            ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.sticker_message.as_option() {
         content.kind = "sticker";
         content.media = Some(Media {
-            mimetype: m.mimetype.clone(),
-            file_length: m.file_length,
-            sha256: m.file_sha256.as_deref().map(hex),
             width: m.width,
             height: m.height,
-            ..Default::default()
+            ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.location_message.as_option() {
         content.kind = "location";

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::endpoint::Format;
 use crate::session::{EventKind, Identity, SessionEvent};
 use crate::wa::InboundMessage;
+use crate::wa::inbound::hex;
 
 /// One event as every whatsd-format webhook receives it. `id` is stable
 /// across retries and redeliveries: use it as the idempotency key.
@@ -40,10 +41,6 @@ impl From<Identity> for Me {
             lid: i.lid,
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The id of a message event: the same message (chat, sender, id) in the
