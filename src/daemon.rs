@@ -153,8 +153,8 @@ pub async fn run_with(
         Arc::clone(&auth),
         config.clone(),
         shutdown_rx.clone(),
-    )
-    .with_webhooks(webhooks.clone());
+        Some(webhooks.clone()),
+    );
     let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
     let signal = {
         let tx = shutdown_tx.clone();

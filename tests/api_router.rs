@@ -33,7 +33,14 @@ async fn serve(config: Config) -> InProcess {
         config.auth.clone(),
     ));
     let (stop, stopped) = watch::channel(false);
-    let state = AppState::new(supervisor, store, auth, config.clone(), stopped.clone());
+    let state = AppState::new(
+        supervisor,
+        store,
+        auth,
+        config.clone(),
+        stopped.clone(),
+        None,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(state).into_make_service_with_connect_info::<PeerAddr>();

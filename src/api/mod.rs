@@ -67,6 +67,7 @@ impl AppState {
         auth: Arc<Auth>,
         config: Config,
         shutdown: watch::Receiver<bool>,
+        webhooks: Option<crate::webhook::Webhooks>,
     ) -> Self {
         Self(Arc::new(Shared {
             supervisor,
@@ -74,23 +75,7 @@ impl AppState {
             auth,
             config,
             shutdown,
-            webhooks: None,
-        }))
-    }
-
-    /// The same state, serving the webhook routes from `webhooks`.
-    pub fn with_webhooks(self, webhooks: crate::webhook::Webhooks) -> Self {
-        let shared = Arc::try_unwrap(self.0).unwrap_or_else(|arc| Shared {
-            supervisor: arc.supervisor.clone(),
-            store: arc.store.clone(),
-            auth: Arc::clone(&arc.auth),
-            config: arc.config.clone(),
-            shutdown: arc.shutdown.clone(),
-            webhooks: None,
-        });
-        Self(Arc::new(Shared {
-            webhooks: Some(webhooks),
-            ..shared
+            webhooks,
         }))
     }
 }
