@@ -41,6 +41,16 @@ impl Transport for Scripted {
     }
 }
 
+/// A whatsd-format endpoint for every event type.
+fn spec(url: &str) -> EndpointSpec {
+    EndpointSpec {
+        url: url.into(),
+        secret: "0123456789abcdef".into(),
+        events: vec![],
+        format: Format::Whatsd,
+    }
+}
+
 fn open_settings() -> Settings {
     Settings {
         allow_private_targets: true,
@@ -89,12 +99,7 @@ async fn rig(script: Vec<Outcome>) -> Rig {
         .put_endpoint(
             EndpointId::new(Scope::Tenant("t1".into()), "crm"),
             "t1",
-            EndpointSpec {
-                url: "http://127.0.0.1:9/hook".into(),
-                secret: "0123456789abcdef".into(),
-                events: vec![],
-                format: Format::Whatsd,
-            },
+            spec("http://127.0.0.1:9/hook"),
         )
         .await
         .unwrap();
@@ -307,16 +312,7 @@ async fn pending_deliveries_resume_after_a_restart() {
         .await
         .unwrap();
         webhooks
-            .put_endpoint(
-                endpoint.clone(),
-                "t1",
-                EndpointSpec {
-                    url: "http://127.0.0.1:9/hook".into(),
-                    secret: "0123456789abcdef".into(),
-                    events: vec![],
-                    format: Format::Whatsd,
-                },
-            )
+            .put_endpoint(endpoint.clone(), "t1", spec("http://127.0.0.1:9/hook"))
             .await
             .unwrap();
         let batch = (0..20)
@@ -359,10 +355,8 @@ async fn session_endpoints_replace_the_tenants_and_filters_apply() {
             EndpointId::new(Scope::Session("s2".into()), "own"),
             "t1",
             EndpointSpec {
-                url: "http://127.0.0.1:9/own".into(),
-                secret: "0123456789abcdef".into(),
                 events: vec!["message.received".into()],
-                format: Format::Whatsd,
+                ..spec("http://127.0.0.1:9/own")
             },
         )
         .await
