@@ -106,6 +106,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.check()?;
+    let hup = Hangup::listen();
     let notifier = Notifier::from_env();
     let (config_tx, config_watch) = watch::channel(Arc::new(config.clone()));
     let key_config = KeyConfig::from_env(config.master_key_file.clone());
@@ -178,7 +179,12 @@ pub async fn run_with(
     announce(&format!("listening on {bound}"));
     notifier.notify("READY=1\nSTATUS=serving the API");
     let watchdog = spawn_watchdog(&notifier, store.clone());
-    let reloader = tokio::spawn(reload_on_sighup(options, config_tx, shutdown_rx.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(
+        hup,
+        options,
+        config_tx,
+        shutdown_rx.clone(),
+    ));
     // Subsystems that apply settings live were started above with
     // `config_watch.clone()`.
     drop(config_watch);
@@ -259,35 +265,57 @@ async fn apply_webhook_settings(webhooks: Webhooks, mut config: ConfigWatch) {
     }
 }
 
-/// Waits for SIGHUP and reloads, until the shutdown begins.
+/// SIGHUP, listened for from the start of [`run_with`]: a hangup that
+/// arrives before the reloader runs must not hit the default action, which
+/// ends the process.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading is off");
+                })
+                .ok();
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    /// The next SIGHUP; never, where there is no SIGHUP.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// Reloads on every SIGHUP, until the shutdown begins.
 async fn reload_on_sighup(
+    mut hup: Hangup,
     options: Options,
     config_tx: watch::Sender<Arc<Config>>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let running = config_tx.borrow().clone();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(hup) => hup,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading is off");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-            tracing::info!(signal = "SIGHUP", "reloading the configuration");
-            reload(&options, &running, &config_tx);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stopping.wait_for(|s| *s) => return,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (options, running, config_tx, stopping.wait_for(|s| *s).await);
+        tracing::info!(signal = "SIGHUP", "reloading the configuration");
+        reload(&options, &running, &config_tx);
     }
 }
 

@@ -309,6 +309,7 @@ fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let (config, _fake) = if demo {
             demo::start(config)
                 .await
@@ -319,7 +320,7 @@ fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
         } else {
             (config, None)
         };
-        whatsd::run_with(config, options, shutdown_signal()).await
+        whatsd::run_with(config, options, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -409,29 +410,34 @@ mod demo {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, logging which.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT, logging which. The handlers are installed
+/// when this is called, not when the future is first polled: a SIGTERM during
+/// start-up then stops the daemon gracefully instead of killing it.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        let streams = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-                    _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        );
+        async move {
+            match streams {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+                        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!(signal = "SIGINT", "shutdown requested");
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    tracing::info!(signal = "SIGINT", "shutdown requested");
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!(signal = "ctrl-c", "shutdown requested");
     }

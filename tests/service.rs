@@ -130,6 +130,107 @@ async fn sighup_reloads_the_config_and_survives_a_bad_file() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A signal that arrives while the daemon is still starting (here: as soon
+/// as the store is open, before the listener) is handled, not fatal:
+/// SIGHUP reloads once the daemon runs, SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_during_start_up_are_handled() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    for signal in ["HUP", "TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("whatsd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[whatsapp]\nws_url = {:?}\nversion = {:?}\n",
+                dir.path().join("data").display().to_string(),
+                fake.ws_url(),
+                common::VERSION,
+            ),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_whatsd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env("WHATSD_ADMIN_TOKEN", ADMIN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn whatsd");
+        let pid = child.id().unwrap().to_string();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut log = Vec::new();
+        let read_until =
+            async |log: &mut Vec<String>, stderr: &mut tokio::io::Lines<_>, needle: &str| {
+                while let Some(line) = stderr.next_line().await.expect("read stderr") {
+                    let hit = line.contains(needle);
+                    log.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                false
+            };
+        let bounded = Duration::from_secs(30);
+        let opened = tokio::time::timeout(bounded, read_until(&mut log, &mut stderr, "store open"))
+            .await
+            .expect("no \"store open\" within 30 s");
+        assert!(opened, "whatsd exited before opening the store: {log:#?}");
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.clone()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+
+        if signal == "HUP" {
+            let reloaded = tokio::time::timeout(
+                bounded,
+                read_until(&mut log, &mut stderr, "configuration reloaded"),
+            )
+            .await
+            .expect("no \"configuration reloaded\" within 30 s");
+            assert!(reloaded, "a SIGHUP during start-up ended whatsd: {log:#?}");
+            let listening = tokio::time::timeout(bounded, async {
+                while let Some(line) = stdout.next_line().await.expect("read stdout") {
+                    if line.starts_with("listening on ") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .expect("not listening within 30 s");
+            assert!(listening, "{log:#?}");
+            let term = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("run kill");
+            assert!(term.success());
+        }
+        // Keep the pipes drained until it exits.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        let status = tokio::time::timeout(bounded, child.wait())
+            .await
+            .expect("whatsd did not exit within 30 s")
+            .expect("wait");
+        assert_eq!(
+            (status.code(), status.signal()),
+            (Some(0), None),
+            "SIG{signal} during start-up: a clean exit, not death by signal"
+        );
+    }
+}
+
 #[test]
 fn demo_needs_the_demo_feature() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_whatsd"))
