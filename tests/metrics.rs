@@ -1,13 +1,16 @@
 //! `GET /metrics` is Prometheus text (checked by a small parser of the
-//! exposition format), admin-only, and its session counters move when a
-//! session pairs against fakewa and sends a message.
+//! exposition format), admin-only, and its counters move when a session
+//! pairs against fakewa, sends a message, receives one and the webhook for
+//! it is delivered.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use common::{ADMIN, Daemon};
-use serde_json::json;
+use common::{ADMIN, Daemon, Options};
+use serde_json::{Value, json};
 
 /// One sample: family name, sorted labels, value.
 type Series = BTreeMap<(String, Vec<(String, String)>), f64>;
@@ -162,10 +165,15 @@ fn the_parser_refuses_what_prometheus_would() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_a_pairing_and_a_sent_message() {
+async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let (_dir, mut daemon) = Daemon::start(&fake.ws_url()).await;
+    let options = Options {
+        extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
+        ..Options::default()
+    };
+    let (_dir, mut daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    let (hook_url, received) = start_receiver().await;
 
     assert_eq!(daemon.get("/metrics", None).await.status, 401);
     let tenant = daemon
@@ -205,7 +213,43 @@ async fn metrics_count_a_pairing_and_a_sent_message() {
     }
     assert!(sample(&before, "process_resident_memory_bytes", &[]) > 0.0);
 
-    common::pair(&daemon, &fake, "m1", None, "15550001111").await;
+    let hook = common::request(
+        daemon.addr,
+        "PUT",
+        "/v1/tenants/shop/webhooks/crm",
+        Some(ADMIN),
+        Some((
+            "application/json",
+            json!({ "url": hook_url, "secret": "webhook-secret-0123456789" })
+                .to_string()
+                .into_bytes(),
+        )),
+    )
+    .await;
+    assert_eq!(hook.status, 201, "{}", hook.text());
+
+    common::pair(&daemon, &fake, "m1", Some("shop"), "15550001111").await;
+    let incoming = common::control(
+        fake.control_addr(),
+        "/control/messages",
+        json!({ "to_phone": "15550001111", "from_phone": "15550003333", "text": "hi" }),
+    )
+    .await;
+    assert_eq!(incoming.status, 200, "{}", incoming.text());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|t| t == "message.received")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the webhook got no message.received in 30 s: {:?}",
+            received.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sent = daemon
         .post(
             "/v1/sessions/m1/messages",
@@ -215,7 +259,31 @@ async fn metrics_count_a_pairing_and_a_sent_message() {
         .await;
     assert_eq!(sent.status, 200, "{}", sent.text());
 
-    let after = scrape(&daemon).await;
+    // The receiver records a request before its 200 reaches the daemon,
+    // which counts the delivery then: scrape until the counter catches up
+    // with what the receiver recorded (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (after, posted) = loop {
+        let posted = received.lock().unwrap().len() as f64;
+        let after = scrape(&daemon).await;
+        let delivered = sample(
+            &after,
+            "whatsd_webhook_deliveries_total",
+            &[("outcome", "delivered")],
+        ) - sample(
+            &before,
+            "whatsd_webhook_deliveries_total",
+            &[("outcome", "delivered")],
+        );
+        if delivered >= posted {
+            break (after, posted);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{delivered} deliveries counted, the receiver got {posted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let delta = |name: &str, labels: &[(&str, &str)]| {
         sample(&after, name, labels) - sample(&before, name, labels)
     };
@@ -224,6 +292,20 @@ async fn metrics_count_a_pairing_and_a_sent_message() {
     assert_eq!(delta("whatsd_pairing_timeouts_total", &[]), 0.0);
     assert!(delta("whatsd_qr_codes_issued_total", &[]) >= 1.0);
     assert_eq!(delta("whatsd_messages_sent_total", &[]), 1.0);
+    assert_eq!(delta("whatsd_messages_received_total", &[]), 1.0);
+    assert!(posted >= 2.0, "session events and the message: {posted}");
+    let delivered = delta(
+        "whatsd_webhook_deliveries_total",
+        &[("outcome", "delivered")],
+    );
+    assert_eq!(
+        delta(
+            "whatsd_webhook_deliveries_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        0.0
+    );
+    assert!(delta("whatsd_webhook_delivery_duration_seconds_count", &[]) >= delivered);
     for to in ["starting", "qr", "paired", "connected"] {
         assert!(
             delta("whatsd_session_transitions_total", &[("to", to)]) >= 1.0,
@@ -238,4 +320,26 @@ async fn metrics_count_a_pairing_and_a_sent_message() {
 
     let status = daemon.terminate().await;
     assert!(status.success(), "{status:?}");
+}
+
+/// A webhook receiver answering 200 to every POST; records each event type.
+async fn start_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = Arc::clone(&received);
+            move |body: axum::Json<Value>| async move {
+                let kind = body["type"].as_str().unwrap_or_default().to_string();
+                received.lock().unwrap().push(kind);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, received)
 }
