@@ -58,6 +58,31 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// The installed log subscriber, whose filter a reload replaces.
     pub log: Option<LogHandle>,
+    /// `serve --demo`: the embedded fake WhatsApp server, applied to the
+    /// configuration at start and on every reload.
+    #[cfg(feature = "demo")]
+    pub demo: Option<Arc<crate::demo::Demo>>,
+}
+
+impl Options {
+    pub fn new(config_path: Option<PathBuf>, log: Option<LogHandle>) -> Self {
+        Self {
+            config_path,
+            log,
+            #[cfg(feature = "demo")]
+            demo: None,
+        }
+    }
+
+    /// What the options change in a configuration read from the file.
+    fn adjust(&self, config: &mut Config) {
+        #[cfg(feature = "demo")]
+        if let Some(demo) = &self.demo {
+            demo.apply(config);
+        }
+        #[cfg(not(feature = "demo"))]
+        let _ = config;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,10 +126,11 @@ pub async fn run(
 
 /// [`run`], with SIGHUP reloading `options.config_path`.
 pub async fn run_with(
-    config: Config,
+    mut config: Config,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    options.adjust(&mut config);
     config.check()?;
     let hup = Hangup::listen();
     let notifier = Notifier::from_env();
@@ -156,6 +182,8 @@ pub async fn run_with(
         shutdown_rx.clone(),
         Some(webhooks.clone()),
     );
+    #[cfg(feature = "demo")]
+    let state = state.with_demo(options.demo.clone());
     let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
     let signal = {
         let tx = shutdown_tx.clone();
@@ -352,7 +380,10 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
 /// with, so each reload names all of them.
 fn reload(options: &Options, running: &Config, config_tx: &watch::Sender<Arc<Config>>) {
     let new = match Config::load(options.config_path.as_deref()) {
-        Ok(new) => new,
+        Ok(mut new) => {
+            options.adjust(&mut new);
+            new
+        }
         Err(e) => {
             tracing::error!(error = %e, "reload refused; the running configuration stays");
             return;

@@ -13,6 +13,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 mod daemon;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod metrics;
 pub mod notify;
 pub mod proto;

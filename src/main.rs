@@ -294,10 +294,7 @@ fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
         }
     };
     let log = whatsd::telemetry::init(&config.log);
-    let options = whatsd::Options {
-        config_path: path,
-        log,
-    };
+    let options = whatsd::Options::new(path, log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -310,16 +307,13 @@ fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = shutdown_signal();
-        let (config, _fake) = if demo {
-            demo::start(config)
-                .await
-                .map_err(|source| whatsd::RunError::Bind {
-                    addr: "127.0.0.1:0 (the demo's fake WhatsApp server)".into(),
-                    source,
-                })?
-        } else {
-            (config, None)
-        };
+        let mut options = options;
+        demo::start(demo, &mut options, &config)
+            .await
+            .map_err(|source| whatsd::RunError::Bind {
+                addr: "127.0.0.1:0 (the demo's fake WhatsApp server)".into(),
+                source,
+            })?;
         whatsd::run_with(config, options, shutdown).await
     });
     match result {
@@ -336,10 +330,9 @@ fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
 /// the certificate-chain check: the fake cannot sign its chain).
 #[cfg(feature = "demo")]
 mod demo {
-    use whatsd::config::Config;
+    use std::sync::Arc;
 
-    /// Version announced to the fake (it never asks web.whatsapp.com).
-    const DEMO_VERSION: &str = "2.3000.1023456789";
+    use whatsd::demo::Demo;
 
     /// A demo build serves only the fake: it has no certificate check.
     pub fn check(demo: bool) -> Result<(), String> {
@@ -355,46 +348,31 @@ mod demo {
         }
     }
 
-    /// Starts fakewa on loopback and points the sessions at it, with their
-    /// own data dir so demo pairings never mix with real ones.
-    pub async fn start(mut config: Config) -> std::io::Result<(Config, Option<fakewa::FakeWa>)> {
-        let fake = fakewa::FakeWa::start().await?;
-        config.whatsapp.ws_url = Some(fake.ws_url());
-        config.whatsapp.version = Some(DEMO_VERSION.to_string());
-        let mut data_dir = config.data_dir.into_os_string();
-        data_dir.push("-demo");
-        config.data_dir = data_dir.into();
-        let control = fake.control_url();
-        eprintln!(
-            "\n\
-             ********************************************************************\n\
-             *  DEMO MODE: sessions talk to an embedded FAKE WhatsApp server.   *\n\
-             *  This build does not verify WhatsApp's certificates: never use   *\n\
-             *  it with real WhatsApp.                                          *\n\
-             ********************************************************************\n\
-             fake WhatsApp:  {ws}\n\
-             fake phone API: {control}\n\
-             demo data dir:  {data}\n\
-             \n\
-             scan a QR with the fake phone:\n\
-             \x20 curl -d '{{\"qr\":\"<code from GET /v1/sessions/ID/qr>\",\"phone\":\"15551234567\"}}' \\\n\
-             \x20      -H 'Content-Type: application/json' {control}/control/scan\n\
-             send a message from a contact to that phone:\n\
-             \x20 curl -d '{{\"to_phone\":\"15551234567\",\"from_phone\":\"15557654321\",\"text\":\"hi\"}}' \\\n\
-             \x20      -H 'Content-Type: application/json' {control}/control/messages\n",
-            ws = fake.ws_url(),
-            data = config.data_dir.display(),
+    /// Starts the fake and announces it, loudly.
+    pub async fn start(
+        demo: bool,
+        options: &mut whatsd::Options,
+        config: &whatsd::config::Config,
+    ) -> std::io::Result<()> {
+        if !demo {
+            return Ok(());
+        }
+        let fake = Demo::start().await?;
+        let mut shown = config.clone();
+        fake.apply(&mut shown);
+        eprintln!("{}", fake.banner(&shown));
+        println!("demo fakewa control: {}", fake.control_url());
+        tracing::warn!(
+            control = %fake.control_url(),
+            "demo mode: sessions use an embedded fake WhatsApp server"
         );
-        println!("demo fakewa control: {control}");
-        tracing::warn!(%control, "demo mode: sessions use an embedded fake WhatsApp server");
-        Ok((config, Some(fake)))
+        options.demo = Some(Arc::clone(&fake));
+        Ok(())
     }
 }
 
 #[cfg(not(feature = "demo"))]
 mod demo {
-    use whatsd::config::Config;
-
     pub fn check(demo: bool) -> Result<(), String> {
         if demo {
             Err("--demo needs a build with the `demo` feature \
@@ -405,8 +383,12 @@ mod demo {
         }
     }
 
-    pub async fn start(config: Config) -> std::io::Result<(Config, Option<()>)> {
-        Ok((config, None))
+    pub async fn start(
+        _demo: bool,
+        _options: &mut whatsd::Options,
+        _config: &whatsd::config::Config,
+    ) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

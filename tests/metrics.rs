@@ -6,11 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ADMIN, Daemon, Options};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// One sample: family name, sorted labels, value.
 type Series = BTreeMap<(String, Vec<(String, String)>), f64>;
@@ -173,7 +172,7 @@ async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
         ..Options::default()
     };
     let (_dir, mut daemon) = Daemon::start_with(&fake.ws_url(), options).await;
-    let (hook_url, received) = start_receiver().await;
+    let (hook_url, received) = common::webhook_receiver().await;
 
     assert_eq!(daemon.get("/metrics", None).await.status, 401);
     let tenant = daemon
@@ -241,7 +240,7 @@ async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
         .lock()
         .unwrap()
         .iter()
-        .any(|t| t == "message.received")
+        .any(|event| event["type"] == "message.received")
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -320,26 +319,4 @@ async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
 
     let status = daemon.terminate().await;
     assert!(status.success(), "{status:?}");
-}
-
-/// A webhook receiver answering 200 to every POST; records each event type.
-async fn start_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post({
-            let received = Arc::clone(&received);
-            move |body: axum::Json<Value>| async move {
-                let kind = body["type"].as_str().unwrap_or_default().to_string();
-                received.lock().unwrap().push(kind);
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, received)
 }

@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod auth;
+#[cfg(feature = "demo")]
+mod demo;
 pub mod error;
 pub mod extract;
 pub mod listener;
@@ -50,6 +52,9 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The webhook outbox; `None` only in router tests without one.
     pub webhooks: Option<crate::webhook::Webhooks>,
+    /// `serve --demo`: the embedded fake WhatsApp server.
+    #[cfg(feature = "demo")]
+    pub demo: Option<Arc<crate::demo::Demo>>,
 }
 
 impl Deref for AppState {
@@ -76,7 +81,18 @@ impl AppState {
             config,
             shutdown,
             webhooks,
+            #[cfg(feature = "demo")]
+            demo: None,
         }))
+    }
+
+    /// Serves the demo routes with this fake (call before sharing the state).
+    #[cfg(feature = "demo")]
+    pub fn with_demo(mut self, demo: Option<Arc<crate::demo::Demo>>) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("with_demo is called on a fresh state")
+            .demo = demo;
+        self
     }
 }
 
@@ -137,6 +153,8 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(ws::events))
         .route("/admin/backup", post(operations::backup))
         .route("/openapi.json", get(openapi_document));
+    #[cfg(feature = "demo")]
+    let v1 = v1.merge(demo::routes());
     let body_limit = usize::try_from(state.config.api.body_limit).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(healthz))

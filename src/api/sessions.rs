@@ -60,7 +60,7 @@ struct SessionList {
 }
 
 /// Longest text message accepted (WhatsApp's own limit is about 65 536 chars).
-const MAX_TEXT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_TEXT_BYTES: usize = 64 * 1024;
 
 /// The session, if the caller may see it; 404 otherwise (whether it
 /// exists or belongs to someone else is not revealed).
@@ -204,7 +204,7 @@ pub async fn delete(
 }
 
 /// Why there is no QR to show, as a stable code.
-fn no_qr(info: &SessionInfo) -> ApiError {
+pub(crate) fn no_qr(info: &SessionInfo) -> ApiError {
     let (code, why) = match info.state {
         SessionState::Starting => (
             "qr_pending",

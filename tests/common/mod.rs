@@ -41,6 +41,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Do not set `WHATSD_ADMIN_TOKEN` (the daemon generates one).
     pub no_admin_token: bool,
+    /// Extra arguments after `serve --config FILE` (e.g. `--demo`).
+    pub args: Vec<String>,
 }
 
 /// A `whatsd serve` process. Killed (SIGKILL) on drop.
@@ -84,6 +86,7 @@ impl Daemon {
             .arg("serve")
             .arg("--config")
             .arg(config_path)
+            .args(&options.args)
             .env_remove("RUST_LOG")
             .env_remove("WHATSD_ADMIN_TOKEN")
             .env_remove("CREDENTIALS_DIRECTORY")
@@ -450,4 +453,26 @@ pub async fn pair(
     .await;
     assert_eq!(scanned.status, 200, "{}", scanned.text());
     wait_event(&mut ws, "session.connected", 60).await;
+}
+
+/// A webhook receiver on 127.0.0.1:0 answering 200 to every POST to
+/// `/hook`; keeps each body. Returns the URL to register and the bodies.
+pub async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = std::sync::Arc::clone(&received);
+            move |body: axum::Json<Value>| async move {
+                received.lock().unwrap().push(body.0);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, received)
 }
