@@ -1,8 +1,10 @@
 // The admin page in a real browser, against the real daemon and fakewa:
 // sign in → create a session → the QR shows → fakewa's phone scans the
 // code read from the page → the page shows `connected` and the exact phone
-// → reset through the confirm dialog → a new QR → the daemon restarts →
-// the connection indicator shows `reconnecting`, then `live` again.
+// → reset through the confirm dialog → a new QR → (demo builds) the page's
+// "Scan with the demo phone" button pairs it again, and its demo-contact
+// form sends a message that reaches a webhook → reset again → the daemon
+// restarts → the connection indicator shows `reconnecting`, then `live`.
 //
 // Run through ./run.sh (it builds the binaries). Every wait is on a
 // condition with a timeout. Screenshots: target/browser-screenshots/.
@@ -19,6 +21,7 @@ import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createServer } from 'node:http';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -136,6 +139,68 @@ async function control(base, path, body) {
   return JSON.parse(text);
 }
 
+/** A webhook endpoint on loopback that keeps the JSON bodies it receives. */
+async function startReceiver() {
+  const bodies = [];
+  const listeners = new Set();
+  const server = createServer((request, response) => {
+    const chunks = [];
+    request.on('data', (chunk) => chunks.push(chunk));
+    request.on('end', () => {
+      response.writeHead(204).end();
+      try {
+        bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      } catch {
+        return;
+      }
+      for (const listener of listeners) listener();
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  /** Resolves with the first body `matches` accepts. */
+  const waitFor = (matches, timeoutMs) =>
+    new Promise((ok, fail) => {
+      const check = () => {
+        const found = bodies.find(matches);
+        if (!found) return;
+        done();
+        ok(found);
+      };
+      const timer = setTimeout(() => {
+        done();
+        fail(new Error(`no matching webhook within ${timeoutMs / SECOND} s; got ${JSON.stringify(bodies)}`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        listeners.delete(check);
+      };
+      listeners.add(check);
+      check();
+    });
+  return { url: `http://127.0.0.1:${port}/hook`, bodies, waitFor, close: () => server.close() };
+}
+
+async function adminApi(base, method, path, body) {
+  const response = await fetch(base + path, {
+    method,
+    headers: { Authorization: 'Bearer ' + ADMIN, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+/** The answer to the page's next `method` request to `path`. */
+function nextResponse(page, method, path) {
+  return page.waitForResponse(
+    (r) => r.request().method() === method && new URL(r.url()).pathname === path,
+    { timeout: 60 * SECOND },
+  );
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: join(SHOTS, name + '.png'), fullPage: true });
   log(`screenshot ${name}.png`);
@@ -203,9 +268,21 @@ async function main() {
     await desktop.goto(base + '/admin');
     await desktop.locator('#token').waitFor();
     await shot(desktop, '01-sign-in');
+    const demoProbe = nextResponse(desktop, 'GET', '/v1/demo');
     await signIn(desktop, base);
     if (desktop.url().includes(ADMIN)) throw new Error('the token leaked into the URL');
     log('signed in, socket live');
+    // The page asks whether the daemon demos; only then are the demo controls there.
+    const demoStatus = (await demoProbe).status();
+    if (demoStatus !== (DEMO_FLAG ? 200 : 404)) throw new Error(`GET /v1/demo answered ${demoStatus}`);
+    if (DEMO_FLAG) {
+      await waitForText(desktop.getByRole('note', { name: 'Demo mode' }), 'embedded fake WhatsApp server', 5 * SECOND);
+      const info = await adminApi(base, 'GET', '/v1/demo');
+      if (info.control_url !== daemon.control) throw new Error(`GET /v1/demo: ${JSON.stringify(info)}`);
+      log('demo mode: banner shown');
+    } else if (await desktop.getByTestId('demo-banner').isVisible()) {
+      throw new Error('the demo banner shows without demo mode');
+    }
 
     // 2. Create a session; its first QR arrives over the WebSocket.
     await desktop.locator('#new-id').fill('shop-1');
@@ -260,6 +337,73 @@ async function main() {
     await shot(desktop, '05-new-qr');
     await shot(phone, '05-new-qr-phone');
 
+    if (DEMO_FLAG) {
+      // 4b. Pair again with the page's own demo button: the embedded fake
+      //     phone scans the QR the session shows.
+      const scanAnswer = nextResponse(desktop, 'POST', '/v1/demo/sessions/shop-1/scan');
+      await desktop.getByRole('button', { name: 'Scan with the demo phone' }).click();
+      const scanResponse = await scanAnswer;
+      if (scanResponse.status() !== 200) throw new Error(`demo scan: ${scanResponse.status()} ${await scanResponse.text()}`);
+      const demoPaired = await scanResponse.json();
+      if (!/^\d+$/.test(demoPaired.phone || '')) throw new Error('demo scan answered ' + JSON.stringify(demoPaired));
+      log(`demo phone +${demoPaired.phone} scanned from the page: ${demoPaired.jid}`);
+      for (const page of [desktop, phone]) {
+        await waitForText(page.locator('#detail-state'), 'connected', 60 * SECOND);
+        await waitForText(page.locator('#linked-phone'), '+' + demoPaired.phone, 5 * SECOND);
+        await waitForText(page.locator('#session-rows tr[data-id="shop-1"] td'), '+' + demoPaired.phone, 5 * SECOND);
+        await page.getByTestId('demo-text').waitFor({ timeout: 5 * SECOND });
+        if (await page.getByTestId('demo-scan').isVisible()) throw new Error('the demo scan button outlived pairing');
+      }
+      log('page shows connected with the demo phone');
+      await shot(desktop, '05b-demo-paired');
+      await shot(phone, '05b-demo-paired-phone');
+
+      // 4c. A demo contact messages the session from the page; the message
+      //     id the API answers shows on the page and reaches a webhook.
+      const receiver = await startReceiver();
+      await adminApi(base, 'PUT', '/v1/sessions/shop-1/webhooks/browser', {
+        url: receiver.url, secret: 'browser-test-webhook-secret-0123456789', events: ['message.received'],
+      });
+      await desktop.getByTestId('demo-send').click();
+      await waitForText(desktop.locator('#error'), '[missing_text]', 5 * SECOND);
+      await desktop.getByRole('button', { name: 'Dismiss' }).click();
+      const text = 'Hello from the browser test ' + Date.now();
+      await desktop.getByLabel('Message text').fill(text);
+      if ((await desktop.getByTestId('demo-text').inputValue()) !== text) throw new Error('demo-text is not labelled "Message text"');
+      const sendAnswer = nextResponse(desktop, 'POST', '/v1/demo/sessions/shop-1/messages');
+      await desktop.getByTestId('demo-send').click();
+      const sendResponse = await sendAnswer;
+      if (sendResponse.status() !== 200) throw new Error(`demo message: ${sendResponse.status()} ${await sendResponse.text()}`);
+      const sent = await sendResponse.json();
+      if (!sent.id || sent.to !== demoPaired.phone) throw new Error('demo message answered ' + JSON.stringify(sent));
+      await waitForText(desktop.getByTestId('demo-sent'), sent.id, 5 * SECOND);
+      if (await desktop.locator('#error').isVisible()) throw new Error('an error shows after sending');
+      log(`page shows demo message ${sent.id} sent from +${sent.from}`);
+      const hook = await receiver.waitFor((b) => b.data && b.data.message_id === sent.id, 60 * SECOND);
+      if (hook.session !== 'shop-1' || hook.data.text !== text || hook.data.sender.phone !== sent.from) {
+        throw new Error('the webhook got ' + JSON.stringify(hook));
+      }
+      log(`webhook got ${hook.type} ${hook.data.message_id}: ${JSON.stringify(hook.data.text)}`);
+      await shot(desktop, '05c-demo-message');
+      receiver.close();
+
+      // 4d. Reset again, so that the restart below interrupts a pairing.
+      await desktop.getByRole('button', { name: 'Reset…' }).click();
+      await dialog.waitFor({ state: 'visible', timeout: 5 * SECOND });
+      await dialog.getByRole('button', { name: 'Reset' }).click();
+      await dialog.waitFor({ state: 'hidden', timeout: 5 * SECOND });
+      for (const page of [desktop, phone]) {
+        await waitForQr(page, secondQr, 30 * SECOND);
+        await page.getByTestId('demo-scan').waitFor({ timeout: 5 * SECOND });
+        if (await page.getByTestId('demo-text').isVisible()) throw new Error('the demo message form outlived the link');
+      }
+      log('reset again: a new QR and the demo scan button are shown');
+    } else {
+      for (const id of ['demo-banner', 'demo-scan', 'demo-text', 'demo-send']) {
+        if (await desktop.getByTestId(id).isVisible()) throw new Error(`${id} shows without demo mode`);
+      }
+    }
+
     // 5. The daemon restarts: the WebSocket drops; the page reconnects
     //    with a fresh ticket and a fresh snapshot, on the same address.
     await stopProcess(daemon.child);
@@ -277,6 +421,10 @@ async function main() {
       await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30 * SECOND });
       // The pairing under way was interrupted by the restart.
       await waitForText(page.locator('#session-rows tr[data-id="shop-1"] .badge'), 'stopped', 10 * SECOND);
+    }
+    if (DEMO_FLAG) {
+      // The new daemon is asked again; it demos too.
+      await desktop.getByTestId('demo-banner').waitFor({ timeout: 10 * SECOND });
     }
     log('daemon restarted: indicator live again, fresh snapshot');
     await shot(desktop, '07-live-again');

@@ -26,6 +26,11 @@ const page = {
   clockSkewMs: 0, // server clock minus ours, from the frames' at_ms
   pairCode: null, // {session, code, expires_at_ms}
   detailSeq: 0,
+  demo: null, // GET /v1/demo's answer under `serve --demo`, else null
+  demoScanning: null, // session id while the demo phone scans its QR
+  demoScanned: null, // {session, code, phone}: the QR the demo phone scanned last
+  demoSending: false,
+  demoSent: null, // {session, id, from, to}: the last demo message
 };
 
 // ---- API ------------------------------------------------------------------
@@ -94,6 +99,7 @@ async function signIn(token) {
   $('sign-out').hidden = false;
   clearError();
   loadTenants();
+  loadDemo();
   connect();
 }
 
@@ -109,6 +115,10 @@ function signOut() {
   page.sessions.clear();
   page.selected = null;
   page.pairCode = null;
+  page.demo = null;
+  page.demoScanned = null;
+  page.demoSent = null;
+  $('demo-banner').hidden = true;
   $('session-rows').replaceChildren();
   $('detail').hidden = true;
   $('app').hidden = true;
@@ -193,6 +203,8 @@ function scheduleReconnect() {
 function onFrame(frame) {
   if (typeof frame.at_ms === 'number') page.clockSkewMs = frame.at_ms - Date.now();
   if (frame.type === 'snapshot') {
+    // A new daemon may answer after a reconnect: ask again whether it demos.
+    if (page.attempts > 0) loadDemo();
     page.attempts = 0;
     setConnection('live', 'live');
     page.sessions.clear();
@@ -432,6 +444,7 @@ function renderDetail() {
   }
   renderQr(session);
   renderPairCode(session);
+  renderDemo(session, linked);
 
   const running = !['created', 'stopped', 'failed', 'logged_out'].includes(session.state);
   $('act-start').disabled = running;
@@ -579,6 +592,110 @@ async function loadWebhooks(tenant, seq) {
   panel.hidden = false;
 }
 
+// ---- demo mode -------------------------------------------------------------
+
+// Only `whatsd serve --demo` answers GET /v1/demo with 200; any other answer
+// (404 from other daemons and builds, an error) hides every demo control.
+async function loadDemo() {
+  let demo = null;
+  try {
+    const info = await api('GET', '/v1/demo');
+    if (info && info.demo === true) demo = info;
+  } catch (e) {
+    demo = null;
+  }
+  if (!page.token) return; // signed out meanwhile
+  page.demo = demo;
+  $('demo-banner').hidden = !demo;
+  renderDetail();
+}
+
+function renderDemo(session, linked) {
+  const demo = page.demo;
+  $('demo-scan-box').hidden = !demo;
+  const scanning = page.demoScanning === session.id;
+  // Busy, not disabled, while scanning: the button keeps the focus.
+  $('demo-scan').disabled = !scanning && !session.qr;
+  $('demo-scan').setAttribute('aria-busy', String(scanning));
+  let scanText = '';
+  if (scanning) scanText = 'The demo phone is scanning the code…';
+  else if (page.demoScanned && page.demoScanned.session === session.id
+    && session.qr && session.qr.code === page.demoScanned.code) {
+    scanText = 'The demo phone +' + page.demoScanned.phone + ' scanned the code; the session is linking.';
+  }
+  setText($('demo-scan-status'), scanText);
+
+  $('demo-message').hidden = !(demo && linked);
+  $('demo-contact').textContent = demo ? '+' + demo.default_contact : '';
+  $('demo-send').setAttribute('aria-busy', String(page.demoSending));
+  if (!linked && page.demoSent && page.demoSent.session === session.id) page.demoSent = null;
+  const sent = page.demoSent && page.demoSent.session === session.id ? page.demoSent : null;
+  const notice = $('demo-sent');
+  // Rebuilt only when it changes: it is a live region.
+  const key = sent ? sent.id : '';
+  if (notice.dataset.id !== key) {
+    notice.dataset.id = key;
+    if (sent) {
+      const id = document.createElement('code');
+      id.textContent = sent.id;
+      notice.replaceChildren('Sent: message ', id, ' from +' + sent.from + ' to +' + sent.to + '.');
+    } else {
+      notice.replaceChildren();
+    }
+  }
+}
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+async function demoScan() {
+  const id = page.selected;
+  if (!id || page.demoScanning) return;
+  const session = page.sessions.get(id);
+  const code = session && session.qr ? session.qr.code : null;
+  clearError();
+  page.demoScanning = id;
+  page.demoScanned = null;
+  renderDetail();
+  try {
+    const paired = await api('POST', '/v1/demo/sessions/' + encodeURIComponent(id) + '/scan', {});
+    page.demoScanned = { session: id, code, phone: paired.phone };
+  } catch (e) {
+    showError(e);
+  } finally {
+    page.demoScanning = null;
+    renderDetail();
+  }
+}
+
+async function demoSend(event) {
+  event.preventDefault();
+  const id = page.selected;
+  if (!id || page.demoSending) return;
+  clearError();
+  const input = $('demo-text');
+  const text = input.value;
+  if (!text.trim()) {
+    showError({ code: 'missing_text', message: 'type the text the demo contact sends' });
+    input.focus();
+    return;
+  }
+  page.demoSending = true;
+  page.demoSent = null;
+  renderDetail();
+  try {
+    const sent = await api('POST', '/v1/demo/sessions/' + encodeURIComponent(id) + '/messages', { text });
+    page.demoSent = { session: id, id: sent.id, from: sent.from, to: sent.to };
+    if (input.value === text) input.value = '';
+  } catch (e) {
+    showError(e);
+  } finally {
+    page.demoSending = false;
+    renderDetail();
+  }
+}
+
 // ---- actions ---------------------------------------------------------------
 
 function confirmAction(title, text, ok) {
@@ -710,6 +827,8 @@ document.addEventListener('DOMContentLoaded', () => {
   $('error-close').addEventListener('click', clearError);
   $('create-form').addEventListener('submit', createSession);
   $('pair-code-form').addEventListener('submit', requestPairCode);
+  $('demo-scan').addEventListener('click', demoScan);
+  $('demo-message-form').addEventListener('submit', demoSend);
   $('tab-qr').addEventListener('click', () => selectTab('qr'));
   $('tab-phone').addEventListener('click', () => selectTab('phone'));
   $('tab-qr').addEventListener('keydown', onTabKey);
