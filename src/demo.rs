@@ -7,6 +7,7 @@
 //! build refuses to run without `--demo`, and `--demo` points every session
 //! at the fake, so it never talks to real WhatsApp.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -46,11 +47,28 @@ impl From<fakewa::ControlError> for DemoError {
     }
 }
 
+/// `<data_dir>-demo`: demo pairings never mix with real ones.
+fn data_dir(config: &Config) -> PathBuf {
+    if config.data_dir.to_string_lossy().ends_with("-demo") {
+        return config.data_dir.clone();
+    }
+    let mut dir = config.data_dir.clone().into_os_string();
+    dir.push("-demo");
+    dir.into()
+}
+
 impl Demo {
     /// Starts the fake on loopback (both of its listeners on free ports).
-    pub async fn start() -> std::io::Result<Arc<Self>> {
+    /// It keeps its phones and linked devices in `<data_dir>-demo/fakewa`,
+    /// so demo sessions stay linked across restarts, as real ones do.
+    pub async fn start(config: &Config) -> std::io::Result<Arc<Self>> {
+        let fake_config = fakewa::Config {
+            state_dir: Some(data_dir(config).join("fakewa")),
+            ..fakewa::Config::default()
+        };
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         Ok(Arc::new(Self {
-            fake: fakewa::FakeWa::start().await?,
+            fake: fakewa::FakeWa::start_with(fake_config, loopback, loopback).await?,
         }))
     }
 

@@ -357,7 +357,7 @@ mod demo {
         if !demo {
             return Ok(());
         }
-        let fake = Demo::start().await?;
+        let fake = Demo::start(config).await?;
         let mut shown = config.clone();
         fake.apply(&mut shown);
         eprintln!("{}", fake.banner(&shown));

@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{ADMIN, Daemon};
-
 #[cfg(not(feature = "demo"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_feature_there_are_no_demo_routes() {
+    use common::{ADMIN, Daemon};
+
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
     let (_dir, mut daemon) = Daemon::start(&fake.ws_url()).await;
     let r = daemon.get("/v1/demo", Some(ADMIN)).await;
@@ -212,6 +212,15 @@ mod demo {
         assert_eq!(sent.status, 200, "{}", sent.text());
         let event = delivered(&received, "after the reload").await;
         assert_eq!(event["data"]["sender"]["phone"], "15550001234");
+
+        // The fake keeps its linked devices in the demo data dir: after a
+        // restart the session logs in again, as with real WhatsApp.
+        assert!(daemon.terminate().await.success());
+        assert!(dir.path().join("data-demo/fakewa").is_dir());
+        daemon.restart().await;
+        daemon.wait_state("shop-1", "connected", 30).await;
+        let session = daemon.get("/v1/sessions/shop-1", Some(ADMIN)).await.json();
+        assert_eq!(session["phone"], phone.as_str());
 
         assert!(daemon.terminate().await.success());
     }

@@ -1,6 +1,8 @@
 //! The README's configuration reference names every key of
-//! `config/example.toml` (as `` `section.key` ``), and `whatsd
-//! validate-config` accepts that file.
+//! `config/example.toml` (as `` `section.key` ``), `whatsd
+//! validate-config` accepts that file, and the walkthrough's webhook
+//! receiver verifies signatures with the README's Python example, verbatim.
+//! (`tests/readme_walkthrough.sh` runs the README's commands.)
 
 use std::path::Path;
 
@@ -50,5 +52,23 @@ fn validate_config_accepts_the_example() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_example_receiver_uses_the_readme_verification_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let receiver = std::fs::read_to_string(root.join("examples/webhook_receiver.py")).unwrap();
+    let start = readme
+        .find("```python\n")
+        .expect("the README has a Python verification example")
+        + "```python\n".len();
+    let block = &readme[start..];
+    let block = &block[..block.find("```").unwrap()];
+    let function = &block[block.find("def verify").expect("a verify function")..];
+    assert!(
+        receiver.contains(function),
+        "examples/webhook_receiver.py must contain the README's verify() verbatim:\n{function}"
     );
 }
