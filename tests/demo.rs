@@ -34,15 +34,10 @@ mod demo {
 
     use super::common::{self, ADMIN, Daemon, Options};
 
-    async fn put(daemon: &Daemon, path: &str, body: Value) -> common::Response {
-        common::request(
-            daemon.addr,
-            "PUT",
-            path,
-            Some(ADMIN),
-            Some(("application/json", body.to_string().into_bytes())),
-        )
-        .await
+    /// A demo contact writes to session `id`.
+    async fn message(daemon: &Daemon, id: &str, body: Value) -> common::Response {
+        let path = format!("/v1/demo/sessions/{id}/messages");
+        daemon.post(&path, Some(ADMIN), Some(body)).await
     }
 
     /// Waits until the receiver got a `message.received` with `text`.
@@ -101,12 +96,12 @@ mod demo {
             .post("/v1/tenants", Some(ADMIN), Some(json!({ "id": "acme" })))
             .await;
         assert_eq!(tenant.status, 201, "{}", tenant.text());
-        let hook = put(
-            &daemon,
-            "/v1/tenants/acme/webhooks/main",
-            json!({ "url": hook_url, "secret": "demo-webhook-secret-123" }),
-        )
-        .await;
+        let hook = daemon
+            .put(
+                "/v1/tenants/acme/webhooks/main",
+                json!({ "url": hook_url, "secret": "demo-webhook-secret-123" }),
+            )
+            .await;
         assert_eq!(
             hook.status,
             201,
@@ -123,13 +118,7 @@ mod demo {
             .await;
         assert_eq!(created.status, 201, "{}", created.text());
         // Not paired yet: nothing to message.
-        let early = daemon
-            .post(
-                "/v1/demo/sessions/shop-1/messages",
-                Some(ADMIN),
-                Some(json!({ "text": "too early" })),
-            )
-            .await;
+        let early = message(&daemon, "shop-1", json!({ "text": "too early" })).await;
         assert_eq!(early.status, 409, "{}", early.text());
         assert_eq!(early.json()["error"]["code"], "not_paired");
 
@@ -153,30 +142,12 @@ mod demo {
         // As GET /v1/sessions/{id}/qr: no live QR is a 404 with the reason.
         assert_eq!(again.status, 404, "{}", again.text());
         assert_eq!(again.json()["error"]["code"], "already_paired");
-        let empty = daemon
-            .post(
-                "/v1/demo/sessions/shop-1/messages",
-                Some(ADMIN),
-                Some(json!({ "text": "" })),
-            )
-            .await;
+        let empty = message(&daemon, "shop-1", json!({ "text": "" })).await;
         assert_eq!(empty.status, 422, "{}", empty.text());
-        let unknown = daemon
-            .post(
-                "/v1/demo/sessions/nope/messages",
-                Some(ADMIN),
-                Some(json!({ "text": "hi" })),
-            )
-            .await;
+        let unknown = message(&daemon, "nope", json!({ "text": "hi" })).await;
         assert_eq!(unknown.status, 404, "{}", unknown.text());
 
-        let sent = daemon
-            .post(
-                "/v1/demo/sessions/shop-1/messages",
-                Some(ADMIN),
-                Some(json!({ "text": "hello from the demo" })),
-            )
-            .await;
+        let sent = message(&daemon, "shop-1", json!({ "text": "hello from the demo" })).await;
         assert_eq!(sent.status, 200, "{}", sent.text());
         let event = delivered(&received, "hello from the demo").await;
         assert_eq!(event["session"], "shop-1");
@@ -202,13 +173,12 @@ mod demo {
         }
         let log = daemon.log();
         assert!(!log.contains("needs_restart"), "{}", common::tail(&log));
-        let sent = daemon
-            .post(
-                "/v1/demo/sessions/shop-1/messages",
-                Some(ADMIN),
-                Some(json!({ "text": "after the reload", "from": "+1 555 000 1234" })),
-            )
-            .await;
+        let sent = message(
+            &daemon,
+            "shop-1",
+            json!({ "text": "after the reload", "from": "+1 555 000 1234" }),
+        )
+        .await;
         assert_eq!(sent.status, 200, "{}", sent.text());
         let event = delivered(&received, "after the reload").await;
         assert_eq!(event["data"]["sender"]["phone"], "15550001234");

@@ -212,19 +212,12 @@ async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
     }
     assert!(sample(&before, "process_resident_memory_bytes", &[]) > 0.0);
 
-    let hook = common::request(
-        daemon.addr,
-        "PUT",
-        "/v1/tenants/shop/webhooks/crm",
-        Some(ADMIN),
-        Some((
-            "application/json",
-            json!({ "url": hook_url, "secret": "webhook-secret-0123456789" })
-                .to_string()
-                .into_bytes(),
-        )),
-    )
-    .await;
+    let hook = daemon
+        .put(
+            "/v1/tenants/shop/webhooks/crm",
+            json!({ "url": hook_url, "secret": "webhook-secret-0123456789" }),
+        )
+        .await;
     assert_eq!(hook.status, 201, "{}", hook.text());
 
     common::pair(&daemon, &fake, "m1", Some("shop"), "15550001111").await;

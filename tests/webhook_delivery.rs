@@ -143,24 +143,13 @@ async fn create_tenant(daemon: &Daemon, tenant: &str) {
 }
 
 async fn put_hook(daemon: &Daemon, tenant: &str, url: &str) {
-    let r = request_put(
-        daemon,
-        &format!("/v1/tenants/{tenant}/webhooks/crm"),
-        json!({ "url": url, "secret": SECRET }),
-    )
-    .await;
+    let r = daemon
+        .put(
+            &format!("/v1/tenants/{tenant}/webhooks/crm"),
+            json!({ "url": url, "secret": SECRET }),
+        )
+        .await;
     assert!(r.status == 201 || r.status == 200, "{}", r.text());
-}
-
-async fn request_put(daemon: &Daemon, path: &str, body: Value) -> common::Response {
-    common::request(
-        daemon.addr,
-        "PUT",
-        path,
-        Some(ADMIN),
-        Some(("application/json", body.to_string().into_bytes())),
-    )
-    .await
 }
 
 async fn send(fake: &fakewa::FakeWa, from: &str, text: &str, kind: &str) {
@@ -326,12 +315,12 @@ async fn private_targets_and_bad_endpoints_are_refused() {
     let fake = fakewa::FakeWa::start().await.expect("fakewa starts");
     let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
     create_tenant(&daemon, "acme").await;
-    let r = request_put(
-        &daemon,
-        "/v1/tenants/nobody/webhooks/crm",
-        json!({ "url": "https://hooks.example.com/x", "secret": SECRET }),
-    )
-    .await;
+    let r = daemon
+        .put(
+            "/v1/tenants/nobody/webhooks/crm",
+            json!({ "url": "https://hooks.example.com/x", "secret": SECRET }),
+        )
+        .await;
     assert_eq!(r.status, 404, "{}", r.text());
     let cases = [
         (
@@ -364,16 +353,18 @@ async fn private_targets_and_bad_endpoints_are_refused() {
         ),
     ];
     for (body, code) in cases {
-        let r = request_put(&daemon, "/v1/tenants/acme/webhooks/crm", body.clone()).await;
+        let r = daemon
+            .put("/v1/tenants/acme/webhooks/crm", body.clone())
+            .await;
         assert_eq!(r.status, 422, "{body}: {}", r.text());
         assert_eq!(r.error_code(), code, "{body}");
     }
-    let r = request_put(
-        &daemon,
-        "/v1/tenants/acme/webhooks/status",
-        json!({ "url": "https://hooks.example.com/x", "secret": SECRET }),
-    )
-    .await;
+    let r = daemon
+        .put(
+            "/v1/tenants/acme/webhooks/status",
+            json!({ "url": "https://hooks.example.com/x", "secret": SECRET }),
+        )
+        .await;
     assert_eq!(r.status, 405, "a reserved name is a route of its own");
     let r = daemon
         .get("/v1/tenants/acme/webhooks/crm", Some(ADMIN))

@@ -171,6 +171,12 @@ impl Daemon {
         request(self.addr, "DELETE", path, token, None).await
     }
 
+    /// `PUT` with a JSON body, as the admin.
+    pub async fn put(&self, path: &str, body: Value) -> Response {
+        let body = ("application/json", body.to_string().into_bytes());
+        request(self.addr, "PUT", path, Some(ADMIN), Some(body)).await
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
         let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
         request(self.addr, "POST", path, token, body).await
