@@ -133,14 +133,21 @@ async fn pairing_through_the_api_only() {
     assert_eq!(sent.status, 200, "{}", sent.text());
     let message_id = sent.json()["id"].as_str().expect("message id").to_string();
     assert!(!message_id.is_empty());
-    let outbox = fake.server.outbox(Some(PHONE));
-    assert!(
-        outbox
-            .iter()
-            .any(|m| m.text.as_deref() == Some("hello from whatsd")
-                && m.to.starts_with("15550009999")),
-        "outbox: {outbox:?}"
-    );
+    // The 200 means the stanza is written; fakewa reads it a moment later.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let entry = loop {
+        let outbox = fake.server.outbox(Some(PHONE));
+        if let Some(entry) = outbox.into_iter().find(|m| m.id == message_id) {
+            break entry;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fakewa never received {message_id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(entry.text.as_deref(), Some("hello from whatsd"));
+    assert!(entry.to.starts_with("15550009999"), "{entry:?}");
     let event = wait_event(&mut ws, "message.sent", 10).await;
     assert_eq!(event["id"], message_id.as_str());
 }
