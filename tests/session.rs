@@ -548,7 +548,23 @@ async fn stream_replaced_fails_without_restarting() {
         .unwrap();
     let reason = d.state("rp", SessionState::Failed, 20).await;
     assert_eq!(reason, Some(Reason::StreamReplaced));
-    assert_eq!(device_count(&fake, "15551230060").1, 0, "no reconnect loop");
+    // The replaced connection closes a moment after the failure is
+    // recorded; once it is gone, nothing has dialled again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while device_count(&fake, "15551230060").1 != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replaced connection is still open after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let info = d.supervisor.get("rp").await.unwrap();
+    assert_eq!(info.state, SessionState::Failed, "no reconnect loop");
+    assert_eq!(
+        device_count(&fake, "15551230060"),
+        (1, 0),
+        "no reconnect loop"
+    );
     d.supervisor.shutdown().await;
 }
 
