@@ -231,6 +231,54 @@ async fn signals_during_start_up_are_handled() {
     }
 }
 
+/// Every log line the WhatsApp library writes for a session, also from the
+/// tasks it spawns itself (handshake, keepalive, shutdown), carries the
+/// session's id; the library's `log` records come out as JSON lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_log_lines_carry_the_session_id() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, mut daemon) = Daemon::start(&fake.ws_url()).await;
+    common::pair(&daemon, &fake, "s1", None, "15550001212").await;
+    // A drop and a reconnect: the library logs from its own tasks.
+    let dropped = common::control(
+        fake.control_addr(),
+        "/control/drop",
+        serde_json::json!({ "phone": "15550001212" }),
+    )
+    .await;
+    assert_eq!(dropped.status, 200, "{}", dropped.text());
+    daemon.wait_state("s1", "connected", 30).await;
+    assert!(daemon.terminate().await.success());
+
+    let log = daemon.log();
+    let library: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| {
+            line["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("whatsapp_rust") || t.starts_with("wacore"))
+        })
+        .collect();
+    assert!(
+        library.len() > 5,
+        "library lines are bridged: {}",
+        common::tail(&log)
+    );
+    let without: Vec<&serde_json::Value> = library
+        .iter()
+        .filter(|line| line["span"]["id"] != "s1")
+        .collect();
+    assert!(
+        without.is_empty(),
+        "{} of {} library lines without the session id, e.g. {:#?}",
+        without.len(),
+        library.len(),
+        &without[..without.len().min(5)]
+    );
+}
+
 #[test]
 fn demo_needs_the_demo_feature() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_whatsd"))

@@ -64,6 +64,7 @@ impl Connection {
                     .with_os(config.device_os.clone()),
             )
             .skip_history_sync()
+            .with_runtime(super::runtime::SessionRuntime::in_current_span())
             .with_event_handler(Forward(events));
         if let Some(version) = config.version {
             builder = builder.with_version(version);

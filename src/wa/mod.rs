@@ -6,6 +6,7 @@ pub mod build_info;
 mod connection;
 mod events;
 pub mod inbound;
+mod runtime;
 
 use std::time::Duration;
 
