@@ -217,21 +217,11 @@ async fn pair_one(supervisor: &Supervisor, control: SocketAddr, i: usize) -> (f6
         .create(Some(id.clone()), "bench".into(), true)
         .await
         .expect("create");
-    let code = loop {
-        if let Some(qr) = supervisor.live_qr(&id) {
-            break qr.code;
-        }
-        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-            Ok(Ok(e)) if e.session == id => {
-                if let EventKind::Qr { qr, .. } = e.kind {
-                    break qr.code;
-                }
-            }
-            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
-            Ok(Err(e)) => panic!("events closed: {e}"),
-            Err(_) => panic!("no QR for {id}"),
-        }
-    };
+    let (_, qr) = supervisor
+        .wait_qr(&id, Duration::from_secs(60))
+        .await
+        .expect("session");
+    let code = qr.expect("no QR").code;
     let scanned = Instant::now();
     let phone = format!("1666{:07}", i);
     let (status, body) = fakewa::control_client::post(

@@ -31,8 +31,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use tokio::sync::Semaphore;
-use tokio::sync::broadcast::error::RecvError;
-use whatsd::session::{EventKind, EventSink, Identity, SessionConfig, SessionState, Supervisor};
+use whatsd::session::{EventSink, Identity, SessionConfig, SessionState, Supervisor};
 use whatsd::store::{MasterKey, Store};
 use whatsd::wa::inbound::Content;
 use whatsd::wa::{InboundMessage, WaConfig};
@@ -566,40 +565,25 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
 /// connect. Returns its phone number.
 async fn pair(supervisor: &Supervisor, server: &fakewa::Server, i: usize) -> String {
     let id = format!("e2e-{i}");
-    let mut events = supervisor.subscribe();
     supervisor
         .create(Some(id.clone()), "bench".into(), true)
         .await
         .expect("create");
-    let code = loop {
-        if let Some(qr) = supervisor.live_qr(&id) {
-            break qr.code;
-        }
-        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-            Ok(Ok(e)) if e.session == id => {
-                if let EventKind::Qr { qr, .. } = e.kind {
-                    break qr.code;
-                }
-            }
-            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
-            Ok(Err(e)) => panic!("events closed: {e}"),
-            Err(_) => panic!("no QR for {id}"),
-        }
-    };
+    let (_, qr) = supervisor
+        .wait_qr(&id, Duration::from_secs(60))
+        .await
+        .expect("session");
+    let code = qr.expect("no QR").code;
     let phone = format!("1666{i:07}");
     server.scan(&code, Some(&phone)).await.expect("scan");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if supervisor.get(&id).await.map(|s| s.state).ok() == Some(SessionState::Connected) {
-            return phone;
-        }
-        assert!(Instant::now() < deadline, "{id} did not connect");
-        let waited = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
-        assert!(
-            !matches!(waited, Ok(Err(RecvError::Closed))),
-            "events closed"
-        );
-    }
+    let info = supervisor
+        .wait_until(&id, Duration::from_secs(120), |info| {
+            info.state == SessionState::Connected
+        })
+        .await
+        .expect("session");
+    assert_eq!(info.state, SessionState::Connected, "{id} did not connect");
+    phone
 }
 
 // ---- helpers --------------------------------------------------------------

@@ -723,3 +723,51 @@ async fn health_sweep_reconnects_a_silent_connection() {
     assert_eq!(device_count(&fake, "15551230080"), (1, 1));
     d.supervisor.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_until_and_wait_qr_follow_the_session_and_give_up_in_time() {
+    let fake = FakeWa::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = boot(dir.path(), config(&fake)).await;
+    let sup = &d.supervisor;
+    sup.create(Some("w".into()), "t1".into(), false)
+        .await
+        .unwrap();
+    // Never started: the wait runs out and shows the session as it is.
+    let idle = sup
+        .wait_until("w", Duration::from_millis(200), |i| {
+            i.state == SessionState::Connected
+        })
+        .await
+        .unwrap();
+    assert_eq!(idle.state, SessionState::Created);
+    assert!(
+        sup.wait_until("nope", Duration::ZERO, |_| true)
+            .await
+            .is_err()
+    );
+
+    // Not pairing: no QR to wait for, answered at once.
+    let (created, none) = sup.wait_qr("w", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(created.state, SessionState::Created);
+    assert!(none.is_none());
+
+    // Started: the wait sees the first QR arrive.
+    sup.start_session("w").await.unwrap();
+    let (info, qr) = sup.wait_qr("w", Duration::from_secs(10)).await.unwrap();
+    // The QR is kept a moment before the state says `qr`.
+    assert!(
+        matches!(info.state, SessionState::Starting | SessionState::Qr),
+        "{info:?}"
+    );
+    let code = qr.expect("a QR within 10 s").code;
+    fake.server.scan(&code, Some("15551230090")).await.unwrap();
+    let connected = sup
+        .wait_until("w", Duration::from_secs(30), |i| {
+            i.state == SessionState::Connected
+        })
+        .await
+        .unwrap();
+    assert_eq!(connected.phone, "15551230090");
+    sup.shutdown().await;
+}

@@ -13,8 +13,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
-use tokio::time::Instant;
 
 use super::AppState;
 use super::auth::Principal;
@@ -22,7 +20,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiJsonOrEmpty, ApiPath};
 use super::sessions::{MAX_TEXT_BYTES, no_qr, normalize_phone, visible_session};
 use crate::demo::{Demo, DemoError};
-use crate::session::{SessionEvent, SessionState};
+use crate::session::SessionState;
 
 /// How long a scan waits for a session that is starting to show its QR.
 const QR_WAIT: Duration = Duration::from_secs(15);
@@ -84,66 +82,36 @@ async fn scan(
     ApiJsonOrEmpty(req): ApiJsonOrEmpty<ScanRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let demo = demo(&state)?;
-    // Subscribed first: no event between a check and the wait is missed.
-    let mut events = state.supervisor.subscribe();
     visible_session(&state, &principal, &id).await?;
     let phone = match req.phone.as_deref() {
         Some(phone) => normalize_phone(phone)?,
         None => phone_for(&id),
     };
     // A session just created or started shows its first QR within moments.
-    let deadline = Instant::now() + QR_WAIT;
-    let qr = loop {
-        if let Some(qr) = state.supervisor.live_qr(&id) {
-            break qr;
-        }
-        let info = state.supervisor.get(&id).await?;
-        if !matches!(info.state, SessionState::Starting | SessionState::Qr)
-            || !next_event_of(&mut events, &id, deadline).await
-        {
-            return Err(no_qr(&info));
-        }
+    let supervisor = &state.supervisor;
+    let (info, qr) = supervisor.wait_qr(&id, QR_WAIT).await?;
+    let Some(qr) = qr else {
+        return Err(no_qr(&info));
     };
     let paired = demo.scan(&qr.code, &phone).await.map_err(refused)?;
     // Answer once the session is connected (or has stopped trying).
-    let deadline = Instant::now() + CONNECT_WAIT;
-    let info = loop {
-        let info = state.supervisor.get(&id).await?;
-        let pairing = matches!(
-            info.state,
-            SessionState::Starting
-                | SessionState::Qr
-                | SessionState::Paired
-                | SessionState::Connecting
-        );
-        if !pairing || !next_event_of(&mut events, &id, deadline).await {
-            break info;
-        }
-    };
+    let info = supervisor
+        .wait_until(&id, CONNECT_WAIT, |info| {
+            !matches!(
+                info.state,
+                SessionState::Starting
+                    | SessionState::Qr
+                    | SessionState::Paired
+                    | SessionState::Connecting
+            )
+        })
+        .await?;
     Ok(Json(json!({
         "phone": paired.phone,
         "jid": paired.jid,
         "lid": paired.lid,
         "state": info.state,
     })))
-}
-
-/// Waits for the next event of session `id`; `false` at the deadline or
-/// when the supervisor is gone.
-async fn next_event_of(
-    events: &mut broadcast::Receiver<SessionEvent>,
-    id: &str,
-    deadline: Instant,
-) -> bool {
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(event)) if event.session == id => return true,
-            Ok(Ok(_)) => {}
-            // Missed some: the caller looks at the session again.
-            Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
-            Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return false,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -178,6 +178,53 @@ impl Supervisor {
         self.inner.shared.events.subscribe()
     }
 
+    /// Waits until `done` holds for session `id`, looking again after each
+    /// of its events, for at most `within`. Returns the session as last
+    /// seen: when the time ran out, `done` does not hold for it.
+    pub async fn wait_until(
+        &self,
+        id: &str,
+        within: Duration,
+        mut done: impl FnMut(&SessionInfo) -> bool,
+    ) -> Result<SessionInfo, SupervisorError> {
+        // Subscribed before the first look: no event in between is missed.
+        let mut events = self.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let info = self.get(id).await?;
+            if done(&info) {
+                return Ok(info);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Ok(event)) if event.session == id => break,
+                    Ok(Ok(_)) => {}
+                    // Missed some: look at the session again.
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return Ok(info),
+                }
+            }
+        }
+    }
+
+    /// Waits, at most `within`, for session `id` to show a live QR code
+    /// while it pairs by QR (`starting` or `qr`). Returns the session as last
+    /// seen, and the code unless it stopped pairing by QR or time ran out.
+    pub async fn wait_qr(
+        &self,
+        id: &str,
+        within: Duration,
+    ) -> Result<(SessionInfo, Option<PairingQr>), SupervisorError> {
+        let info = self
+            .wait_until(id, within, |info| {
+                !matches!(info.state, SessionState::Starting | SessionState::Qr)
+                    || self.live_qr(id).is_some()
+            })
+            .await?;
+        let qr = self.live_qr(id);
+        Ok((info, qr))
+    }
+
     pub fn is_running(&self) -> bool {
         self.inner.running.load(Ordering::SeqCst)
     }
