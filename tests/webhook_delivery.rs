@@ -135,6 +135,24 @@ fn webhook_toml(extra: &str) -> String {
     )
 }
 
+/// A daemon whose tenant `acme` has its webhook at `http://{addr}/hook`, and
+/// its session `shop` paired as PHONE. `global` goes in `[webhooks]`.
+async fn hooked_shop(
+    fake: &fakewa::FakeWa,
+    global: &str,
+    addr: SocketAddr,
+) -> (tempfile::TempDir, Daemon) {
+    let options = Options {
+        extra_toml: webhook_toml(global),
+        ..Default::default()
+    };
+    let (dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    create_tenant(&daemon, "acme").await;
+    put_hook(&daemon, "acme", &format!("http://{addr}/hook")).await;
+    pair(&daemon, fake, "shop", Some("acme"), PHONE).await;
+    (dir, daemon)
+}
+
 async fn create_tenant(daemon: &Daemon, tenant: &str) {
     let r = daemon
         .post("/v1/tenants", Some(ADMIN), Some(json!({ "id": tenant })))
@@ -210,17 +228,7 @@ async fn messages_and_session_events_arrive_signed_in_both_formats() {
     let global = format!(
         "url = \"http://{addr}/cloud\"\nsecret = \"{CLOUD_SECRET}\"\nformat = \"cloud_api\"\n"
     );
-    let (_dir, daemon) = Daemon::start_with(
-        &fake.ws_url(),
-        Options {
-            extra_toml: webhook_toml(&global),
-            ..Default::default()
-        },
-    )
-    .await;
-    create_tenant(&daemon, "acme").await;
-    put_hook(&daemon, "acme", &format!("http://{addr}/hook")).await;
-    pair(&daemon, &fake, "shop", Some("acme"), PHONE).await;
+    let (_dir, daemon) = hooked_shop(&fake, &global, addr).await;
 
     // session.connected, not on pair success alone.
     wait_for(&rx, 30, "session.connected", |got| {
@@ -380,17 +388,7 @@ async fn a_receiver_that_is_down_then_failing_gets_everything_once_back() {
     let parked = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = parked.local_addr().unwrap();
     drop(parked);
-    let (_dir, daemon) = Daemon::start_with(
-        &fake.ws_url(),
-        Options {
-            extra_toml: webhook_toml(""),
-            ..Default::default()
-        },
-    )
-    .await;
-    create_tenant(&daemon, "acme").await;
-    put_hook(&daemon, "acme", &format!("http://{addr}/hook")).await;
-    pair(&daemon, &fake, "shop", Some("acme"), PHONE).await;
+    let (_dir, daemon) = hooked_shop(&fake, "", addr).await;
     for i in 0..100 {
         send(&fake, ADA, &format!("n-{i}"), "dm").await;
     }
@@ -430,17 +428,7 @@ async fn nothing_is_lost_across_kill_9() {
     const N: u32 = 1000;
     let fake = fakewa::FakeWa::start().await.expect("fakewa starts");
     let (addr, rx) = start_receiver().await;
-    let (_dir, mut daemon) = Daemon::start_with(
-        &fake.ws_url(),
-        Options {
-            extra_toml: webhook_toml(""),
-            ..Default::default()
-        },
-    )
-    .await;
-    create_tenant(&daemon, "acme").await;
-    put_hook(&daemon, "acme", &format!("http://{addr}/hook")).await;
-    pair(&daemon, &fake, "shop", Some("acme"), PHONE).await;
+    let (_dir, mut daemon) = hooked_shop(&fake, "", addr).await;
     let sender = {
         let control = fake.control_addr();
         tokio::spawn(async move {

@@ -279,15 +279,7 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, Invalid
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(url: &str) -> EndpointSpec {
-        EndpointSpec {
-            url: url.into(),
-            secret: "0123456789abcdef".into(),
-            events: vec![],
-            format: Format::Whatsd,
-        }
-    }
+    use crate::webhook::tests::spec;
 
     #[test]
     fn urls_are_checked() {

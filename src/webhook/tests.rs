@@ -42,7 +42,7 @@ impl Transport for Scripted {
 }
 
 /// A whatsd-format endpoint for every event type.
-fn spec(url: &str) -> EndpointSpec {
+pub(crate) fn spec(url: &str) -> EndpointSpec {
     EndpointSpec {
         url: url.into(),
         secret: "0123456789abcdef".into(),
