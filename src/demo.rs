@@ -49,9 +49,6 @@ impl From<fakewa::ControlError> for DemoError {
 
 /// `<data_dir>-demo`: demo pairings never mix with real ones.
 fn data_dir(config: &Config) -> PathBuf {
-    if config.data_dir.to_string_lossy().ends_with("-demo") {
-        return config.data_dir.clone();
-    }
     let mut dir = config.data_dir.clone().into_os_string();
     dir.push("-demo");
     dir.into()
@@ -111,7 +108,8 @@ impl Demo {
             .send_message(to, from, text, fakewa::MessageKind::Dm)?)
     }
 
-    /// The warning printed at start, with what the fake offers.
+    /// The warning printed at start, with what the fake offers; `config`
+    /// as read, before [`Demo::apply`].
     pub fn banner(&self, config: &Config) -> String {
         format!(
             "\n\
@@ -130,7 +128,7 @@ impl Demo {
              from a fake contact with POST /v1/demo/sessions/ID/messages.\n",
             ws = self.fake.ws_url(),
             control = self.fake.control_url(),
-            data = config.data_dir.display(),
+            data = data_dir(config).display(),
         )
     }
 }

@@ -358,9 +358,7 @@ mod demo {
             return Ok(());
         }
         let fake = Demo::start(config).await?;
-        let mut shown = config.clone();
-        fake.apply(&mut shown);
-        eprintln!("{}", fake.banner(&shown));
+        eprintln!("{}", fake.banner(config));
         println!("demo fakewa control: {}", fake.control_url());
         tracing::warn!(
             control = %fake.control_url(),

@@ -512,16 +512,19 @@ impl EventSink for Webhooks {
     ) -> anyhow::Result<()> {
         // Protocol messages (key shares, history-sync notices) are the
         // library's business, not messages anyone sent.
-        for _ in batch.iter().filter(|m| m.content.kind != "protocol") {
+        let sent: Vec<&InboundMessage> = batch
+            .iter()
+            .filter(|m| m.content.kind != "protocol")
+            .collect();
+        for _ in &sent {
             crate::metrics::inc_message_received();
         }
         let me = self.me_of(session, me);
         let deliver_status = self.inner.settings().deliver_status;
         let now = now_ms();
-        let events: Vec<(WebhookEvent, bool)> = batch
-            .iter()
+        let events: Vec<(WebhookEvent, bool)> = sent
+            .into_iter()
             .filter(|m| deliver_status || !m.is_status)
-            .filter(|m| m.content.kind != "protocol")
             .map(|m| {
                 (
                     payload::message_event(session, tenant, &me, m, now),
