@@ -22,6 +22,7 @@ pub mod backup;
 pub mod crypto;
 pub mod device;
 pub mod error;
+pub mod ids;
 pub mod outbox;
 pub mod records;
 mod rekey;
@@ -97,6 +98,7 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     sealer: Arc<Sealer>,
+    blinder: ids::Blinder,
     records: sled::Tree,
     phone_index: sled::Tree,
     data_dir: PathBuf,
@@ -137,12 +139,14 @@ impl Store {
         let db = open_db(data_dir)?;
         let sealer = Arc::new(Sealer::new(key));
         check_master_key(&db, &sealer, data_dir)?;
+        let blinder = ids::load_or_create(&db, &sealer)?;
         let records = db.open_tree(RECORDS_TREE)?;
         let phone_index = db.open_tree(PHONE_INDEX_TREE)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 sealer,
+                blinder,
                 records,
                 phone_index,
                 data_dir: data_dir.to_path_buf(),
@@ -263,6 +267,12 @@ impl Store {
 
     fn sealer(&self) -> &Sealer {
         &self.inner.sealer
+    }
+
+    /// Keyed hashes for sled keys that would otherwise carry an identifier
+    /// (see [`ids`]).
+    pub fn blinder(&self) -> &ids::Blinder {
+        &self.inner.blinder
     }
 }
 

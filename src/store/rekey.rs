@@ -17,6 +17,7 @@ use std::path::Path;
 
 use super::crypto::{MasterKey, Sealer};
 use super::error::StoreError;
+use super::ids::INDEX_KEY;
 use super::{
     KEY_CHECK, META_TREE, PHONE_INDEX_TREE, REKEY_TARGET, SLED_DEFAULT_TREE, VERIFIER, open_db,
     store_exists,
@@ -155,6 +156,19 @@ fn rekey_until(
     db.flush()?;
 
     let mut commit = sled::Batch::default();
+    // The index key (see `ids`) moves to the new key in the same atomic
+    // step as the key check, so every hashed key stays valid.
+    if let Some(sealed) = meta.get(INDEX_KEY)? {
+        let meta_name = META_TREE.as_bytes();
+        let plain = old
+            .open(meta_name, INDEX_KEY, &sealed)
+            .or_else(|_| new.open(meta_name, INDEX_KEY, &sealed))
+            .map_err(|_| StoreError::Undecryptable {
+                session: "<store>".to_string(),
+                what: "index key",
+            })?;
+        commit.insert(INDEX_KEY, new.seal(meta_name, INDEX_KEY, &plain)?);
+    }
     commit.insert(
         KEY_CHECK,
         new.seal(META_TREE.as_bytes(), KEY_CHECK, VERIFIER)?,
