@@ -315,13 +315,16 @@ async fn enqueue(webhooks: &Webhooks, run: &str) -> Duration {
     let tasks: Vec<_> = (0..SESSIONS)
         .map(|s| {
             let webhooks = webhooks.clone();
-            let session = format!("s{s}");
-            let tenant = format!("tenant{}", s % TENANTS);
+            let owner = whatsd::session::Owner {
+                session: format!("s{s}"),
+                tenant: format!("tenant{}", s % TENANTS),
+                incarnation: format!("i{s}"),
+            };
             let run = run.to_owned();
             tokio::spawn(async move {
                 for i in 0..EVENTS / SESSIONS {
                     let message = InboundMessage {
-                        id: format!("{run}-{session}-{i}"),
+                        id: format!("{run}-{}-{i}", owner.session),
                         chat: "15550001111@s.whatsapp.net".into(),
                         sender: "15550001111@s.whatsapp.net".into(),
                         sender_phone: "15550001111".into(),
@@ -335,7 +338,7 @@ async fn enqueue(webhooks: &Webhooks, run: &str) -> Duration {
                         ..Default::default()
                     };
                     webhooks
-                        .messages(&session, &tenant, Identity::default(), vec![message])
+                        .messages(&owner, Identity::default(), vec![message])
                         .await
                         .expect("enqueue");
                 }

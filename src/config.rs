@@ -29,6 +29,7 @@ const NOT_CONFIG_VARS: &[&str] = &[
     "WHATSD_TOKEN_FILE",
     "WHATSD_URL",
     "WHATSD_CONFIG",
+    "WHATSD_FAULTS",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +159,8 @@ pub struct SessionsConfig {
     pub expiry: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    /// Sessions one tenant may hold (creates beyond it: 403 `quota_exceeded`).
+    pub max_per_tenant: usize,
 }
 
 impl Default for SessionsConfig {
@@ -173,6 +176,7 @@ impl Default for SessionsConfig {
             silent_after: d.silent_after,
             expiry: d.expiry,
             shutdown_timeout: d.shutdown_timeout,
+            max_per_tenant: d.max_per_tenant,
         }
     }
 }
@@ -206,6 +210,11 @@ pub struct WebhooksConfig {
     pub concurrency: usize,
     /// `"deliver"` `status@broadcast` posts as `message.status`, or `"drop"`.
     pub status_broadcast: String,
+    /// Dead letters older than this are deleted.
+    #[serde(deserialize_with = "de_duration")]
+    pub dead_letter_retention: Duration,
+    /// Webhook endpoints one tenant may hold (its own and its sessions').
+    pub max_endpoints_per_tenant: usize,
 }
 
 impl std::fmt::Debug for WebhooksConfig {
@@ -238,6 +247,8 @@ impl Default for WebhooksConfig {
             max_backoff: d.schedule.max,
             concurrency: d.concurrency,
             status_broadcast: "deliver".to_string(),
+            dead_letter_retention: d.dead_letter_retention,
+            max_endpoints_per_tenant: d.max_endpoints_per_tenant,
         }
     }
 }
@@ -300,6 +311,7 @@ impl WebhooksConfig {
             ("max_age", self.max_age),
             ("initial_backoff", self.initial_backoff),
             ("max_backoff", self.max_backoff),
+            ("dead_letter_retention", self.dead_letter_retention),
         ] {
             if value.is_zero() {
                 return Err(bad(format!("{name} must be greater than zero")));
@@ -310,6 +322,9 @@ impl WebhooksConfig {
         }
         if self.concurrency == 0 {
             return Err(bad("concurrency must be at least 1".into()));
+        }
+        if self.max_endpoints_per_tenant == 0 {
+            return Err(bad("max_endpoints_per_tenant must be at least 1".into()));
         }
         Ok(Settings {
             global,
@@ -322,6 +337,8 @@ impl WebhooksConfig {
             },
             concurrency: self.concurrency,
             deliver_status,
+            dead_letter_retention: self.dead_letter_retention,
+            max_endpoints_per_tenant: self.max_endpoints_per_tenant,
         })
     }
 }
@@ -398,6 +415,7 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["sessions", "silent_after"], EnvKind::Str),
     (&["sessions", "expiry"], EnvKind::Str),
     (&["sessions", "shutdown_timeout"], EnvKind::Str),
+    (&["sessions", "max_per_tenant"], EnvKind::Int),
     (&["webhooks", "url"], EnvKind::Str),
     (&["webhooks", "secret"], EnvKind::Str),
     (&["webhooks", "secret_file"], EnvKind::Str),
@@ -410,6 +428,8 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["webhooks", "max_backoff"], EnvKind::Str),
     (&["webhooks", "concurrency"], EnvKind::Int),
     (&["webhooks", "status_broadcast"], EnvKind::Str),
+    (&["webhooks", "dead_letter_retention"], EnvKind::Str),
+    (&["webhooks", "max_endpoints_per_tenant"], EnvKind::Int),
     (&["log", "filter"], EnvKind::Str),
     (&["log", "format"], EnvKind::Str),
 ];
@@ -565,6 +585,7 @@ impl Config {
                 "sessions.start_concurrency",
                 self.sessions.start_concurrency,
             ),
+            ("sessions.max_per_tenant", self.sessions.max_per_tenant),
         ];
         for (name, value) in counts {
             if value == 0 {
@@ -623,6 +644,7 @@ impl Config {
             silent_after: s.silent_after,
             expiry: s.expiry,
             shutdown_timeout: s.shutdown_timeout,
+            max_per_tenant: s.max_per_tenant,
         }
     }
 }

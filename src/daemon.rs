@@ -141,6 +141,7 @@ pub async fn run_with(
     drop(key);
     tracing::info!(data_dir = %config.data_dir.display(), ?key_source, "store open");
 
+    ensure_default_tenant(&store).await?;
     let admin_hash = admin_token_hash(&config, &store).await?;
     let tenants = store
         .list_tenants()?
@@ -148,6 +149,7 @@ pub async fn run_with(
         .map(|t| (t.token_hash, t.id));
     let auth = Arc::new(Auth::new(admin_hash, tenants, config.auth.clone()));
 
+    crate::session::give_incarnations(&store).await?;
     let webhooks = Webhooks::start(store.clone(), config.webhooks.settings()?).await?;
     {
         let webhooks = webhooks.clone();
@@ -159,6 +161,7 @@ pub async fn run_with(
         Some(Arc::new(webhooks.clone())),
     )
     .await?;
+    webhooks.retain_sessions(&supervisor.owners()?).await?;
     let webhook_reloader = tokio::spawn(apply_webhook_settings(
         webhooks.clone(),
         config_watch.clone(),
@@ -448,6 +451,33 @@ fn checked_token(token: String, source: &str) -> Result<[u8; 32], ConfigError> {
         )));
     }
     Ok(hash_token(&token))
+}
+
+/// Makes sure the `default` tenant (owner of sessions created without a
+/// tenant) exists as a real tenant: listed, with webhooks and dead letters
+/// of its own. Its token is random and unknown until the admin rotates it.
+async fn ensure_default_tenant(store: &Store) -> Result<(), RunError> {
+    use crate::api::sessions::DEFAULT_TENANT;
+    if store.get_tenant(DEFAULT_TENANT)?.is_some() {
+        return Ok(());
+    }
+    let token = crate::api::auth::new_token().map_err(|_| {
+        RunError::Store(crate::store::StoreError::Crypto(
+            "the system random generator failed",
+        ))
+    })?;
+    let now = crate::session::now_ms();
+    let record = crate::store::tenants::TenantRecord {
+        version: 0,
+        id: DEFAULT_TENANT.to_string(),
+        token_hash: crate::api::auth::hash_token(&token),
+        created_at_ms: now,
+        token_issued_at_ms: now,
+    };
+    if store.create_tenant(&record).await? {
+        tracing::info!("created the default tenant (rotate its token to use it)");
+    }
+    Ok(())
 }
 
 /// The admin token's hash: from `auth.admin_token_file`, `$WHATSD_ADMIN_TOKEN`,

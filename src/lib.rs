@@ -15,6 +15,8 @@ pub mod config;
 mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+#[doc(hidden)]
+pub mod fault;
 pub mod metrics;
 pub mod notify;
 pub mod proto;

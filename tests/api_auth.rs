@@ -125,7 +125,7 @@ async fn tenants_only_see_their_own_sessions() {
     // A tenant with sessions cannot be deleted.
     let r = daemon.delete("/v1/tenants/beta", Some(ADMIN)).await;
     assert_eq!(r.status, 409);
-    assert_eq!(r.error_code(), "tenant_has_sessions");
+    assert_eq!(r.error_code(), "tenant_not_empty");
 
     // WebSocket: A cannot follow B.
     let (status, body) = ws_connect(daemon.addr, "/v1/events?session=b-1", Some(&ta))

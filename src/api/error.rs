@@ -97,6 +97,7 @@ impl From<SupervisorError> for ApiError {
         let status = match &err {
             SupervisorError::NotFound(_) => StatusCode::NOT_FOUND,
             SupervisorError::AlreadyExists(_) => StatusCode::CONFLICT,
+            SupervisorError::Quota(_) => StatusCode::FORBIDDEN,
             SupervisorError::InvalidId(_) => StatusCode::UNPROCESSABLE_ENTITY,
             SupervisorError::InvalidState { .. } | SupervisorError::NotConnected(_) => {
                 StatusCode::CONFLICT

@@ -102,7 +102,9 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions", get(sessions::list).post(sessions::create))
         .route(
             "/sessions/{id}",
-            get(sessions::show).delete(sessions::delete),
+            get(sessions::show)
+                .patch(sessions::update)
+                .delete(sessions::delete),
         )
         .route("/sessions/{id}/start", post(sessions::start))
         .route("/sessions/{id}/stop", post(sessions::stop))
@@ -148,6 +150,18 @@ pub fn router(state: AppState) -> Router {
             get(webhooks::session_show)
                 .put(webhooks::session_put)
                 .delete(webhooks::session_delete),
+        )
+        .route(
+            "/webhooks/dead-letters",
+            get(webhooks::admin_dead_list).delete(webhooks::admin_dead_purge),
+        )
+        .route(
+            "/webhooks/dead-letters/{dead}",
+            delete(webhooks::admin_dead_delete),
+        )
+        .route(
+            "/webhooks/dead-letters/{dead}/redeliver",
+            post(webhooks::admin_dead_redeliver),
         )
         .route("/ws-tickets", post(tenants::ws_ticket))
         .route("/events", get(ws::events))

@@ -177,6 +177,7 @@ pub fn document() -> Value {
                 }), false)), responses(&[
                     ("201", json_response("created", schema_ref("Session"))),
                     ("403", error_response("a tenant token named another tenant")),
+                    ("403", error_response("`quota_exceeded`: the tenant holds sessions.max_per_tenant sessions")),
                     ("409", error_response("a session with that id exists")),
                     ("413", error_response("body too large")),
                     ("415", error_response("body is not JSON")),
@@ -188,7 +189,17 @@ pub fn document() -> Value {
                     ("200", json_response("the session", schema_ref("Session"))),
                     ("404", error_response("no such session")),
                 ])),
-                "delete": op("delete a session (logs the device out, wipes its keys)", vec![session_id()], None, responses(&[
+                "patch": op("move the session to another tenant (admin): from then on its events reach only the new tenant; its session webhook endpoints are removed; deliveries already queued still go to the old tenant", vec![session_id()],
+                    Some(json_body(json!({ "type": "object", "required": ["tenant"], "properties": {
+                        "tenant": { "type": "string", "description": "an existing tenant id" } } }), true)),
+                    responses(&[
+                    ("200", json_response("the session afterwards", schema_ref("Session"))),
+                    ("403", error_response("needs the admin token")),
+                    ("404", error_response("no such session")),
+                    ("415", error_response("body is not JSON")),
+                    ("422", error_response("invalid or unknown tenant")),
+                ])),
+                "delete": op("delete a session and everything attached to it (device keys, its webhook endpoints, queued deliveries, dead letters)", vec![session_id()], None, responses(&[
                     ("204", json!({ "description": "deleted" })),
                     ("404", error_response("no such session")),
                 ]))
@@ -262,7 +273,7 @@ pub fn document() -> Value {
                     ("204", json!({ "description": "deleted" })),
                     ("403", error_response("needs the admin token")),
                     ("404", error_response("no such tenant")),
-                    ("409", error_response("the tenant still has sessions")),
+                    ("409", error_response("`tenant_not_empty`: the tenant still owns sessions; `default_tenant`: the default tenant cannot be deleted")),
                 ]))
             },
             "/v1/tenants/{id}/token": {
@@ -323,6 +334,10 @@ fn webhook_paths(doc: &mut Value) {
             responses(&[
                 ("200", json_response("replaced", endpoint.clone())),
                 ("201", json_response("created", endpoint.clone())),
+                (
+                    "403",
+                    error_response("`quota_exceeded`: webhooks.max_endpoints_per_tenant reached"),
+                ),
                 ("404", error_response("no such tenant/session")),
                 ("415", error_response("not JSON")),
                 (
@@ -397,6 +412,34 @@ fn webhook_paths(doc: &mut Value) {
         "/v1/tenants/{id}/webhooks/dead-letters/{dead}/redeliver": {
             "post": op("redeliver one dead letter", vec![tenant(), dead()], None, responses(&[
                 ("200", json_response("queued again", json!({ "type": "object" }))),
+                ("404", error_response("no such dead letter, or its endpoint is gone")),
+            ]))
+        },
+        "/v1/webhooks/dead-letters": {
+            "get": op("every dead letter, global endpoints' and every tenant's, oldest first (admin)", vec![
+                query_param("after", "only ids above this one", json!({ "type": "integer" })),
+                query_param("limit", "1-1000, default 100", json!({ "type": "integer" }))], None, responses(&[
+                ("200", json_response("dead letters and `next_after`", json!({ "type": "object" }))),
+                ("403", error_response("needs the admin token")),
+            ])),
+            "delete": op("purge every dead letter (admin)", vec![], None, responses(&[
+                ("200", json_response("`purged` count", json!({ "type": "object" }))),
+                ("403", error_response("needs the admin token")),
+            ]))
+        },
+        "/v1/webhooks/dead-letters/{dead}": {
+            "delete": op("delete one dead letter (admin)", vec![dead()], None, responses(&[
+                ("204", json!({ "description": "deleted" })),
+                ("400", error_response("not a dead-letter id")),
+                ("403", error_response("needs the admin token")),
+                ("404", error_response("no such dead letter")),
+            ]))
+        },
+        "/v1/webhooks/dead-letters/{dead}/redeliver": {
+            "post": op("redeliver one dead letter (admin)", vec![dead()], None, responses(&[
+                ("200", json_response("queued again", json!({ "type": "object" }))),
+                ("400", error_response("not a dead-letter id")),
+                ("403", error_response("needs the admin token")),
                 ("404", error_response("no such dead letter, or its endpoint is gone")),
             ]))
         },

@@ -90,7 +90,7 @@ pub async fn create(
         (Principal::Admin, None) => DEFAULT_TENANT.to_string(),
         (Principal::Admin, Some(t)) => {
             check_id("tenant", &t).map_err(|m| ApiError::unprocessable("invalid_tenant", m))?;
-            if t != DEFAULT_TENANT && state.store.get_tenant(&t)?.is_none() {
+            if state.store.get_tenant(&t)?.is_none() {
                 return Err(ApiError::unprocessable(
                     "unknown_tenant",
                     format!("no tenant {t:?}; create it with POST /v1/tenants first"),
@@ -190,6 +190,41 @@ pub async fn logout(
 ) -> Result<Json<SessionInfo>, ApiError> {
     visible_session(&state, &principal, &id).await?;
     Ok(Json(state.supervisor.logout(&id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSession {
+    /// Move the session to this tenant (admin only).
+    pub tenant: String,
+}
+
+/// `PATCH /v1/sessions/{id}`: the admin moves a session (and the number it
+/// is paired with) to another tenant. From the moment it answers, the
+/// session's events and messages reach only the new tenant's endpoints and
+/// sockets; its session-level endpoints are removed; deliveries already
+/// queued for the old tenant still go to the old tenant.
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateSession>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    principal.require_admin()?;
+    visible_session(&state, &principal, &id).await?;
+    check_id("tenant", &req.tenant).map_err(|m| ApiError::unprocessable("invalid_tenant", m))?;
+    if state.store.get_tenant(&req.tenant)?.is_none() {
+        return Err(ApiError::unprocessable(
+            "unknown_tenant",
+            format!(
+                "no tenant {:?}; create it with POST /v1/tenants first",
+                req.tenant
+            ),
+        ));
+    }
+    let info = state.supervisor.reassign(&id, &req.tenant).await?;
+    tracing::info!(session = %id, tenant = %info.tenant, "session reassigned through the API");
+    Ok(Json(info))
 }
 
 pub async fn delete(

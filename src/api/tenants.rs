@@ -12,6 +12,7 @@ use super::auth::{Principal, hash_token, new_token};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, check_id};
 use super::qr::{now_ms, rfc3339_ms};
+use super::sessions::DEFAULT_TENANT;
 use crate::store::tenants::TenantRecord;
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +71,13 @@ pub async fn create(
         created_at_ms: now,
         token_issued_at_ms: now,
     };
+    if state.store.get_tenant(&req.id)?.is_none()
+        && let Some(webhooks) = &state.webhooks
+    {
+        // Anything a deleted tenant of this id left behind (a crash during its
+        // delete) is not inherited.
+        webhooks.purge_tenant(&req.id).await?;
+    }
     if !state.store.create_tenant(&record).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -119,13 +127,28 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     principal.require_admin()?;
     visible_tenant(&state, &principal, &id)?;
+    if id == DEFAULT_TENANT {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "default_tenant",
+            "the default tenant holds sessions created without a tenant; it cannot be deleted",
+        ));
+    }
     let count = session_count(&state, &id).await;
     if count > 0 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "tenant_has_sessions",
-            format!("tenant {id:?} still has {count} session(s); delete them first"),
+            "tenant_not_empty",
+            format!(
+                "tenant {id:?} still owns {count} session(s); delete them or move them \
+                 (PATCH /v1/sessions/{{id}}) first"
+            ),
         ));
+    }
+    // Its webhook data first, the record last: until the record is gone the
+    // tenant exists and a retried delete finishes the job.
+    if let Some(webhooks) = &state.webhooks {
+        webhooks.purge_tenant(&id).await?;
     }
     state.store.delete_tenant(&id).await?;
     state.auth.remove_tenant(&id);

@@ -14,7 +14,8 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, check_id};
 use super::sessions::visible_session;
 use crate::webhook::{
-    DeadLetter, EndpointId, EndpointSpec, InvalidEndpoint, Scope, WebhookError, Webhooks,
+    DeadLetter, DeadScope, EndpointId, EndpointSpec, InvalidEndpoint, Scope, SessionRef,
+    WebhookError, Webhooks,
 };
 
 /// Names that are routes of their own.
@@ -40,6 +41,7 @@ impl From<WebhookError> for ApiError {
             WebhookError::Invalid(e) => ApiError::unprocessable("invalid_webhook", e.to_string()),
             WebhookError::Store(e) => e.into(),
             WebhookError::Setup(e) => ApiError::internal(&e),
+            WebhookError::Quota(m) => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", m),
         }
     }
 }
@@ -198,7 +200,7 @@ pub async fn dead_list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     tenant_scope(&state, &principal, &tenant)?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let dead = webhooks(&state)?.dead_letters(Some(&tenant), page.after, limit)?;
+    let dead = webhooks(&state)?.dead_letters(DeadScope::Tenant(&tenant), page.after, limit)?;
     let next = (dead.len() == limit).then(|| dead.last().map(|(id, _)| id.to_string()));
     let items: Vec<_> = dead.iter().map(|(id, d)| dead_view(*id, d)).collect();
     Ok(Json(
@@ -219,7 +221,10 @@ pub async fn dead_redeliver(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     tenant_scope(&state, &principal, &tenant)?;
     let id = dead_id(&id)?;
-    if webhooks(&state)?.redeliver(id, Some(&tenant)).await? {
+    if webhooks(&state)?
+        .redeliver(id, DeadScope::Tenant(&tenant))
+        .await?
+    {
         Ok(Json(json!({ "redelivering": 1 })))
     } else {
         Err(ApiError::not_found(
@@ -237,8 +242,8 @@ pub async fn dead_redeliver_all(
     tenant_scope(&state, &principal, &tenant)?;
     let webhooks = webhooks(&state)?;
     let mut count = 0;
-    for (id, _) in webhooks.dead_letters(Some(&tenant), 0, usize::MAX)? {
-        if webhooks.redeliver(id, Some(&tenant)).await? {
+    for (id, _) in webhooks.dead_letters(DeadScope::Tenant(&tenant), 0, usize::MAX)? {
+        if webhooks.redeliver(id, DeadScope::Tenant(&tenant)).await? {
             count += 1;
         }
     }
@@ -253,7 +258,7 @@ pub async fn dead_delete(
     tenant_scope(&state, &principal, &tenant)?;
     let id = dead_id(&id)?;
     if webhooks(&state)?
-        .purge_dead(Some(id), Some(&tenant))
+        .purge_dead(Some(id), DeadScope::Tenant(&tenant))
         .await?
         == 1
     {
@@ -272,19 +277,90 @@ pub async fn dead_purge(
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     tenant_scope(&state, &principal, &tenant)?;
-    let purged = webhooks(&state)?.purge_dead(None, Some(&tenant)).await?;
+    let purged = webhooks(&state)?
+        .purge_dead(None, DeadScope::Tenant(&tenant))
+        .await?;
+    Ok(Json(json!({ "purged": purged })))
+}
+
+// ---- admin: every dead letter (global endpoints' too) ---------------------
+
+pub async fn admin_dead_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    principal.require_admin()?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let dead = webhooks(&state)?.dead_letters(DeadScope::All, page.after, limit)?;
+    let next = (dead.len() == limit).then(|| dead.last().map(|(id, _)| id.to_string()));
+    let items: Vec<_> = dead.iter().map(|(id, d)| dead_view(*id, d)).collect();
+    Ok(Json(
+        json!({ "dead_letters": items, "next_after": next.flatten() }),
+    ))
+}
+
+pub async fn admin_dead_redeliver(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    principal.require_admin()?;
+    let id = dead_id(&id)?;
+    if webhooks(&state)?.redeliver(id, DeadScope::All).await? {
+        Ok(Json(json!({ "redelivering": 1 })))
+    } else {
+        Err(ApiError::not_found(
+            "not_found",
+            format!("no dead letter {id} (or its endpoint was deleted)"),
+        ))
+    }
+}
+
+pub async fn admin_dead_delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin()?;
+    let id = dead_id(&id)?;
+    if webhooks(&state)?
+        .purge_dead(Some(id), DeadScope::All)
+        .await?
+        == 1
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "not_found",
+            format!("no dead letter {id}"),
+        ))
+    }
+}
+
+pub async fn admin_dead_purge(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    principal.require_admin()?;
+    let purged = webhooks(&state)?.purge_dead(None, DeadScope::All).await?;
     Ok(Json(json!({ "purged": purged })))
 }
 
 // ---- session level (replaces the tenant's endpoints for that session) -----
+
+/// A session's endpoints belong to this incarnation of its id.
+fn session_scope(info: &crate::session::SessionInfo) -> Scope {
+    Scope::Session(SessionRef::new(&info.id, &info.incarnation))
+}
 
 pub async fn session_list(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(session): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    visible_session(&state, &principal, &session).await?;
-    list(&state, Scope::Session(session))
+    let info = visible_session(&state, &principal, &session).await?;
+    list(&state, session_scope(&info))
 }
 
 pub async fn session_put(
@@ -294,7 +370,7 @@ pub async fn session_put(
     ApiJson(spec): ApiJson<EndpointSpec>,
 ) -> Result<Response, ApiError> {
     let info = visible_session(&state, &principal, &session).await?;
-    let id = EndpointId::new(Scope::Session(session), name);
+    let id = EndpointId::new(session_scope(&info), name);
     put(&state, id, &info.tenant, spec).await
 }
 
@@ -303,8 +379,8 @@ pub async fn session_show(
     principal: Principal,
     ApiPath((session, name)): ApiPath<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    visible_session(&state, &principal, &session).await?;
-    show(&state, EndpointId::new(Scope::Session(session), name))
+    let info = visible_session(&state, &principal, &session).await?;
+    show(&state, EndpointId::new(session_scope(&info), name))
 }
 
 pub async fn session_delete(
@@ -312,6 +388,6 @@ pub async fn session_delete(
     principal: Principal,
     ApiPath((session, name)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    visible_session(&state, &principal, &session).await?;
-    delete(&state, EndpointId::new(Scope::Session(session), name)).await
+    let info = visible_session(&state, &principal, &session).await?;
+    delete(&state, EndpointId::new(session_scope(&info), name)).await
 }

@@ -42,6 +42,7 @@ struct Registry {
     qr_issued: AtomicU64,
     messages_received: AtomicU64,
     messages_sent: AtomicU64,
+    dead_letters_expired: AtomicU64,
     latency: Histogram,
     outbox: RwLock<Option<OutboxSource>>,
 }
@@ -55,6 +56,7 @@ static REGISTRY: Registry = Registry {
     qr_issued: AtomicU64::new(0),
     messages_received: AtomicU64::new(0),
     messages_sent: AtomicU64::new(0),
+    dead_letters_expired: AtomicU64::new(0),
     latency: Histogram {
         buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len()],
         count: AtomicU64::new(0),
@@ -104,6 +106,18 @@ pub fn inc_message_received() {
 /// WhatsApp accepted a message we sent.
 pub fn inc_message_sent() {
     REGISTRY.messages_sent.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Dead letters deleted because they outlived `webhooks.dead_letter_retention`.
+pub fn dead_letters_expired(n: u64) {
+    REGISTRY
+        .dead_letters_expired
+        .fetch_add(n, Ordering::Relaxed);
+}
+
+/// What [`dead_letters_expired`] counted so far.
+pub fn dead_letters_expired_total() -> u64 {
+    REGISTRY.dead_letters_expired.load(Ordering::Relaxed)
 }
 
 /// One webhook delivery attempt ended with `outcome` (`delivered`,
@@ -229,6 +243,12 @@ fn render_into(
         "whatsd_messages_sent_total",
         "Messages WhatsApp accepted from us.",
         &r.messages_sent,
+    );
+    counter(
+        out,
+        "whatsd_webhook_dead_letters_expired_total",
+        "Dead letters deleted at the end of their retention.",
+        &r.dead_letters_expired,
     );
 
     header(

@@ -15,8 +15,8 @@ use super::event::{EventKind, Identity, PairingQr, SessionEvent};
 use super::state::{Reason, SessionState};
 use super::supervisor::ActorExit;
 use super::{
-    EventSink, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, TRANSITIONS_KEPT,
-    now_ms,
+    EventSink, Owner, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError,
+    TRANSITIONS_KEPT, now_ms,
 };
 use crate::proto::v1::{SessionRecord, Transition};
 use crate::store::Store;
@@ -30,6 +30,11 @@ pub(super) enum Command {
     Reset(Reply<SessionInfo>),
     Logout(Reply<SessionInfo>),
     Delete(Reply<()>),
+    /// Moves the session to another tenant (admin).
+    Reassign {
+        tenant: String,
+        reply: Reply<SessionInfo>,
+    },
     PairCode {
         phone: String,
         reply: Reply<PairCodeIssued>,
@@ -60,6 +65,7 @@ impl Shared {
         let event = SessionEvent {
             session: record.id.clone(),
             tenant: record.tenant.clone(),
+            incarnation: record.incarnation.clone(),
             at_ms: now_ms(),
             kind,
         };
@@ -71,19 +77,18 @@ impl Shared {
 }
 
 /// A session's view of the [`EventSink`]: the library's durability hook
-/// commits through it, tagged with the session and tenant.
+/// commits through it, tagged with the session's owner as it is at commit
+/// time (a reassignment takes effect for the next message).
 struct SessionInbound {
     sink: Arc<dyn EventSink>,
-    session: String,
-    tenant: String,
+    owner: Arc<Mutex<Owner>>,
 }
 
 #[async_trait::async_trait]
 impl InboundSink for SessionInbound {
     async fn commit(&self, me: Identity, batch: Vec<InboundMessage>) -> anyhow::Result<()> {
-        self.sink
-            .messages(&self.session, &self.tenant, me, batch)
-            .await
+        let owner = lock(&self.owner).clone();
+        self.sink.messages(&owner, me, batch).await
     }
 }
 
@@ -101,6 +106,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) struct Actor {
     shared: Arc<Shared>,
     record: SessionRecord,
+    /// The record's owner, shared with the live connection's inbound sink.
+    owner: Arc<Mutex<Owner>>,
     conn: Option<Connection>,
     wa_events: Option<mpsc::UnboundedReceiver<WaEvent>>,
     /// When a pairing that has not reached `connected` is given up.
@@ -138,6 +145,7 @@ impl Actor {
     pub(super) fn new(shared: Arc<Shared>, record: SessionRecord) -> Self {
         Self {
             shared,
+            owner: Arc::new(Mutex::new(Owner::of(&record))),
             record,
             conn: None,
             wa_events: None,
@@ -171,6 +179,7 @@ impl Actor {
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(done)) => {
                         self.stop_client().await;
+                        self.record_shutdown().await;
                         let _ = done.send(());
                         return ActorExit::Stopped;
                     }
@@ -296,6 +305,9 @@ impl Actor {
                     tracing::warn!(session = %self.record.id, "restoring: {e}");
                 }
             }
+            Command::Reassign { tenant, reply } => {
+                let _ = reply.send(self.reassign(tenant).await);
+            }
             Command::Health => self.health_check().await,
             Command::Delete(_) | Command::Shutdown(_) => {}
         }
@@ -361,8 +373,7 @@ impl Actor {
         let inbound = self.shared.sink.clone().map(|sink| {
             Arc::new(SessionInbound {
                 sink,
-                session: self.record.id.clone(),
-                tenant: self.record.tenant.clone(),
+                owner: Arc::clone(&self.owner),
             }) as Arc<dyn InboundSink>
         });
         match Connection::start(&self.shared.config.wa, backend, tx, inbound).await {
@@ -465,11 +476,69 @@ impl Actor {
         Ok(())
     }
 
+    /// Deletes the session and everything attached to it. The record goes
+    /// last: until it is gone the id stays taken, so a crash between the
+    /// steps leaves a session that can be deleted again, never data that a
+    /// later session with the same id could inherit (and what is attached
+    /// belongs to this incarnation only, see [`Owner`]).
     async fn delete(&mut self) -> Result<(), SupervisorError> {
         self.stop_client().await;
-        self.shared.store.remove_session(&self.record.id).await?;
-        tracing::info!(session = %self.record.id, "deleted");
+        let owner = Owner::of(&self.record);
+        self.shared.store.wipe_device(&owner.session).await?;
+        crate::fault::point("session.delete.after_wipe", &owner.session);
+        if let Some(sink) = &self.shared.sink {
+            sink.session_deleted(&owner).await.map_err(|e| {
+                SupervisorError::Store(crate::store::StoreError::Invalid(format!(
+                    "removing the session's webhook data: {e:#}"
+                )))
+            })?;
+        }
+        crate::fault::point("session.delete.after_purge", &owner.session);
+        self.shared.store.delete_record(&owner.session).await?;
+        lock(&self.shared.live_qr).remove(&owner.session);
+        tracing::info!(session = %owner.session, "deleted");
         Ok(())
+    }
+
+    /// Moves the session to `tenant` with a new incarnation: from the
+    /// moment the record is stored, events and messages carry the new
+    /// owner; the old owner's session endpoints are removed.
+    async fn reassign(&mut self, tenant: String) -> Result<SessionInfo, SupervisorError> {
+        if tenant == self.record.tenant {
+            return Ok(self.info());
+        }
+        let old = Owner::of(&self.record);
+        let mut record = self.record.clone();
+        record.tenant = tenant;
+        record.incarnation = super::new_incarnation();
+        record.updated_at_ms = now_ms();
+        self.shared.store.put_record(&record).await?;
+        self.record = record;
+        let new = Owner::of(&self.record);
+        *lock(&self.owner) = new.clone();
+        if let Some(sink) = &self.shared.sink
+            && let Err(e) = sink.session_reassigned(&old, &new).await
+        {
+            tracing::error!(session = %new.session, "removing the old owner's endpoints: {e:#}");
+        }
+        tracing::info!(session = %new.session, from = %old.tenant, to = %new.tenant, "reassigned");
+        Ok(self.info())
+    }
+
+    /// Graceful shutdown: a paired, live session is recorded as
+    /// `disconnected(shutdown)` (it reconnects at the next start). A pairing
+    /// is left as it is: the next start stops it (`pairing_interrupted`),
+    /// as after a crash.
+    async fn record_shutdown(&mut self) {
+        let live = matches!(
+            self.state(),
+            SessionState::Connected | SessionState::Connecting | SessionState::Paired
+        );
+        if !live || !self.is_paired() {
+            return;
+        }
+        let to = SessionState::Disconnected;
+        self.transition(to, Some(Reason::Shutdown), None).await;
     }
 
     async fn pair_code(&mut self, phone: &str) -> Result<PairCodeIssued, SupervisorError> {
@@ -777,9 +846,9 @@ impl Actor {
             WaEvent::Undecryptable(message) => {
                 if let Some(sink) = &self.shared.sink {
                     let me = self.identity();
-                    let (session, tenant) = (&self.record.id, &self.record.tenant);
-                    if let Err(e) = sink.messages(session, tenant, me, vec![*message]).await {
-                        tracing::error!(session = %session, "recording an undecryptable message: {e:#}");
+                    let owner = Owner::of(&self.record);
+                    if let Err(e) = sink.messages(&owner, me, vec![*message]).await {
+                        tracing::error!(session = %owner.session, "recording an undecryptable message: {e:#}");
                     }
                 }
             }

@@ -10,6 +10,10 @@ use super::state::{Reason, SessionState};
 pub struct SessionEvent {
     pub session: String,
     pub tenant: String,
+    /// The session's incarnation (internal: decides which endpoints and
+    /// sockets may see the event; not sent).
+    #[serde(skip)]
+    pub incarnation: String,
     /// Milliseconds since the Unix epoch.
     pub at_ms: i64,
     #[serde(flatten)]
@@ -134,6 +138,7 @@ mod tests {
         let event = SessionEvent {
             session: "s1".into(),
             tenant: "t".into(),
+            incarnation: String::new(),
             at_ms: 5,
             kind: EventKind::Paired {
                 identity: Identity {

@@ -14,10 +14,29 @@ use serde::Serialize;
 
 pub use event::{EventKind, Identity, PairingQr, SessionEvent};
 pub use state::{Reason, SessionState};
-pub use supervisor::Supervisor;
+pub use supervisor::{Supervisor, give_incarnations};
 
 use crate::proto::v1::SessionRecord;
 use crate::store::StoreError;
+
+/// Who a session belongs to right now. Data attached to a session is owned
+/// by (session id, incarnation), never by the id alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub session: String,
+    pub tenant: String,
+    pub incarnation: String,
+}
+
+impl Owner {
+    pub fn of(record: &SessionRecord) -> Self {
+        Self {
+            session: record.id.clone(),
+            tenant: record.tenant.clone(),
+            incarnation: record.incarnation.clone(),
+        }
+    }
+}
 
 /// Where a session's messages and events go beyond the live broadcast: the
 /// durable webhook outbox. Implemented by `crate::webhook`.
@@ -27,8 +46,7 @@ pub trait EventSink: Send + Sync {
     /// after `Ok`. Must be idempotent (a message may come again).
     async fn messages(
         &self,
-        session: &str,
-        tenant: &str,
+        owner: &Owner,
         me: Identity,
         batch: Vec<crate::wa::InboundMessage>,
     ) -> anyhow::Result<()>;
@@ -36,6 +54,24 @@ pub trait EventSink: Send + Sync {
     /// Records a session event, in the order the session emits them. Runs
     /// on the session's task: it must not block for long.
     fn session_event(&self, event: &SessionEvent);
+
+    /// Removes everything attached to `owner` (its session endpoints,
+    /// queued deliveries and dead letters), durably. Called while deleting
+    /// the session, before its record goes.
+    async fn session_deleted(&self, owner: &Owner) -> anyhow::Result<()>;
+
+    /// The session now belongs to `new` (another tenant, a new
+    /// incarnation): what belonged to `old` alone (its session endpoints)
+    /// is removed; deliveries already queued stay with the old tenant.
+    async fn session_reassigned(&self, old: &Owner, new: &Owner) -> anyhow::Result<()>;
+}
+
+/// A new random incarnation id (32 hex digits).
+pub fn new_incarnation() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How many transitions a record keeps.
@@ -61,6 +97,8 @@ pub struct SessionConfig {
     pub expiry: Duration,
     /// Bound on stopping one session's client.
     pub shutdown_timeout: Duration,
+    /// Sessions one tenant may hold.
+    pub max_per_tenant: usize,
 }
 
 impl Default for SessionConfig {
@@ -75,6 +113,7 @@ impl Default for SessionConfig {
             silent_after: Duration::from_secs(5 * 60),
             expiry: Duration::from_secs(14 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
+            max_per_tenant: 100,
         }
     }
 }
@@ -84,6 +123,9 @@ impl Default for SessionConfig {
 pub struct SessionInfo {
     pub id: String,
     pub tenant: String,
+    /// Internal: which incarnation of the id this is (see [`Owner`]).
+    #[serde(skip)]
+    pub incarnation: String,
     pub state: SessionState,
     pub reason: Option<Reason>,
     pub reason_message: Option<String>,
@@ -120,6 +162,7 @@ impl SessionInfo {
         Self {
             id: r.id.clone(),
             tenant: r.tenant.clone(),
+            incarnation: r.incarnation.clone(),
             state,
             reason: parse_reason(&r.reason),
             reason_message: (!r.reason_message.is_empty()).then(|| r.reason_message.clone()),
@@ -160,6 +203,8 @@ pub enum SupervisorError {
     NotFound(String),
     #[error("session {0} already exists")]
     AlreadyExists(String),
+    #[error("{0}")]
+    Quota(String),
     #[error("invalid session id {0:?}: use 1-64 characters from a-z, 0-9, '_' and '-'")]
     InvalidId(String),
     #[error("session {id} is {state}; cannot {action}")]
@@ -189,6 +234,7 @@ impl SupervisorError {
         match self {
             Self::NotFound(_) => "not_found",
             Self::AlreadyExists(_) => "already_exists",
+            Self::Quota(_) => "quota_exceeded",
             Self::InvalidId(_) => "invalid_id",
             Self::InvalidState { .. } => "invalid_state",
             Self::NotConnected(_) => "not_connected",

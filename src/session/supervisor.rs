@@ -15,7 +15,7 @@ use super::{
     EventSink, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms,
     valid_session_id,
 };
-use crate::proto::v1::{SessionRecord, Transition};
+use crate::proto::v1::SessionRecord;
 use crate::store::Store;
 
 /// Events buffered per subscriber before it starts missing some.
@@ -35,6 +35,8 @@ struct Inner {
     shared: Arc<Shared>,
     sessions: Mutex<HashMap<String, mpsc::Sender<Command>>>,
     running: AtomicBool,
+    /// Serializes creates, so a tenant's quota is counted exactly.
+    creating: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,6 +58,7 @@ impl Supervisor {
         config: SessionConfig,
         sink: Option<Arc<dyn EventSink>>,
     ) -> Result<Supervisor, SupervisorError> {
+        give_incarnations(&store).await?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let shared = Arc::new(Shared {
             sink,
@@ -70,6 +73,7 @@ impl Supervisor {
                 shared,
                 sessions: Mutex::new(HashMap::new()),
                 running: AtomicBool::new(true),
+                creating: tokio::sync::Mutex::new(()),
             }),
         };
         let records = supervisor.inner.shared.store.list_records()?;
@@ -249,22 +253,21 @@ impl Supervisor {
             tenant
         };
         let now = now_ms();
+        // A new session's history starts empty: its first transition is the
+        // first change of state.
         let record = SessionRecord {
             id: id.clone(),
             tenant,
+            incarnation: super::new_incarnation(),
             state: SessionState::Created.as_str().to_owned(),
             created_at_ms: now,
             updated_at_ms: now,
-            transitions: vec![Transition {
-                from: SessionState::Created.as_str().into(),
-                to: SessionState::Created.as_str().into(),
-                reason: String::new(),
-                at_ms: now,
-            }],
             ..Default::default()
         };
+        let creating = self.inner.creating.lock().await;
         {
-            // Reserve the id before the async write so two creates cannot both win.
+            // Reserve the id before the async write so two creates cannot both
+            // win. The answer names nothing about a session that holds it.
             let mut sessions = lock(&self.inner.sessions);
             if sessions.contains_key(&id) {
                 return Err(SupervisorError::AlreadyExists(id));
@@ -272,10 +275,32 @@ impl Supervisor {
             let (placeholder, _) = mpsc::channel(1);
             sessions.insert(id.clone(), placeholder);
         }
+        let quota = self.inner.shared.config.max_per_tenant;
+        let owned = self
+            .inner
+            .shared
+            .store
+            .list_records()
+            .map(|records| {
+                records
+                    .iter()
+                    .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.tenant == record.tenant))
+                    .count()
+            })
+            .unwrap_or(0);
+        if owned >= quota {
+            lock(&self.inner.sessions).remove(&id);
+            return Err(SupervisorError::Quota(format!(
+                "tenant {:?} already has {owned} sessions, the most allowed \
+                 (sessions.max_per_tenant = {quota})",
+                record.tenant
+            )));
+        }
         if let Err(e) = self.inner.shared.store.put_record(&record).await {
             lock(&self.inner.sessions).remove(&id);
             return Err(e.into());
         }
+        drop(creating);
         self.spawn_actor(record);
         if start {
             return self.start_session(&id).await;
@@ -346,6 +371,27 @@ impl Supervisor {
 
     pub async fn logout(&self, id: &str) -> Result<SessionInfo, SupervisorError> {
         self.call(id, Command::Logout).await
+    }
+
+    /// Moves session `id` to `tenant` (see the actor's `reassign`).
+    pub async fn reassign(&self, id: &str, tenant: &str) -> Result<SessionInfo, SupervisorError> {
+        let tenant = tenant.to_owned();
+        self.call(id, move |reply| Command::Reassign { tenant, reply })
+            .await
+    }
+
+    /// Owners of every stored session (to tell live attachments from
+    /// orphans).
+    pub fn owners(&self) -> Result<Vec<super::Owner>, SupervisorError> {
+        Ok(self
+            .inner
+            .shared
+            .store
+            .list_records()?
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .map(|r| super::Owner::of(&r))
+            .collect())
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), SupervisorError> {
@@ -435,6 +481,27 @@ impl Supervisor {
             Err(_) => Err(SupervisorError::Timeout("the session did not answer")),
         }
     }
+}
+
+/// Gives every record written before incarnations existed its first one
+/// (idempotent; the daemon runs it before anything reads owners).
+pub async fn give_incarnations(store: &Store) -> Result<usize, SupervisorError> {
+    let mut given = 0;
+    for (_, record) in store.list_records()? {
+        let Ok(mut record) = record else { continue };
+        if record.incarnation.is_empty() {
+            record.incarnation = super::new_incarnation();
+            store.put_record(&record).await?;
+            given += 1;
+        }
+    }
+    if given > 0 {
+        tracing::info!(
+            sessions = given,
+            "gave stored sessions their first incarnation"
+        );
+    }
+    Ok(given)
 }
 
 /// How a session's task ended.

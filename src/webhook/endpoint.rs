@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::target::is_forbidden;
+use crate::store::ids::Blinder;
 
 /// Every event type a webhook can subscribe to. QR codes and pairing codes
 /// are credentials and never leave through webhooks.
@@ -36,7 +37,43 @@ const MAX_URL_LEN: usize = 2048;
 pub enum Scope {
     Global,
     Tenant(String),
-    Session(String),
+    /// One incarnation of a session id: a session re-created under the
+    /// same id is another owner and never sees these endpoints.
+    Session(SessionRef),
+}
+
+/// A session endpoint's owner: the session id and its incarnation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SessionRef {
+    pub id: String,
+    pub incarnation: String,
+}
+
+impl SessionRef {
+    pub fn new(id: impl Into<String>, incarnation: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            incarnation: incarnation.into(),
+        }
+    }
+}
+
+/// Reads the owner as written today (`{"id", "incarnation"}`) or before
+/// incarnations existed (the session id alone: incarnation empty, which no
+/// live session has).
+impl<'de> Deserialize<'de> for SessionRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Legacy(String),
+            Current { id: String, incarnation: String },
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Legacy(id) => Self::new(id, ""),
+            Stored::Current { id, incarnation } => Self { id, incarnation },
+        })
+    }
 }
 
 /// An endpoint's full name: its scope and a name unique within it.
@@ -55,34 +92,63 @@ impl EndpointId {
         }
     }
 
-    /// The store key: length-prefixed parts, so no key prefixes another.
-    pub fn key(&self) -> Vec<u8> {
-        let (kind, owner) = match &self.scope {
-            Scope::Global => ("g", ""),
-            Scope::Tenant(t) => ("t", t.as_str()),
-            Scope::Session(s) => ("s", s.as_str()),
-        };
+    /// The plain name: length-prefixed parts, so no name prefixes another.
+    /// Never stored as is (it holds tenant and session ids): see
+    /// [`EndpointId::key`].
+    fn plain_key(&self) -> Vec<u8> {
         let mut key = Vec::new();
-        for part in [kind, owner, &self.name] {
-            push_part(&mut key, part.as_bytes());
+        match &self.scope {
+            Scope::Global => {
+                push_part(&mut key, b"g");
+                push_part(&mut key, b"");
+            }
+            Scope::Tenant(t) => {
+                push_part(&mut key, b"t");
+                push_part(&mut key, t.as_bytes());
+            }
+            Scope::Session(s) => {
+                push_part(&mut key, b"s");
+                push_part(&mut key, s.id.as_bytes());
+                push_part(&mut key, s.incarnation.as_bytes());
+            }
         }
+        push_part(&mut key, self.name.as_bytes());
         key
     }
 
-    /// The outbox queue of this endpoint for one session.
-    pub fn queue(&self, session: &str) -> Vec<u8> {
-        let mut queue = Vec::new();
-        push_part(&mut queue, &self.key());
-        push_part(&mut queue, session.as_bytes());
+    /// The store key: a keyed hash of the plain name ([`KEY_LEN`] bytes).
+    pub fn key(&self, blinder: &Blinder) -> Vec<u8> {
+        blinder
+            .blind(b"webhook.endpoint", &self.plain_key())
+            .to_vec()
+    }
+
+    /// The outbox queue of this endpoint for one incarnation of a session:
+    /// the endpoint's key, then a keyed hash of the session ([`QUEUE_LEN`]
+    /// bytes in all; fixed lengths keep every prefix unambiguous).
+    pub fn queue(&self, blinder: &Blinder, session: &str, incarnation: &str) -> Vec<u8> {
+        let mut queue = self.key(blinder);
+        queue.extend_from_slice(&session_part(blinder, session, incarnation));
         queue
     }
 
     /// The prefix of all this endpoint's queues.
-    pub fn queues_prefix(&self) -> Vec<u8> {
-        let mut prefix = Vec::new();
-        push_part(&mut prefix, &self.key());
-        prefix
+    pub fn queues_prefix(&self, blinder: &Blinder) -> Vec<u8> {
+        self.key(blinder)
     }
+}
+
+/// Length of an endpoint key.
+pub const KEY_LEN: usize = crate::store::ids::BLIND_LEN;
+/// Length of a queue prefix (endpoint key ‖ session part).
+pub const QUEUE_LEN: usize = 2 * crate::store::ids::BLIND_LEN;
+
+/// The session half of a queue name.
+pub fn session_part(blinder: &Blinder, session: &str, incarnation: &str) -> [u8; KEY_LEN] {
+    let mut plain = Vec::new();
+    push_part(&mut plain, session.as_bytes());
+    push_part(&mut plain, incarnation.as_bytes());
+    blinder.blind(b"webhook.queue", &plain)
 }
 
 impl std::fmt::Display for EndpointId {
@@ -90,7 +156,7 @@ impl std::fmt::Display for EndpointId {
         match &self.scope {
             Scope::Global => write!(f, "global/{}", self.name),
             Scope::Tenant(t) => write!(f, "tenant/{t}/{}", self.name),
-            Scope::Session(s) => write!(f, "session/{s}/{}", self.name),
+            Scope::Session(s) => write!(f, "session/{}/{}", s.id, self.name),
         }
     }
 }
@@ -177,7 +243,8 @@ impl Endpoint {
             },
             "owner": match &self.id.scope {
                 Scope::Global => "",
-                Scope::Tenant(o) | Scope::Session(o) => o,
+                Scope::Tenant(o) => o,
+                Scope::Session(s) => &s.id,
             },
             "tenant": self.tenant,
             "url": self.url,
@@ -334,12 +401,47 @@ mod tests {
     }
 
     #[test]
-    fn keys_do_not_prefix_each_other() {
-        let a = EndpointId::new(Scope::Tenant("t".into()), "a");
-        let ab = EndpointId::new(Scope::Tenant("t".into()), "ab");
-        assert!(!ab.key().starts_with(&a.key()));
-        assert!(!a.queue("s2").starts_with(&a.queue("s")));
-        assert!(a.queue("s").starts_with(&a.queues_prefix()));
-        assert!(!ab.queue("s").starts_with(&a.queues_prefix()));
+    fn keys_are_blinded_and_queues_fixed_length() {
+        let b = Blinder::from_bytes(&[7; 32]);
+        let a = EndpointId::new(Scope::Tenant("tenant-x".into()), "a");
+        let ab = EndpointId::new(Scope::Tenant("tenant-x".into()), "ab");
+        assert_ne!(a.key(&b), ab.key(&b));
+        assert_eq!(a.key(&b).len(), KEY_LEN);
+        let q = a.queue(&b, "shop-1", "i1");
+        assert_eq!(q.len(), QUEUE_LEN);
+        assert!(q.starts_with(&a.queues_prefix(&b)));
+        assert_ne!(
+            q,
+            a.queue(&b, "shop-1", "i2"),
+            "incarnations get their own queues"
+        );
+        assert!(
+            !ab.queue(&b, "shop-1", "i1")
+                .starts_with(&a.queues_prefix(&b))
+        );
+        for key in [a.key(&b), q] {
+            assert!(
+                !key.windows(8).any(|w| w == b"tenant-x"),
+                "no plain id in a key"
+            );
+        }
+        // Two incarnations of one session id are different owners.
+        let s1 = EndpointId::new(Scope::Session(SessionRef::new("shop-1", "i1")), "spy");
+        let s2 = EndpointId::new(Scope::Session(SessionRef::new("shop-1", "i2")), "spy");
+        assert_ne!(s1.key(&b), s2.key(&b));
+    }
+
+    #[test]
+    fn legacy_session_owners_read_with_no_incarnation() {
+        let id: EndpointId =
+            serde_json::from_str(r#"{"scope":"session","owner":"shop-1","name":"spy"}"#).unwrap();
+        assert_eq!(id.scope, Scope::Session(SessionRef::new("shop-1", "")));
+        let now = serde_json::to_string(&EndpointId::new(
+            Scope::Session(SessionRef::new("shop-1", "i1")),
+            "spy",
+        ))
+        .unwrap();
+        let back: EndpointId = serde_json::from_str(&now).unwrap();
+        assert_eq!(back.scope, Scope::Session(SessionRef::new("shop-1", "i1")));
     }
 }

@@ -24,12 +24,14 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
 pub use delivery::{Attempt, HttpTransport, Outcome, Schedule, Transport};
-pub use endpoint::{Endpoint, EndpointId, EndpointSpec, Format, InvalidEndpoint, Scope};
+pub use endpoint::{
+    Endpoint, EndpointId, EndpointSpec, Format, InvalidEndpoint, Scope, SessionRef,
+};
 pub use payload::{Me, WebhookEvent};
 pub use queue::{DeadLetter, Pending};
 
 pub(crate) use crate::session::now_ms;
-use crate::session::{EventSink, Identity, SessionEvent};
+use crate::session::{EventSink, Identity, Owner, SessionEvent};
 use crate::store::{Store, StoreError};
 use crate::wa::InboundMessage;
 
@@ -52,6 +54,10 @@ pub struct Settings {
     pub concurrency: usize,
     /// Deliver `status@broadcast` posts as `message.status` (or drop them).
     pub deliver_status: bool,
+    /// Dead letters older than this are deleted.
+    pub dead_letter_retention: Duration,
+    /// Endpoints one tenant may hold (its own and its sessions').
+    pub max_endpoints_per_tenant: usize,
 }
 
 impl Default for Settings {
@@ -67,6 +73,8 @@ impl Default for Settings {
             },
             concurrency: 64,
             deliver_status: true,
+            dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
+            max_endpoints_per_tenant: 10,
         }
     }
 }
@@ -79,6 +87,34 @@ pub enum WebhookError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Setup(String),
+    /// A tenant holds as many endpoints as allowed.
+    #[error("{0}")]
+    Quota(String),
+}
+
+/// Whose dead letters a listing covers.
+#[derive(Clone, Copy, Debug)]
+pub enum DeadScope<'a> {
+    /// Every dead letter (the admin): global endpoints' too.
+    All,
+    /// Only those of endpoints that belong to this tenant (its own and its
+    /// sessions').
+    Tenant(&'a str),
+}
+
+impl DeadScope<'_> {
+    /// Whether `dead` belongs to this scope: by the endpoint's owner, not by
+    /// the event (a global endpoint's dead letters are the admin's alone).
+    fn covers(&self, dead: &DeadLetter) -> bool {
+        match self {
+            Self::All => true,
+            Self::Tenant(t) => match &dead.pending.endpoint.scope {
+                Scope::Global => false,
+                Scope::Tenant(owner) => owner == t,
+                Scope::Session(_) => dead.pending.event.tenant == *t,
+            },
+        }
+    }
 }
 
 /// Per-endpoint delivery state for the status API (and metrics).
@@ -155,6 +191,7 @@ impl Webhooks {
             idle: tokio::sync::Notify::new(),
         });
         let webhooks = Self { inner };
+        webhooks.convert_legacy_keys().await?;
         for item in webhooks.inner.store.webhook_endpoints()? {
             match serde_json::from_slice::<Endpoint>(&item.value) {
                 Ok(endpoint) => webhooks.inner.install(endpoint),
@@ -164,10 +201,11 @@ impl Webhooks {
         webhooks.apply_global(&settings)?;
         // Resume: count what is pending and start a worker per queue.
         let mut queues = HashSet::new();
+        let blinder = webhooks.inner.store.blinder().clone();
         for item in webhooks.inner.store.outbox_all()? {
             if let Ok(p) = serde_json::from_slice::<Pending>(&item.value) {
                 webhooks.inner.adjust_depth(&p.endpoint, 1);
-                queues.insert(p.endpoint.queue(&p.event.session));
+                queues.insert(p.queue(&blinder));
             }
         }
         if !queues.is_empty() {
@@ -176,7 +214,148 @@ impl Webhooks {
         for queue in queues {
             webhooks.inner.kick(queue);
         }
+        webhooks.spawn_retention_sweep();
         Ok(webhooks)
+    }
+
+    /// Rewrites endpoint and outbox keys written before keys were blinded
+    /// (they held tenant and session ids in plain text). Idempotent: a
+    /// crash half-way is finished by the next start. Legacy session
+    /// endpoints are attached to the session's current incarnation only when
+    /// they provably belong to it (same tenant, made after the session);
+    /// the others outlived an earlier session with that id and are dropped.
+    async fn convert_legacy_keys(&self) -> Result<(), WebhookError> {
+        let store = &self.inner.store;
+        let blinder = store.blinder().clone();
+        let mut converted = 0usize;
+        let mut dropped = 0usize;
+        let mut renamed: HashMap<EndpointId, Option<EndpointId>> = HashMap::new();
+        for item in store.webhook_endpoints()? {
+            if item.key.len() == endpoint::KEY_LEN {
+                continue;
+            }
+            let adopted = serde_json::from_slice::<Endpoint>(&item.value)
+                .ok()
+                .and_then(|e| self.adopt_legacy(e));
+            match adopted {
+                Some((old, endpoint)) => {
+                    let value = serde_json::to_vec(&endpoint)
+                        .map_err(|e| WebhookError::Setup(e.to_string()))?;
+                    store
+                        .put_webhook_endpoint(&endpoint.id.key(&blinder), &value)
+                        .await?;
+                    renamed.insert(old, Some(endpoint.id.clone()));
+                    converted += 1;
+                }
+                None => dropped += 1,
+            }
+            store.delete_webhook_endpoint(&item.key).await?;
+        }
+        let mut items = 0usize;
+        for item in store.outbox_all()? {
+            if item.key.len() == endpoint::QUEUE_LEN + 8 {
+                continue;
+            }
+            let moved = serde_json::from_slice::<Pending>(&item.value)
+                .ok()
+                .and_then(|mut p| {
+                    if let Scope::Session(_) = p.endpoint.scope {
+                        p.endpoint = renamed.get(&p.endpoint).cloned().flatten()?;
+                    }
+                    if p.incarnation.is_empty() {
+                        p.incarnation = self.current_incarnation(&p.event.session, &p.event.tenant);
+                    }
+                    Some(p)
+                });
+            match moved {
+                Some(p) => {
+                    let value =
+                        serde_json::to_vec(&p).map_err(|e| WebhookError::Setup(e.to_string()))?;
+                    store.outbox_move(&item.key, &p.queue(&blinder), item.seq(), &value)?;
+                    items += 1;
+                }
+                None => {
+                    store.outbox_remove(&item.key)?;
+                }
+            }
+        }
+        if converted + dropped + items > 0 {
+            store.flush().await?;
+            tracing::info!(
+                endpoints = converted,
+                dropped_endpoints = dropped,
+                outbox_items = items,
+                "converted webhook keys to the blinded layout"
+            );
+        }
+        Ok(())
+    }
+
+    /// A legacy endpoint under its new id, or `None` if it must go.
+    fn adopt_legacy(&self, mut endpoint: Endpoint) -> Option<(EndpointId, Endpoint)> {
+        let old = endpoint.id.clone();
+        if let Scope::Session(owner) = &endpoint.id.scope {
+            let record = self.inner.store.get_record(&owner.id).ok().flatten()?;
+            let belongs = record.tenant == endpoint.tenant
+                && endpoint.created_at_ms >= record.created_at_ms
+                && !record.incarnation.is_empty();
+            if !belongs {
+                tracing::warn!(
+                    endpoint = %old,
+                    "dropping a session webhook endpoint that outlived its session"
+                );
+                return None;
+            }
+            endpoint.id.scope = Scope::Session(SessionRef::new(&owner.id, record.incarnation));
+        }
+        Some((old, endpoint))
+    }
+
+    fn current_incarnation(&self, session: &str, tenant: &str) -> String {
+        match self.inner.store.get_record(session) {
+            Ok(Some(r)) if r.tenant == tenant => r.incarnation,
+            _ => String::new(),
+        }
+    }
+
+    /// Deletes dead letters older than the retention, now and every hour.
+    fn spawn_retention_sweep(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut shutdown = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let webhooks = Webhooks { inner };
+                if let Err(e) = webhooks.expire_dead_letters(now_ms()).await {
+                    tracing::error!("expiring dead letters: {e}");
+                }
+            }
+        });
+    }
+
+    /// Deletes the dead letters that died before `now_ms` minus the
+    /// retention. Returns how many.
+    pub async fn expire_dead_letters(&self, now_ms: i64) -> Result<usize, WebhookError> {
+        let retention = self.inner.settings().dead_letter_retention;
+        let cutoff =
+            now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let expired: Vec<u64> = self
+            .dead_letters(DeadScope::All, 0, usize::MAX)?
+            .into_iter()
+            .filter(|(_, dead)| dead.died_ms < cutoff)
+            .map(|(id, _)| id)
+            .collect();
+        let removed = self.inner.store.dead_remove(&expired).await?;
+        if removed > 0 {
+            crate::metrics::dead_letters_expired(removed as u64);
+            tracing::info!(removed, "expired dead letters past their retention");
+        }
+        Ok(removed)
     }
 
     /// Applies new settings (SIGHUP): timeouts, retry schedule, private
@@ -252,6 +431,16 @@ impl Webhooks {
             check_resolved(&spec.url).await?;
         }
         let existing = self.endpoint(&id);
+        if existing.is_none() && !matches!(id.scope, Scope::Global) {
+            let max = self.inner.settings().max_endpoints_per_tenant;
+            let held = self.tenant_endpoints(tenant).len();
+            if held >= max {
+                return Err(WebhookError::Quota(format!(
+                    "tenant {tenant:?} already has {held} webhook endpoints, the most allowed \
+                     (webhooks.max_endpoints_per_tenant = {max})"
+                )));
+            }
+        }
         let now = now_ms();
         let endpoint = Endpoint {
             id: id.clone(),
@@ -267,7 +456,7 @@ impl Webhooks {
             serde_json::to_vec(&endpoint).map_err(|e| WebhookError::Setup(e.to_string()))?;
         self.inner
             .store
-            .put_webhook_endpoint(&id.key(), &value)
+            .put_webhook_endpoint(&id.key(self.inner.store.blinder()), &value)
             .await?;
         self.inner.install(endpoint.clone());
         Ok((endpoint, existing.is_none()))
@@ -309,9 +498,18 @@ impl Webhooks {
     /// Deletes an endpoint and drops its pending deliveries. Returns
     /// whether it existed.
     pub async fn delete_endpoint(&self, id: &EndpointId) -> Result<bool, WebhookError> {
-        let existed = self.inner.store.delete_webhook_endpoint(&id.key()).await?;
+        let blinder = self.inner.store.blinder().clone();
+        let existed = self
+            .inner
+            .store
+            .delete_webhook_endpoint(&id.key(&blinder))
+            .await?;
         self.inner.uninstall(id);
-        let dropped = self.inner.store.outbox_purge(&id.queues_prefix()).await?;
+        let dropped = self
+            .inner
+            .store
+            .outbox_purge(&id.queues_prefix(&blinder))
+            .await?;
         if dropped > 0 {
             tracing::info!(endpoint = %id, dropped, "deleted a webhook endpoint with pending deliveries");
         }
@@ -369,10 +567,10 @@ impl Webhooks {
 
     // ---- dead letters --------------------------------------------------
 
-    /// Dead letters after id `after`, oldest first; only `tenant`'s when set.
+    /// Dead letters after id `after`, oldest first, of `scope`.
     pub fn dead_letters(
         &self,
-        tenant: Option<&str>,
+        scope: DeadScope<'_>,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetter)>, WebhookError> {
@@ -392,7 +590,7 @@ impl Webhooks {
                         continue;
                     }
                 };
-                if tenant.is_none_or(|t| dead.pending.event.tenant == t) {
+                if scope.covers(&dead) {
                     out.push((cursor, dead));
                     if out.len() >= limit {
                         return Ok(out);
@@ -406,23 +604,21 @@ impl Webhooks {
     fn dead_letter(
         &self,
         id: u64,
-        tenant: Option<&str>,
+        scope: DeadScope<'_>,
     ) -> Result<Option<DeadLetter>, WebhookError> {
         let Some(item) = self.inner.store.dead_letter(id)? else {
             return Ok(None);
         };
         let dead: DeadLetter = serde_json::from_slice(&item.value)
             .map_err(|e| WebhookError::Setup(format!("unreadable dead letter: {e}")))?;
-        Ok(tenant
-            .is_none_or(|t| dead.pending.event.tenant == t)
-            .then_some(dead))
+        Ok(scope.covers(&dead).then_some(dead))
     }
 
     /// Puts a dead letter back at the end of its queue with fresh attempts.
     /// Returns false if there is no such dead letter (for this tenant) or
     /// its endpoint is gone.
-    pub async fn redeliver(&self, id: u64, tenant: Option<&str>) -> Result<bool, WebhookError> {
-        let Some(dead) = self.dead_letter(id, tenant)? else {
+    pub async fn redeliver(&self, id: u64, scope: DeadScope<'_>) -> Result<bool, WebhookError> {
+        let Some(dead) = self.dead_letter(id, scope)? else {
             return Ok(false);
         };
         let mut pending = dead.pending;
@@ -432,7 +628,7 @@ impl Webhooks {
         pending.attempts = 0;
         pending.next_ms = 0;
         pending.created_ms = now_ms();
-        let queue = pending.endpoint.queue(&pending.event.session);
+        let queue = pending.queue(self.inner.store.blinder());
         let value = serde_json::to_vec(&pending).map_err(|e| WebhookError::Setup(e.to_string()))?;
         if self
             .inner
@@ -448,24 +644,91 @@ impl Webhooks {
         Ok(true)
     }
 
-    /// Deletes one dead letter (`Some(id)`) or all of a tenant's (`None`).
+    /// Deletes one dead letter (`Some(id)`) or all of `scope`'s (`None`).
     pub async fn purge_dead(
         &self,
         id: Option<u64>,
-        tenant: Option<&str>,
+        scope: DeadScope<'_>,
     ) -> Result<usize, WebhookError> {
         let ids: Vec<u64> = match id {
-            Some(id) => match self.dead_letter(id, tenant)? {
+            Some(id) => match self.dead_letter(id, scope)? {
                 Some(_) => vec![id],
                 None => vec![],
             },
             None => self
-                .dead_letters(tenant, 0, usize::MAX)?
+                .dead_letters(scope, 0, usize::MAX)?
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect(),
         };
         Ok(self.inner.store.dead_remove(&ids).await?)
+    }
+
+    // ---- ownership -----------------------------------------------------
+
+    /// Removes a tenant's webhook data: its endpoints (and its sessions'),
+    /// their queues, and the dead letters it owns. Durable on return. Run
+    /// when a tenant is deleted and again when an id is (re-)created, so a
+    /// tenant id always starts empty.
+    pub async fn purge_tenant(&self, tenant: &str) -> Result<usize, WebhookError> {
+        let mut removed = 0;
+        for endpoint in self.tenant_endpoints(tenant) {
+            if self.delete_endpoint(&endpoint.id).await? {
+                removed += 1;
+            }
+        }
+        // Endpoints not loaded (unreadable values) cannot be matched by tenant;
+        // only loaded ones can reach anyone.
+        removed += self.purge_dead(None, DeadScope::Tenant(tenant)).await?;
+        self.inner.store.flush().await?;
+        Ok(removed)
+    }
+
+    /// Removes the session endpoints of owners not in `live` (left behind by
+    /// a crash or written before incarnations). Returns how many.
+    pub async fn retain_sessions(&self, live: &[Owner]) -> Result<usize, WebhookError> {
+        let live: HashSet<SessionRef> = live
+            .iter()
+            .map(|o| SessionRef::new(&o.session, &o.incarnation))
+            .collect();
+        let orphans: Vec<EndpointId> = self
+            .inner
+            .endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(scope, m)| match scope {
+                Scope::Session(owner) if !live.contains(owner) => Some(m.values()),
+                _ => None,
+            })
+            .flatten()
+            .map(|e| e.id.clone())
+            .collect();
+        for id in &orphans {
+            tracing::warn!(endpoint = %id, "removing a session webhook endpoint whose session is gone");
+            self.delete_endpoint(id).await?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// Removes one owner's own endpoints with their queues and dead letters.
+    async fn drop_session_endpoints(&self, owner: &SessionRef) -> Result<(), WebhookError> {
+        let ids: Vec<EndpointId> = self
+            .endpoints(&Scope::Session(owner.clone()))
+            .iter()
+            .map(|e| e.id.clone())
+            .collect();
+        for id in &ids {
+            self.delete_endpoint(id).await?;
+        }
+        let dead: Vec<u64> = self
+            .dead_letters(DeadScope::All, 0, usize::MAX)?
+            .into_iter()
+            .filter(|(_, d)| matches!(&d.pending.endpoint.scope, Scope::Session(s) if s == owner))
+            .map(|(id, _)| id)
+            .collect();
+        self.inner.store.dead_remove(&dead).await?;
+        Ok(())
     }
 
     // ---- enqueueing ----------------------------------------------------
@@ -505,11 +768,11 @@ async fn check_resolved(url: &str) -> Result<(), WebhookError> {
 impl EventSink for Webhooks {
     async fn messages(
         &self,
-        session: &str,
-        tenant: &str,
+        owner: &Owner,
         me: Identity,
         batch: Vec<InboundMessage>,
     ) -> anyhow::Result<()> {
+        let (session, tenant) = (owner.session.as_str(), owner.tenant.as_str());
         // Protocol messages (key shares, history-sync notices) are the
         // library's business, not messages anyone sent.
         let sent: Vec<&InboundMessage> = batch
@@ -532,7 +795,7 @@ impl EventSink for Webhooks {
                 )
             })
             .collect();
-        let items = self.inner.append(events)?;
+        let items = self.inner.append(&owner.incarnation, events)?;
         if !items.is_empty() {
             self.inner.store.flush().await?;
             self.inner.after_append(items);
@@ -546,7 +809,10 @@ impl EventSink for Webhooks {
             return;
         };
         // Written now, in the session's order; flushed right after.
-        let items = match self.inner.append(vec![(webhook, false)]) {
+        let items = match self
+            .inner
+            .append(&event.incarnation, vec![(webhook, false)])
+        {
             Ok(items) if !items.is_empty() => items,
             Ok(_) => return,
             Err(e) => {
@@ -561,6 +827,52 @@ impl EventSink for Webhooks {
             }
             inner.after_append(items);
         });
+    }
+
+    async fn session_deleted(&self, owner: &Owner) -> anyhow::Result<()> {
+        let me = SessionRef::new(&owner.session, &owner.incarnation);
+        self.drop_session_endpoints(&me).await?;
+        // Its queues at every other endpoint (tenant and global) and what
+        // died there.
+        let blinder = self.inner.store.blinder().clone();
+        let part = endpoint::session_part(&blinder, &owner.session, &owner.incarnation);
+        let endpoints: Vec<Arc<Endpoint>> = self
+            .inner
+            .endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for e in endpoints {
+            let mut queue = e.id.queues_prefix(&blinder);
+            queue.extend_from_slice(&part);
+            let dropped = self.inner.store.outbox_purge(&queue).await?;
+            if dropped > 0 {
+                self.inner.adjust_depth(&e.id, -(dropped as i64));
+            }
+        }
+        let dead: Vec<u64> = self
+            .dead_letters(DeadScope::All, 0, usize::MAX)?
+            .into_iter()
+            .filter(|(_, d)| {
+                d.pending.event.session == owner.session
+                    && d.pending.incarnation == owner.incarnation
+            })
+            .map(|(id, _)| id)
+            .collect();
+        self.inner.store.dead_remove(&dead).await?;
+        self.inner.store.flush().await?;
+        Ok(())
+    }
+
+    async fn session_reassigned(&self, old: &Owner, _new: &Owner) -> anyhow::Result<()> {
+        // Queued deliveries stay in the old tenant's queues and reach the old
+        // tenant: they happened while it owned the session.
+        self.drop_session_endpoints(&SessionRef::new(&old.session, &old.incarnation))
+            .await?;
+        self.inner.store.flush().await?;
+        Ok(())
     }
 }
 
@@ -601,13 +913,17 @@ impl Inner {
     /// (queue, endpoint, stored value) for every endpoint that wants each
     /// event: the session's own endpoints if it has any, else its
     /// tenant's; plus the global ones.
-    fn items_for(&self, events: Vec<(WebhookEvent, bool)>) -> Vec<Item> {
+    fn items_for(&self, incarnation: &str, events: Vec<(WebhookEvent, bool)>) -> Vec<Item> {
         let all = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        let blinder = self.store.blinder();
         let now = now_ms();
         let mut items = Vec::new();
         for (event, from_me) in events {
             let own = all
-                .get(&Scope::Session(event.session.clone()))
+                .get(&Scope::Session(SessionRef::new(
+                    event.session.clone(),
+                    incarnation,
+                )))
                 .filter(|m| !m.is_empty())
                 .or_else(|| all.get(&Scope::Tenant(event.tenant.clone())));
             let targets = own
@@ -619,6 +935,7 @@ impl Inner {
                 let pending = Pending {
                     endpoint: endpoint.id.clone(),
                     event: event.clone(),
+                    incarnation: incarnation.to_owned(),
                     created_ms: now,
                     attempts: 0,
                     next_ms: 0,
@@ -627,11 +944,7 @@ impl Inner {
                 let Ok(value) = serde_json::to_vec(&pending) else {
                     continue;
                 };
-                items.push((
-                    endpoint.id.queue(&event.session),
-                    endpoint.id.clone(),
-                    value,
-                ));
+                items.push((pending.queue(blinder), endpoint.id.clone(), value));
             }
         }
         items
@@ -640,8 +953,12 @@ impl Inner {
     /// Appends `events` for every interested endpoint and counts them
     /// (before any worker can deliver them). Not yet durable: flush, then
     /// [`Inner::after_append`] starts the workers.
-    fn append(&self, events: Vec<(WebhookEvent, bool)>) -> Result<Vec<Item>, StoreError> {
-        let items = self.items_for(events);
+    fn append(
+        &self,
+        incarnation: &str,
+        events: Vec<(WebhookEvent, bool)>,
+    ) -> Result<Vec<Item>, StoreError> {
+        let items = self.items_for(incarnation, events);
         if items.is_empty() {
             return Ok(items);
         }
@@ -649,9 +966,17 @@ impl Inner {
             .iter()
             .map(|(queue, _, value)| (queue.as_slice(), value.as_slice()))
             .collect();
-        self.store.outbox_append(&refs)?;
+        // Counted before they are written: a worker already running on one
+        // of these queues may deliver (and uncount) an item the moment it is
+        // in the store.
         for (_, endpoint, _) in &items {
             self.adjust_depth(endpoint, 1);
+        }
+        if let Err(e) = self.store.outbox_append(&refs) {
+            for (_, endpoint, _) in &items {
+                self.adjust_depth(endpoint, -1);
+            }
+            return Err(e);
         }
         Ok(items)
     }
@@ -707,7 +1032,7 @@ impl Inner {
     }
 
     fn oldest_pending_ms(&self, id: &EndpointId) -> Option<i64> {
-        let prefix = id.queues_prefix();
+        let prefix = id.queues_prefix(self.store.blinder());
         let queues: Vec<Vec<u8>> = lock(&self.active)
             .iter()
             .filter(|q| q.starts_with(&prefix))

@@ -377,6 +377,7 @@ mod tests {
         let qr = SessionEvent {
             session: "s".into(),
             tenant: "t".into(),
+            incarnation: String::new(),
             at_ms: 0,
             kind: EventKind::PairCode {
                 code: "ABCD-EFGH".into(),
@@ -387,6 +388,7 @@ mod tests {
         let connected = SessionEvent {
             session: "s".into(),
             tenant: "t".into(),
+            incarnation: String::new(),
             at_ms: 0,
             kind: EventKind::LoggedOut {
                 reason: crate::session::Reason::UnlinkedFromPhone,

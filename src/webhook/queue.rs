@@ -20,11 +20,23 @@ use super::{Inner, now_ms};
 pub struct Pending {
     pub endpoint: EndpointId,
     pub event: WebhookEvent,
+    /// The incarnation of the event's session (empty: written before
+    /// incarnations existed).
+    #[serde(default)]
+    pub incarnation: String,
     pub created_ms: i64,
     pub attempts: u32,
     /// Wall-clock ms of the next attempt (0: now).
     pub next_ms: i64,
     pub last_error: Option<String>,
+}
+
+impl Pending {
+    /// The outbox queue this item lives in.
+    pub fn queue(&self, blinder: &crate::store::ids::Blinder) -> Vec<u8> {
+        self.endpoint
+            .queue(blinder, &self.event.session, &self.incarnation)
+    }
 }
 
 /// A delivery that gave up, kept until redelivered or purged.
@@ -75,7 +87,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
             // Deleted meanwhile: its queues go with it.
             let dropped = inner
                 .store
-                .outbox_purge(&pending.endpoint.queues_prefix())
+                .outbox_purge(&pending.endpoint.queues_prefix(inner.store.blinder()))
                 .await
                 .unwrap_or(0);
             inner.adjust_depth(&pending.endpoint, -(dropped as i64));

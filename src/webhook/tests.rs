@@ -41,6 +41,15 @@ impl Transport for Scripted {
     }
 }
 
+/// The owner the tests' sessions have: incarnation `inc-<session>`.
+fn owner(session: &str, tenant: &str) -> Owner {
+    Owner {
+        session: session.into(),
+        tenant: tenant.into(),
+        incarnation: format!("inc-{session}"),
+    }
+}
+
 /// A whatsd-format endpoint for every event type.
 pub(crate) fn spec(url: &str) -> EndpointSpec {
     EndpointSpec {
@@ -141,7 +150,11 @@ fn bodies(transport: &Scripted) -> Vec<String> {
 async fn retries_follow_the_schedule_then_deliver() {
     let mut rig = rig(vec![retry(), retry(), retry(), retry()]).await;
     rig.webhooks
-        .messages("s1", "t1", Identity::default(), vec![text("m1", "hi")])
+        .messages(
+            &owner("s1", "t1"),
+            Identity::default(),
+            vec![text("m1", "hi")],
+        )
         .await
         .unwrap();
     for _ in 0..5 {
@@ -192,7 +205,11 @@ async fn retry_after_is_honoured() {
     }])
     .await;
     rig.webhooks
-        .messages("s1", "t1", Identity::default(), vec![text("m1", "hi")])
+        .messages(
+            &owner("s1", "t1"),
+            Identity::default(),
+            vec![text("m1", "hi")],
+        )
         .await
         .unwrap();
     rig.attempts.recv().await.unwrap();
@@ -212,8 +229,7 @@ async fn a_failing_queue_holds_back_only_itself_and_keeps_order() {
     lock(&rig.transport.per_text).insert("s1-1".into(), [retry(), retry()].into());
     rig.webhooks
         .messages(
-            "s1",
-            "t1",
+            &owner("s1", "t1"),
             Identity::default(),
             vec![text("a1", "s1-1"), text("a2", "s1-2")],
         )
@@ -221,8 +237,7 @@ async fn a_failing_queue_holds_back_only_itself_and_keeps_order() {
         .unwrap();
     rig.webhooks
         .messages(
-            "s2",
-            "t1",
+            &owner("s2", "t1"),
             Identity::default(),
             vec![text("b1", "s2-1"), text("b2", "s2-2")],
         )
@@ -259,8 +274,7 @@ async fn a_refusal_is_dead_lettered_and_can_be_redelivered() {
     .await;
     rig.webhooks
         .messages(
-            "s1",
-            "t1",
+            &owner("s1", "t1"),
             Identity::default(),
             vec![text("m1", "one"), text("m2", "two")],
         )
@@ -273,25 +287,46 @@ async fn a_refusal_is_dead_lettered_and_can_be_redelivered() {
         ["one", "two"],
         "no retry after a 400"
     );
-    wait_for(|| rig.webhooks.dead_letters(Some("t1"), 0, 10).unwrap().len() == 1).await;
-    let dead = rig.webhooks.dead_letters(Some("t1"), 0, 10).unwrap();
+    wait_for(|| {
+        rig.webhooks
+            .dead_letters(DeadScope::Tenant("t1"), 0, 10)
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    let dead = rig
+        .webhooks
+        .dead_letters(DeadScope::Tenant("t1"), 0, 10)
+        .unwrap();
     assert!(dead[0].1.reason.contains("HTTP 400"));
     assert!(
         rig.webhooks
-            .dead_letters(Some("other"), 0, 10)
+            .dead_letters(DeadScope::Tenant("other"), 0, 10)
             .unwrap()
             .is_empty()
     );
     assert!(
         !rig.webhooks
-            .redeliver(dead[0].0, Some("other"))
+            .redeliver(dead[0].0, DeadScope::Tenant("other"))
             .await
             .unwrap()
     );
-    assert!(rig.webhooks.redeliver(dead[0].0, Some("t1")).await.unwrap());
+    assert!(
+        rig.webhooks
+            .redeliver(dead[0].0, DeadScope::Tenant("t1"))
+            .await
+            .unwrap()
+    );
     rig.attempts.recv().await.unwrap();
     assert_eq!(bodies(&rig.transport), ["one", "two", "one"]);
-    wait_for(|| rig.webhooks.dead_letters(None, 0, 10).unwrap().is_empty()).await;
+    wait_for(|| {
+        rig.webhooks
+            .dead_letters(DeadScope::All, 0, 10)
+            .unwrap()
+            .is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -319,7 +354,7 @@ async fn pending_deliveries_resume_after_a_restart() {
             .map(|i| text(&format!("m{i}"), &format!("{i}")))
             .collect();
         webhooks
-            .messages("s1", "t1", Identity::default(), batch)
+            .messages(&owner("s1", "t1"), Identity::default(), batch)
             .await
             .unwrap();
         webhooks.shutdown(Duration::from_secs(5)).await;
@@ -352,7 +387,7 @@ async fn session_endpoints_replace_the_tenants_and_filters_apply() {
     let mut rig = rig(vec![]).await;
     rig.webhooks
         .put_endpoint(
-            EndpointId::new(Scope::Session("s2".into()), "own"),
+            EndpointId::new(Scope::Session(SessionRef::new("s2", "inc-s2")), "own"),
             "t1",
             EndpointSpec {
                 events: vec!["message.received".into()],
@@ -366,8 +401,7 @@ async fn session_endpoints_replace_the_tenants_and_filters_apply() {
     status.is_status = true;
     rig.webhooks
         .messages(
-            "s2",
-            "t1",
+            &owner("s2", "t1"),
             Identity::default(),
             vec![status, text("m", "dm")],
         )
@@ -386,7 +420,7 @@ async fn session_endpoints_replace_the_tenants_and_filters_apply() {
     status.chat = "status@broadcast".into();
     status.is_status = true;
     rig.webhooks
-        .messages("s1", "t1", Identity::default(), vec![status])
+        .messages(&owner("s1", "t1"), Identity::default(), vec![status])
         .await
         .unwrap();
     rig.attempts.recv().await.unwrap();
@@ -404,4 +438,110 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_expire_after_the_retention_and_are_counted() {
+    let mut rig = rig(vec![Outcome::Reject {
+        error: "HTTP 400: bad".into(),
+        status: Some(400),
+    }])
+    .await;
+    rig.webhooks
+        .messages(
+            &owner("s1", "t1"),
+            Identity::default(),
+            vec![text("m1", "one")],
+        )
+        .await
+        .unwrap();
+    rig.attempts.recv().await.unwrap();
+    wait_for(|| {
+        rig.webhooks
+            .dead_letters(DeadScope::All, 0, 10)
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    let died = rig.webhooks.dead_letters(DeadScope::All, 0, 10).unwrap()[0]
+        .1
+        .died_ms;
+    let retention = Settings::default().dead_letter_retention.as_millis() as i64;
+    let before = crate::metrics::dead_letters_expired_total();
+    assert_eq!(
+        rig.webhooks
+            .expire_dead_letters(died + retention)
+            .await
+            .unwrap(),
+        0,
+        "kept for the whole retention"
+    );
+    assert_eq!(
+        rig.webhooks
+            .expire_dead_letters(died + retention + 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        rig.webhooks
+            .dead_letters(DeadScope::All, 0, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(crate::metrics::dead_letters_expired_total() > before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_session_takes_its_endpoints_queues_and_dead_letters() {
+    let mut rig = rig(vec![Outcome::Reject {
+        error: "HTTP 400: bad".into(),
+        status: Some(400),
+    }])
+    .await;
+    let old = owner("s1", "t1");
+    let own = EndpointId::new(
+        Scope::Session(SessionRef::new("s1", &old.incarnation)),
+        "own",
+    );
+    rig.webhooks
+        .put_endpoint(own.clone(), "t1", spec("http://127.0.0.1:9/own"))
+        .await
+        .unwrap();
+    rig.webhooks
+        .messages(&old, Identity::default(), vec![text("m1", "one")])
+        .await
+        .unwrap();
+    rig.attempts.recv().await.unwrap();
+    wait_for(|| {
+        rig.webhooks
+            .dead_letters(DeadScope::All, 0, 10)
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    rig.webhooks.session_deleted(&old).await.unwrap();
+    assert!(rig.webhooks.endpoint(&own).is_none());
+    assert!(
+        rig.webhooks
+            .dead_letters(DeadScope::All, 0, 10)
+            .unwrap()
+            .is_empty()
+    );
+
+    // The same id again, another incarnation: the tenant's endpoint, not the
+    // old session endpoint, gets its messages.
+    let new = Owner {
+        incarnation: "inc-s1-again".into(),
+        ..old.clone()
+    };
+    rig.webhooks
+        .messages(&new, Identity::default(), vec![text("m2", "two")])
+        .await
+        .unwrap();
+    rig.attempts.recv().await.unwrap();
+    let last = lock(&rig.transport.seen).last().unwrap().1.url.clone();
+    assert!(last.ends_with("/hook"), "{last}");
 }

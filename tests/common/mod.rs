@@ -153,6 +153,20 @@ impl Daemon {
             .expect("wait")
     }
 
+    /// The options the next [`Daemon::restart`] uses.
+    pub fn options_mut(&mut self) -> &mut Options {
+        &mut self.options
+    }
+
+    /// Waits (bounded) for the daemon to exit by itself and returns how.
+    pub async fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(secs), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("whatsd did not exit within {secs} s"))
+            .expect("wait")
+    }
+
     /// SIGKILL: no chance to clean up.
     pub async fn kill(&mut self) {
         let mut child = self.child.take().expect("running");
