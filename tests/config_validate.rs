@@ -35,8 +35,9 @@ fn the_example_config_sets_every_key() {
             .map(|v| v.as_table().map_or(1, |t| t.len()))
             .sum::<usize>()
     };
-    // Every key of whatsd::config::Config: 3 top-level, 5 auth, 5 api, 3 whatsapp, 8 sessions, 2 log.
-    assert_eq!(count(&table), 38, "config/example.toml must show every key");
+    // Every key of whatsd::config::Config: 3 top-level, 5 auth, 5 api, 3 whatsapp,
+    // 9 sessions, 14 webhooks, 2 log.
+    assert_eq!(count(&table), 41, "config/example.toml must show every key");
 }
 
 #[test]
