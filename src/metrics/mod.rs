@@ -322,6 +322,17 @@ fn render_into(
         "Age of the oldest pending webhook delivery (0 when none).",
     );
     let _ = writeln!(out, "whatsd_webhook_outbox_oldest_age_seconds {oldest}");
+    header(
+        out,
+        "whatsd_library_tasks",
+        "gauge",
+        "Tasks whatsapp-rust runs for all sessions (they end with their session).",
+    );
+    let _ = writeln!(
+        out,
+        "whatsd_library_tasks {}",
+        crate::wa::live_library_tasks()
+    );
 
     if let Some(bytes) = store_size {
         header(

@@ -19,6 +19,27 @@ use super::{InboundSink, WaConfig, WaError, WaEvent};
 pub struct Connection {
     handle: BotHandle,
     client: Arc<Client>,
+    tasks: TaskGuard,
+}
+
+/// How long a stopped client's own tasks may take to finish (a final flush)
+/// before they are aborted.
+pub const TASK_GRACE: Duration = Duration::from_millis(500);
+
+/// Ends a client's tasks when its [`Connection`] goes, however it goes (a
+/// client whose run loop exited by itself is just dropped).
+struct TaskGuard(super::runtime::Tasks);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        let tasks = self.0.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { tasks.stop(TASK_GRACE).await });
+            }
+            Err(_) => tasks.abort_all(),
+        }
+    }
 }
 
 /// Forwards every library event, in dispatch order, into a channel.
@@ -52,6 +73,7 @@ impl Connection {
         events: mpsc::UnboundedSender<WaEvent>,
         inbound: Option<Arc<dyn InboundSink>>,
     ) -> Result<Self, WaError> {
+        let tasks = super::runtime::Tasks::default();
         let mut transport = TokioWebSocketTransportFactory::new();
         if let Some(url) = &config.ws_url {
             transport = transport.with_url(url.clone());
@@ -64,7 +86,9 @@ impl Connection {
                     .with_os(config.device_os.clone()),
             )
             .skip_history_sync()
-            .with_runtime(super::runtime::SessionRuntime::in_current_span())
+            .with_runtime(super::runtime::SessionRuntime::in_current_span(
+                tasks.clone(),
+            ))
             .with_event_handler(Forward(events));
         if let Some(version) = config.version {
             builder = builder.with_version(version);
@@ -78,7 +102,11 @@ impl Connection {
             .map_err(|e| WaError::Build(e.to_string()))?;
         let client = bot.client();
         let handle = bot.spawn();
-        Ok(Self { handle, client })
+        Ok(Self {
+            handle,
+            client,
+            tasks: TaskGuard(tasks),
+        })
     }
 
     /// Resolves when the client's run loop has exited (logout, terminal
@@ -89,7 +117,10 @@ impl Connection {
 
     /// Disconnects (flushing device state, receipts and the Signal cache) and
     /// waits for the run loop to exit, at most `timeout`; aborts after that.
+    /// Returns when every task of the client has ended (their grace:
+    /// [`TASK_GRACE`]).
     pub async fn shutdown(self, timeout: Duration) {
+        let tasks = self.tasks.0.clone();
         let handle = self.handle;
         let abort = {
             let client = self.client.clone();
@@ -102,6 +133,7 @@ impl Connection {
             tracing::warn!("client did not stop within {timeout:?}; aborting it");
             abort();
         }
+        tasks.stop(TASK_GRACE).await;
     }
 
     /// Unlinks this device at WhatsApp (best effort, needs a connection),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub use connection::{Connection, IdentityProbe, parse_recipient};
 pub use inbound::{InboundMessage, InboundSink};
+pub use runtime::live_library_tasks;
 
 use crate::session::Identity;
 
