@@ -26,7 +26,7 @@
 //!
 //! Files: the data dir is kept at 0700 and everything under it at 0600
 //! (directories 0700); [`Store::open`] tightens what it finds, with a
-//! warning naming the path.
+//! warning naming each path group or others could reach.
 
 pub mod backup;
 pub mod crypto;
@@ -327,13 +327,16 @@ pub(crate) fn store_exists(data_dir: &Path) -> bool {
 }
 
 /// Takes group and other permissions away from the data dir and
-/// everything under it (symlinks are not followed). With `warn`, each
-/// change is a warning naming the path: someone else may have read it.
-/// Best effort: a path that cannot be changed is a warning too.
+/// everything under it (symlinks are not followed). With `warn`, a change
+/// to a path that group or others could actually reach (every directory
+/// above it, up to the data dir, was open to them too) is a warning naming
+/// the path; a loose file inside a private directory (sled makes its files
+/// with the process umask) is tightened quietly. Best effort: a path that
+/// cannot be changed is a warning too.
 #[cfg(unix)]
 pub(crate) fn tighten_permissions(data_dir: &Path, warn: bool) {
     use std::os::unix::fs::PermissionsExt;
-    fn visit(path: &Path, warn: bool) {
+    fn visit(path: &Path, reachable: bool, warn: bool) {
         let Ok(meta) = fs::symlink_metadata(path) else {
             return;
         };
@@ -341,14 +344,18 @@ pub(crate) fn tighten_permissions(data_dir: &Path, warn: bool) {
             return;
         }
         let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        let loose = mode & 0o077 != 0;
+        let exposed = reachable && loose;
+        if loose {
             let tight = mode & 0o700;
             match fs::set_permissions(path, fs::Permissions::from_mode(tight)) {
-                Ok(()) if warn => tracing::warn!(
+                Ok(()) if warn && exposed => tracing::warn!(
                     path = %path.display(),
-                    "was readable by group or others ({mode:o}); now {tight:o}"
+                    "was open to group or others ({mode:o}); now {tight:o}"
                 ),
-                Ok(()) => {}
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "permissions {mode:o} -> {tight:o}")
+                }
                 Err(e) => tracing::warn!(path = %path.display(), "cannot tighten permissions: {e}"),
             }
         }
@@ -356,11 +363,11 @@ pub(crate) fn tighten_permissions(data_dir: &Path, warn: bool) {
             && let Ok(entries) = fs::read_dir(path)
         {
             for entry in entries.flatten() {
-                visit(&entry.path(), warn);
+                visit(&entry.path(), exposed, warn);
             }
         }
     }
-    visit(data_dir, warn);
+    visit(data_dir, true, warn);
 }
 
 #[cfg(not(unix))]
