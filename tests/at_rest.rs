@@ -52,7 +52,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The ids of `needles` found in any of `blobs`, as "id in where".
-fn found<'a>(blobs: &[(String, &[u8])], needles: &[&'a str]) -> Vec<String> {
+fn found(blobs: &[(String, &[u8])], needles: &[&str]) -> Vec<String> {
     let mut hits = Vec::new();
     for needle in needles {
         for (name, bytes) in blobs {
@@ -301,7 +301,11 @@ fn open_tightens_a_loose_data_dir_and_names_what_it_changed() {
     });
     assert_private(&data);
     let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
-    for path in [data.clone(), data.join("db"), data.join("notes-SECRET-CONTENT.txt")] {
+    for path in [
+        data.clone(),
+        data.join("db"),
+        data.join("notes-SECRET-CONTENT.txt"),
+    ] {
         assert!(
             log.contains(&path.display().to_string()),
             "no warning names {}:\n{log}",

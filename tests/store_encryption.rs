@@ -149,14 +149,9 @@ async fn tampered_or_moved_values_fail_for_that_value_only() {
         let db = raw_db(dir.path());
         let alice = db.open_tree(&alice_tree).unwrap();
         let bob = db.open_tree(&bob_tree).unwrap();
-        let sealed = alice
-            .get(&peer_key)
-            .unwrap()
-            .expect("sealed session");
+        let sealed = alice.get(&peer_key).unwrap().expect("sealed session");
         // Copy alice's value under another key of hers, and into bob's tree.
-        alice
-            .insert(&moved_key, sealed.clone())
-            .unwrap();
+        alice.insert(&moved_key, sealed.clone()).unwrap();
         // Same key in bob's tree: keys are blinded per store, not per session.
         bob.insert(&peer_key, sealed.clone()).unwrap();
         // Flip one ciphertext bit of alice's original.

@@ -82,10 +82,12 @@ pub(crate) fn load_or_create(db: &sled::Db, sealer: &Sealer) -> Result<Blinder, 
 /// Lower-case hex of a blinded id (for sled tree names).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

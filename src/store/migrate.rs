@@ -387,14 +387,21 @@ mod tests {
         assert_eq!(records.len(), 1);
         let record = records[0].1.as_ref().unwrap();
         assert_eq!(
-            (record.id.as_str(), record.tenant.as_str(), record.phone.as_str()),
+            (
+                record.id.as_str(),
+                record.tenant.as_str(),
+                record.phone.as_str()
+            ),
             ("shop-qv55k", "tenant-zq81x", "15557770123")
         );
         assert_eq!(
             store.sessions_for_phone("15557770123").unwrap(),
             ["shop-qv55k"]
         );
-        assert_eq!(store.get_tenant("tenant-zq81x").unwrap().unwrap().id, "tenant-zq81x");
+        assert_eq!(
+            store.get_tenant("tenant-zq81x").unwrap().unwrap().id,
+            "tenant-zq81x"
+        );
         let device = store.device_backend("shop-qv55k").unwrap();
         assert!(device.load().await.unwrap().is_some(), "paired device");
         assert!(!device.get_all_lid_mappings().await.unwrap().is_empty());

@@ -302,7 +302,12 @@ impl Store {
     /// The id under which `session_id`'s device keyspace is stored: the hex
     /// of its blinded id.
     pub fn keyspace_id(&self, session_id: &str) -> String {
-        ids::hex(&self.inner.blinder.blind(SESSION_DOMAIN, session_id.as_bytes()))
+        ids::hex(
+            &self
+                .inner
+                .blinder
+                .blind(SESSION_DOMAIN, session_id.as_bytes()),
+        )
     }
 
     fn device_tree_name(&self, session_id: &str) -> String {

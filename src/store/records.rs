@@ -40,9 +40,11 @@ impl Store {
         let mut record = record.clone();
         record.version = RECORD_VERSION;
         let key = self.record_key(&record.id);
-        let sealed =
-            self.sealer()
-                .seal(super::RECORDS_TREE.as_bytes(), &key, &record.encode_to_vec())?;
+        let sealed = self.sealer().seal(
+            super::RECORDS_TREE.as_bytes(),
+            &key,
+            &record.encode_to_vec(),
+        )?;
         {
             let _gate = super::sled_gate();
             self.inner.records.insert(key, sealed)?;

@@ -61,8 +61,11 @@ impl Store {
         record.version = TENANT_RECORD_VERSION;
         let plain = serde_json::to_vec(&record)
             .map_err(|e| StoreError::Invalid(format!("tenant record: {e}")))?;
-        self.sealer()
-            .seal(TENANTS_TREE.as_bytes(), &self.tenant_key(&record.id), &plain)
+        self.sealer().seal(
+            TENANTS_TREE.as_bytes(),
+            &self.tenant_key(&record.id),
+            &plain,
+        )
     }
 
     /// Inserts or replaces a tenant, durably.
@@ -155,7 +158,12 @@ impl Store {
     }
 
     /// `id` names the tenant in errors; `key` is the stored key.
-    fn decode_tenant(&self, id: &str, key: &[u8], sealed: &[u8]) -> Result<TenantRecord, StoreError> {
+    fn decode_tenant(
+        &self,
+        id: &str,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<TenantRecord, StoreError> {
         let plain = self
             .sealer()
             .open(TENANTS_TREE.as_bytes(), key, sealed)
