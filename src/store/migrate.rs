@@ -440,6 +440,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rekeyed_format_1_store_converts_with_the_new_key() {
+        let (_dir, data, old) = format_1_store();
+        let new = MasterKey::generate().unwrap();
+        crate::store::rekey(&data, &old, &new).unwrap();
+        assert_converted(&data, &new).await;
+        // And a rotation of the converted store keeps every hashed key valid.
+        let newer = MasterKey::generate().unwrap();
+        crate::store::rekey(&data, &new, &newer).unwrap();
+        assert_converted(&data, &newer).await;
+    }
+
+    #[tokio::test]
+    async fn an_offline_backup_waits_for_the_conversion() {
+        let (_dir, data, key) = format_1_store();
+        let err = backup::backup_offline(&data).unwrap_err();
+        assert!(err.to_string().contains("format 1"), "{err}");
+        drop(Store::open(&data, &key).unwrap());
+        let bytes = loop {
+            match backup::backup_offline(&data) {
+                Err(e) if backup::is_locked(&e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => break other.unwrap(),
+            }
+        };
+        for id in ["shop-qv55k", "15557770123", "100000000000001"] {
+            assert!(
+                !bytes.windows(id.len()).any(|w| w == id.as_bytes()),
+                "{id} in the backup"
+            );
+        }
+        // It restores into a format-2 store that opens without converting.
+        let to = tempfile::tempdir().unwrap();
+        backup::restore(to.path(), &bytes, Some(&key)).unwrap();
+        assert!(is_current(&open_db(to.path()).unwrap()).unwrap());
+        assert_converted(to.path(), &key).await;
+    }
+
+    #[tokio::test]
     async fn a_wrong_key_converts_nothing() {
         let (_dir, data, _key) = format_1_store();
         let wrong = MasterKey::generate().unwrap();
