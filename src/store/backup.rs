@@ -68,7 +68,9 @@ pub fn backup_offline(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
             data_dir.display()
         )));
     }
+    let lock = super::migrate::prepare(data_dir)?;
     let db = open_db(data_dir)?;
+    drop(lock);
     if !super::migrate::is_current(&db)? {
         return Err(StoreError::Invalid(format!(
             "the store in {} is in format 1 (ids in plain text in its keys); \

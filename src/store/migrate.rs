@@ -12,10 +12,14 @@
 //! 2. It is renamed to `db.new`: that rename is the commit point.
 //! 3. `db` is renamed to `db.old`, `db.new` to `db`, and `db.old` removed.
 //!
-//! [`recover`] runs before every open and finishes whatever a crash
-//! interrupted: a `db.migrating` is incomplete and removed (the old `db` is
-//! untouched, the next open converts again from scratch); a `db.new` is
-//! complete and swapped in; a `db.old` is removed.
+//! [`prepare`] runs before every open (and before an offline backup or a
+//! key rotation) and finishes whatever a crash interrupted: a
+//! `db.migrating` is incomplete and removed (the old `db` is untouched, the
+//! next open converts again from scratch); a `db.new` is complete and
+//! swapped in; a `db.old` is removed. It holds an exclusive lock on
+//! `<data>/store.lock` until the caller has opened the database, so a
+//! second process starting meanwhile never mistakes a conversion in
+//! progress for an interrupted one.
 //!
 //! What changes: records and tenants move under the hashes of their ids,
 //! device keyspaces move to `device/<hex hash of the session id>` with
@@ -45,6 +49,7 @@ const CURRENT: &[u8] = b"2";
 const WORK_DIR: &str = "db.migrating";
 const DONE_DIR: &str = "db.new";
 const OLD_DIR: &str = "db.old";
+const LOCK_FILE: &str = "store.lock";
 /// Entries written per sled batch.
 const BATCH_SIZE: usize = 512;
 const TENANTS_TREE: &[u8] = b"tenants";
@@ -105,10 +110,22 @@ pub(super) fn in_progress(data_dir: &Path) -> bool {
     data_dir.join(DONE_DIR).exists()
 }
 
-/// Finishes or discards what an interrupted conversion left. Call before
-/// opening the database.
-pub(super) fn recover(data_dir: &Path) -> Result<(), StoreError> {
-    recover_until(data_dir, Stop::Never)
+/// Takes the data dir's lock (waiting for another process's open or
+/// conversion to finish) and finishes or discards what an interrupted
+/// conversion left. Keep the returned lock until the database is open.
+pub(super) fn prepare(data_dir: &Path) -> Result<fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let mut options = fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let lock = options.open(&path).map_err(io_error(&path))?;
+    lock.lock().map_err(io_error(&path))?;
+    recover_until(data_dir, Stop::Never)?;
+    Ok(lock)
 }
 
 fn recover_until(data_dir: &Path, stop: Stop) -> Result<(), StoreError> {
@@ -449,6 +466,19 @@ mod tests {
         let newer = MasterKey::generate().unwrap();
         crate::store::rekey(&data, &new, &newer).unwrap();
         assert_converted(&data, &newer).await;
+    }
+
+    #[tokio::test]
+    async fn a_rotation_after_a_crash_before_the_swap_rotates_the_converted_store() {
+        let (_dir, data, old) = format_1_store();
+        {
+            let db = open_db(&data).unwrap();
+            let err = run_until(db, &data, &Sealer::new(&old), Stop::BeforeSwap).unwrap_err();
+            assert!(matches!(err, StoreError::Task(_)), "{err:?}");
+        }
+        let new = MasterKey::generate().unwrap();
+        crate::store::rekey(&data, &old, &new).unwrap();
+        assert_converted(&data, &new).await;
     }
 
     #[tokio::test]

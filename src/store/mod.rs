@@ -157,7 +157,7 @@ impl Store {
     pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, StoreError> {
         create_data_dir(data_dir)?;
         tighten_permissions(data_dir, true);
-        migrate::recover(data_dir)?;
+        let _lock = migrate::prepare(data_dir)?;
         let mut db = open_db(data_dir)?;
         let sealer = Arc::new(Sealer::new(key));
         match check_master_key(&db, &sealer, data_dir)? {
