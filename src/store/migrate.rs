@@ -272,9 +272,16 @@ fn convert(
         if name == SLED_DEFAULT_TREE || name == META_TREE.as_bytes() {
             continue;
         }
-        let tree = old.open_tree(&name)?;
+        // Read under the gate (see `sled_gate`), one tree at a time: the
+        // largest, a device keyspace, is about a thousand short rows.
+        let entries = {
+            let _gate = sled_gate();
+            old.open_tree(&name)?
+                .iter()
+                .collect::<Result<Vec<_>, _>>()?
+        };
         if name == PHONE_INDEX_TREE.as_bytes() {
-            report.dropped += tree.len() as u64;
+            report.dropped += entries.len() as u64;
             continue;
         }
         // (new tree name, how keys and values change)
@@ -294,8 +301,7 @@ fn convert(
             (name.to_vec(), Kind::Verbatim)
         };
         let mut out = Writer::new(new, &new_name)?;
-        for item in tree.iter() {
-            let (key, value) = item?;
+        for (key, value) in entries {
             let new_key = match kind {
                 Kind::Id(domain) => blinder.blind(domain, &key).to_vec(),
                 Kind::Device => stored_key(&blinder, &key),
