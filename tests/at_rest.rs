@@ -480,3 +480,148 @@ async fn no_id_is_readable_in_the_data_dir_or_a_backup() {
         );
     }
 }
+
+/// Every kind of device row whose natural key names someone, written
+/// through the wacore traits with distinctive ids: no id in any tree name
+/// or key, and every row reads back (scans included).
+#[tokio::test]
+async fn every_device_key_kind_is_blinded() {
+    use wacore::store::traits::{
+        DeviceListRecord, LidPnMappingEntry, MsgSecretEntry, MsgSecretStore, TcTokenEntry,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate().unwrap();
+    const USER: &str = "19990001111";
+    const ADDRESS: &str = "19990001111:3@s.whatsapp.net";
+    const LID: &str = "288880002222";
+    const GROUP: &str = "120363999888777@g.us";
+    const MEMBER: &str = "19990003333:1@s.whatsapp.net";
+    const CHAT: &str = "19990004444@s.whatsapp.net";
+    const ID: &str = "session-kq7zt";
+    let ids = [
+        USER,
+        LID,
+        GROUP,
+        "120363999888777",
+        MEMBER,
+        "19990003333",
+        CHAT,
+        "19990004444",
+        ID,
+    ];
+    {
+        let store = Store::open(dir.path(), &key).unwrap();
+        let b = store.device_backend(ID).unwrap();
+        b.put_identity(ADDRESS, [7; 32]).await.unwrap();
+        b.put_session(ADDRESS, b"s").await.unwrap();
+        b.put_sender_key(&format!("{GROUP}::{MEMBER}"), b"k")
+            .await
+            .unwrap();
+        b.set_sender_key_status(GROUP, &[(MEMBER, true)])
+            .await
+            .unwrap();
+        b.put_lid_mapping(&LidPnMappingEntry {
+            lid: LID.to_string(),
+            phone_number: USER.to_string(),
+            created_at: 1,
+            updated_at: 1,
+            learning_source: "usync".to_string(),
+        })
+        .await
+        .unwrap();
+        b.save_base_key(ADDRESS, "MSG1", b"base").await.unwrap();
+        b.update_device_list(DeviceListRecord {
+            user: USER.to_string(),
+            devices: vec![],
+            timestamp: 1,
+            phash: None,
+            raw_id: None,
+        })
+        .await
+        .unwrap();
+        b.put_group_metadata(GROUP, b"meta").await.unwrap();
+        b.put_tc_token(
+            CHAT,
+            &TcTokenEntry {
+                token: b"t".to_vec(),
+                token_timestamp: 1,
+                sender_timestamp: None,
+            },
+        )
+        .await
+        .unwrap();
+        b.store_sent_message(CHAT, "MSG2", b"p").await.unwrap();
+        b.store_pending_inbound(CHAT, MEMBER, "MSG3", b"m")
+            .await
+            .unwrap();
+        b.put_msg_secrets(vec![MsgSecretEntry {
+            chat: CHAT.into(),
+            sender: MEMBER.into(),
+            msg_id: "MSG4".into(),
+            secret: [9; 32],
+            expires_at: 0,
+            message_ts: 1,
+        }])
+        .await
+        .unwrap();
+
+        // Everything reads back by its natural key, scans too.
+        assert!(b.has_signal_state_for_user(USER).await.unwrap());
+        assert!(!b.has_signal_state_for_user("1999000111").await.unwrap());
+        assert_eq!(b.load_identity(ADDRESS).await.unwrap(), Some([7; 32]));
+        assert_eq!(
+            b.get_sender_key_devices(GROUP).await.unwrap(),
+            [(MEMBER.to_string(), true)]
+        );
+        assert_eq!(b.get_pn_mapping(USER).await.unwrap().unwrap().lid, LID);
+        assert!(b.has_same_base_key(ADDRESS, "MSG1", b"base").await.unwrap());
+        assert!(b.get_devices(USER).await.unwrap().is_some());
+        assert_eq!(b.get_all_tc_token_jids().await.unwrap(), [CHAT]);
+        assert_eq!(b.get_group_metadata(GROUP).await.unwrap().unwrap(), b"meta");
+        assert!(
+            b.get_pending_inbound(CHAT, MEMBER, "MSG3")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            b.get_msg_secret(CHAT, MEMBER, "MSG4")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            b.take_sent_message(CHAT, "MSG2").await.unwrap().as_deref(),
+            Some(&b"p"[..])
+        );
+        b.store_sent_message(CHAT, "MSG2", b"p").await.unwrap();
+        b.delete_sender_key_device_rows(&[MEMBER]).await.unwrap();
+        assert!(b.get_sender_key_devices(GROUP).await.unwrap().is_empty());
+        b.set_sender_key_status(GROUP, &[(MEMBER, false)])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let db = raw_db(&dir.path().join("db"));
+    let names_and_keys = names_and_keys_outside_webhooks(&db);
+    assert_eq!(
+        found(&[("tree names and keys".into(), &names_and_keys)], &ids),
+        Vec::<String>::new()
+    );
+    // Control: the same scan reads the keys (the kind bytes are there) and
+    // finds an id written unblinded.
+    let raw = db.open_tree("control").unwrap();
+    raw.insert(GROUP, &b""[..]).unwrap();
+    let names_and_keys = names_and_keys_outside_webhooks(&db);
+    assert!(
+        names_and_keys.contains(&0x05),
+        "a sender-key row's kind byte"
+    );
+    assert_eq!(
+        found(&[("tree names and keys".into(), &names_and_keys)], &ids),
+        [
+            format!("{GROUP} in tree names and keys"),
+            "120363999888777 in tree names and keys".to_string()
+        ]
+    );
+}
