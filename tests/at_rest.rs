@@ -87,10 +87,7 @@ fn raw_db(path: &Path) -> sled::Db {
     loop {
         match sled::open(path) {
             Ok(db) => return db,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("open {}: {e}", path.display()),
         }
     }

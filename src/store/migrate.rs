@@ -515,6 +515,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_format_1_store_older_than_the_index_key_gets_one() {
+        let (_dir, data, key) = format_1_store();
+        {
+            let db = open_db(&data).unwrap();
+            assert!(
+                db.open_tree(META_TREE)
+                    .unwrap()
+                    .remove(INDEX_KEY)
+                    .unwrap()
+                    .is_some()
+            );
+            db.flush().unwrap();
+        }
+        assert_converted(&data, &key).await;
+    }
+
+    #[tokio::test]
     async fn a_wrong_key_converts_nothing() {
         let (_dir, data, _key) = format_1_store();
         let wrong = MasterKey::generate().unwrap();
