@@ -403,10 +403,15 @@ async fn a_corrupt_keyspace_fails_only_its_own_session() {
         d.pair(&fake, "bad", "15551230021").await;
         d.supervisor.shutdown().await;
     }
-    // Flip bytes in every value of "bad"'s device keyspace, on disk.
+    // Flip bytes in every value of "bad"'s device keyspace, on disk. Its
+    // tree is named by a keyed hash of the session id.
+    let tree_name = {
+        let store = reopen(|| Store::open(dir.path(), &key())).await;
+        format!("device/{}", store.keyspace_id("bad"))
+    };
     {
         let db = reopen(|| sled::open(dir.path().join("db"))).await;
-        let tree = db.open_tree("device/bad").unwrap();
+        let tree = db.open_tree(tree_name).unwrap();
         let mut n = 0;
         for item in tree.iter() {
             let (k, v) = item.unwrap();

@@ -1442,7 +1442,10 @@ async fn sled_wipe_is_one_call_and_spares_other_sessions() {
     assert!(kept.exists().await.unwrap());
     assert!(kept.has_session("a@s.whatsapp.net").await.unwrap());
     assert!(!store.wipe_device("never-existed").await.unwrap());
-    assert!(store.device_keyspaces().contains(&"kept".to_string()));
+    // Keyspaces are listed by keyspace id (a keyed hash), never by session id.
+    let keyspaces = store.device_keyspaces();
+    assert!(keyspaces.contains(&store.keyspace_id("kept")));
+    assert!(!keyspaces.iter().any(|k| k.contains("kept")));
 }
 
 fn record(id: &str, phone: &str) -> SessionRecord {

@@ -71,12 +71,12 @@ async fn plaintext_never_reaches_the_disk() {
 
     let files = all_file_bytes(dir.path());
     assert!(!files.is_empty());
-    // Positive control: keys are not encrypted, so the peer address is on
-    // disk; if the scan could not see the data this would fail.
+    // Positive control: tree names of fixed trees are stored as they are;
+    // if the scan could not see the data this would fail.
     assert!(
         files
             .iter()
-            .any(|(_, bytes)| contains(bytes, PEER.as_bytes())),
+            .any(|(_, bytes)| contains(bytes, b"session_records")),
         "the scan must see the store's files"
     );
     for (name, bytes) in &files {
@@ -85,6 +85,11 @@ async fn plaintext_never_reaches_the_disk() {
             ("session blob", &session_blob()[..60]),
             ("push name", &b"PUSH-NAME-PLAINTEXT-MARKER"[..]),
             ("ADV secret", &adv_secret[..]),
+            // Keys and tree names are keyed hashes (issue 12).
+            ("peer address", PEER.as_bytes()),
+            ("peer user", &PEER.as_bytes()[..11]),
+            ("session id", &b"alice"[..]),
+            ("phone", &b"15550002222"[..]),
         ] {
             assert!(!contains(bytes, needle), "{what} in plaintext in {name}");
         }
@@ -118,17 +123,12 @@ fn raw_db(dir: &Path) -> sled::Db {
     sled::open(dir.join("db")).unwrap()
 }
 
-fn session_key(address: &str) -> Vec<u8> {
-    let mut key = vec![0x02];
-    key.extend_from_slice(address.as_bytes());
-    key
-}
-
 #[tokio::test]
 async fn tampered_or_moved_values_fail_for_that_value_only() {
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate().unwrap();
-    {
+    // Stored names: keyed hashes only the open store can compute.
+    let (alice_tree, bob_tree, peer_key, moved_key) = {
         let store = Store::open(dir.path(), &key).unwrap();
         populate(&store).await;
         let bob = store.device_backend("bob").unwrap();
@@ -138,25 +138,27 @@ async fn tampered_or_moved_values_fail_for_that_value_only() {
             .put_session("other@s.whatsapp.net", b"other")
             .await
             .unwrap();
-    }
+        (
+            alice.tree_name().to_vec(),
+            bob.tree_name().to_vec(),
+            alice.stored_signal_session_key(PEER),
+            alice.stored_signal_session_key("moved@s.whatsapp.net"),
+        )
+    };
     {
         let db = raw_db(dir.path());
-        let alice = db.open_tree("device/alice").unwrap();
-        let bob = db.open_tree("device/bob").unwrap();
-        let sealed = alice
-            .get(session_key(PEER))
-            .unwrap()
-            .expect("sealed session");
+        let alice = db.open_tree(&alice_tree).unwrap();
+        let bob = db.open_tree(&bob_tree).unwrap();
+        let sealed = alice.get(&peer_key).unwrap().expect("sealed session");
         // Copy alice's value under another key of hers, and into bob's tree.
-        alice
-            .insert(session_key("moved@s.whatsapp.net"), sealed.clone())
-            .unwrap();
-        bob.insert(session_key(PEER), sealed.clone()).unwrap();
+        alice.insert(&moved_key, sealed.clone()).unwrap();
+        // Same key in bob's tree: keys are blinded per store, not per session.
+        bob.insert(&peer_key, sealed.clone()).unwrap();
         // Flip one ciphertext bit of alice's original.
         let mut tampered = sealed.to_vec();
         let last = tampered.len() - 1;
         tampered[last / 2] ^= 0x01;
-        alice.insert(session_key(PEER), tampered).unwrap();
+        alice.insert(&peer_key, tampered).unwrap();
         db.flush().unwrap();
     }
 
@@ -193,7 +195,7 @@ async fn tampered_or_moved_values_fail_for_that_value_only() {
 async fn corrupt_record_is_an_error_for_that_session_only() {
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate().unwrap();
-    {
+    let a_key = {
         let store = Store::open(dir.path(), &key).unwrap();
         for id in ["a", "b"] {
             store
@@ -205,11 +207,14 @@ async fn corrupt_record_is_an_error_for_that_session_only() {
                 .await
                 .unwrap();
         }
-    }
+        // Records are stored under the keyed hash of their id.
+        store.blinder().blind(b"session", b"a")
+    };
     {
         let db = raw_db(dir.path());
         let records = db.open_tree("session_records").unwrap();
-        records.insert("a", &b"garbage"[..]).unwrap();
+        assert!(records.contains_key(a_key).unwrap());
+        records.insert(a_key, &b"garbage"[..]).unwrap();
         db.flush().unwrap();
     }
     let store = Store::open(dir.path(), &key).unwrap();
@@ -217,14 +222,18 @@ async fn corrupt_record_is_an_error_for_that_session_only() {
     assert_eq!(listed.len(), 2);
     for (id, record) in listed {
         match id.as_str() {
-            "a" => assert!(
-                matches!(record, Err(StoreError::Undecryptable { ref session, .. }) if session == "a"),
+            // An unreadable record cannot say whose it is: labelled by the
+            // start of its keyed hash.
+            label if label.starts_with('?') => assert!(
+                matches!(record, Err(StoreError::Undecryptable { ref session, .. }) if session == label),
                 "{record:?}"
             ),
             _ => assert_eq!(record.unwrap().id, "b"),
         }
     }
-    assert!(store.get_record("a").is_err());
+    assert!(
+        matches!(store.get_record("a"), Err(StoreError::Undecryptable { ref session, .. }) if session == "a")
+    );
     // Rewriting the broken record repairs it and keeps the index tidy.
     store
         .put_record(&SessionRecord {

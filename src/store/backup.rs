@@ -4,7 +4,12 @@
 //! [`sled_gate`](super::sled_gate), which every write and scan of the store
 //! goes through, so no write lands halfway. Values stay sealed exactly as
 //! stored: a backup is as encrypted as the store, and useless without the
-//! master key, which is **not** in it (keep the key somewhere else).
+//! master key, which is **not** in it (keep the key somewhere else). Keys
+//! and tree names are copied as stored too, so a backup carries the store's
+//! blinded layout: no session id, tenant id, phone number, JID or LID in
+//! plain text (see [`super::ids`]). A format-1 store (ids in its keys) is
+//! converted when the daemon opens it; [`backup_offline`] refuses one that
+//! was never opened by this version rather than copy its ids out.
 //!
 //! While the daemon runs, sled's file lock keeps every other process out of
 //! the database, so the daemon takes the backup (`POST /v1/admin/backup`);
@@ -63,7 +68,17 @@ pub fn backup_offline(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
             data_dir.display()
         )));
     }
-    export(&open_db(data_dir)?)
+    let lock = super::migrate::prepare(data_dir)?;
+    let db = open_db(data_dir)?;
+    drop(lock);
+    if !super::migrate::is_current(&db)? {
+        return Err(StoreError::Invalid(format!(
+            "the store in {} is in format 1 (ids in plain text in its keys); \
+             start whatsd once to convert it, then take the backup",
+            data_dir.display()
+        )));
+    }
+    export(&db)
 }
 
 /// Whether opening failed because another process (a running daemon)

@@ -1,11 +1,16 @@
 //! One session's device keyspace: wacore's `Backend` over a sled tree.
 //!
-//! Every key starts with a kind byte ([`kind`]); the rest is the natural key.
-//! Signal addresses are stored raw after the kind byte so that
-//! `has_signal_state_for_user` is a prefix scan on `user@` / `user:`.
-//! Composite keys length-prefix every part but the last (u16 big-endian), so
-//! they stay unambiguous and prefix-scannable by their leading parts. Integer
-//! ids are big-endian so that sled's order is numeric order.
+//! Every key starts with a kind byte ([`kind`]); the rest of the *natural*
+//! key follows it. Composite natural keys length-prefix every part but the
+//! last (u16 big-endian), so they stay unambiguous. Integer ids are
+//! big-endian so that sled's order is numeric order.
+//!
+//! Natural keys that hold a JID, LID, phone number, Signal address or group
+//! id are not what sled stores: [`stored_key`] replaces them by keyed hashes
+//! (see [`super::ids`]), shaped so the scans the traits need stay prefix
+//! scans (a Signal address is stored as `H(user) ‖ H(address)`, a sender-key
+//! device row as `H(group) ‖ H(device)`). Where a method needs an id back
+//! (tc-token JIDs, sender-key devices) the sealed value carries it.
 //!
 //! Every value is sealed (see [`super::crypto`]) with the AAD bound to this
 //! tree's name and the full key. Values of the library's serde types are
@@ -61,6 +66,7 @@ use wacore::store::traits::{
 
 use super::crypto::Sealer;
 use super::error::StoreError;
+use super::ids::{BLIND_LEN, Blinder};
 use super::records::{abort, tx_error};
 
 /// The first byte of every key in a device keyspace.
@@ -96,6 +102,7 @@ pub struct DeviceBackend {
     /// The sled tree name, bound into every value's AAD.
     tree_name: Vec<u8>,
     sealer: Arc<Sealer>,
+    blinder: Blinder,
     /// `None` once the keyspace has been wiped, or this handle closed. Every sled call happens under
     /// the read lock and the wipe under the write lock, so no call can touch
     /// a dropped tree.
@@ -116,17 +123,37 @@ impl DeviceBackend {
         tree_name: Vec<u8>,
         tree: sled::Tree,
         sealer: Arc<Sealer>,
+        blinder: Blinder,
     ) -> Self {
         Self {
             session: Arc::from(session),
             tree_name,
             sealer,
+            blinder,
             tree: RwLock::new(Some(tree)),
         }
     }
 
     pub fn session_id(&self) -> &str {
         &self.session
+    }
+
+    /// The sled tree this backend writes (`device/<blinded session id>`).
+    #[doc(hidden)]
+    pub fn tree_name(&self) -> &[u8] {
+        &self.tree_name
+    }
+
+    /// The sled key under which the Signal session with `address` is
+    /// stored (tests tamper with it on disk).
+    #[doc(hidden)]
+    pub fn stored_signal_session_key(&self, address: &str) -> Vec<u8> {
+        self.k(&key(kind::SESSION, address.as_bytes()))
+    }
+
+    /// The stored form of a natural key (see [`stored_key`]).
+    fn k(&self, natural: &[u8]) -> Vec<u8> {
+        stored_key(&self.blinder, natural)
     }
 
     /// Makes every write so far durable.
@@ -206,38 +233,48 @@ impl DeviceBackend {
         }
     }
 
-    fn get(&self, key: &[u8], what: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.with_tree(|tree| Ok(tree.get(key)?))? {
-            Some(sealed) => self.open(key, &sealed, what).map(Some),
+    /// Opens the value under a natural key.
+    fn get(&self, natural: &[u8], what: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.k(natural);
+        match self.with_tree(|tree| Ok(tree.get(&key)?))? {
+            Some(sealed) => self.open(&key, &sealed, what).map(Some),
             None => Ok(None),
         }
     }
 
-    fn put(&self, key: &[u8], plain: &[u8]) -> Result<(), StoreError> {
-        let sealed = self.seal(key, plain)?;
+    /// Seals and writes a value under a natural key.
+    fn put(&self, natural: &[u8], plain: &[u8]) -> Result<(), StoreError> {
+        let key = self.k(natural);
+        let sealed = self.seal(&key, plain)?;
         self.with_tree(|tree| {
             tree.insert(key, sealed)?;
             Ok(())
         })
     }
 
-    fn remove(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+    /// Removes the value under a natural key; returns it, still sealed
+    /// under `self.k(natural)`.
+    fn remove(&self, natural: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        let key = self.k(natural);
         self.with_tree(|tree| Ok(tree.remove(key)?))
     }
 
-    /// Seals `rows` and writes them as one atomic sled batch.
+    /// Seals `rows` (natural keys) and writes them as one atomic sled batch.
     fn put_batch<'a>(
         &self,
         rows: impl IntoIterator<Item = (Vec<u8>, &'a [u8])>,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (key, plain) in rows {
+        for (natural, plain) in rows {
+            let key = self.k(&natural);
             let sealed = self.seal(&key, plain)?;
             batch.insert(key, sealed);
         }
         self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
     }
 
+    /// Removes stored keys (as a scan returns them, or mapped with
+    /// [`Self::k`]) in one atomic sled batch.
     fn remove_batch(&self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for key in keys {
@@ -270,10 +307,10 @@ impl DeviceBackend {
 
     fn get_json<T: DeserializeOwned>(
         &self,
-        key: &[u8],
+        natural: &[u8],
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
-        match self.get(key, what)? {
+        match self.get(natural, what)? {
             Some(plain) => self.decode_json(&plain, what).map(Some),
             None => Ok(None),
         }
@@ -425,13 +462,138 @@ fn prekey_row(record: &[u8], uploaded: bool) -> Vec<u8> {
     row
 }
 
-fn user_has_prefix(kind: u8, user: &str, separator: u8) -> Vec<u8> {
-    let mut prefix = key(kind, user.as_bytes());
-    prefix.push(separator);
+const DEVICE_KEY: [u8; 1] = [kind::DEVICE];
+
+// --- blinded keys --------------------------------------------------------------
+//
+// The methods build *natural* keys (`kind ‖ body`, the layout above, which
+// holds JIDs, LIDs, phone numbers and Signal addresses) and store them under
+// [`stored_key`]: the kind byte, then keyed hashes (see [`super::ids`]).
+// Where a method needs an id back it reads it from the sealed value.
+
+/// Blinding domain of one part of one kind's key.
+fn domain(kind: u8, part: u8) -> [u8; 9] {
+    let mut d = *b"device-\0\0";
+    d[7] = kind;
+    d[8] = part;
+    d
+}
+
+/// Parts of a blinded key.
+mod part {
+    /// The whole natural body.
+    pub const BODY: u8 = b'k';
+    /// The user of a Signal address (`user@…` / `user:dev@…`).
+    pub const USER: u8 = b'u';
+    /// A Signal address with no user separator.
+    pub const NO_USER: u8 = b'n';
+    /// The group of a sender-key device row.
+    pub const GROUP: u8 = b'g';
+    /// The device of a sender-key device row.
+    pub const DEVICE: u8 = b'd';
+}
+
+/// The user part of a Signal address, if it has one.
+fn address_user(address: &[u8]) -> Option<&[u8]> {
+    address
+        .iter()
+        .position(|&b| b == b'@' || b == b':')
+        .map(|at| &address[..at])
+}
+
+/// The sled key of a natural key:
+///
+/// - Signal sessions and identities: `kind ‖ H(user) ‖ H(address)`, so
+///   `has_signal_state_for_user` stays a prefix scan;
+/// - sender-key device rows: `kind ‖ H(group) ‖ H(device)` (per-group
+///   scans, per-device deletes);
+/// - every other kind whose key names a person, group or chat:
+///   `kind ‖ H(body)`;
+/// - numeric ids, app-state names and MACs, the device row: unchanged.
+pub(super) fn stored_key(blinder: &Blinder, natural: &[u8]) -> Vec<u8> {
+    let Some((&k, body)) = natural.split_first() else {
+        return natural.to_vec();
+    };
+    let mut out = Vec::with_capacity(1 + 2 * BLIND_LEN);
+    out.push(k);
+    match k {
+        kind::IDENTITY | kind::SESSION => {
+            match address_user(body) {
+                Some(user) => out.extend_from_slice(&blinder.blind(&domain(k, part::USER), user)),
+                None => out.extend_from_slice(&blinder.blind(&domain(k, part::NO_USER), body)),
+            }
+            out.extend_from_slice(&blinder.blind(&domain(k, part::BODY), body));
+        }
+        kind::SENDER_KEY_DEVICE => match split_part(body) {
+            Some((group, device)) => {
+                out.extend_from_slice(&blinder.blind(&domain(k, part::GROUP), group));
+                out.extend_from_slice(&blinder.blind(&domain(k, part::DEVICE), device));
+            }
+            None => out.extend_from_slice(&blinder.blind(&domain(k, part::BODY), body)),
+        },
+        kind::SENDER_KEY
+        | kind::LID_MAPPING
+        | kind::PN_TO_LID
+        | kind::BASE_KEY
+        | kind::DEVICE_LIST
+        | kind::GROUP_METADATA
+        | kind::TC_TOKEN
+        | kind::SENT_MESSAGE
+        | kind::PENDING_INBOUND
+        | kind::MSG_SECRET => {
+            out.extend_from_slice(&blinder.blind(&domain(k, part::BODY), body));
+        }
+        _ => return natural.to_vec(),
+    }
+    out
+}
+
+/// The stored prefix of every sender-key device row of `group_jid`.
+fn sender_key_device_prefix(blinder: &Blinder, group_jid: &str) -> Vec<u8> {
+    let mut prefix = vec![kind::SENDER_KEY_DEVICE];
+    prefix.extend_from_slice(&blinder.blind(
+        &domain(kind::SENDER_KEY_DEVICE, part::GROUP),
+        group_jid.as_bytes(),
+    ));
     prefix
 }
 
-const DEVICE_KEY: [u8; 1] = [kind::DEVICE];
+/// `len16 ‖ name ‖ payload`: a row that carries the id its key no longer
+/// shows (tc tokens).
+fn named(name: &str, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let len = u16::try_from(name.len())
+        .map_err(|_| StoreError::Invalid(format!("name of {} bytes", name.len())))?;
+    let mut row = Vec::with_capacity(2 + name.len() + payload.len());
+    row.extend_from_slice(&len.to_be_bytes());
+    row.extend_from_slice(name.as_bytes());
+    row.extend_from_slice(payload);
+    Ok(row)
+}
+
+fn split_named(row: &[u8]) -> Option<(&[u8], &[u8])> {
+    split_part(row)
+}
+
+/// Converts a format-1 row (natural key in sled, value as the natural
+/// layout stored it) to its format-2 plaintext. Only the rows whose ids
+/// moved from the key into the value change.
+pub(super) fn upgrade_plain(natural: &[u8], plain: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    match natural.split_first() {
+        Some((&kind::SENDER_KEY_DEVICE, body)) => match split_part(body) {
+            Some((_, device)) => {
+                let mut row = plain;
+                row.extend_from_slice(device);
+                Ok(row)
+            }
+            None => Ok(plain),
+        },
+        Some((&kind::TC_TOKEN, jid)) => {
+            let jid = String::from_utf8_lossy(jid);
+            named(&jid, &plain)
+        }
+        _ => Ok(plain),
+    }
+}
 
 // --- SignalStore -------------------------------------------------------------
 
@@ -493,25 +655,34 @@ impl SignalStore for DeviceBackend {
     }
 
     async fn has_session(&self, address: &str) -> WaResult<bool> {
-        let key = key(kind::SESSION, address.as_bytes());
+        let key = self.k(&key(kind::SESSION, address.as_bytes()));
         Ok(self.with_tree(|tree| Ok(tree.contains_key(&key)?))?)
     }
 
     async fn has_signal_state_for_user(&self, user: &str) -> WaResult<bool> {
+        // Rows are bucketed by the user part before the first '@' or ':'. A
+        // "user" holding one of those is not a JID user; the trait allows the
+        // conservative answer.
+        if user.contains(['@', ':']) {
+            return Ok(true);
+        }
         for kind in [kind::SESSION, kind::IDENTITY] {
-            for separator in [b'@', b':'] {
-                let prefix = user_has_prefix(kind, user, separator);
-                let found = self.with_tree(|tree| {
-                    Ok(tree
-                        .scan_prefix(&prefix)
-                        .keys()
-                        .next()
-                        .transpose()?
-                        .is_some())
-                })?;
-                if found {
-                    return Ok(true);
-                }
+            let mut prefix = vec![kind];
+            prefix.extend_from_slice(
+                &self
+                    .blinder
+                    .blind(&domain(kind, part::USER), user.as_bytes()),
+            );
+            let found = self.with_tree(|tree| {
+                Ok(tree
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .next()
+                    .transpose()?
+                    .is_some())
+            })?;
+            if found {
+                return Ok(true);
             }
         }
         Ok(false)
@@ -740,7 +911,7 @@ impl AppSyncStore for DeviceBackend {
         }
         let keys = index_macs
             .iter()
-            .map(|index_mac| mutation_mac_key(name, index_mac))
+            .map(|index_mac| mutation_mac_key(name, index_mac).map(|k| self.k(&k)))
             .collect::<Result<Vec<_>, _>>()?;
         self.durably(self.remove_batch(keys)).await
     }
@@ -781,14 +952,14 @@ impl DeviceBackend {
         tx: &TransactionalTree,
         entry: &LidPnMappingEntry,
     ) -> Result<(), ConflictableTransactionError<StoreError>> {
-        let lid_key = key(kind::LID_MAPPING, entry.lid.as_bytes());
+        let lid_key = self.k(&key(kind::LID_MAPPING, entry.lid.as_bytes()));
         if let Some(sealed) = tx.get(&lid_key)? {
             let old: LidPnMappingEntry = abort(
                 self.open(&lid_key, &sealed, "LID mapping")
                     .and_then(|plain| self.decode_json(&plain, "LID mapping")),
             )?;
             if old.phone_number != entry.phone_number {
-                let old_pn_key = key(kind::PN_TO_LID, old.phone_number.as_bytes());
+                let old_pn_key = self.k(&key(kind::PN_TO_LID, old.phone_number.as_bytes()));
                 if let Some(sealed) = tx.get(&old_pn_key)? {
                     let lid = abort(self.open(&old_pn_key, &sealed, "PN→LID index"))?;
                     if lid == entry.lid.as_bytes() {
@@ -797,7 +968,7 @@ impl DeviceBackend {
                 }
             }
         }
-        let pn_key = key(kind::PN_TO_LID, entry.phone_number.as_bytes());
+        let pn_key = self.k(&key(kind::PN_TO_LID, entry.phone_number.as_bytes()));
         tx.insert(
             pn_key.as_slice(),
             abort(self.seal(&pn_key, entry.lid.as_bytes()))?,
@@ -807,6 +978,19 @@ impl DeviceBackend {
         Ok(())
     }
 
+    /// A tc-token row's plaintext: `named(jid, JSON entry)`.
+    fn decode_tc_token(&self, plain: &[u8]) -> Result<(String, TcTokenEntry), StoreError> {
+        let (jid, json) =
+            split_named(plain).ok_or_else(|| self.corrupt("tc token", "bad row layout"))?;
+        let jid = String::from_utf8(jid.to_vec()).map_err(|e| self.corrupt("tc token jid", e))?;
+        Ok((jid, self.decode_json(json, "tc token")?))
+    }
+
+    fn encode_tc_token(&self, jid: &str, entry: &TcTokenEntry) -> Result<Vec<u8>, StoreError> {
+        named(jid, &self.encode_json(entry, "tc token")?)
+    }
+
+    /// `tc_key` is the stored key.
     fn get_tc_token_tx(
         &self,
         tx: &TransactionalTree,
@@ -815,7 +999,8 @@ impl DeviceBackend {
         match tx.get(tc_key)? {
             Some(sealed) => Ok(Some(abort(
                 self.open(tc_key, &sealed, "tc token")
-                    .and_then(|plain| self.decode_json(&plain, "tc token")),
+                    .and_then(|plain| self.decode_tc_token(&plain))
+                    .map(|(_, entry)| entry),
             )?)),
             None => Ok(None),
         }
@@ -825,9 +1010,10 @@ impl DeviceBackend {
         &self,
         tx: &TransactionalTree,
         tc_key: &[u8],
+        jid: &str,
         entry: &TcTokenEntry,
     ) -> Result<(), ConflictableTransactionError<StoreError>> {
-        let plain = abort(self.encode_json(entry, "tc token"))?;
+        let plain = abort(self.encode_tc_token(jid, entry))?;
         tx.insert(tc_key, abort(self.seal(tc_key, &plain))?)?;
         Ok(())
     }
@@ -839,15 +1025,21 @@ impl DeviceBackend {
 
 #[async_trait]
 impl ProtocolStore for DeviceBackend {
+    /// Rows are `has_key flag ‖ device JID`.
     async fn get_sender_key_devices(&self, group_jid: &str) -> WaResult<Vec<(String, bool)>> {
-        let prefix = composite(kind::SENDER_KEY_DEVICE, &[group_jid], &[])?;
+        let prefix = sender_key_device_prefix(&self.blinder, group_jid);
         let mut out = Vec::new();
         for (key, sealed) in self.entries_with_prefix(&prefix)? {
-            let device = String::from_utf8(key[prefix.len()..].to_vec())
-                .map_err(|e| self.corrupt("sender key device", e))?;
             let plain = self.open(&key, &sealed, "sender key device")?;
-            out.push((device, plain.first() == Some(&1)));
+            let (flag, device) = plain
+                .split_first()
+                .ok_or_else(|| self.corrupt("sender key device", "empty row"))?;
+            let device = String::from_utf8(device.to_vec())
+                .map_err(|e| self.corrupt("sender key device", e))?;
+            out.push((device, *flag == 1));
         }
+        // The order of the natural keys, not of their hashes.
+        out.sort();
         Ok(out)
     }
 
@@ -859,21 +1051,21 @@ impl ProtocolStore for DeviceBackend {
         if entries.is_empty() {
             return Ok(());
         }
-        let keys = entries
+        let rows = entries
             .iter()
-            .map(|(device, _)| composite(kind::SENDER_KEY_DEVICE, &[group_jid], device.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()?;
-        const HAS_KEY: [u8; 1] = [1];
-        const NO_KEY: [u8; 1] = [0];
-        let rows = keys
-            .into_iter()
-            .zip(entries)
-            .map(|(key, (_, has_key))| (key, if *has_key { &HAS_KEY[..] } else { &NO_KEY[..] }));
-        self.durably(self.put_batch(rows)).await
+            .map(|(device, has_key)| {
+                let key = composite(kind::SENDER_KEY_DEVICE, &[group_jid], device.as_bytes())?;
+                let mut row = vec![u8::from(*has_key)];
+                row.extend_from_slice(device.as_bytes());
+                Ok((key, row))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.durably(self.put_batch(rows.iter().map(|(key, row)| (key.clone(), row.as_slice()))))
+            .await
     }
 
     async fn clear_sender_key_devices(&self, group_jid: &str) -> WaResult<()> {
-        let prefix = composite(kind::SENDER_KEY_DEVICE, &[group_jid], &[])?;
+        let prefix = sender_key_device_prefix(&self.blinder, group_jid);
         let result = self
             .keys_with_prefix(&prefix)
             .and_then(|keys| self.remove_batch(keys.into_iter().map(|k| k.to_vec())));
@@ -884,14 +1076,20 @@ impl ProtocolStore for DeviceBackend {
         if device_jids.is_empty() {
             return Ok(());
         }
-        // Keys only, no decryption: `kind ‖ len ‖ group ‖ device`.
+        // Keys only, no decryption: `kind ‖ H(group) ‖ H(device)`.
+        let doomed_devices: Vec<[u8; BLIND_LEN]> = device_jids
+            .iter()
+            .map(|d| {
+                self.blinder
+                    .blind(&domain(kind::SENDER_KEY_DEVICE, part::DEVICE), d.as_bytes())
+            })
+            .collect();
         let result = self
             .keys_with_prefix(&[kind::SENDER_KEY_DEVICE])
             .and_then(|keys| {
                 let doomed = keys.into_iter().filter(|key| {
-                    split_part(&key[1..]).is_some_and(|(_, device)| {
-                        device_jids.iter().any(|d| d.as_bytes() == device)
-                    })
+                    key.get(1 + BLIND_LEN..)
+                        .is_some_and(|device| doomed_devices.iter().any(|d| &d[..] == device))
                 });
                 self.remove_batch(doomed.map(|k| k.to_vec()))
             });
@@ -1019,11 +1217,14 @@ impl ProtocolStore for DeviceBackend {
     }
 
     async fn get_tc_token(&self, jid: &str) -> WaResult<Option<TcTokenEntry>> {
-        Ok(self.get_json(&key(kind::TC_TOKEN, jid.as_bytes()), "tc token")?)
+        match self.get(&key(kind::TC_TOKEN, jid.as_bytes()), "tc token")? {
+            Some(plain) => Ok(Some(self.decode_tc_token(&plain)?.1)),
+            None => Ok(None),
+        }
     }
 
     async fn put_tc_token(&self, jid: &str, entry: &TcTokenEntry) -> WaResult<()> {
-        let plain = self.encode_json(entry, "tc token")?;
+        let plain = self.encode_tc_token(jid, entry)?;
         Ok(self.put(&key(kind::TC_TOKEN, jid.as_bytes()), &plain)?)
     }
 
@@ -1033,11 +1234,11 @@ impl ProtocolStore for DeviceBackend {
     }
 
     async fn get_all_tc_token_jids(&self) -> WaResult<Vec<String>> {
-        self.keys_with_prefix(&[kind::TC_TOKEN])?
+        self.entries_with_prefix(&[kind::TC_TOKEN])?
             .into_iter()
-            .map(|key| {
-                String::from_utf8(key[1..].to_vec())
-                    .map_err(|e| self.corrupt("tc token jid", e).into())
+            .map(|(key, sealed)| {
+                let plain = self.open(&key, &sealed, "tc token")?;
+                Ok(self.decode_tc_token(&plain)?.0)
             })
             .collect()
     }
@@ -1050,7 +1251,8 @@ impl ProtocolStore for DeviceBackend {
         // A row goes only when both windows are stale: the received token
         // (absent or older than token_cutoff) and the sender bucket.
         let result = self.sweep(&[kind::TC_TOKEN], "tc token", |plain| {
-            serde_json::from_slice::<TcTokenEntry>(plain).is_ok_and(|entry| {
+            let json = split_named(plain).map_or(&[][..], |(_, json)| json);
+            serde_json::from_slice::<TcTokenEntry>(json).is_ok_and(|entry| {
                 let token_live = !entry.token.is_empty() && entry.token_timestamp >= token_cutoff;
                 let sender_live = entry.sender_timestamp.is_some_and(|ts| ts >= sender_cutoff);
                 !token_live && !sender_live
@@ -1064,7 +1266,7 @@ impl ProtocolStore for DeviceBackend {
         jid: &str,
         sender_timestamp: i64,
     ) -> WaResult<()> {
-        let tc_key = key(kind::TC_TOKEN, jid.as_bytes());
+        let tc_key = self.k(&key(kind::TC_TOKEN, jid.as_bytes()));
         Ok(self.transact(|tx| {
             let entry = match self.get_tc_token_tx(tx, &tc_key)? {
                 Some(existing) => TcTokenEntry {
@@ -1081,7 +1283,7 @@ impl ProtocolStore for DeviceBackend {
                     sender_timestamp: Some(sender_timestamp),
                 },
             };
-            self.put_tc_token_tx(tx, &tc_key, &entry)
+            self.put_tc_token_tx(tx, &tc_key, jid, &entry)
         })?)
     }
 
@@ -1091,7 +1293,7 @@ impl ProtocolStore for DeviceBackend {
         token: &[u8],
         token_timestamp: i64,
     ) -> WaResult<()> {
-        let tc_key = key(kind::TC_TOKEN, jid.as_bytes());
+        let tc_key = self.k(&key(kind::TC_TOKEN, jid.as_bytes()));
         Ok(self.transact(|tx| {
             let existing = self.get_tc_token_tx(tx, &tc_key)?;
             // Newer wins; a byte-less placeholder never blocks the first real token.
@@ -1106,7 +1308,7 @@ impl ProtocolStore for DeviceBackend {
                 token_timestamp,
                 sender_timestamp: existing.and_then(|existing| existing.sender_timestamp),
             };
-            self.put_tc_token_tx(tx, &tc_key, &entry)
+            self.put_tc_token_tx(tx, &tc_key, jid, &entry)
         })?)
     }
 
@@ -1132,7 +1334,7 @@ impl ProtocolStore for DeviceBackend {
         let taken = self.durably(result).await?;
         match taken {
             Some(sealed) => {
-                let row = self.open(&key, &sealed, "sent message")?;
+                let row = self.open(&self.k(&key), &sealed, "sent message")?;
                 let (_, payload) = split_timestamped(&row)
                     .ok_or_else(|| self.corrupt("sent message", "bad row header"))?;
                 Ok(Some(payload.to_vec()))
@@ -1212,7 +1414,7 @@ impl ProtocolStore for DeviceBackend {
         }
         let keys = keys
             .iter()
-            .map(|key| Self::pending_key(key.chat, key.sender, key.id))
+            .map(|key| Self::pending_key(key.chat, key.sender, key.id).map(|k| self.k(&k)))
             .collect::<Result<Vec<_>, _>>()?;
         self.durably(self.remove_batch(keys)).await
     }
@@ -1249,7 +1451,7 @@ impl MsgSecretStore for DeviceBackend {
         }
         let keys = entries
             .iter()
-            .map(|e| msg_secret_key(&e.chat, &e.sender, &e.msg_id))
+            .map(|e| msg_secret_key(&e.chat, &e.sender, &e.msg_id).map(|k| self.k(&k)))
             .collect::<Result<Vec<_>, _>>()?;
         // One transaction: the merge reads what earlier rows of the same
         // batch wrote, and concurrent writers cannot interleave.

@@ -2,27 +2,38 @@
 //!
 //! Layout of the sled database in `<data_dir>/db`:
 //!
-//! | tree                 | key                          | value                                   |
-//! |----------------------|------------------------------|-----------------------------------------|
-//! | `store_meta`         | `key_check`, `rekey_target`  | sealed verifier (proves the master key)  |
-//! | `session_records`    | session id                   | sealed prost `whatsd.v1.SessionRecord`  |
-//! | `phone_index`        | phone ‖ 0x00 ‖ session id    | empty                                   |
-//! | `device/<session>`   | kind byte ‖ kind-specific key | sealed value (see [`device`])          |
+//! | tree                  | key                            | value                                   |
+//! |-----------------------|--------------------------------|-----------------------------------------|
+//! | `store_meta`          | `key_check`, `rekey_target`    | sealed verifier (proves the master key)  |
+//! | `store_meta`          | `index_key`                    | sealed key of the blinded ids ([`ids`])  |
+//! | `store_meta`          | `format`                       | `2` (plain; see [`migrate`])             |
+//! | `session_records`     | H(session id)                  | sealed prost `whatsd.v1.SessionRecord`  |
+//! | `device/<hex H(id)>`  | kind byte ‖ blinded key        | sealed value (see [`device`])           |
+//!
+//! H is the keyed hash of [`ids`]: no session id, tenant id, phone number,
+//! JID or LID is readable in a key or a tree name; the values that need an
+//! id back carry it, sealed. The phone → sessions index lives in memory,
+//! rebuilt from the records at open (see [`records`]).
 //!
 //! Each session's WhatsApp key material lives in its own tree, so wiping a
 //! session is a single atomic `drop_tree`. Every value is sealed with the
-//! master key (see [`crypto`]); the phone index carries no value.
+//! master key (see [`crypto`]).
 //!
 //! Invariant that [`rekey`] relies on: every tree other than `store_meta`,
-//! `phone_index` and sled's default tree holds only values sealed with AAD
-//! = that tree's own name ‖ 0x00 ‖ key. A new tree must follow it or be
-//! added to rekey's skip list.
+//! (format 1's) `phone_index` and sled's default tree holds only values
+//! sealed with AAD = that tree's own name ‖ 0x00 ‖ stored key. A new tree
+//! must follow it or be added to rekey's skip list.
+//!
+//! Files: the data dir is kept at 0700 and everything under it at 0600
+//! (directories 0700); [`Store::open`] tightens what it finds, with a
+//! warning naming each path group or others could reach.
 
 pub mod backup;
 pub mod crypto;
 pub mod device;
 pub mod error;
 pub mod ids;
+mod migrate;
 pub mod outbox;
 pub mod records;
 mod rekey;
@@ -76,6 +87,9 @@ const META_TREE: &str = "store_meta";
 const RECORDS_TREE: &str = "session_records";
 const PHONE_INDEX_TREE: &str = "phone_index";
 const DEVICE_TREE_PREFIX: &str = "device/";
+/// Blinding domains of the ids in keys and tree names.
+const SESSION_DOMAIN: &[u8] = b"session";
+const TENANT_DOMAIN: &[u8] = b"tenant";
 /// sled's own default tree; whatsd keeps nothing in it.
 const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
 
@@ -100,7 +114,10 @@ struct Inner {
     sealer: Arc<Sealer>,
     blinder: ids::Blinder,
     records: sled::Tree,
-    phone_index: sled::Tree,
+    /// session id → phone, of every readable record with a phone: the
+    /// phone index, kept in memory so no phone number is written to disk.
+    /// Changed only under `sled_gate`, in step with the record writes.
+    phones: Mutex<HashMap<String, String>>,
     data_dir: PathBuf,
     /// One live backend per session, so a wipe can fence off every handle
     /// to the tree it drops.
@@ -134,26 +151,41 @@ impl Store {
     /// Fails with [`StoreError::WrongMasterKey`] if the store was created
     /// with another key, and with [`StoreError::RekeyInterrupted`] if a key
     /// rotation did not finish; in both cases nothing is written.
+    ///
+    /// A format-1 store (plain-text ids in its keys) is converted first
+    /// (see [`migrate`]); an interrupted conversion is finished.
     pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, StoreError> {
         create_data_dir(data_dir)?;
-        let db = open_db(data_dir)?;
+        tighten_permissions(data_dir, true);
+        let _lock = migrate::prepare(data_dir)?;
+        let mut db = open_db(data_dir)?;
         let sealer = Arc::new(Sealer::new(key));
-        check_master_key(&db, &sealer, data_dir)?;
+        match check_master_key(&db, &sealer, data_dir)? {
+            KeyCheck::Created => migrate::mark_current(&db)?,
+            KeyCheck::Proven if !migrate::is_current(&db)? => {
+                migrate::run(db, data_dir, &sealer)?;
+                db = open_db(data_dir)?;
+            }
+            KeyCheck::Proven => {}
+        }
+        // sled made its files with the process umask.
+        tighten_permissions(data_dir, false);
         let blinder = ids::load_or_create(&db, &sealer)?;
         let records = db.open_tree(RECORDS_TREE)?;
-        let phone_index = db.open_tree(PHONE_INDEX_TREE)?;
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 sealer,
                 blinder,
                 records,
-                phone_index,
+                phones: Mutex::new(HashMap::new()),
                 data_dir: data_dir.to_path_buf(),
                 backends: Mutex::new(HashMap::new()),
                 flushes: FlushGroup::default(),
             }),
-        })
+        };
+        store.load_phone_index()?;
+        Ok(store)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -175,13 +207,14 @@ impl Store {
             return Ok(live);
         }
         backends.retain(|_, backend| backend.strong_count() > 0);
-        let name = device_tree_name(session_id);
+        let name = self.device_tree_name(session_id);
         let tree = self.inner.db.open_tree(&name)?;
         let backend = Arc::new(DeviceBackend::new(
             session_id,
             name.into_bytes(),
             tree,
             Arc::clone(&self.inner.sealer),
+            self.inner.blinder.clone(),
         ));
         backends.insert(session_id.to_string(), Arc::downgrade(&backend));
         Ok(backend)
@@ -199,7 +232,7 @@ impl Store {
                 .backends
                 .lock()
                 .map_err(|_| StoreError::Poisoned)?;
-            let name = device_tree_name(session_id);
+            let name = self.device_tree_name(session_id);
             let drop_tree = || {
                 let _gate = sled_gate();
                 self.inner
@@ -236,8 +269,9 @@ impl Store {
         Ok(())
     }
 
-    /// Session ids that have a device keyspace, whether or not they have a
-    /// record (for finding orphans).
+    /// The keyspace ids (see [`Store::keyspace_id`]) of every device
+    /// keyspace, whether or not a record owns it (for finding orphans:
+    /// compare with the keyspace ids of the records' session ids).
     pub fn device_keyspaces(&self) -> Vec<String> {
         self.inner
             .db
@@ -265,6 +299,21 @@ impl Store {
         Ok(())
     }
 
+    /// The id under which `session_id`'s device keyspace is stored: the hex
+    /// of its blinded id.
+    pub fn keyspace_id(&self, session_id: &str) -> String {
+        ids::hex(
+            &self
+                .inner
+                .blinder
+                .blind(SESSION_DOMAIN, session_id.as_bytes()),
+        )
+    }
+
+    fn device_tree_name(&self, session_id: &str) -> String {
+        format!("{DEVICE_TREE_PREFIX}{}", self.keyspace_id(session_id))
+    }
+
     fn sealer(&self) -> &Sealer {
         &self.inner.sealer
     }
@@ -277,10 +326,57 @@ impl Store {
 }
 
 /// Whether `data_dir` already holds a store (used to refuse generating a key
-/// for an existing store).
+/// for an existing store), counting one halfway through its conversion.
 pub(crate) fn store_exists(data_dir: &Path) -> bool {
-    data_dir.join(DB_DIR).exists()
+    data_dir.join(DB_DIR).exists() || migrate::in_progress(data_dir)
 }
+
+/// Takes group and other permissions away from the data dir and
+/// everything under it (symlinks are not followed). With `warn`, a change
+/// to a path that group or others could actually reach (every directory
+/// above it, up to the data dir, was open to them too) is a warning naming
+/// the path; a loose file inside a private directory (sled makes its files
+/// with the process umask) is tightened quietly. Best effort: a path that
+/// cannot be changed is a warning too.
+#[cfg(unix)]
+pub(crate) fn tighten_permissions(data_dir: &Path, warn: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    fn visit(path: &Path, reachable: bool, warn: bool) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.file_type().is_symlink() {
+            return;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let loose = mode & 0o077 != 0;
+        let exposed = reachable && loose;
+        if loose {
+            let tight = mode & 0o700;
+            match fs::set_permissions(path, fs::Permissions::from_mode(tight)) {
+                Ok(()) if warn && exposed => tracing::warn!(
+                    path = %path.display(),
+                    "was open to group or others ({mode:o}); now {tight:o}"
+                ),
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "permissions {mode:o} -> {tight:o}")
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "cannot tighten permissions: {e}"),
+            }
+        }
+        if meta.is_dir()
+            && let Ok(entries) = fs::read_dir(path)
+        {
+            for entry in entries.flatten() {
+                visit(&entry.path(), exposed, warn);
+            }
+        }
+    }
+    visit(data_dir, true, warn);
+}
+
+#[cfg(not(unix))]
+pub(crate) fn tighten_permissions(_data_dir: &Path, _warn: bool) {}
 
 /// Creates the data dir (mode 0700 when it is new).
 pub(crate) fn create_data_dir(data_dir: &Path) -> Result<(), StoreError> {
@@ -306,7 +402,11 @@ pub(crate) fn create_data_dir(data_dir: &Path) -> Result<(), StoreError> {
 const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
-    let path = data_dir.join(DB_DIR);
+    open_db_at(&data_dir.join(DB_DIR))
+}
+
+fn open_db_at(path: &Path) -> Result<sled::Db, StoreError> {
+    let path = path.to_path_buf();
     let config = sled::Config::new()
         .path(&path)
         .cache_capacity(CACHE_CAPACITY_BYTES)
@@ -332,9 +432,21 @@ fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// What [`check_master_key`] found.
+pub(crate) enum KeyCheck {
+    /// A brand-new store: the proof was just written.
+    Created,
+    /// The store's proof opens with this key.
+    Proven,
+}
+
 /// Proves `sealer` holds the key the store was created with, or writes the
 /// proof for a brand-new store.
-fn check_master_key(db: &sled::Db, sealer: &Sealer, data_dir: &Path) -> Result<(), StoreError> {
+fn check_master_key(
+    db: &sled::Db,
+    sealer: &Sealer,
+    data_dir: &Path,
+) -> Result<KeyCheck, StoreError> {
     let meta = db.open_tree(META_TREE)?;
     if meta.contains_key(REKEY_TARGET)? {
         return Err(StoreError::RekeyInterrupted {
@@ -343,7 +455,7 @@ fn check_master_key(db: &sled::Db, sealer: &Sealer, data_dir: &Path) -> Result<(
     }
     match meta.get(KEY_CHECK)? {
         Some(sealed) => match sealer.open(META_TREE.as_bytes(), KEY_CHECK, &sealed) {
-            Ok(plain) if plain == VERIFIER => Ok(()),
+            Ok(plain) if plain == VERIFIER => Ok(KeyCheck::Proven),
             _ => Err(StoreError::WrongMasterKey {
                 path: data_dir.to_path_buf(),
             }),
@@ -360,7 +472,7 @@ fn check_master_key(db: &sled::Db, sealer: &Sealer, data_dir: &Path) -> Result<(
                 sealer.seal(META_TREE.as_bytes(), KEY_CHECK, VERIFIER)?,
             )?;
             db.flush()?;
-            Ok(())
+            Ok(KeyCheck::Created)
         }
     }
 }
@@ -377,12 +489,7 @@ fn holds_data(db: &sled::Db) -> Result<bool, StoreError> {
     Ok(false)
 }
 
-fn device_tree_name(session_id: &str) -> String {
-    format!("{DEVICE_TREE_PREFIX}{session_id}")
-}
-
-/// Session ids name sled trees and phone-index entries: 1-128 bytes, no
-/// '/' and no NUL.
+/// Session ids: 1-128 bytes, no '/' and no NUL.
 pub fn validate_session_id(session_id: &str) -> Result<(), StoreError> {
     let ok = !session_id.is_empty() && session_id.len() <= 128 && !session_id.contains(['/', '\0']);
     if ok {

@@ -1,58 +1,60 @@
 //! whatsd's own session records and the phone → session index.
 //!
-//! A record and its phone-index entry always change in one sled transaction,
-//! so the index never points at a record with another phone and never misses
-//! one. Record writes are flushed before returning: they are rare, and the
-//! daemon persists state before it announces it.
+//! A record is stored under the keyed hash of its session id (see
+//! [`super::ids`]); the sealed record carries the id itself. The phone index
+//! is not on disk at all: it is rebuilt from the records at open and
+//! changed in step with every record write, under the same lock
+//! (`sled_gate`), so it never points at a record with another phone and
+//! never misses a readable one. The daemon reads every record at start
+//! anyway, and a lookup by phone is rare (pairing), so a map in memory
+//! costs nothing that a hashed on-disk index would save, and there is no
+//! second structure to keep consistent across crashes. Record writes are
+//! flushed before returning: they are rare, and the daemon persists state
+//! before it announces it.
 
 use prost::Message;
-use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::{Store, StoreError, validate_session_id};
+use super::{SESSION_DOMAIN, Store, StoreError, ids, validate_session_id};
 use crate::proto::v1::SessionRecord;
 
 /// Layout version written into every record.
 pub const RECORD_VERSION: u32 = 1;
 
 /// One entry of [`Store::list_records`]: the session id and its record, or
-/// the error that keeps that one record from being read.
+/// the error that keeps that one record from being read (the id is then
+/// `?` and the start of its keyed hash: an unreadable record cannot say
+/// whose it is).
 pub type RecordEntry = (String, Result<SessionRecord, StoreError>);
 
 impl Store {
+    fn record_key(&self, session_id: &str) -> [u8; ids::BLIND_LEN] {
+        self.blinder().blind(SESSION_DOMAIN, session_id.as_bytes())
+    }
+
     /// Inserts or replaces a record (keyed by `record.id`) and moves its
-    /// phone-index entry along, atomically and durably.
+    /// phone-index entry along, durably.
     pub async fn put_record(&self, record: &SessionRecord) -> Result<(), StoreError> {
         validate_session_id(&record.id)?;
         validate_phone(&record.phone)?;
-        let id = record.id.as_str();
         let mut record = record.clone();
         record.version = RECORD_VERSION;
+        let key = self.record_key(&record.id);
         let sealed = self.sealer().seal(
             super::RECORDS_TREE.as_bytes(),
-            id.as_bytes(),
+            &key,
             &record.encode_to_vec(),
         )?;
-        let new_entry = (!record.phone.is_empty()).then(|| index_key(&record.phone, id));
-        let stale = self.stale_index_entries(id)?;
-
-        let inner = &self.inner;
-        let gate = super::sled_gate();
-        (&inner.records, &inner.phone_index)
-            .transaction(|(records, index)| {
-                for key in &stale {
-                    if Some(key) != new_entry.as_ref() {
-                        index.remove(key.as_slice())?;
-                    }
-                }
-                if let Some(key) = &new_entry {
-                    index.insert(key.as_slice(), &[][..])?;
-                }
-                records.insert(id.as_bytes(), sealed.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx_error)?;
-        drop(gate);
+        {
+            let _gate = super::sled_gate();
+            self.inner.records.insert(key, sealed)?;
+            let mut phones = self.phones()?;
+            if record.phone.is_empty() {
+                phones.remove(&record.id);
+            } else {
+                phones.insert(record.id.clone(), record.phone.clone());
+            }
+        }
         self.flush().await
     }
 
@@ -60,8 +62,9 @@ impl Store {
     /// is an error for that session only.
     pub fn get_record(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
         validate_session_id(session_id)?;
-        match self.inner.records.get(session_id.as_bytes())? {
-            Some(sealed) => self.decode_record(session_id, &sealed).map(Some),
+        let key = self.record_key(session_id);
+        match self.inner.records.get(key)? {
+            Some(sealed) => self.decode_record(session_id, &key, &sealed).map(Some),
             None => Ok(None),
         }
     }
@@ -72,102 +75,108 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.records.iter() {
             let (key, sealed) = item?;
-            let id = String::from_utf8_lossy(&key).into_owned();
-            let record = self.decode_record(&id, &sealed);
-            out.push((id, record));
+            let label = format!("?{}", ids::hex(&key[..key.len().min(6)]));
+            match self.decode_record(&label, &key, &sealed) {
+                Ok(record) => out.push((record.id.clone(), Ok(record))),
+                Err(e) => out.push((label, Err(e))),
+            }
         }
+        // Stored in hash order; listed in id order.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    /// Deletes a record and its phone-index entry atomically and durably.
-    /// Returns whether a record existed. Does not touch the device keyspace
-    /// (see [`Store::remove_session`]).
+    /// Deletes a record and its phone-index entry, durably. Returns whether
+    /// a record existed. Does not touch the device keyspace (see
+    /// [`Store::remove_session`]).
     pub async fn delete_record(&self, session_id: &str) -> Result<bool, StoreError> {
         validate_session_id(session_id)?;
-        let stale = self.stale_index_entries(session_id)?;
-        let inner = &self.inner;
-        let gate = super::sled_gate();
-        let existed = (&inner.records, &inner.phone_index)
-            .transaction(|(records, index)| {
-                for key in &stale {
-                    index.remove(key.as_slice())?;
-                }
-                Ok(records.remove(session_id.as_bytes())?.is_some())
-            })
-            .map_err(tx_error)?;
-        drop(gate);
+        let key = self.record_key(session_id);
+        let existed = {
+            let _gate = super::sled_gate();
+            let existed = self.inner.records.remove(key)?.is_some();
+            self.phones()?.remove(session_id);
+            existed
+        };
         self.flush().await?;
         Ok(existed)
     }
 
-    /// Ids of the sessions paired with `phone` (digits, as stored in records).
+    /// Ids of the sessions paired with `phone` (digits, as stored in
+    /// records), sorted.
     pub fn sessions_for_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
         validate_phone(phone)?;
         if phone.is_empty() {
             return Ok(Vec::new());
         }
-        let prefix = index_key(phone, "");
-        let mut ids = Vec::new();
-        for key in self.inner.phone_index.scan_prefix(&prefix).keys() {
-            let key = key?;
-            ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
-        }
+        let mut ids: Vec<String> = self
+            .phones()?
+            .iter()
+            .filter(|(_, p)| p.as_str() == phone)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
         Ok(ids)
     }
 
-    fn decode_record(&self, session_id: &str, sealed: &[u8]) -> Result<SessionRecord, StoreError> {
+    /// Fills the phone index from the records (at open).
+    pub(super) fn load_phone_index(&self) -> Result<(), StoreError> {
+        let mut loaded = std::collections::HashMap::new();
+        for (_, record) in self.list_records()? {
+            if let Ok(record) = record
+                && !record.phone.is_empty()
+            {
+                loaded.insert(record.id, record.phone);
+            }
+        }
+        *self.phones()? = loaded;
+        Ok(())
+    }
+
+    fn phones(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, String>>, StoreError>
+    {
+        self.inner.phones.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// `label` names the session in errors.
+    fn decode_record(
+        &self,
+        label: &str,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<SessionRecord, StoreError> {
         let plain = self
             .sealer()
-            .open(
-                super::RECORDS_TREE.as_bytes(),
-                session_id.as_bytes(),
-                sealed,
-            )
+            .open(super::RECORDS_TREE.as_bytes(), key, sealed)
             .map_err(|_| StoreError::Undecryptable {
-                session: session_id.to_string(),
+                session: label.to_string(),
                 what: "session record",
             })?;
         let record = SessionRecord::decode(plain.as_slice()).map_err(|e| StoreError::Corrupt {
-            session: session_id.to_string(),
+            session: label.to_string(),
             what: "session record",
             reason: e.to_string(),
         })?;
         if record.version > RECORD_VERSION {
             return Err(StoreError::UnsupportedRecordVersion {
-                session: session_id.to_string(),
+                session: label.to_string(),
                 found: record.version,
                 supported: RECORD_VERSION,
             });
         }
+        // The AAD binds the value to its key; this binds the key to the id
+        // inside.
+        if self.record_key(&record.id)[..] != *key {
+            return Err(StoreError::Corrupt {
+                session: label.to_string(),
+                what: "session record",
+                reason: "stored under another session's key".to_string(),
+            });
+        }
         Ok(record)
     }
-
-    /// Every phone-index entry pointing at `session_id`. Found by scanning
-    /// the index rather than trusting the stored record's phone, so an
-    /// unreadable record cannot leave a dangling entry behind. The index
-    /// holds one short key per session, so the scan stays cheap.
-    fn stale_index_entries(&self, session_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut stale = Vec::new();
-        for key in self.inner.phone_index.iter().keys() {
-            let key = key?;
-            let points_here = key
-                .iter()
-                .position(|&b| b == 0)
-                .is_some_and(|sep| &key[sep + 1..] == session_id.as_bytes());
-            if points_here {
-                stale.push(key.to_vec());
-            }
-        }
-        Ok(stale)
-    }
-}
-
-fn index_key(phone: &str, session_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(phone.len() + 1 + session_id.len());
-    key.extend_from_slice(phone.as_bytes());
-    key.push(0);
-    key.extend_from_slice(session_id.as_bytes());
-    key
 }
 
 fn validate_phone(phone: &str) -> Result<(), StoreError> {

@@ -61,6 +61,9 @@ fn rekey_until(
             data_dir.display()
         )));
     }
+    // A conversion to format 2 that committed but was not swapped in yet
+    // is finished first, so the rotation works on the database that stays.
+    let _lock = super::migrate::prepare(data_dir)?;
     let db = open_db(data_dir)?;
     let old = Sealer::new(old);
     let new = Sealer::new(new);

@@ -3,16 +3,17 @@
 //!
 //! | tree          | key                 | value                                  |
 //! |---------------|---------------------|----------------------------------------|
-//! | `tenants`     | tenant id           | sealed JSON [`TenantRecord`]            |
+//! | `tenants`     | H(tenant id)        | sealed JSON [`TenantRecord`]            |
 //! | `auth_meta`   | `admin_token_hash`  | sealed SHA-256 of the admin token       |
 //!
 //! Tokens themselves are never stored: a token is 32 random bytes shown once;
 //! the store keeps its SHA-256, which is enough to recognise it and useless
-//! for reconstructing it.
+//! for reconstructing it. H is the keyed hash of [`super::ids`]: the tenant
+//! id is readable only inside the sealed record.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, TENANT_DOMAIN, ids};
 
 const TENANTS_TREE: &str = "tenants";
 const AUTH_META_TREE: &str = "auth_meta";
@@ -46,7 +47,12 @@ impl Store {
         Ok(self.inner.db.open_tree(TENANTS_TREE)?)
     }
 
-    /// Checks the id, stamps the layout version and seals the record.
+    fn tenant_key(&self, id: &str) -> [u8; ids::BLIND_LEN] {
+        self.blinder().blind(TENANT_DOMAIN, id.as_bytes())
+    }
+
+    /// Checks the id, stamps the layout version and seals the record under
+    /// its stored key.
     fn seal_tenant(&self, record: &TenantRecord) -> Result<Vec<u8>, StoreError> {
         if record.id.is_empty() || record.id.len() > 128 {
             return Err(StoreError::Invalid(format!("tenant id {:?}", record.id)));
@@ -55,8 +61,11 @@ impl Store {
         record.version = TENANT_RECORD_VERSION;
         let plain = serde_json::to_vec(&record)
             .map_err(|e| StoreError::Invalid(format!("tenant record: {e}")))?;
-        self.sealer()
-            .seal(TENANTS_TREE.as_bytes(), record.id.as_bytes(), &plain)
+        self.sealer().seal(
+            TENANTS_TREE.as_bytes(),
+            &self.tenant_key(&record.id),
+            &plain,
+        )
     }
 
     /// Inserts or replaces a tenant, durably.
@@ -65,7 +74,7 @@ impl Store {
         let tree = self.tenants_tree()?;
         {
             let _gate = super::sled_gate();
-            tree.insert(record.id.as_bytes(), sealed)?;
+            tree.insert(self.tenant_key(&record.id), sealed)?;
         }
         self.flush().await
     }
@@ -76,27 +85,31 @@ impl Store {
         let sealed = self.seal_tenant(record)?;
         let tree = self.tenants_tree()?;
         let gate = super::sled_gate();
-        let swapped = tree.compare_and_swap(record.id.as_bytes(), None::<&[u8]>, Some(sealed))?;
+        let swapped =
+            tree.compare_and_swap(self.tenant_key(&record.id), None::<&[u8]>, Some(sealed))?;
         drop(gate);
         self.flush().await?;
         Ok(swapped.is_ok())
     }
 
     pub fn get_tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
-        match self.tenants_tree()?.get(id.as_bytes())? {
-            Some(sealed) => self.decode_tenant(id, &sealed).map(Some),
+        let key = self.tenant_key(id);
+        match self.tenants_tree()?.get(key)? {
+            Some(sealed) => self.decode_tenant(id, &key, &sealed).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Every tenant; an unreadable record is an error.
+    /// Every tenant, by id; an unreadable record is an error.
     pub fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         let mut out = Vec::new();
         for item in self.tenants_tree()?.iter() {
             let (key, sealed) = item?;
-            let id = String::from_utf8_lossy(&key).into_owned();
-            out.push(self.decode_tenant(&id, &sealed)?);
+            let label = format!("?{}", ids::hex(&key[..key.len().min(6)]));
+            out.push(self.decode_tenant(&label, &key, &sealed)?);
         }
+        // Stored in hash order; listed in id order.
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
@@ -105,7 +118,7 @@ impl Store {
         let tree = self.tenants_tree()?;
         let existed = {
             let _gate = super::sled_gate();
-            tree.remove(id.as_bytes())?.is_some()
+            tree.remove(self.tenant_key(id))?.is_some()
         };
         self.flush().await?;
         Ok(existed)
@@ -144,10 +157,16 @@ impl Store {
         self.flush().await
     }
 
-    fn decode_tenant(&self, id: &str, sealed: &[u8]) -> Result<TenantRecord, StoreError> {
+    /// `id` names the tenant in errors; `key` is the stored key.
+    fn decode_tenant(
+        &self,
+        id: &str,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<TenantRecord, StoreError> {
         let plain = self
             .sealer()
-            .open(TENANTS_TREE.as_bytes(), id.as_bytes(), sealed)
+            .open(TENANTS_TREE.as_bytes(), key, sealed)
             .map_err(|_| StoreError::Undecryptable {
                 session: format!("<tenant {id}>"),
                 what: "tenant record",
@@ -163,6 +182,13 @@ impl Store {
                 session: format!("<tenant {id}>"),
                 found: record.version,
                 supported: TENANT_RECORD_VERSION,
+            });
+        }
+        if self.tenant_key(&record.id)[..] != *key {
+            return Err(StoreError::Corrupt {
+                session: format!("<tenant {id}>"),
+                what: "tenant record",
+                reason: "stored under another tenant's key".to_string(),
             });
         }
         Ok(record)

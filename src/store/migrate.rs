@@ -1,0 +1,545 @@
+//! Converts a format-1 store (session ids, tenant ids, phone numbers,
+//! JIDs and LIDs readable in sled keys and tree names) to format 2 (keyed
+//! hashes, see [`super::ids`]) the first time the new code opens it.
+//!
+//! Copy and swap, never in place: sled's log keeps overwritten and removed
+//! keys until it happens to reuse their segments, so rewriting keys in the
+//! old database would leave the plain-text ones on disk. The conversion
+//! writes a fresh database and then replaces the old one whole:
+//!
+//! 1. `<data>/db.migrating` is made from `<data>/db` (read only), ending
+//!    with `store_meta/format = 2`, and flushed.
+//! 2. It is renamed to `db.new`: that rename is the commit point.
+//! 3. `db` is renamed to `db.old`, `db.new` to `db`, and `db.old` removed.
+//!
+//! [`prepare`] runs before every open (and before an offline backup or a
+//! key rotation) and finishes whatever a crash interrupted: a
+//! `db.migrating` is incomplete and removed (the old `db` is untouched, the
+//! next open converts again from scratch); a `db.new` is complete and
+//! swapped in; a `db.old` is removed. It holds an exclusive lock on
+//! `<data>/store.lock` until the caller has opened the database, so a
+//! second process starting meanwhile never mistakes a conversion in
+//! progress for an interrupted one.
+//!
+//! What changes: records and tenants move under the hashes of their ids,
+//! device keyspaces move to `device/<hex hash of the session id>` with
+//! their keys hashed (see [`super::device::stored_key`]), values are
+//! re-sealed with their new AAD, the on-disk phone index is dropped (it
+//! lives in memory now). Other trees (`auth_meta`, the webhook trees) are
+//! copied as they are; their owners convert their own keys. A value that
+//! does not open with the master key is copied sealed as it was: it keeps
+//! reading as an error for its owner, as before.
+
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use super::crypto::Sealer;
+use super::device::{stored_key, upgrade_plain};
+use super::error::StoreError;
+use super::ids::{self, INDEX_KEY};
+use super::{
+    DB_DIR, DEVICE_TREE_PREFIX, KEY_CHECK, META_TREE, PHONE_INDEX_TREE, RECORDS_TREE,
+    SESSION_DOMAIN, SLED_DEFAULT_TREE, TENANT_DOMAIN, open_db_at, sled_gate,
+};
+
+/// Meta key of the store format; absent in format 1.
+const FORMAT: &[u8] = b"format";
+const CURRENT: &[u8] = b"2";
+const WORK_DIR: &str = "db.migrating";
+const DONE_DIR: &str = "db.new";
+const OLD_DIR: &str = "db.old";
+const LOCK_FILE: &str = "store.lock";
+/// Entries written per sled batch.
+const BATCH_SIZE: usize = 512;
+const TENANTS_TREE: &[u8] = b"tenants";
+
+/// What a conversion did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MigrationReport {
+    pub records: u64,
+    pub tenants: u64,
+    pub keyspaces: u64,
+    pub device_rows: u64,
+    /// Entries of other trees, copied as they were.
+    pub copied: u64,
+    /// Entries of the on-disk phone index, dropped.
+    pub dropped: u64,
+    /// Values that did not open, copied sealed as they were.
+    pub unreadable: u64,
+}
+
+impl MigrationReport {
+    fn entries(&self) -> u64 {
+        self.records + self.tenants + self.device_rows + self.copied + self.dropped
+    }
+}
+
+/// Where a test makes the conversion stop, as if the process died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+enum Stop {
+    Never,
+    /// After this many entries are written to `db.migrating`.
+    AfterEntries(u64),
+    /// After the commit point (`db.new` exists), before the swap.
+    BeforeSwap,
+    /// Between the two renames of the swap.
+    BetweenRenames,
+}
+
+/// Whether the store is in the current format.
+pub(super) fn is_current(db: &sled::Db) -> Result<bool, StoreError> {
+    Ok(db.open_tree(META_TREE)?.get(FORMAT)?.as_deref() == Some(CURRENT))
+}
+
+/// Marks a store (a new one, or a converted one) as in the current format.
+pub(super) fn mark_current(db: &sled::Db) -> Result<(), StoreError> {
+    let meta = db.open_tree(META_TREE)?;
+    {
+        let _gate = sled_gate();
+        meta.insert(FORMAT, CURRENT)?;
+    }
+    db.flush()?;
+    Ok(())
+}
+
+/// Whether a converted database waits to be swapped in (the data dir holds
+/// a store even if `db` is missing).
+pub(super) fn in_progress(data_dir: &Path) -> bool {
+    data_dir.join(DONE_DIR).exists()
+}
+
+/// Takes the data dir's lock (waiting for another process's open or
+/// conversion to finish) and finishes or discards what an interrupted
+/// conversion left. Keep the returned lock until the database is open.
+pub(super) fn prepare(data_dir: &Path) -> Result<fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let mut options = fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let lock = options.open(&path).map_err(io_error(&path))?;
+    lock.lock().map_err(io_error(&path))?;
+    recover_until(data_dir, Stop::Never)?;
+    Ok(lock)
+}
+
+fn recover_until(data_dir: &Path, stop: Stop) -> Result<(), StoreError> {
+    let work = data_dir.join(WORK_DIR);
+    let done = data_dir.join(DONE_DIR);
+    let db = data_dir.join(DB_DIR);
+    let old = data_dir.join(OLD_DIR);
+    if work.exists() {
+        tracing::info!("discarding an interrupted store conversion; converting again");
+        remove_dir(&work)?;
+    }
+    if done.exists() {
+        if db.exists() {
+            if old.exists() {
+                remove_dir(&old)?;
+            }
+            rename(&db, &old)?;
+            sync_dir(data_dir)?;
+            if stop == Stop::BetweenRenames {
+                return Err(StoreError::Task("conversion stopped by a test"));
+            }
+        }
+        rename(&done, &db)?;
+        sync_dir(data_dir)?;
+    }
+    if old.exists() {
+        remove_dir(&old)?;
+        sync_dir(data_dir)?;
+    }
+    Ok(())
+}
+
+/// Converts the format-1 database `old` (whose master key `sealer` has
+/// proven) and swaps the result in. `old` is closed on return; reopen
+/// `<data_dir>/db`.
+pub(super) fn run(
+    old: sled::Db,
+    data_dir: &Path,
+    sealer: &Sealer,
+) -> Result<MigrationReport, StoreError> {
+    run_until(old, data_dir, sealer, Stop::Never)
+}
+
+fn run_until(
+    old: sled::Db,
+    data_dir: &Path,
+    sealer: &Sealer,
+    stop: Stop,
+) -> Result<MigrationReport, StoreError> {
+    let started = Instant::now();
+    tracing::info!(
+        "converting the store to format 2 (keyed hashes instead of ids in keys); \
+         the old database is removed afterwards"
+    );
+    let work = data_dir.join(WORK_DIR);
+    if work.exists() {
+        remove_dir(&work)?;
+    }
+    let report = {
+        let new = open_db_at(&work)?;
+        let report = convert(&old, &new, sealer, stop)?;
+        mark_current(&new)?;
+        report
+    };
+    drop(old);
+    rename(&work, &data_dir.join(DONE_DIR))?;
+    sync_dir(data_dir)?;
+    if stop == Stop::BeforeSwap {
+        return Err(StoreError::Task("conversion stopped by a test"));
+    }
+    recover_until(data_dir, stop)?;
+    tracing::info!(
+        records = report.records,
+        tenants = report.tenants,
+        device_keyspaces = report.keyspaces,
+        device_rows = report.device_rows,
+        copied = report.copied,
+        phone_index_entries_dropped = report.dropped,
+        unreadable = report.unreadable,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store converted to format 2"
+    );
+    if report.unreadable > 0 {
+        tracing::warn!(
+            unreadable = report.unreadable,
+            "the conversion kept values the master key does not open; they still read as errors"
+        );
+    }
+    Ok(report)
+}
+
+/// Writes entries to one tree of the new database in batches.
+struct Writer {
+    tree: sled::Tree,
+    batch: sled::Batch,
+    pending: usize,
+}
+
+impl Writer {
+    fn new(db: &sled::Db, name: &[u8]) -> Result<Self, StoreError> {
+        Ok(Self {
+            tree: db.open_tree(name)?,
+            batch: sled::Batch::default(),
+            pending: 0,
+        })
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.batch.insert(key, value);
+        self.pending += 1;
+        if self.pending == BATCH_SIZE {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), StoreError> {
+        let _gate = sled_gate();
+        self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+        self.pending = 0;
+        Ok(())
+    }
+}
+
+fn convert(
+    old: &sled::Db,
+    new: &sled::Db,
+    sealer: &Sealer,
+    stop: Stop,
+) -> Result<MigrationReport, StoreError> {
+    let old_meta = old.open_tree(META_TREE)?;
+    let mut meta = Writer::new(new, META_TREE.as_bytes())?;
+    for key in [KEY_CHECK, INDEX_KEY] {
+        if let Some(value) = old_meta.get(key)? {
+            meta.insert(key, &value)?;
+        }
+    }
+    meta.finish()?;
+    // A format-1 store made before the index key existed gets one here.
+    let blinder = ids::load_or_create(new, sealer)?;
+
+    let mut report = MigrationReport::default();
+    for name in old.tree_names() {
+        if name == SLED_DEFAULT_TREE || name == META_TREE.as_bytes() {
+            continue;
+        }
+        // Read under the gate (see `sled_gate`), one tree at a time: the
+        // largest, a device keyspace, is about a thousand short rows.
+        let entries = {
+            let _gate = sled_gate();
+            old.open_tree(&name)?
+                .iter()
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        if name == PHONE_INDEX_TREE.as_bytes() {
+            report.dropped += entries.len() as u64;
+            continue;
+        }
+        // (new tree name, how keys and values change)
+        let device_session = name.strip_prefix(DEVICE_TREE_PREFIX.as_bytes());
+        let (new_name, kind) = if name == RECORDS_TREE.as_bytes() {
+            (name.to_vec(), Kind::Id(SESSION_DOMAIN))
+        } else if name == TENANTS_TREE {
+            (name.to_vec(), Kind::Id(TENANT_DOMAIN))
+        } else if let Some(session) = device_session {
+            report.keyspaces += 1;
+            let hashed = ids::hex(&blinder.blind(SESSION_DOMAIN, session));
+            (
+                format!("{DEVICE_TREE_PREFIX}{hashed}").into_bytes(),
+                Kind::Device,
+            )
+        } else {
+            (name.to_vec(), Kind::Verbatim)
+        };
+        let mut out = Writer::new(new, &new_name)?;
+        for (key, value) in entries {
+            let new_key = match kind {
+                Kind::Id(domain) => blinder.blind(domain, &key).to_vec(),
+                Kind::Device => stored_key(&blinder, &key),
+                Kind::Verbatim => key.to_vec(),
+            };
+            let new_value = match kind {
+                Kind::Verbatim => {
+                    report.copied += 1;
+                    value.to_vec()
+                }
+                _ => {
+                    match kind {
+                        Kind::Id(d) if d == SESSION_DOMAIN => report.records += 1,
+                        Kind::Id(_) => report.tenants += 1,
+                        _ => report.device_rows += 1,
+                    }
+                    match sealer.open(&name, &key, &value) {
+                        Ok(plain) => {
+                            let plain = match kind {
+                                Kind::Device => upgrade_plain(&key, plain)?,
+                                _ => plain,
+                            };
+                            sealer.seal(&new_name, &new_key, &plain)?
+                        }
+                        Err(_) => {
+                            report.unreadable += 1;
+                            value.to_vec()
+                        }
+                    }
+                }
+            };
+            out.insert(&new_key, &new_value)?;
+            if stop == Stop::AfterEntries(report.entries()) {
+                out.finish()?;
+                new.flush()?;
+                return Err(StoreError::Task("conversion stopped by a test"));
+            }
+        }
+        out.finish()?;
+    }
+    new.flush()?;
+    Ok(report)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Keyed by an id: the key becomes its hash in this domain.
+    Id(&'static [u8]),
+    /// A device keyspace.
+    Device,
+    /// Someone else's tree: copied as it is.
+    Verbatim,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), StoreError> {
+    fs::remove_dir_all(path).map_err(io_error(path))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), StoreError> {
+    fs::rename(from, to).map_err(io_error(from))
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::store::{MasterKey, Store, backup, check_master_key, open_db};
+    use wacore::store::traits::{DeviceStore, ProtocolStore};
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1")
+    }
+
+    /// The format-1 fixture restored (raw) into a fresh data dir.
+    fn format_1_store() -> (tempfile::TempDir, PathBuf, MasterKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let key = MasterKey::from_file(&fixture().join("master.key")).unwrap();
+        let bytes = fs::read(fixture().join("store.backup")).unwrap();
+        backup::restore(&data, &bytes, Some(&key)).unwrap();
+        (dir, data, key)
+    }
+
+    /// Everything the fixture should still say after a conversion.
+    async fn assert_converted(data: &Path, key: &MasterKey) {
+        let store = Store::open(data, key).unwrap();
+        for leftover in [WORK_DIR, DONE_DIR, OLD_DIR] {
+            assert!(!data.join(leftover).exists(), "{leftover} left behind");
+        }
+        let records = store.list_records().unwrap();
+        assert_eq!(records.len(), 1);
+        let record = records[0].1.as_ref().unwrap();
+        assert_eq!(
+            (
+                record.id.as_str(),
+                record.tenant.as_str(),
+                record.phone.as_str()
+            ),
+            ("shop-qv55k", "tenant-zq81x", "15557770123")
+        );
+        assert_eq!(
+            store.sessions_for_phone("15557770123").unwrap(),
+            ["shop-qv55k"]
+        );
+        assert_eq!(
+            store.get_tenant("tenant-zq81x").unwrap().unwrap().id,
+            "tenant-zq81x"
+        );
+        let device = store.device_backend("shop-qv55k").unwrap();
+        assert!(device.load().await.unwrap().is_some(), "paired device");
+        assert!(!device.get_all_lid_mappings().await.unwrap().is_empty());
+        assert_eq!(store.device_keyspaces(), [store.keyspace_id("shop-qv55k")]);
+    }
+
+    #[tokio::test]
+    async fn a_conversion_stopped_anywhere_finishes_on_the_next_open() {
+        for stop in [
+            Stop::AfterEntries(1),
+            Stop::AfterEntries(600),
+            Stop::BeforeSwap,
+            Stop::BetweenRenames,
+        ] {
+            let (_dir, data, key) = format_1_store();
+            {
+                let db = open_db(&data).unwrap();
+                let sealer = Sealer::new(&key);
+                assert!(matches!(
+                    check_master_key(&db, &sealer, &data),
+                    Ok(crate::store::KeyCheck::Proven)
+                ));
+                assert!(!is_current(&db).unwrap());
+                let err = run_until(db, &data, &sealer, stop).unwrap_err();
+                assert!(matches!(err, StoreError::Task(_)), "{stop:?}: {err:?}");
+            }
+            let left = [WORK_DIR, DONE_DIR, OLD_DIR, DB_DIR].map(|d| data.join(d).exists());
+            match stop {
+                Stop::AfterEntries(_) => assert_eq!(left, [true, false, false, true]),
+                Stop::BeforeSwap => assert_eq!(left, [false, true, false, true]),
+                _ => assert_eq!(left, [false, true, true, false]),
+            }
+            assert!(crate::store::store_exists(&data), "{stop:?}");
+            assert_converted(&data, &key).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rekeyed_format_1_store_converts_with_the_new_key() {
+        let (_dir, data, old) = format_1_store();
+        let new = MasterKey::generate().unwrap();
+        crate::store::rekey(&data, &old, &new).unwrap();
+        assert_converted(&data, &new).await;
+        // And a rotation of the converted store keeps every hashed key valid.
+        let newer = MasterKey::generate().unwrap();
+        crate::store::rekey(&data, &new, &newer).unwrap();
+        assert_converted(&data, &newer).await;
+    }
+
+    #[tokio::test]
+    async fn a_rotation_after_a_crash_before_the_swap_rotates_the_converted_store() {
+        let (_dir, data, old) = format_1_store();
+        {
+            let db = open_db(&data).unwrap();
+            let err = run_until(db, &data, &Sealer::new(&old), Stop::BeforeSwap).unwrap_err();
+            assert!(matches!(err, StoreError::Task(_)), "{err:?}");
+        }
+        let new = MasterKey::generate().unwrap();
+        crate::store::rekey(&data, &old, &new).unwrap();
+        assert_converted(&data, &new).await;
+    }
+
+    #[tokio::test]
+    async fn an_offline_backup_waits_for_the_conversion() {
+        let (_dir, data, key) = format_1_store();
+        let err = backup::backup_offline(&data).unwrap_err();
+        assert!(err.to_string().contains("format 1"), "{err}");
+        drop(Store::open(&data, &key).unwrap());
+        let bytes = loop {
+            match backup::backup_offline(&data) {
+                Err(e) if backup::is_locked(&e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => break other.unwrap(),
+            }
+        };
+        for id in ["shop-qv55k", "15557770123", "100000000000001"] {
+            assert!(
+                !bytes.windows(id.len()).any(|w| w == id.as_bytes()),
+                "{id} in the backup"
+            );
+        }
+        // It restores into a format-2 store that opens without converting.
+        let to = tempfile::tempdir().unwrap();
+        backup::restore(to.path(), &bytes, Some(&key)).unwrap();
+        assert!(is_current(&open_db(to.path()).unwrap()).unwrap());
+        assert_converted(to.path(), &key).await;
+    }
+
+    #[tokio::test]
+    async fn a_format_1_store_older_than_the_index_key_gets_one() {
+        let (_dir, data, key) = format_1_store();
+        {
+            let db = open_db(&data).unwrap();
+            assert!(
+                db.open_tree(META_TREE)
+                    .unwrap()
+                    .remove(INDEX_KEY)
+                    .unwrap()
+                    .is_some()
+            );
+            db.flush().unwrap();
+        }
+        assert_converted(&data, &key).await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_converts_nothing() {
+        let (_dir, data, _key) = format_1_store();
+        let wrong = MasterKey::generate().unwrap();
+        assert!(matches!(
+            Store::open(&data, &wrong),
+            Err(StoreError::WrongMasterKey { .. })
+        ));
+        assert!(!data.join(WORK_DIR).exists() && !data.join(DONE_DIR).exists());
+        assert!(!is_current(&open_db(&data).unwrap()).unwrap());
+    }
+}
