@@ -35,8 +35,8 @@ fn the_example_config_sets_every_key() {
             .map(|v| v.as_table().map_or(1, |t| t.len()))
             .sum::<usize>()
     };
-    // Every key of whatsd::config::Config: 3 top-level, 5 auth, 5 api, 3 whatsapp, 8 sessions, 2 log.
-    assert_eq!(count(&table), 38, "config/example.toml must show every key");
+    // Every key of whatsd::config::Config: 3 top-level, 6 auth, 9 api, 3 whatsapp, 8 sessions, 2 log.
+    assert_eq!(count(&table), 43, "config/example.toml must show every key");
 }
 
 #[test]
@@ -48,7 +48,7 @@ fn bad_configs_exit_78_with_a_clear_message() {
         (
             "[sessions]\nactivation_timeout = \"soon\"\n",
             vec![],
-            "soon",
+            "sessions.activation_timeout",
         ),
         ("[whatsapp]\nws_url = \"http://x\"\n", vec![], "ws_url"),
         (
@@ -82,4 +82,41 @@ fn serve_with_a_bad_config_exits_78() {
         .expect("run whatsd");
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("format"));
+}
+
+/// A mistyped line may hold a secret: the error names file, line, column
+/// and key, never the value or the line (issue 12, finding 7).
+#[test]
+fn config_errors_never_echo_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "wd_5e3c7a9b1d2f4e6a8c0b2d4f6e8a0c2e4b6d8f0a1c3e5a7b9d1f3e5c7a9b1d2f";
+    for (text, needle) in [
+        // Syntax: the unquoted token is no TOML value.
+        (
+            format!("[auth]\nfailure_limit = 3\nadmin_token_file = {secret}\n"),
+            "line 3, column 20, key `auth.admin_token_file`",
+        ),
+        // Type: a string where a list is expected.
+        (
+            format!("[webhooks]\nevents = \"{secret}\"\n"),
+            "line 2, column 10, key `webhooks.events`",
+        ),
+        // A custom parser (durations) refusing the value.
+        (
+            format!("[api]\nidle_timeout = \"{secret}\"\n"),
+            "line 2, column 16, key `api.idle_timeout`",
+        ),
+    ] {
+        let path = dir.path().join("secret.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = validate(&path, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{text}: {stderr}");
+        assert!(stderr.contains("secret.toml"), "names the file: {stderr}");
+        assert!(stderr.contains(needle), "{text}: {stderr}");
+        assert!(
+            !stderr.contains(&secret[3..20]),
+            "echoed the secret: {stderr}"
+        );
+    }
 }
