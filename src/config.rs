@@ -857,7 +857,10 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
         .iter()
         .rposition(|b| *b == b'\n')
         .map_or(0, |i| i + 1);
-    let column = text[line_start..offset].chars().count() + 1;
+    let column = text
+        .get(line_start..offset)
+        .map_or(offset - line_start, |t| t.chars().count())
+        + 1;
     match key_at(text, line_start, offset) {
         Some(key) => format!("line {line}, column {column}, key `{key}`: {message}"),
         None => format!("line {line}, column {column}: {message}"),

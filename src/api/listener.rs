@@ -223,6 +223,8 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tasks.spawn(serve_connection(io, service, conn, limits, shutdown));
     }
+    // Refuse new connections at once while the open ones finish.
+    drop(listener);
     tasks.wait().await;
     Ok(())
 }
