@@ -158,6 +158,13 @@ async fn idle_connections_are_closed_by_the_server() {
         "idle_timeout (2 s), not header_read_timeout: {kept_for:?}"
     );
     assert_eq!(timed_get(&daemon, "/healthz", None).await.0, 200);
+    // The daemon logged its open-files limits at start.
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("open files limit"))
+        .unwrap_or_else(|| panic!("no open files limit in the log:\n{}", common::tail(&log)));
+    assert!(line.contains("soft") && line.contains("hard"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
