@@ -703,3 +703,103 @@ impl hyper::body::Body for TrackedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_address: usize) -> Limits {
+        Limits {
+            max_connections: total,
+            max_connections_per_address: per_address,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            exempt: vec!["10.0.0.0/8".parse().unwrap()],
+        }
+    }
+
+    /// Whether `conn` was asked to close (consumes the request).
+    fn evicted(conn: &Conn) -> bool {
+        use futures_util::FutureExt;
+        conn.evict.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_makes_room() {
+        let registry = Arc::new(Registry::default());
+        let limits = limits(3, 10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = registry.admit(a, false, &limits).unwrap();
+        let second = registry.admit(a, false, &limits).unwrap();
+        let third = registry.admit(a, false, &limits).unwrap();
+        // The oldest is busy: the next oldest idle one goes.
+        let _busy = first.request_started();
+        let _fourth = registry.admit(a, false, &limits).unwrap();
+        assert!(!evicted(&first));
+        assert!(evicted(&second));
+        assert!(!evicted(&third));
+        registry.remove(second.id);
+        // Everything busy: refused.
+        let _b3 = third.request_started();
+        let _b4 = _fourth.request_started();
+        assert!(registry.admit(a, false, &limits).is_none());
+    }
+
+    #[test]
+    fn the_per_address_cap_evicts_within_the_address_only() {
+        let registry = Arc::new(Registry::default());
+        let limits = limits(100, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let other = registry.admit(b, false, &limits).unwrap();
+        let a1 = registry.admit(a, false, &limits).unwrap();
+        let _a2 = registry.admit(a, false, &limits).unwrap();
+        let _a3 = registry.admit(a, false, &limits).unwrap();
+        assert!(evicted(&a1));
+        assert!(!evicted(&other), "another address is left alone");
+        // Trusted proxies are exempt from the per-address cap.
+        let proxied: Vec<_> = (0..5)
+            .map(|_| registry.admit(proxy, true, &limits).unwrap())
+            .collect();
+        assert!(proxied.iter().all(|c| !evicted(c)));
+    }
+
+    #[test]
+    fn deadlines_follow_the_connection_state() {
+        let registry = Arc::new(Registry::default());
+        let limits = limits(10, 10);
+        let conn = registry
+            .admit("192.0.2.1".parse().unwrap(), false, &limits)
+            .unwrap();
+        let opened = conn.activity.lock().unwrap().idle_since;
+        assert_eq!(
+            conn.deadline(&limits),
+            Some(opened + limits.header_read_timeout)
+        );
+        let guard = conn.request_started();
+        assert_eq!(
+            conn.deadline(&limits),
+            None,
+            "no timer while a request runs"
+        );
+        drop(guard);
+        let idle = conn.activity.lock().unwrap().idle_since;
+        assert_eq!(conn.deadline(&limits), Some(idle + limits.idle_timeout));
+        conn.on_read();
+        let first = conn.activity.lock().unwrap().first_byte.unwrap();
+        assert_eq!(
+            conn.deadline(&limits),
+            Some(first + limits.header_read_timeout)
+        );
+        let _ws = conn.request_started();
+        conn.upgraded();
+        drop(_ws);
+        assert_eq!(
+            conn.deadline(&limits),
+            None,
+            "WebSockets have their own timers"
+        );
+        assert!(!conn.is_idle());
+    }
+}
