@@ -1,7 +1,10 @@
 //! `whatsd validate-config` accepts the example configuration and refuses
 //! bad ones with exit code 78 and a message naming the problem.
 
+mod common;
+
 use std::process::Command;
+use std::time::Duration;
 
 fn validate(path: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_whatsd"));
@@ -119,4 +122,43 @@ fn config_errors_never_echo_the_value() {
             "echoed the secret: {stderr}"
         );
     }
+}
+
+/// The same on SIGHUP: a refused reload is logged by place and key, and
+/// the secret on the broken line never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_logs_no_secret() {
+    common::init_tracing();
+    let secret = "wd_9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
+    // Nothing connects to WhatsApp: there are no sessions.
+    let (_dir, mut daemon) = common::Daemon::start("ws://127.0.0.1:9/ws/chat").await;
+    let original = std::fs::read_to_string(&daemon.config_path).unwrap();
+    std::fs::write(
+        &daemon.config_path,
+        format!("{original}\n[webhooks]\nsecret = {secret}\n"),
+    )
+    .unwrap();
+    let pid = daemon.child.as_ref().unwrap().id().unwrap().to_string();
+    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = daemon.log();
+        if let Some(line) = log.lines().find(|l| l.contains("reload refused")) {
+            break line.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refused reload within 10 s:\n{}",
+            common::tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("key `webhooks.secret`"), "{line}");
+    assert!(line.contains("column 10"), "{line}");
+    assert!(
+        !daemon.log().contains(&secret[3..20]),
+        "the secret reached the log"
+    );
+    assert!(daemon.terminate().await.success());
 }
