@@ -195,9 +195,14 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: make room, back off.
+                // Out of file descriptors: make room by closing the oldest
+                // idle connection. Either way, back off briefly.
+                use rustix::io::Errno;
+                let errno = Errno::from_io_error(&e);
+                if errno == Some(Errno::MFILE) || errno == Some(Errno::NFILE) {
+                    registry.evict_oldest_idle(None);
+                }
                 tracing::warn!(error = %e, "accept failed");
-                registry.evict_oldest_idle(None);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
