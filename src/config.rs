@@ -7,8 +7,9 @@
 //! number of bytes. Each key `a.b_c` can be overridden by the environment
 //! variable `WHATSD_A_B_C` (top-level keys: `WHATSD_LISTEN`, …).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -85,6 +86,9 @@ pub struct AuthConfig {
     pub failure_limit: u32,
     #[serde(deserialize_with = "de_duration")]
     pub failure_window: Duration,
+    /// Unused WebSocket tickets one principal may hold at once; more: 429
+    /// `too_many_tickets`.
+    pub max_tickets_per_principal: usize,
 }
 
 impl Default for AuthConfig {
@@ -95,6 +99,7 @@ impl Default for AuthConfig {
             ticket_ttl: Duration::from_secs(30),
             failure_limit: 10,
             failure_window: Duration::from_secs(60),
+            max_tickets_per_principal: 32,
         }
     }
 }
@@ -108,8 +113,26 @@ pub struct ApiConfig {
     /// Longest a request may take before it is answered 503.
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
-    /// Open TCP connections (HTTP and WebSocket) at once; more wait.
+    /// Open TCP connections (HTTP and WebSocket) at once. At the cap a new
+    /// connection pushes out the oldest idle one (no request in flight);
+    /// if none is idle, it is refused.
     pub max_connections: usize,
+    /// Open connections from one client address (peers in
+    /// `trusted_proxies` are exempt); past it, that address's oldest idle
+    /// connection is closed, or the new one refused.
+    pub max_connections_per_address: usize,
+    /// A request's head must arrive within this time of the connection
+    /// opening or of its first byte, else the connection is closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Reverse proxies (CIDRs like `"10.0.0.0/8"` or addresses) whose
+    /// `X-Forwarded-For` header names the client, for the failed-auth
+    /// throttle. Empty: the TCP peer is the client.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Vec<Cidr>,
     /// How often the server pings each WebSocket.
     #[serde(deserialize_with = "de_duration")]
     pub ws_ping_interval: Duration,
@@ -124,6 +147,10 @@ impl Default for ApiConfig {
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_address: 64,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
             ws_ping_interval: Duration::from_secs(20),
             ws_send_timeout: Duration::from_secs(10),
         }
@@ -399,9 +426,14 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["auth", "ticket_ttl"], EnvKind::Str),
     (&["auth", "failure_limit"], EnvKind::Int),
     (&["auth", "failure_window"], EnvKind::Str),
+    (&["auth", "max_tickets_per_principal"], EnvKind::Int),
     (&["api", "body_limit"], EnvKind::Str),
     (&["api", "request_timeout"], EnvKind::Str),
     (&["api", "max_connections"], EnvKind::Int),
+    (&["api", "max_connections_per_address"], EnvKind::Int),
+    (&["api", "header_read_timeout"], EnvKind::Str),
+    (&["api", "idle_timeout"], EnvKind::Str),
+    (&["api", "trusted_proxies"], EnvKind::List),
     (&["api", "ws_ping_interval"], EnvKind::Str),
     (&["api", "ws_send_timeout"], EnvKind::Str),
     (&["whatsapp", "ws_url"], EnvKind::Str),
@@ -460,7 +492,7 @@ impl Config {
         let file_path = path.map_or_else(|| PathBuf::from("<none>"), Path::to_path_buf);
         let parse_err = |e: toml::de::Error| ConfigError::Parse {
             path: file_path.clone(),
-            message: e.to_string().trim_end().to_string(),
+            message: describe_toml_error(&text, &e),
         };
         // The file alone first: its errors carry line and column.
         toml::from_str::<Config>(&text).map_err(parse_err)?;
@@ -483,7 +515,7 @@ impl Config {
                     Err(_) => {
                         return Err(ConfigError::Env {
                             var,
-                            message: format!("expected an integer, got {value:?}"),
+                            message: "expected an integer".to_string(),
                         });
                     }
                 },
@@ -493,7 +525,7 @@ impl Config {
                     _ => {
                         return Err(ConfigError::Env {
                             var,
-                            message: format!("expected true or false, got {value:?}"),
+                            message: "expected true or false".to_string(),
                         });
                     }
                 },
@@ -512,7 +544,7 @@ impl Config {
         let config =
             Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
                 var: overlaid.join(", "),
-                message: e.to_string().trim_end().to_string(),
+                message: without_values(e.message()),
             })?;
         config.check()?;
         Ok(config)
@@ -553,6 +585,8 @@ impl Config {
             ("auth.ticket_ttl", self.auth.ticket_ttl),
             ("auth.failure_window", self.auth.failure_window),
             ("api.request_timeout", self.api.request_timeout),
+            ("api.header_read_timeout", self.api.header_read_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
             ("api.ws_ping_interval", self.api.ws_ping_interval),
             ("api.ws_send_timeout", self.api.ws_send_timeout),
             (
@@ -581,6 +615,14 @@ impl Config {
             ),
             ("auth.failure_limit", self.auth.failure_limit as usize),
             ("api.max_connections", self.api.max_connections),
+            (
+                "api.max_connections_per_address",
+                self.api.max_connections_per_address,
+            ),
+            (
+                "auth.max_tickets_per_principal",
+                self.auth.max_tickets_per_principal,
+            ),
             (
                 "sessions.start_concurrency",
                 self.sessions.start_concurrency,
@@ -735,18 +777,180 @@ enum NumberOrString {
     String(String),
 }
 
+// The messages below never include the value: a config error may be
+// logged, and the value on a mistyped line may be a secret.
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match NumberOrString::deserialize(d)? {
+    match NumberOrString::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a duration like \"30s\" or seconds"))?
+    {
         NumberOrString::Number(secs) => Ok(Duration::from_secs(secs)),
-        NumberOrString::String(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+        NumberOrString::String(s) => parse_duration(&s).map_err(|_| {
+            serde::de::Error::custom(
+                "not a duration like \"30s\", \"5m\" or \"500ms\" (units: ms, s, m, h, d)",
+            )
+        }),
     }
 }
 
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match NumberOrString::deserialize(d)? {
+    match NumberOrString::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a size like \"1MiB\" or bytes"))?
+    {
         NumberOrString::Number(n) => Ok(n),
-        NumberOrString::String(s) => parse_size(&s).map_err(serde::de::Error::custom),
+        NumberOrString::String(s) => parse_size(&s).map_err(|_| {
+            serde::de::Error::custom(
+                "not a size like \"1MiB\" or \"65536\" (units: B, KiB, MiB, GiB)",
+            )
+        }),
     }
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+/// An address range like `"10.0.0.0/8"`, `"fd00::/8"` or a single address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask_bits(u32::from(ip).into(), 32, self.prefix)
+                    == mask_bits(u32::from(net).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask_bits(u128::from(ip), 128, self.prefix)
+                    == mask_bits(u128::from(net), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The top `prefix` bits of a `width`-bit number.
+fn mask_bits(n: u128, width: u32, prefix: u8) -> u128 {
+    let drop = width.saturating_sub(u32::from(prefix));
+    if drop >= 128 { 0 } else { (n >> drop) << drop }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || "trusted_proxies entries must look like \"10.0.0.0/8\" or \"::1\"".to_string();
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s.trim(), None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| bad())?;
+        let network = network.to_canonical();
+        let width = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().map_err(|_| bad())?,
+            None => width,
+        };
+        if prefix > width {
+            return Err(bad());
+        }
+        Ok(Self { network, prefix })
+    }
+}
+
+/// A file error as `line L, column C, key `K`: what is wrong`, without the
+/// offending line or value (toml's own rendering quotes both).
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = without_values(error.message());
+    let Some(offset) = error.span().map(|s| s.start.min(text.len())) else {
+        return message;
+    };
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = text
+        .get(line_start..offset)
+        .map_or(offset - line_start, |t| t.chars().count())
+        + 1;
+    match key_at(text, line_start, offset) {
+        Some(key) => format!("line {line}, column {column}, key `{key}`: {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// The dotted key whose value holds `offset`, if it looks like a key: the
+/// left side of the nearest `key =` line at or above, under its table.
+fn key_at(text: &str, line_start: usize, offset: usize) -> Option<String> {
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 80
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+    };
+    let mut key = None;
+    let mut table = None;
+    let head = &text[..line_start];
+    let current = text[line_start..].lines().next().unwrap_or("");
+    let column = offset - line_start;
+    if let Some(eq) = current.find('=') {
+        // An error left of `=` is in the key itself: do not repeat it.
+        if column <= eq {
+            return None;
+        }
+        key = Some(current[..eq].trim().to_string());
+    }
+    for l in head.lines().rev() {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix('[') {
+            table = Some(
+                name.trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_string(),
+            );
+            break;
+        }
+        if key.is_none()
+            && let Some(eq) = l.find('=')
+        {
+            key = Some(l[..eq].trim().to_string());
+        }
+    }
+    let key = key.filter(|k| is_key(k))?;
+    Some(match table.filter(|t| is_key(t)) {
+        Some(table) => format!("{table}.{key}"),
+        None => key,
+    })
+}
+
+/// A deserializer message with any quoted value taken out: serde writes
+/// `invalid type: string "…", expected …` and `unknown variant `…``.
+fn without_values(message: &str) -> String {
+    let message = message.trim_end();
+    for kind in [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ] {
+        if message.starts_with(kind) {
+            return match message.find(", expected") {
+                Some(i) => format!("{kind}{}", &message[i..]),
+                None => kind.to_string(),
+            };
+        }
+    }
+    message.to_string()
 }
 
 #[cfg(test)]
@@ -836,7 +1040,66 @@ mod tests {
         let err = load("", &[("WHATSD_API_REQUEST_TIMEOUT", "soon")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("soon"), "{err}");
+        assert!(err.contains("WHATSD_API_REQUEST_TIMEOUT"), "{err}");
+        assert!(!err.contains("soon"), "values are never repeated: {err}");
+    }
+
+    #[test]
+    fn file_errors_name_the_place_but_never_the_value() {
+        let secret = "wd_0123456789abcdef0123456789abcdef";
+        for (text, needle) in [
+            (
+                format!("[auth]\nfailure_limit = 3\nadmin_token_file = {secret}\n"),
+                "line 3, column 20, key `auth.admin_token_file`",
+            ),
+            (
+                format!("[webhooks]\nsecret = 42{secret}\n"),
+                "line 2, column 12, key `webhooks.secret`: invalid float",
+            ),
+            (
+                format!("[webhooks]\nsecret = [\"{secret}\"]\n"),
+                "line 2, column 10, key `webhooks.secret`: invalid type, expected a string",
+            ),
+            (
+                format!("[api]\nrequest_timeout = \"{secret}\"\n"),
+                "line 2, column 19, key `api.request_timeout`",
+            ),
+        ] {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains(secret), "{text}: {err}");
+            assert!(!err.contains("0123456789"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs() {
+        let c = load(
+            "[api]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\"]\n",
+            &[],
+        )
+        .unwrap();
+        let has = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            c.api.trusted_proxies.iter().any(|p| p.contains(ip))
+        };
+        assert!(has("10.200.3.4"));
+        assert!(has("::ffff:10.0.0.1"), "v4-mapped addresses count as v4");
+        assert!(has("::1") && has("192.168.1.7"));
+        assert!(!has("11.0.0.1") && !has("192.168.1.8") && !has("::2"));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let err = load("[api]\ntrusted_proxies = [\"10.0.0.0/99\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.trusted_proxies"), "{err}");
     }
 
     #[test]
@@ -860,6 +1123,7 @@ mod tests {
             let value = match kind {
                 EnvKind::Int => "3",
                 EnvKind::Bool => "true",
+                EnvKind::List if path[1] == "trusted_proxies" => "10.0.0.0/8, ::1",
                 EnvKind::List => "message.received, session.connected",
                 EnvKind::Str if path[0] == "webhooks" => match path[1] {
                     // A global endpoint needs its secret; the pair is below.

@@ -14,7 +14,7 @@
 //! `changed()` (the webhook dispatcher: `[webhooks]`). Keys only a restart
 //! applies are named in the log.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::auth::{Auth, hash_token, new_token};
-use crate::api::listener::{CappedListener, PeerAddr};
+use crate::api::listener::{self, Limits};
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
 use crate::notify::Notifier;
@@ -132,6 +132,7 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     options.adjust(&mut config);
     config.check()?;
+    raise_fd_limit();
     let hup = Hangup::listen();
     let notifier = Notifier::from_env();
     let (config_tx, config_watch) = watch::channel(Arc::new(config.clone()));
@@ -147,7 +148,10 @@ pub async fn run_with(
         .list_tenants()?
         .into_iter()
         .map(|t| (t.token_hash, t.id));
-    let auth = Arc::new(Auth::new(admin_hash, tenants, config.auth.clone()));
+    let auth = Arc::new(
+        Auth::new(admin_hash, tenants, config.auth.clone())
+            .with_trusted_proxies(config.api.trusted_proxies.clone()),
+    );
 
     crate::session::give_incarnations(&store).await?;
     let webhooks = Webhooks::start(store.clone(), config.webhooks.settings()?).await?;
@@ -187,7 +191,7 @@ pub async fn run_with(
     );
     #[cfg(feature = "demo")]
     let state = state.with_demo(options.demo.clone());
-    let app = api::router(state).into_make_service_with_connect_info::<PeerAddr>();
+    let app = api::router(state);
     let signal = {
         let tx = shutdown_tx.clone();
         let notifier = notifier.clone();
@@ -198,12 +202,13 @@ pub async fn run_with(
             let _ = tx.send(true);
         }
     };
-    let server = axum::serve(
-        CappedListener::new(listener, config.api.max_connections),
+    let signal = tokio::spawn(signal);
+    let server = listener::serve(
+        listener,
         app,
-    )
-    .with_graceful_shutdown(signal)
-    .into_future();
+        Limits::from_config(&config.api),
+        shutdown_rx.clone(),
+    );
     let mut server = tokio::spawn(server);
 
     tracing::info!(addr = %bound, "API listening");
@@ -227,6 +232,7 @@ pub async fn run_with(
     };
     reloader.abort();
     webhook_reloader.abort();
+    signal.abort();
     if let Some(result) = served {
         // The server ended on its own: tear down anyway, then report.
         notifier.notify("STOPPING=1");
@@ -425,6 +431,56 @@ fn reload(options: &Options, running: &Config, config_tx: &watch::Sender<Arc<Con
         );
     }
     tracing::info!(applied = ?live, "configuration reloaded");
+}
+
+/// Raises the soft open-files limit to the hard one and logs both: every
+/// connection, WebSocket and store file is a descriptor, and the common
+/// soft default (1024) is below `api.max_connections` plus the store's.
+/// The limits are read from `/proc/self/limits` (a failed read is only
+/// logged); `setrlimit` is called only when there is something to raise.
+fn raise_fd_limit() {
+    let Some((soft, hard)) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_files_limits(&text))
+    else {
+        tracing::info!("open files limit unknown (no /proc/self/limits); left as is");
+        return;
+    };
+    // "unlimited" hard limits cannot be a soft one: take the usual nr_open.
+    let target = hard.unwrap_or(1 << 20);
+    if soft.is_some_and(|soft| soft >= target) {
+        tracing::info!(soft = ?soft, hard = ?hard, "open files limit");
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(target),
+        maximum: hard,
+    };
+    match rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            soft_was = ?soft,
+            soft = target,
+            hard = ?hard,
+            "open files limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            soft = ?soft,
+            hard = ?hard,
+            "cannot raise the open files limit; set LimitNOFILE="
+        ),
+    }
+}
+
+/// The `Max open files` soft and hard limits (`None`: unlimited).
+fn open_files_limits(text: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let parse = |f: Option<&str>| match f? {
+        "unlimited" => Some(None),
+        n => n.parse().ok().map(Some),
+    };
+    Some((parse(fields.next())?, parse(fields.next())?))
 }
 
 /// A line on stdout that scripts and tests wait for.

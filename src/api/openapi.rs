@@ -46,7 +46,10 @@ fn op(
     for (status, what) in [
         ("400", "malformed request"),
         ("401", "missing or invalid token"),
-        ("429", "too many failed authentications from this address"),
+        (
+            "429",
+            "too many failed authentications from this client address (`too_many_auth_failures`; valid tokens are never throttled)",
+        ),
         ("503", "timed out or shutting down"),
     ] {
         responses
@@ -287,13 +290,14 @@ pub fn document() -> Value {
                     ("201", json_response("the ticket", json!({ "type": "object", "properties": {
                         "ticket": { "type": "string" }, "expires_at": { "type": "string", "format": "date-time" },
                         "expires_at_ms": { "type": "integer" } } }))),
+                    ("429", error_response("too many unused tickets for this principal (`too_many_tickets`), or too many failed authentications")),
                 ]))
             },
             "/v1/events": {
                 "get": op("WebSocket of session events: a `snapshot` frame, then `session.*` and `message.*` frames", vec![
                     query_param("session", "follow one session", json!({ "type": "string" })),
                     query_param("tenant", "follow one tenant", json!({ "type": "string" })),
-                    query_param("ticket", "one-time ticket (browsers)", json!({ "type": "string" })),
+                    query_param("ticket", "one-time ticket (browsers); refused once its token is rotated or its tenant deleted", json!({ "type": "string" })),
                 ], None, responses(&[
                     ("101", json!({ "description": "switching to the WebSocket protocol" })),
                     ("403", error_response("a tenant token asked for another tenant")),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::auth::{Principal, hash_token, new_token};
+use super::auth::{Grant, Principal, hash_token, new_token};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, check_id};
 use super::qr::{now_ms, rfc3339_ms};
@@ -177,12 +177,10 @@ pub async fn rotate_token(
 }
 
 /// A one-time ticket for `GET /v1/events?ticket=…` (browsers cannot set
-/// headers on a WebSocket).
-pub async fn ws_ticket(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Response, ApiError> {
-    let (ticket, ttl) = state.auth.issue_ticket(principal)?;
+/// headers on a WebSocket). It carries the generation of the token that
+/// asked for it: rotating that token or deleting the tenant voids it.
+pub async fn ws_ticket(State(state): State<AppState>, grant: Grant) -> Result<Response, ApiError> {
+    let (ticket, ttl) = state.auth.issue_ticket(grant)?;
     let expires_at_ms = now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
     Ok((
         StatusCode::CREATED,

@@ -6,6 +6,14 @@
 //! closed with 1013 (try again later) instead of being buffered for; one
 //! whose socket stops draining is dropped after `ws_send_timeout`. At
 //! shutdown every socket is closed with 1001.
+//!
+//! Authorisation is checked for every frame, not only at connect: a frame
+//! goes out only if its tenant is the socket principal's own (the admin
+//! sees all) and the token the socket was opened with is still current.
+//! Rotating a tenant's token or deleting the tenant closes its sockets
+//! with 4401. A socket following one session stops (4404) once an event
+//! shows that session id under another tenant than the one it resolved
+//! at connect: the session it followed was deleted and the id reused.
 
 use std::time::Duration;
 
@@ -17,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
-use super::auth::{Principal, SocketSlot, authenticate_parts, peer_ip};
+use super::auth::{Grant, Principal, SocketSlot, grant_from_parts};
 use super::error::ApiError;
 use super::extract::{ApiQuery, check_id, path_session_id};
 use super::qr::{QrView, now_ms, rfc3339_ms};
@@ -27,6 +35,10 @@ use crate::session::{EventKind, SessionEvent, SessionInfo};
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const CLOSE_POLICY: u16 = 1008;
+/// The socket's token was rotated or its tenant deleted (private range).
+pub const CLOSE_TOKEN_REVOKED: u16 = 4401;
+/// The session a `?session=` socket followed was deleted.
+pub const CLOSE_SESSION_GONE: u16 = 4404;
 /// Clients only send control frames; anything bigger is refused.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
@@ -47,7 +59,11 @@ pub struct EventsQuery {
 pub enum Scope {
     All,
     Tenant(String),
-    Session(String),
+    /// One session, as owned by `tenant` when the socket opened.
+    Session {
+        id: String,
+        tenant: String,
+    },
 }
 
 impl Scope {
@@ -55,8 +71,13 @@ impl Scope {
         match self {
             Self::All => true,
             Self::Tenant(t) => t == tenant,
-            Self::Session(s) => s == session,
+            Self::Session { id, tenant: owner } => id == session && owner == tenant,
         }
+    }
+
+    /// The followed session now belongs to someone else: it was deleted.
+    fn lost(&self, session: &str, tenant: &str) -> bool {
+        matches!(self, Self::Session { id, tenant: owner } if id == session && owner != tenant)
     }
 }
 
@@ -72,25 +93,25 @@ pub async fn events(
             "never put a token in a URL; use the Authorization header or a ticket from POST /v1/ws-tickets",
         ));
     }
-    let principal = match &query.ticket {
-        Some(ticket) => {
-            let ip = peer_ip(&parts);
-            state.auth.check_throttle(ip)?;
-            match state.auth.redeem_ticket(ticket) {
-                Some(principal) => principal,
-                None => {
-                    state.auth.record_failure(ip);
-                    return Err(ApiError::unauthorized("unknown, used or expired ticket"));
-                }
+    let grant = match &query.ticket {
+        Some(ticket) => match state.auth.redeem_ticket(ticket) {
+            Some(grant) => grant,
+            None => {
+                let ip = state.auth.client_ip(&parts);
+                return Err(state.auth.failed(
+                    ip,
+                    ApiError::unauthorized("unknown, used, expired or revoked ticket"),
+                ));
             }
-        }
-        None => authenticate_parts(&state, &parts)?,
+        },
+        None => grant_from_parts(&state, &parts)?,
     };
-    let scope = resolve_scope(&state, &principal, &query).await?;
+    let principal = &grant.principal;
+    let scope = resolve_scope(&state, principal, &query).await?;
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
         .await
         .map_err(|r| ApiError::bad_request("not_a_websocket", r.body_text()))?;
-    let Some(slot) = state.auth.acquire_socket(&principal) else {
+    let Some(slot) = state.auth.acquire_socket(principal) else {
         return Err(ApiError::too_many(
             "too_many_sockets",
             "this token holds as many WebSockets as it may; close one first",
@@ -100,7 +121,7 @@ pub async fn events(
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve_socket(state, scope, socket, slot)))
+        .on_upgrade(move |socket| serve_socket(state, grant, scope, socket, slot)))
 }
 
 async fn resolve_scope(
@@ -119,7 +140,10 @@ async fn resolve_scope(
             if !principal.can_see(&info.tenant) {
                 return Err(ApiError::session_not_found(id));
             }
-            Ok(Scope::Session(id.clone()))
+            Ok(Scope::Session {
+                id: id.clone(),
+                tenant: info.tenant,
+            })
         }
         (None, Some(tenant)) => {
             check_id("tenant", tenant).map_err(|m| ApiError::bad_request("invalid_id", m))?;
@@ -150,9 +174,9 @@ fn snapshot_entry(state: &AppState, info: &SessionInfo) -> Value {
 
 async fn snapshot(state: &AppState, scope: &Scope) -> Value {
     let sessions: Vec<Value> = match scope {
-        Scope::Session(id) => match state.supervisor.get(id).await {
-            Ok(info) => vec![snapshot_entry(state, &info)],
-            Err(_) => Vec::new(),
+        Scope::Session { id, tenant } => match state.supervisor.get(id).await {
+            Ok(info) if &info.tenant == tenant => vec![snapshot_entry(state, &info)],
+            _ => Vec::new(),
         },
         _ => state
             .supervisor
@@ -204,8 +228,15 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str, timeout:
     let _ = send(socket, Message::Close(Some(frame)), timeout).await;
 }
 
-async fn serve_socket(state: AppState, scope: Scope, mut socket: WebSocket, slot: SocketSlot) {
+async fn serve_socket(
+    state: AppState,
+    grant: Grant,
+    scope: Scope,
+    mut socket: WebSocket,
+    slot: SocketSlot,
+) {
     let _slot = slot;
+    let mut revocations = state.auth.revocations();
     let send_timeout = state.config.api.ws_send_timeout;
     let mut shutdown = state.shutdown.clone();
     if *shutdown.borrow() {
@@ -220,6 +251,16 @@ async fn serve_socket(state: AppState, scope: Scope, mut socket: WebSocket, slot
     }
     // Subscribe before taking the snapshot, so nothing falls in between.
     let mut events = state.supervisor.subscribe();
+    if !state.auth.is_current(&grant) {
+        close(
+            &mut socket,
+            CLOSE_TOKEN_REVOKED,
+            "token revoked",
+            send_timeout,
+        )
+        .await;
+        return;
+    }
     let first = snapshot(&state, &scope).await.to_string();
     if let Flow::Stop = send(&mut socket, Message::Text(first.into()), send_timeout).await {
         return;
@@ -233,6 +274,13 @@ async fn serve_socket(state: AppState, scope: Scope, mut socket: WebSocket, slot
             _ = shutdown.changed() => {
                 close(&mut socket, CLOSE_GOING_AWAY, "server shutting down", send_timeout).await;
                 break;
+            }
+            changed = revocations.changed() => {
+                if changed.is_err() || !state.auth.is_current(&grant) {
+                    tracing::info!(?scope, "event socket closed: token revoked");
+                    close(&mut socket, CLOSE_TOKEN_REVOKED, "token revoked", send_timeout).await;
+                    break;
+                }
             }
             _ = ping.tick() => {
                 if let Flow::Stop = send(&mut socket, Message::Ping(Default::default()), send_timeout).await {
@@ -255,8 +303,21 @@ async fn serve_socket(state: AppState, scope: Scope, mut socket: WebSocket, slot
             },
             event = events.recv() => match event {
                 Ok(event) => {
-                    if !scope.matches(&event.session, &event.tenant) {
+                    if scope.lost(&event.session, &event.tenant) {
+                        tracing::info!(?scope, "event socket closed: its session was deleted");
+                        close(&mut socket, CLOSE_SESSION_GONE, "session deleted", send_timeout).await;
+                        break;
+                    }
+                    // Authorised per frame: the principal may see this
+                    // tenant, with a token that is still current.
+                    if !grant.principal.can_see(&event.tenant)
+                        || !scope.matches(&event.session, &event.tenant)
+                    {
                         continue;
+                    }
+                    if !state.auth.is_current(&grant) {
+                        close(&mut socket, CLOSE_TOKEN_REVOKED, "token revoked", send_timeout).await;
+                        break;
                     }
                     let Some(frame) = event_frame(&event) else { continue };
                     if let Flow::Stop = send(&mut socket, Message::Text(frame.into()), send_timeout).await {

@@ -496,3 +496,92 @@ pub async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<
     });
     (url, received)
 }
+
+/// One HTTP/1.1 request on a fresh connection with extra headers.
+pub async fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\n\r\n");
+    raw_request(addr, head.into_bytes(), Vec::new()).await
+}
+
+/// Creates tenant `id` as the admin and returns its token.
+pub async fn create_tenant(daemon: &Daemon, id: &str) -> String {
+    let r = daemon
+        .post(
+            "/v1/tenants",
+            Some(ADMIN),
+            Some(serde_json::json!({ "id": id })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["token"].as_str().expect("token").to_string()
+}
+
+/// Issues a WebSocket ticket with `token`; the whole answer.
+pub async fn issue_ticket(daemon: &Daemon, token: &str) -> Response {
+    daemon.post("/v1/ws-tickets", Some(token), None).await
+}
+
+/// The next frame of any kind, `None` on timeout: for watching a socket
+/// that must stay silent or close.
+pub async fn next_message(ws: &mut Ws, timeout: Duration) -> Option<Option<Message>> {
+    match tokio::time::timeout(timeout, ws.next()).await {
+        Err(_) => None,
+        Ok(Some(Ok(message))) => Some(Some(message)),
+        Ok(_) => Some(None),
+    }
+}
+
+/// Raises this process's soft open-files limit to its hard limit (tests
+/// that hold a thousand sockets); returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|soft| soft >= hard) {
+        return hard;
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: limit.maximum,
+        },
+    )
+    .expect("raise RLIMIT_NOFILE");
+    hard
+}
+
+/// A TCP connection to `addr` from the local address `from` (any
+/// 127.0.0.0/8 address works on loopback: a second client address).
+pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
+/// Waits until the server closes `stream` (EOF or reset), reading and
+/// discarding anything it sends; `false` if it is still open after `within`.
+pub async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
