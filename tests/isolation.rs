@@ -8,7 +8,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ADMIN, Daemon, Options, control, pair, request, webhook_receiver};
+use common::{
+    ADMIN, Daemon, Options, close_code, control, next_json, pair, request, webhook_receiver,
+    ws_connect,
+};
 use serde_json::{Value, json};
 
 const SECRET: &str = "webhook-secret-0123456789";
@@ -155,8 +158,21 @@ async fn session_webhooks_die_with_their_session() {
     let fake = fakewa::FakeWa::start().await.expect("fakewa starts");
     let (_dir, daemon) = daemon(&fake, "").await;
     let spy = evil_session_with_spy(&daemon).await;
+    let mut socket = ws_connect(daemon.addr, "/v1/events?session=shop-1", Some(ADMIN))
+        .await
+        .expect("socket opens");
+    let snapshot = next_json(&mut socket, 10).await;
+    assert_eq!(
+        snapshot["sessions"][0]["id"], "shop-1",
+        "positive control: {snapshot}"
+    );
     let r = daemon.delete("/v1/sessions/shop-1", Some(ADMIN)).await;
     assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        close_code(&mut socket, 5).await,
+        Some(4404),
+        "a socket following the deleted session ends"
+    );
     let seen_before = spy.lock().unwrap().len();
 
     let victim = victim_pairs_shop_1(&daemon, &fake, "victim's secret text").await;
@@ -609,6 +625,19 @@ async fn a_reassigned_session_speaks_only_to_its_new_tenant() {
     })
     .await;
 
+    let mut a_session = ws_connect(daemon.addr, "/v1/events?session=shop-1", Some(&a))
+        .await
+        .expect("socket opens");
+    let mut a_all = ws_connect(daemon.addr, "/v1/events", Some(&a))
+        .await
+        .expect("socket opens");
+    for ws in [&mut a_session, &mut a_all] {
+        let snapshot = next_json(ws, 10).await;
+        assert_eq!(
+            snapshot["sessions"][0]["id"], "shop-1",
+            "positive control: {snapshot}"
+        );
+    }
     let r = call(
         &daemon,
         "PATCH",
@@ -638,6 +667,11 @@ async fn a_reassigned_session_speaks_only_to_its_new_tenant() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["tenant"], "tb");
     let (a_seen, s_seen) = (a_got.lock().unwrap().len(), s_got.lock().unwrap().len());
+    assert_eq!(
+        close_code(&mut a_session, 5).await,
+        Some(4404),
+        "the old tenant's session socket ends"
+    );
 
     send(&fake, "after the move").await;
     wait_for(&b_got, 30, "the new tenant's message", |b| {
@@ -673,6 +707,19 @@ async fn a_reassigned_session_speaks_only_to_its_new_tenant() {
         "{late_a:?}"
     );
     assert!(late_s.is_empty(), "{late_s:?}");
+    // The old tenant's socket: whatever it still holds, nothing of the
+    // moved session's new life.
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures_util::StreamExt::next(&mut a_all),
+    )
+    .await
+    {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            assert_ne!(frame["tenant"], "tb", "the old tenant's socket got {frame}");
+        }
+    }
 }
 
 /// Graceful shutdown records a connected session as

@@ -59,25 +59,36 @@ pub struct EventsQuery {
 pub enum Scope {
     All,
     Tenant(String),
-    /// One session, as owned by `tenant` when the socket opened.
+    /// One session: the incarnation of its id, owned by `tenant`, that
+    /// existed when the socket opened.
     Session {
         id: String,
         tenant: String,
+        incarnation: String,
     },
 }
 
 impl Scope {
-    fn matches(&self, session: &str, tenant: &str) -> bool {
+    fn matches(&self, session: &str, tenant: &str, incarnation: &str) -> bool {
         match self {
             Self::All => true,
             Self::Tenant(t) => t == tenant,
-            Self::Session { id, tenant: owner } => id == session && owner == tenant,
+            Self::Session {
+                id,
+                tenant: owner,
+                incarnation: own,
+            } => id == session && owner == tenant && own == incarnation,
         }
     }
 
-    /// The followed session now belongs to someone else: it was deleted.
-    fn lost(&self, session: &str, tenant: &str) -> bool {
-        matches!(self, Self::Session { id, tenant: owner } if id == session && owner != tenant)
+    /// The followed session is gone: deleted, moved to another tenant, or
+    /// its id now names another session.
+    fn lost(&self, event: &SessionEvent) -> bool {
+        matches!(self, Self::Session { id, tenant, incarnation }
+            if *id == event.session
+                && (*tenant != event.tenant
+                    || *incarnation != event.incarnation
+                    || matches!(event.kind, EventKind::Deleted {})))
     }
 }
 
@@ -143,6 +154,7 @@ async fn resolve_scope(
             Ok(Scope::Session {
                 id: id.clone(),
                 tenant: info.tenant,
+                incarnation: info.incarnation,
             })
         }
         (None, Some(tenant)) => {
@@ -174,8 +186,14 @@ fn snapshot_entry(state: &AppState, info: &SessionInfo) -> Value {
 
 async fn snapshot(state: &AppState, scope: &Scope) -> Value {
     let sessions: Vec<Value> = match scope {
-        Scope::Session { id, tenant } => match state.supervisor.get(id).await {
-            Ok(info) if &info.tenant == tenant => vec![snapshot_entry(state, &info)],
+        Scope::Session {
+            id,
+            tenant,
+            incarnation,
+        } => match state.supervisor.get(id).await {
+            Ok(info) if &info.tenant == tenant && &info.incarnation == incarnation => {
+                vec![snapshot_entry(state, &info)]
+            }
             _ => Vec::new(),
         },
         _ => state
@@ -183,7 +201,7 @@ async fn snapshot(state: &AppState, scope: &Scope) -> Value {
             .list()
             .await
             .iter()
-            .filter(|s| scope.matches(&s.id, &s.tenant))
+            .filter(|s| scope.matches(&s.id, &s.tenant, &s.incarnation))
             .map(|s| snapshot_entry(state, s))
             .collect(),
     };
@@ -303,7 +321,7 @@ async fn serve_socket(
             },
             event = events.recv() => match event {
                 Ok(event) => {
-                    if scope.lost(&event.session, &event.tenant) {
+                    if scope.lost(&event) {
                         tracing::info!(?scope, "event socket closed: its session was deleted");
                         close(&mut socket, CLOSE_SESSION_GONE, "session deleted", send_timeout).await;
                         break;
@@ -311,7 +329,7 @@ async fn serve_socket(
                     // Authorised per frame: the principal may see this
                     // tenant, with a token that is still current.
                     if !grant.principal.can_see(&event.tenant)
-                        || !scope.matches(&event.session, &event.tenant)
+                        || !scope.matches(&event.session, &event.tenant, &event.incarnation)
                     {
                         continue;
                     }

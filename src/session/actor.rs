@@ -496,6 +496,8 @@ impl Actor {
         crate::fault::point("session.delete.after_purge", &owner.session);
         self.shared.store.delete_record(&owner.session).await?;
         lock(&self.shared.live_qr).remove(&owner.session);
+        // To the tenant's endpoints and sockets (the session's own are gone).
+        self.emit(EventKind::Deleted {});
         tracing::info!(session = %owner.session, "deleted");
         Ok(())
     }
@@ -521,6 +523,9 @@ impl Actor {
         {
             tracing::error!(session = %new.session, "removing the old owner's endpoints: {e:#}");
         }
+        // Under the new owner: the old tenant's sockets following the session
+        // see it leave and close.
+        self.emit(EventKind::Reassigned {});
         tracing::info!(session = %new.session, from = %old.tenant, to = %new.tenant, "reassigned");
         Ok(self.info())
     }

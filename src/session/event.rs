@@ -108,6 +108,13 @@ pub enum EventKind {
     LoggedOut { reason: Reason },
     #[serde(rename = "message.sent")]
     MessageSent { id: String, to: String },
+    /// The session and everything attached to it are gone; its id is free.
+    #[serde(rename = "session.deleted")]
+    Deleted {},
+    /// The session was moved to this event's tenant (by the admin); sent
+    /// under its new owner only.
+    #[serde(rename = "session.reassigned")]
+    Reassigned {},
 }
 
 impl EventKind {
@@ -125,6 +132,8 @@ impl EventKind {
             Self::Connected { .. } => "session.connected",
             Self::LoggedOut { .. } => "session.logged_out",
             Self::MessageSent { .. } => "message.sent",
+            Self::Deleted {} => "session.deleted",
+            Self::Reassigned {} => "session.reassigned",
         }
     }
 }

@@ -23,6 +23,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "session.push_name",
     "session.logged_out",
     "session.pair_code_error",
+    "session.deleted",
+    "session.reassigned",
 ];
 
 /// Shortest accepted signing secret, in bytes.
