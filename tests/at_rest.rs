@@ -93,14 +93,10 @@ fn raw_db(path: &Path) -> sled::Db {
     }
 }
 
-/// Tree names and keys of every tree except the webhook ones (converted by
-/// their owner, src/webhook, at start).
-fn names_and_keys_outside_webhooks(db: &sled::Db) -> Vec<u8> {
+/// Tree names and keys of every tree.
+fn names_and_keys(db: &sled::Db) -> Vec<u8> {
     let mut all = Vec::new();
     for name in db.tree_names() {
-        if name.starts_with(b"webhook_") {
-            continue;
-        }
         all.extend_from_slice(&name);
         all.push(b'|');
         for key in db.open_tree(&name).unwrap().iter().keys() {
@@ -117,15 +113,13 @@ async fn a_format_1_store_converts_on_first_open_and_keeps_no_id_in_plain_text()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let key = restore_fixture(&data);
-    // Ids that nothing in the converted store may show. The tenant id is
-    // also in the webhook trees' keys, which src/webhook converts.
-    let ids = [SESSION, PHONE, CONTACT, PEER, FIXTURE_LID];
+    // Ids that nothing in the converted store may show (the tenant id was
+    // also in the webhook endpoint's key).
+    let ids = [SESSION, PHONE, CONTACT, PEER, FIXTURE_LID, TENANT];
 
     // Positive control: the format-1 store shows every id, tenant included.
     let before = files_under(&data);
-    let mut all = ids.to_vec();
-    all.push(TENANT);
-    for id in &all {
+    for id in &ids {
         assert!(
             !found(&blobs_of(&before), &[id]).is_empty(),
             "control: {id} must be visible in the format-1 store"
@@ -196,16 +190,22 @@ async fn a_format_1_store_converts_on_first_open_and_keeps_no_id_in_plain_text()
     let mut blobs = blobs_of(&after);
     blobs.push(("the backup".to_string(), &backup));
     assert_eq!(found(&blobs, &lids), Vec::<String>::new());
-    // The tenant id only in the webhook trees.
     let db = raw_db(&data.join("db"));
-    let outside = names_and_keys_outside_webhooks(&db);
-    assert!(!outside.is_empty());
-    let mut all = lids.clone();
-    all.push(TENANT);
+    let keys = names_and_keys(&db);
+    assert!(!keys.is_empty());
     assert_eq!(
-        found(&[("non-webhook names and keys".into(), &outside)], &all),
+        found(&[("names and keys".into(), &keys)], &lids),
         Vec::<String>::new()
     );
+    // The tenant's webhook endpoint survives, under a keyed hash.
+    let endpoints: Vec<_> = db
+        .open_tree("webhook_endpoints")
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| k.unwrap().len())
+        .collect();
+    assert_eq!(endpoints, [32], "one endpoint, keyed by a hash");
     let entries: usize = db
         .tree_names()
         .iter()
@@ -365,7 +365,19 @@ async fn no_id_is_readable_in_the_data_dir_or_a_backup() {
         .post("/v1/tenants", Some(ADMIN), Some(json!({ "id": TENANT })))
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
+    // Webhook endpoints whose deliveries keep failing: endpoint keys and
+    // queued deliveries name the tenant and the session.
+    let spec =
+        json!({ "url": "https://hooks.example.invalid/wa", "secret": "0123456789abcdef0123" });
+    let r = daemon
+        .put(&format!("/v1/tenants/{TENANT}/webhooks/crm"), spec.clone())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
     pair(&daemon, &fake, SESSION, Some(TENANT), PHONE).await;
+    let r = daemon
+        .put(&format!("/v1/sessions/{SESSION}/webhooks/own"), spec)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
 
     // A DM in (the client acks it once stored and decrypted) and a text out:
     // the device keyspace now holds both contacts' JIDs, LIDs and sessions.
@@ -600,17 +612,17 @@ async fn every_device_key_kind_is_blinded() {
         store.flush().await.unwrap();
     }
     let db = raw_db(&dir.path().join("db"));
-    let names_and_keys = names_and_keys_outside_webhooks(&db);
+    let keys = names_and_keys(&db);
     assert_eq!(
-        found(&[("tree names and keys".into(), &names_and_keys)], &ids),
+        found(&[("tree names and keys".into(), &keys)], &ids),
         Vec::<String>::new()
     );
     // Control: the same scan finds an id written unblinded.
     let raw = db.open_tree("control").unwrap();
     raw.insert(GROUP, &b""[..]).unwrap();
-    let names_and_keys = names_and_keys_outside_webhooks(&db);
+    let keys = names_and_keys(&db);
     assert_eq!(
-        found(&[("tree names and keys".into(), &names_and_keys)], &ids),
+        found(&[("tree names and keys".into(), &keys)], &ids),
         [
             format!("{GROUP} in tree names and keys"),
             "120363999888777 in tree names and keys".to_string()

@@ -25,8 +25,11 @@
 //! device keyspaces move to `device/<hex hash of the session id>` with
 //! their keys hashed (see [`super::device::stored_key`]), values are
 //! re-sealed with their new AAD, the on-disk phone index is dropped (it
-//! lives in memory now). Other trees (`auth_meta`, the webhook trees) are
-//! copied as they are; their owners convert their own keys. A value that
+//! lives in memory now), every session record gets its first incarnation,
+//! and the webhook endpoints and outbox move under keyed hashes (see
+//! `crate::webhook::convert`; a session endpoint that outlived its session
+//! is dropped). Other trees (`auth_meta`, the dead letters, keyed by
+//! number) are copied as they are. A value that
 //! does not open with the master key is copied sealed as it was: it keeps
 //! reading as an error for its owner, as before.
 
@@ -34,14 +37,20 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
+use prost::Message;
+
 use super::crypto::Sealer;
 use super::device::{stored_key, upgrade_plain};
 use super::error::StoreError;
 use super::ids::{self, INDEX_KEY};
+use super::outbox::{ENDPOINTS_TREE, OUTBOX_TREE};
 use super::{
     DB_DIR, DEVICE_TREE_PREFIX, KEY_CHECK, META_TREE, PHONE_INDEX_TREE, RECORDS_TREE,
     SESSION_DOMAIN, SLED_DEFAULT_TREE, TENANT_DOMAIN, open_db_at, sled_gate,
 };
+use crate::proto::v1::SessionRecord;
+use crate::webhook::convert as convert_webhook;
+use crate::webhook::convert::{LegacySession, LegacySessions, Renamed};
 
 /// Meta key of the store format; absent in format 1.
 const FORMAT: &[u8] = b"format";
@@ -63,15 +72,23 @@ pub(crate) struct MigrationReport {
     pub device_rows: u64,
     /// Entries of other trees, copied as they were.
     pub copied: u64,
-    /// Entries of the on-disk phone index, dropped.
+    /// Entries dropped: the on-disk phone index, webhook endpoints that
+    /// outlived their session and their queued deliveries.
     pub dropped: u64,
+    /// Webhook endpoints and outbox items moved under keyed hashes.
+    pub webhook_entries: u64,
     /// Values that did not open, copied sealed as they were.
     pub unreadable: u64,
 }
 
 impl MigrationReport {
     fn entries(&self) -> u64 {
-        self.records + self.tenants + self.device_rows + self.copied + self.dropped
+        self.records
+            + self.tenants
+            + self.device_rows
+            + self.copied
+            + self.dropped
+            + self.webhook_entries
     }
 }
 
@@ -203,6 +220,7 @@ fn run_until(
         device_keyspaces = report.keyspaces,
         device_rows = report.device_rows,
         copied = report.copied,
+        webhook_entries = report.webhook_entries,
         phone_index_entries_dropped = report.dropped,
         unreadable = report.unreadable,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -268,8 +286,42 @@ fn convert(
     let blinder = ids::load_or_create(new, sealer)?;
 
     let mut report = MigrationReport::default();
+    // Sessions first (their incarnations), then webhook endpoints (which
+    // session endpoints survive), so that the outbox can follow both.
+    let sessions = legacy_sessions(old, sealer)?;
+    let mut renamed = Renamed::new();
+    if old
+        .tree_names()
+        .iter()
+        .any(|n| n == ENDPOINTS_TREE.as_bytes())
+    {
+        let name = ENDPOINTS_TREE.as_bytes();
+        let entries = {
+            let _gate = sled_gate();
+            old.open_tree(name)?.iter().collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Writer::new(new, name)?;
+        for (key, value) in entries {
+            let Ok(plain) = sealer.open(name, &key, &value) else {
+                report.unreadable += 1;
+                continue;
+            };
+            if let Some((new_key, new_plain)) =
+                convert_webhook::endpoint(&plain, &sessions, &blinder, &mut renamed)
+            {
+                out.insert(&new_key, &sealer.seal(name, &new_key, &new_plain)?)?;
+                report.webhook_entries += 1;
+            } else {
+                report.dropped += 1;
+            }
+        }
+        out.finish()?;
+    }
     for name in old.tree_names() {
-        if name == SLED_DEFAULT_TREE || name == META_TREE.as_bytes() {
+        if name == SLED_DEFAULT_TREE
+            || name == META_TREE.as_bytes()
+            || name == ENDPOINTS_TREE.as_bytes()
+        {
             continue;
         }
         // Read under the gate (see `sled_gate`), one tree at a time: the
@@ -286,6 +338,24 @@ fn convert(
         }
         // (new tree name, how keys and values change)
         let device_session = name.strip_prefix(DEVICE_TREE_PREFIX.as_bytes());
+        if name == OUTBOX_TREE.as_bytes() {
+            let mut out = Writer::new(new, &name)?;
+            for (key, value) in entries {
+                let Ok(plain) = sealer.open(&name, &key, &value) else {
+                    report.unreadable += 1;
+                    continue;
+                };
+                match convert_webhook::outbox_item(&key, &plain, &sessions, &blinder, &renamed) {
+                    Some((new_key, new_plain)) => {
+                        out.insert(&new_key, &sealer.seal(&name, &new_key, &new_plain)?)?;
+                        report.webhook_entries += 1;
+                    }
+                    None => report.dropped += 1,
+                }
+            }
+            out.finish()?;
+            continue;
+        }
         let (new_name, kind) = if name == RECORDS_TREE.as_bytes() {
             (name.to_vec(), Kind::Id(SESSION_DOMAIN))
         } else if name == TENANTS_TREE {
@@ -322,6 +392,9 @@ fn convert(
                         Ok(plain) => {
                             let plain = match kind {
                                 Kind::Device => upgrade_plain(&key, plain)?,
+                                Kind::Id(d) if d == SESSION_DOMAIN => {
+                                    with_incarnation(&key, plain, &sessions)
+                                }
                                 _ => plain,
                             };
                             sealer.seal(&new_name, &new_key, &plain)?
@@ -344,6 +417,54 @@ fn convert(
     }
     new.flush()?;
     Ok(report)
+}
+
+/// What each format-1 session record says about its owner, with the
+/// incarnation its converted record gets (see `crate::session::Owner`).
+fn legacy_sessions(old: &sled::Db, sealer: &Sealer) -> Result<LegacySessions, StoreError> {
+    let mut out = LegacySessions::new();
+    let records = {
+        let _gate = sled_gate();
+        old.open_tree(RECORDS_TREE)?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    for (key, value) in records {
+        let Ok(plain) = sealer.open(RECORDS_TREE.as_bytes(), &key, &value) else {
+            continue;
+        };
+        let Ok(record) = SessionRecord::decode(plain.as_slice()) else {
+            continue;
+        };
+        let incarnation = if record.incarnation.is_empty() {
+            crate::session::new_incarnation()
+        } else {
+            record.incarnation
+        };
+        out.insert(
+            String::from_utf8_lossy(&key).into_owned(),
+            LegacySession {
+                tenant: record.tenant,
+                created_at_ms: record.created_at_ms,
+                incarnation,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// A session record's plain bytes with the incarnation chosen for it.
+fn with_incarnation(key: &[u8], plain: Vec<u8>, sessions: &LegacySessions) -> Vec<u8> {
+    let Some(session) = sessions.get(String::from_utf8_lossy(key).as_ref()) else {
+        return plain;
+    };
+    match SessionRecord::decode(plain.as_slice()) {
+        Ok(mut record) if record.incarnation.is_empty() => {
+            record.incarnation = session.incarnation.clone();
+            record.encode_to_vec()
+        }
+        _ => plain,
+    }
 }
 
 #[derive(Clone, Copy)]

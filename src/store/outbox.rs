@@ -140,28 +140,6 @@ impl Store {
         Ok(tree.remove(key)?.is_some())
     }
 
-    /// Moves an item to queue `queue`, keeping its sequence number (its
-    /// place in order), with value `plain`; atomic. Used to rewrite keys.
-    pub fn outbox_move(
-        &self,
-        old_key: &[u8],
-        queue: &[u8],
-        seq: u64,
-        plain: &[u8],
-    ) -> Result<(), StoreError> {
-        let tree = self.tree(OUTBOX_TREE)?;
-        let mut key = Vec::with_capacity(queue.len() + 8);
-        key.extend_from_slice(queue);
-        key.extend_from_slice(&seq.to_be_bytes());
-        let sealed = self.sealer().seal(OUTBOX_TREE.as_bytes(), &key, plain)?;
-        let mut batch = sled::Batch::default();
-        batch.remove(old_key);
-        batch.insert(key, sealed);
-        let _gate = sled_gate();
-        tree.apply_batch(batch)?;
-        Ok(())
-    }
-
     /// Every outbox item, oldest first within each queue (daemon start).
     pub fn outbox_all(&self) -> Result<Vec<QueueItem>, StoreError> {
         let tree = self.tree(OUTBOX_TREE)?;

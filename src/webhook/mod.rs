@@ -9,6 +9,7 @@
 //! stored), or moves it to the dead letters on any other answer or when it
 //! is older than `max_age`. A restart resumes every queue where it stopped.
 
+pub(crate) mod convert;
 pub mod delivery;
 pub mod endpoint;
 pub mod payload;
@@ -191,7 +192,6 @@ impl Webhooks {
             idle: tokio::sync::Notify::new(),
         });
         let webhooks = Self { inner };
-        webhooks.convert_legacy_keys().await?;
         for item in webhooks.inner.store.webhook_endpoints()? {
             match serde_json::from_slice::<Endpoint>(&item.value) {
                 Ok(endpoint) => webhooks.inner.install(endpoint),
@@ -216,106 +216,6 @@ impl Webhooks {
         }
         webhooks.spawn_retention_sweep();
         Ok(webhooks)
-    }
-
-    /// Rewrites endpoint and outbox keys written before keys were blinded
-    /// (they held tenant and session ids in plain text). Idempotent: a
-    /// crash half-way is finished by the next start. Legacy session
-    /// endpoints are attached to the session's current incarnation only when
-    /// they provably belong to it (same tenant, made after the session);
-    /// the others outlived an earlier session with that id and are dropped.
-    async fn convert_legacy_keys(&self) -> Result<(), WebhookError> {
-        let store = &self.inner.store;
-        let blinder = store.blinder().clone();
-        let mut converted = 0usize;
-        let mut dropped = 0usize;
-        let mut renamed: HashMap<EndpointId, Option<EndpointId>> = HashMap::new();
-        for item in store.webhook_endpoints()? {
-            if item.key.len() == endpoint::KEY_LEN {
-                continue;
-            }
-            let adopted = serde_json::from_slice::<Endpoint>(&item.value)
-                .ok()
-                .and_then(|e| self.adopt_legacy(e));
-            match adopted {
-                Some((old, endpoint)) => {
-                    let value = serde_json::to_vec(&endpoint)
-                        .map_err(|e| WebhookError::Setup(e.to_string()))?;
-                    store
-                        .put_webhook_endpoint(&endpoint.id.key(&blinder), &value)
-                        .await?;
-                    renamed.insert(old, Some(endpoint.id.clone()));
-                    converted += 1;
-                }
-                None => dropped += 1,
-            }
-            store.delete_webhook_endpoint(&item.key).await?;
-        }
-        let mut items = 0usize;
-        for item in store.outbox_all()? {
-            if item.key.len() == endpoint::QUEUE_LEN + 8 {
-                continue;
-            }
-            let moved = serde_json::from_slice::<Pending>(&item.value)
-                .ok()
-                .and_then(|mut p| {
-                    if let Scope::Session(_) = p.endpoint.scope {
-                        p.endpoint = renamed.get(&p.endpoint).cloned().flatten()?;
-                    }
-                    if p.incarnation.is_empty() {
-                        p.incarnation = self.current_incarnation(&p.event.session, &p.event.tenant);
-                    }
-                    Some(p)
-                });
-            match moved {
-                Some(p) => {
-                    let value =
-                        serde_json::to_vec(&p).map_err(|e| WebhookError::Setup(e.to_string()))?;
-                    store.outbox_move(&item.key, &p.queue(&blinder), item.seq(), &value)?;
-                    items += 1;
-                }
-                None => {
-                    store.outbox_remove(&item.key)?;
-                }
-            }
-        }
-        if converted + dropped + items > 0 {
-            store.flush().await?;
-            tracing::info!(
-                endpoints = converted,
-                dropped_endpoints = dropped,
-                outbox_items = items,
-                "converted webhook keys to the blinded layout"
-            );
-        }
-        Ok(())
-    }
-
-    /// A legacy endpoint under its new id, or `None` if it must go.
-    fn adopt_legacy(&self, mut endpoint: Endpoint) -> Option<(EndpointId, Endpoint)> {
-        let old = endpoint.id.clone();
-        if let Scope::Session(owner) = &endpoint.id.scope {
-            let record = self.inner.store.get_record(&owner.id).ok().flatten()?;
-            let belongs = record.tenant == endpoint.tenant
-                && endpoint.created_at_ms >= record.created_at_ms
-                && !record.incarnation.is_empty();
-            if !belongs {
-                tracing::warn!(
-                    endpoint = %old,
-                    "dropping a session webhook endpoint that outlived its session"
-                );
-                return None;
-            }
-            endpoint.id.scope = Scope::Session(SessionRef::new(&owner.id, record.incarnation));
-        }
-        Some((old, endpoint))
-    }
-
-    fn current_incarnation(&self, session: &str, tenant: &str) -> String {
-        match self.inner.store.get_record(session) {
-            Ok(Some(r)) if r.tenant == tenant => r.incarnation,
-            _ => String::new(),
-        }
     }
 
     /// Deletes dead letters older than the retention, now and every hour.
