@@ -314,6 +314,11 @@ fn convert(
             } else {
                 report.dropped += 1;
             }
+            if stop == Stop::AfterEntries(report.entries()) {
+                out.finish()?;
+                new.flush()?;
+                return Err(StoreError::Task("conversion stopped by a test"));
+            }
         }
         out.finish()?;
     }
@@ -351,6 +356,11 @@ fn convert(
                         report.webhook_entries += 1;
                     }
                     None => report.dropped += 1,
+                }
+                if stop == Stop::AfterEntries(report.entries()) {
+                    out.finish()?;
+                    new.flush()?;
+                    return Err(StoreError::Task("conversion stopped by a test"));
                 }
             }
             out.finish()?;
