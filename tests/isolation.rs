@@ -54,6 +54,12 @@ async fn call(
     request(daemon.addr, method, path, Some(token), body).await
 }
 
+/// `PATCH /v1/sessions/{id}` moving the session to `tenant`, as `token`.
+async fn move_session(daemon: &Daemon, id: &str, token: &str, tenant: &str) -> common::Response {
+    let path = format!("/v1/sessions/{id}");
+    call(daemon, "PATCH", &path, token, json!({ "tenant": tenant })).await
+}
+
 /// Waits (bounded) until `cond` holds for the bodies received.
 async fn wait_for(bodies: &Bodies, secs: u64, what: &str, cond: impl Fn(&[Value]) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -306,14 +312,7 @@ async fn a_deleted_tenant_leaves_nothing_to_its_successor() {
     let r = daemon.delete("/v1/tenants/t1", Some(ADMIN)).await;
     assert_eq!(r.status, 409);
     assert_eq!(r.error_code(), "tenant_not_empty");
-    let r = call(
-        &daemon,
-        "PATCH",
-        "/v1/sessions/s1",
-        ADMIN,
-        json!({ "tenant": "t2" }),
-    )
-    .await;
+    let r = move_session(&daemon, "s1", ADMIN, "t2").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = daemon.delete("/v1/tenants/t1", Some(ADMIN)).await;
     assert_eq!(r.status, 204, "{}", r.text());
@@ -638,32 +637,11 @@ async fn a_reassigned_session_speaks_only_to_its_new_tenant() {
             "positive control: {snapshot}"
         );
     }
-    let r = call(
-        &daemon,
-        "PATCH",
-        "/v1/sessions/shop-1",
-        &a,
-        json!({ "tenant": "tb" }),
-    )
-    .await;
+    let r = move_session(&daemon, "shop-1", &a, "tb").await;
     assert_eq!(r.status, 403, "only the admin moves sessions: {}", r.text());
-    let r = call(
-        &daemon,
-        "PATCH",
-        "/v1/sessions/shop-1",
-        ADMIN,
-        json!({ "tenant": "nobody" }),
-    )
-    .await;
+    let r = move_session(&daemon, "shop-1", ADMIN, "nobody").await;
     assert_eq!(r.status, 422, "{}", r.text());
-    let r = call(
-        &daemon,
-        "PATCH",
-        "/v1/sessions/shop-1",
-        ADMIN,
-        json!({ "tenant": "tb" }),
-    )
-    .await;
+    let r = move_session(&daemon, "shop-1", ADMIN, "tb").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["tenant"], "tb");
     let (a_seen, s_seen) = (a_got.lock().unwrap().len(), s_got.lock().unwrap().len());

@@ -192,15 +192,22 @@ fn dead_view(id: u64, dead: &DeadLetter) -> serde_json::Value {
     })
 }
 
-pub async fn dead_list(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(tenant): ApiPath<String>,
-    ApiQuery(page): ApiQuery<Page>,
+fn dead_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::bad_request("invalid_id", format!("{raw:?} is not a dead-letter id"))
+    })
+}
+
+// One implementation of each dead-letter operation; the tenant routes and
+// the admin routes differ only in the scope they pass.
+
+fn list_dead(
+    state: &AppState,
+    scope: DeadScope<'_>,
+    page: Page,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    tenant_scope(&state, &principal, &tenant)?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let dead = webhooks(&state)?.dead_letters(DeadScope::Tenant(&tenant), page.after, limit)?;
+    let dead = webhooks(state)?.dead_letters(scope, page.after, limit)?;
     let next = (dead.len() == limit).then(|| dead.last().map(|(id, _)| id.to_string()));
     let items: Vec<_> = dead.iter().map(|(id, d)| dead_view(*id, d)).collect();
     Ok(Json(
@@ -208,23 +215,13 @@ pub async fn dead_list(
     ))
 }
 
-fn dead_id(raw: &str) -> Result<u64, ApiError> {
-    raw.parse().map_err(|_| {
-        ApiError::bad_request("invalid_id", format!("{raw:?} is not a dead-letter id"))
-    })
-}
-
-pub async fn dead_redeliver(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath((tenant, id)): ApiPath<(String, String)>,
+async fn redeliver_one(
+    state: &AppState,
+    scope: DeadScope<'_>,
+    id: &str,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    tenant_scope(&state, &principal, &tenant)?;
-    let id = dead_id(&id)?;
-    if webhooks(&state)?
-        .redeliver(id, DeadScope::Tenant(&tenant))
-        .await?
-    {
+    let id = dead_id(id)?;
+    if webhooks(state)?.redeliver(id, scope).await? {
         Ok(Json(json!({ "redelivering": 1 })))
     } else {
         Err(ApiError::not_found(
@@ -234,6 +231,49 @@ pub async fn dead_redeliver(
     }
 }
 
+async fn delete_one(
+    state: &AppState,
+    scope: DeadScope<'_>,
+    id: &str,
+) -> Result<StatusCode, ApiError> {
+    let id = dead_id(id)?;
+    if webhooks(state)?.purge_dead(Some(id), scope).await? == 1 {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "not_found",
+            format!("no dead letter {id}"),
+        ))
+    }
+}
+
+async fn purge_all(
+    state: &AppState,
+    scope: DeadScope<'_>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let purged = webhooks(state)?.purge_dead(None, scope).await?;
+    Ok(Json(json!({ "purged": purged })))
+}
+
+pub async fn dead_list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    list_dead(&state, DeadScope::Tenant(&tenant), page)
+}
+
+pub async fn dead_redeliver(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((tenant, id)): ApiPath<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    tenant_scope(&state, &principal, &tenant)?;
+    redeliver_one(&state, DeadScope::Tenant(&tenant), &id).await
+}
+
 pub async fn dead_redeliver_all(
     State(state): State<AppState>,
     principal: Principal,
@@ -241,9 +281,10 @@ pub async fn dead_redeliver_all(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     tenant_scope(&state, &principal, &tenant)?;
     let webhooks = webhooks(&state)?;
+    let scope = DeadScope::Tenant(&tenant);
     let mut count = 0;
-    for (id, _) in webhooks.dead_letters(DeadScope::Tenant(&tenant), 0, usize::MAX)? {
-        if webhooks.redeliver(id, DeadScope::Tenant(&tenant)).await? {
+    for (id, _) in webhooks.dead_letters(scope, 0, usize::MAX)? {
+        if webhooks.redeliver(id, scope).await? {
             count += 1;
         }
     }
@@ -256,19 +297,7 @@ pub async fn dead_delete(
     ApiPath((tenant, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     tenant_scope(&state, &principal, &tenant)?;
-    let id = dead_id(&id)?;
-    if webhooks(&state)?
-        .purge_dead(Some(id), DeadScope::Tenant(&tenant))
-        .await?
-        == 1
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(
-            "not_found",
-            format!("no dead letter {id}"),
-        ))
-    }
+    delete_one(&state, DeadScope::Tenant(&tenant), &id).await
 }
 
 pub async fn dead_purge(
@@ -277,10 +306,7 @@ pub async fn dead_purge(
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     tenant_scope(&state, &principal, &tenant)?;
-    let purged = webhooks(&state)?
-        .purge_dead(None, DeadScope::Tenant(&tenant))
-        .await?;
-    Ok(Json(json!({ "purged": purged })))
+    purge_all(&state, DeadScope::Tenant(&tenant)).await
 }
 
 // ---- admin: every dead letter (global endpoints' too) ---------------------
@@ -291,13 +317,7 @@ pub async fn admin_dead_list(
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     principal.require_admin()?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let dead = webhooks(&state)?.dead_letters(DeadScope::All, page.after, limit)?;
-    let next = (dead.len() == limit).then(|| dead.last().map(|(id, _)| id.to_string()));
-    let items: Vec<_> = dead.iter().map(|(id, d)| dead_view(*id, d)).collect();
-    Ok(Json(
-        json!({ "dead_letters": items, "next_after": next.flatten() }),
-    ))
+    list_dead(&state, DeadScope::All, page)
 }
 
 pub async fn admin_dead_redeliver(
@@ -306,15 +326,7 @@ pub async fn admin_dead_redeliver(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     principal.require_admin()?;
-    let id = dead_id(&id)?;
-    if webhooks(&state)?.redeliver(id, DeadScope::All).await? {
-        Ok(Json(json!({ "redelivering": 1 })))
-    } else {
-        Err(ApiError::not_found(
-            "not_found",
-            format!("no dead letter {id} (or its endpoint was deleted)"),
-        ))
-    }
+    redeliver_one(&state, DeadScope::All, &id).await
 }
 
 pub async fn admin_dead_delete(
@@ -323,19 +335,7 @@ pub async fn admin_dead_delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     principal.require_admin()?;
-    let id = dead_id(&id)?;
-    if webhooks(&state)?
-        .purge_dead(Some(id), DeadScope::All)
-        .await?
-        == 1
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(
-            "not_found",
-            format!("no dead letter {id}"),
-        ))
-    }
+    delete_one(&state, DeadScope::All, &id).await
 }
 
 pub async fn admin_dead_purge(
@@ -343,8 +343,7 @@ pub async fn admin_dead_purge(
     principal: Principal,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     principal.require_admin()?;
-    let purged = webhooks(&state)?.purge_dead(None, DeadScope::All).await?;
-    Ok(Json(json!({ "purged": purged })))
+    purge_all(&state, DeadScope::All).await
 }
 
 // ---- session level (replaces the tenant's endpoints for that session) -----
