@@ -31,13 +31,20 @@ async fn main() {
         fake.server.scan(&qr, None).await.expect("scan accepted");
         client.connected(60).await;
         let took = scanned.elapsed();
-        println!("pairing {:>3}: scan -> Connected {:>6} ms", i + 1, took.as_millis());
+        println!(
+            "pairing {:>3}: scan -> Connected {:>6} ms",
+            i + 1,
+            took.as_millis()
+        );
         times.push(took);
         client.shutdown().await;
     }
     times.sort();
     let p99 = times[(times.len() * 99).div_ceil(100).saturating_sub(1)];
-    let over_5s = times.iter().filter(|t| **t > Duration::from_secs(5)).count();
+    let over_5s = times
+        .iter()
+        .filter(|t| **t > Duration::from_secs(5))
+        .count();
     println!(
         "{n} pairings: median {} ms, p99 {} ms, max {} ms, {over_5s} over 5 s",
         times[times.len() / 2].as_millis(),
