@@ -239,6 +239,11 @@ impl Conn {
                 Header::Incomplete | Header::Invalid => {
                     return Err(protocol("missing WA connection header"));
                 }
+                Header::UnsupportedDictionary(version) => {
+                    return Err(protocol(format!(
+                        "WA header for binary dictionary v{version}; fakewa speaks only v3"
+                    )));
+                }
             }
         }
         let hello = self.next_frame().await?;
@@ -1225,6 +1230,8 @@ enum Header<'a> {
     Incomplete,
     /// Not a WhatsApp connection header.
     Invalid,
+    /// A WhatsApp header for another binary dictionary version.
+    UnsupportedDictionary(u8),
 }
 
 /// Parses the optional edge-routing pre-intro (`ED 00 01`, a 3-byte
@@ -1250,7 +1257,12 @@ fn strip_header(buf: &[u8]) -> Header<'_> {
     match rest.strip_prefix(header) {
         Some(after) => Header::Complete(after),
         None if header.starts_with(rest) => Header::Incomplete,
-        None => Header::Invalid,
+        None => match rest {
+            [b'W', b'A', magic, version, ..] if *magic == header[2] => {
+                Header::UnsupportedDictionary(*version)
+            }
+            _ => Header::Invalid,
+        },
     }
 }
 
@@ -1324,7 +1336,10 @@ mod tests {
     fn header_without_edge_routing() {
         assert_eq!(strip_header(b"WA\x06\x03hello"), Header::Complete(b"hello"));
         assert_eq!(strip_header(b"WA\x06"), Header::Incomplete);
-        assert_eq!(strip_header(b"WA\x06\x02hello"), Header::Invalid);
+        assert_eq!(
+            strip_header(b"WA\x06\x02hello"),
+            Header::UnsupportedDictionary(2)
+        );
         assert_eq!(strip_header(b"GET /"), Header::Invalid);
     }
 

@@ -657,7 +657,7 @@ async fn reconnect_with_edge_routing_pre_intro() {
         pm.get_device_snapshot().edge_routing_info.is_some()
     })
     .await;
-    assert_eq!(fake.server.edge_routed_connections(), 0);
+    let before = fake.server.edge_routed_connections();
     let (status, _) = post(
         fake.control_addr(),
         "/control/drop",
@@ -672,7 +672,7 @@ async fn reconnect_with_edge_routing_pre_intro() {
         .await;
     client.connected(60).await;
     assert!(
-        fake.server.edge_routed_connections() >= 1,
+        fake.server.edge_routed_connections() > before,
         "the reconnect carried an ED pre-intro"
     );
     client.shutdown().await;
