@@ -1,6 +1,6 @@
 //! One client connection: WebSocket, framing, Noise, then stanzas.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use crate::phone;
 use crate::server::{
     self, ControlError, OutboxEntry, Paired, Reply, Server, lock, now_ms, now_secs,
 };
-use crate::state::{DeviceKey, DeviceRecord, MessageKind};
+use crate::state::{DeviceKey, DeviceRecord, MessageKind, QueuedMessage};
 
 /// Commands other tasks send to a connection.
 pub(crate) enum ConnCmd {
@@ -222,9 +222,30 @@ impl Conn {
 
     /// Reads the WA header and the handshake messages.
     async fn handshake(&mut self) -> Result<Established, ConnError> {
-        let first = self.next_binary().await?;
-        let rest = strip_header(&first).ok_or_else(|| protocol("missing WA connection header"))?;
-        self.decoder.feed(rest);
+        let mut intro = self.next_binary().await?;
+        loop {
+            match strip_header(&intro) {
+                Header::Complete(rest) => {
+                    if intro.starts_with(EDGE_ROUTING_MAGIC) {
+                        self.server.record_edge_routed();
+                    }
+                    self.decoder.feed(rest);
+                    break;
+                }
+                Header::Incomplete if intro.len() <= MAX_INTRO => {
+                    let more = self.next_binary().await?;
+                    intro.extend_from_slice(&more);
+                }
+                Header::Incomplete | Header::Invalid => {
+                    return Err(protocol("missing WA connection header"));
+                }
+                Header::UnsupportedDictionary(version) => {
+                    return Err(protocol(format!(
+                        "WA header for binary dictionary v{version}; fakewa speaks only v3"
+                    )));
+                }
+            }
+        }
         let hello = self.next_frame().await?;
         let pending = match noise::read_client_hello(&self.server.identity, &hello)? {
             HelloOutcome::Done(est) => return Ok(*est),
@@ -350,59 +371,19 @@ impl Conn {
         if let Some(lid) = lid.filter(|_| self.server.config.assign_lid) {
             success = success.attr("lid", format!("{lid}:{}@lid", key.device));
         }
-        self.role = Role::Device(key.clone());
+        self.role = Role::Device(key);
         self.send(cipher, &success.build()).await?;
-        self.share_app_state_key(cipher, &key).await
-    }
-
-    /// Right after the first login, the phone shares an app-state key with
-    /// the new device (as a real phone does), over Signal from device 0.
-    async fn share_app_state_key(
-        &mut self,
-        cipher: &mut TransportCipher,
-        key: &DeviceKey,
-    ) -> Result<(), ConnError> {
-        let Some(mut bundle) = lock(&self.server.state)
-            .devices
-            .get(key)
-            .filter(|d| !d.app_state_key_shared)
-            .map(|d| d.bundle.clone())
-        else {
-            return Ok(());
-        };
-        let own_phone = self.server.contact(&key.phone);
-        let stanza = {
-            let mut own_phone = own_phone.lock().await;
-            let key_data: [u8; 32] = rand::random();
-            let key_id: [u8; 6] = rand::random();
-            peer::app_state_key_share_stanza(
-                &mut own_phone,
-                (key.phone.as_str(), key.device as u32),
-                &mut bundle,
-                &self.server.new_message_id(),
-                &key_id,
-                &key_data,
-                now_secs(),
-            )
-            .await
-        };
-        match stanza {
-            Ok(stanza) => {
-                {
-                    let mut state = lock(&self.server.state);
-                    if let Some(record) = state.devices.get_mut(key) {
-                        record.app_state_key_shared = true;
-                        record.bundle.prekeys = bundle.prekeys;
-                    }
-                    let _ = state.save_device(key);
-                }
-                self.send(cipher, &stanza).await
-            }
-            Err(e) => {
-                tracing::warn!(device = %key, "cannot share the app-state key: {e}");
-                Ok(())
-            }
-        }
+        // As WhatsApp does after login: routing info the client sends back
+        // in an `ED` pre-intro on its next connections.
+        let edge_routing = NodeBuilder::new("ib")
+            .attr("from", "s.whatsapp.net")
+            .children([NodeBuilder::new("edge_routing")
+                .children([NodeBuilder::new("routing_info")
+                    .bytes(EDGE_ROUTING_INFO.to_vec())
+                    .build()])
+                .build()])
+            .build();
+        self.send(cipher, &edge_routing).await
     }
 
     fn unregister(&self) {
@@ -542,8 +523,15 @@ impl Conn {
             removed: false,
             push_name: reg.push_name.clone(),
             paired_at: now_secs(),
-            app_state_key_shared: false,
-            queue: Default::default(),
+            // Right after pairing the phone shares an app-state key with the
+            // new device, as a real phone does. WhatsApp holds that share like
+            // any message until the device acknowledges it, so it goes through
+            // the same queue: a login that drops before the receipt gets it again.
+            queue: VecDeque::from([QueuedMessage::app_state_key_share(
+                self.server.new_message_id(),
+                &account.phone,
+                now_secs(),
+            )]),
         };
         self.pending.insert(
             iq_id,
@@ -1022,6 +1010,10 @@ impl Conn {
             }
             self.delivered.insert(message.id.clone());
         }
+        if sent > 0 && self.server.take_drop_after_delivery(&key.phone) {
+            tracing::info!(conn = self.handle.id, device = %key, "dropping connection after delivery (fault injected)");
+            return Err(ConnError::Closed);
+        }
         Ok(sent)
     }
 
@@ -1038,8 +1030,22 @@ impl Conn {
             .ok_or_else(|| anyhow::anyhow!("device gone"))?;
         let before = bundle.prekeys.len();
         let device = (key.phone.as_str(), key.device as u32);
-        let mut stanza = match message.kind {
-            MessageKind::Dm => {
+        let mut stanza = match (&message.app_state_key, message.kind) {
+            (Some(shared), _) => {
+                let own_phone = self.server.contact(&key.phone);
+                let mut own_phone = own_phone.lock().await;
+                peer::app_state_key_share_stanza(
+                    &mut own_phone,
+                    device,
+                    &mut bundle,
+                    &message.id,
+                    &shared.key_id,
+                    &shared.key_data,
+                    message.timestamp,
+                )
+                .await?
+            }
+            (None, MessageKind::Dm) => {
                 let contact = self.server.contact(&message.contact);
                 let mut contact = contact.lock().await;
                 peer::dm_stanza(
@@ -1053,7 +1059,7 @@ impl Conn {
                 )
                 .await?
             }
-            MessageKind::FromMe => {
+            (None, MessageKind::FromMe) => {
                 let own_phone = self.server.contact(&key.phone);
                 let mut own_phone = own_phone.lock().await;
                 peer::from_me_stanza(
@@ -1068,7 +1074,7 @@ impl Conn {
                 )
                 .await?
             }
-            MessageKind::Status => {
+            (None, MessageKind::Status) => {
                 let contact = self.server.contact(&message.contact);
                 let mut contact = contact.lock().await;
                 peer::status_stanza(
@@ -1102,6 +1108,7 @@ impl Conn {
                 .filter_map(|e| attr(e, "type"))
                 .collect(),
             offline,
+            app_state_key_share: message.app_state_key.is_some(),
         });
         Ok(stanza)
     }
@@ -1207,13 +1214,56 @@ fn message_text(msg: &wa::Message) -> Option<String> {
     None
 }
 
-fn strip_header(first: &[u8]) -> Option<&[u8]> {
-    let mut rest = first;
-    if rest.starts_with(b"ED") && rest.len() >= 6 {
-        let len = ((rest[3] as usize) << 16) | ((rest[4] as usize) << 8) | rest[5] as usize;
-        rest = rest.get(6 + len..)?;
+/// The edge-routing pre-intro's magic: `ED`, then version bytes 0 and 1.
+const EDGE_ROUTING_MAGIC: &[u8] = b"ED\x00\x01";
+/// The routing info fakewa hands out (real ones are a few opaque bytes too).
+const EDGE_ROUTING_INFO: &[u8] = b"\x08\x02\x08\x05fakewa-edge";
+/// How many header bytes a connection may send before the Noise hello.
+const MAX_INTRO: usize = 64 * 1024;
+
+/// What a connection's first bytes hold before the Noise hello.
+#[derive(Debug, PartialEq, Eq)]
+enum Header<'a> {
+    /// The header is complete; the rest follows it.
+    Complete(&'a [u8]),
+    /// Too few bytes yet to tell.
+    Incomplete,
+    /// Not a WhatsApp connection header.
+    Invalid,
+    /// A WhatsApp header for another binary dictionary version.
+    UnsupportedDictionary(u8),
+}
+
+/// Parses the optional edge-routing pre-intro (`ED 00 01`, a 3-byte
+/// big-endian length at bytes 4–6, that many bytes of routing data;
+/// `wacore-noise-0.7.0/src/edge_routing.rs`) and the `WA 06 03` header.
+fn strip_header(buf: &[u8]) -> Header<'_> {
+    let mut rest = buf;
+    if rest.first() == Some(&b'E') {
+        let magic = &EDGE_ROUTING_MAGIC[..rest.len().min(EDGE_ROUTING_MAGIC.len())];
+        if !rest.starts_with(magic) {
+            return Header::Invalid;
+        }
+        let Some(len) = rest.get(4..7) else {
+            return Header::Incomplete;
+        };
+        let len = (usize::from(len[0]) << 16) | (usize::from(len[1]) << 8) | usize::from(len[2]);
+        let Some(after) = rest.get(7 + len..) else {
+            return Header::Incomplete;
+        };
+        rest = after;
     }
-    rest.strip_prefix(&wacore_binary::consts::WA_CONN_HEADER[..])
+    let header = &wacore_binary::consts::WA_CONN_HEADER[..];
+    match rest.strip_prefix(header) {
+        Some(after) => Header::Complete(after),
+        None if header.starts_with(rest) => Header::Incomplete,
+        None => match rest {
+            [b'W', b'A', magic, version, ..] if *magic == header[2] => {
+                Header::UnsupportedDictionary(*version)
+            }
+            _ => Header::Invalid,
+        },
+    }
 }
 
 fn decode_node(plain: &[u8]) -> Result<Node, ConnError> {
@@ -1276,4 +1326,45 @@ fn app_state_reply(id: &str, node: &Node) -> Node {
         id,
         vec![NodeBuilder::new("sync").children(collections).build()],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_without_edge_routing() {
+        assert_eq!(strip_header(b"WA\x06\x03hello"), Header::Complete(b"hello"));
+        assert_eq!(strip_header(b"WA\x06"), Header::Incomplete);
+        assert_eq!(
+            strip_header(b"WA\x06\x02hello"),
+            Header::UnsupportedDictionary(2)
+        );
+        assert_eq!(strip_header(b"GET /"), Header::Invalid);
+    }
+
+    #[test]
+    fn edge_routing_pre_intro_is_skipped_by_its_length() {
+        // Exactly what whatsapp-rust sends when it holds routing info.
+        let routing = vec![0xAB; 300];
+        let (mut sent, used) = wacore_noise::build_handshake_header(Some(&routing));
+        assert!(used);
+        sent.extend_from_slice(b"hello");
+        assert_eq!(strip_header(&sent), Header::Complete(b"hello"));
+        // Split anywhere before the hello, the header is incomplete, never invalid.
+        for cut in 0..sent.len() - 5 {
+            assert_eq!(
+                strip_header(&sent[..cut]),
+                Header::Incomplete,
+                "cut at {cut}"
+            );
+        }
+        let mut empty = b"ED\x00\x01\x00\x00\x00".to_vec();
+        empty.extend_from_slice(b"WA\x06\x03x");
+        assert_eq!(strip_header(&empty), Header::Complete(b"x"));
+        assert_eq!(
+            strip_header(b"ED\x00\x02\x00\x00\x00WA\x06\x03"),
+            Header::Invalid
+        );
+    }
 }

@@ -28,7 +28,7 @@ const WRAPPED_KEY_BUNDLE_LEN: usize = 32 + 12 + 96 + 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PhoneError {
-    #[error("QR code has {0} comma-separated fields, expected 5")]
+    #[error("QR code has {0} comma-separated fields, expected 4 or 5")]
     QrFieldCount(usize),
     #[error("QR code field `{0}` is empty")]
     QrEmptyField(&'static str),
@@ -60,8 +60,10 @@ pub enum PhoneError {
     DeviceSignature,
 }
 
-/// The five fields of a companion's pairing QR code
-/// (`ref,noise_pub,identity_pub,adv_secret,client_type`; `wacore-0.7.0/src/pair.rs:54-69`).
+/// The fields of a companion's pairing QR code
+/// (`ref,noise_pub,identity_pub,adv_secret[,client_type]`; whatsapp-rust
+/// writes all five, `wacore-0.7.0/src/pair.rs:54-69`, other clients such as
+/// Baileys only the first four, and phones scan both).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QrPayload {
     pub reference: String,
@@ -71,25 +73,30 @@ pub struct QrPayload {
     pub identity_pub: [u8; 32],
     /// Keys the HMAC of the `<device-identity>` container.
     pub adv_secret: [u8; 32],
-    /// One character such as `9` (other web client) or `1` (Chrome).
-    pub client_type: String,
+    /// One character such as `9` (other web client) or `1` (Chrome), when
+    /// the code carries the optional fifth field.
+    pub client_type: Option<String>,
 }
 
-/// Parses a QR string exactly as the client produces it: five fields, the
-/// three keys in standard (padded) base64.
+/// Parses a QR string as clients produce it: four or five fields, the three
+/// keys in standard (padded) base64.
 pub fn parse_qr(code: &str) -> Result<QrPayload, PhoneError> {
     let fields: Vec<&str> = code.trim().split(',').collect();
-    let [reference, noise, identity, adv, client_type] = fields[..] else {
-        return Err(PhoneError::QrFieldCount(fields.len()));
+    let (reference, noise, identity, adv, client_type) = match fields[..] {
+        [reference, noise, identity, adv] => (reference, noise, identity, adv, None),
+        [reference, noise, identity, adv, client_type] => {
+            (reference, noise, identity, adv, Some(client_type))
+        }
+        _ => return Err(PhoneError::QrFieldCount(fields.len())),
     };
     for (name, value) in [
-        ("ref", reference),
-        ("noise_pub", noise),
-        ("identity_pub", identity),
-        ("adv_secret", adv),
+        ("ref", Some(reference)),
+        ("noise_pub", Some(noise)),
+        ("identity_pub", Some(identity)),
+        ("adv_secret", Some(adv)),
         ("client_type", client_type),
     ] {
-        if value.is_empty() {
+        if value.is_some_and(str::is_empty) {
             return Err(PhoneError::QrEmptyField(name));
         }
     }
@@ -98,7 +105,7 @@ pub fn parse_qr(code: &str) -> Result<QrPayload, PhoneError> {
         noise_pub: decode_key("noise_pub", noise)?,
         identity_pub: decode_key("identity_pub", identity)?,
         adv_secret: decode_key("adv_secret", adv)?,
-        client_type: client_type.to_owned(),
+        client_type: client_type.map(str::to_owned),
     })
 }
 
@@ -449,7 +456,7 @@ mod tests {
         assert_eq!(parsed.adv_secret, state.adv_secret_key);
         assert_eq!(
             parsed.client_type,
-            CompanionWebClientType::Chrome.to_string()
+            Some(CompanionWebClientType::Chrome.to_string())
         );
     }
 
@@ -459,10 +466,13 @@ mod tests {
         let short = BASE64.encode([7u8; 31]);
         let ok = format!("ref,{key},{key},{key},9");
         assert!(parse_qr(&ok).is_ok());
+        let four = parse_qr(&format!("ref,{key},{key},{key}")).expect("4-field QR parses");
+        assert_eq!(four.client_type, None);
+        assert_eq!(four.adv_secret, [7u8; 32]);
         assert!(matches!(parse_qr(""), Err(PhoneError::QrFieldCount(1))));
         assert!(matches!(
-            parse_qr(&format!("ref,{key},{key},{key}")),
-            Err(PhoneError::QrFieldCount(4))
+            parse_qr(&format!("ref,{key},{key}")),
+            Err(PhoneError::QrFieldCount(3))
         ));
         assert!(matches!(
             parse_qr(&format!("ref,{key},{key},{key},9,extra")),

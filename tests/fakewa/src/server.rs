@@ -1,7 +1,7 @@
 //! The fake server as a whole: listener, connection registry, the phone and
 //! contacts, and the operations the control API exposes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -90,6 +90,8 @@ pub struct Delivery {
     pub device: u16,
     pub enc_types: Vec<String>,
     pub offline: bool,
+    /// Whether this was the phone's app-state key share rather than a text.
+    pub app_state_key_share: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -123,7 +125,11 @@ pub struct Server {
     outbox: Mutex<Vec<OutboxEntry>>,
     deliveries: Mutex<Vec<Delivery>>,
     refuse_until: Mutex<Option<Instant>>,
+    /// Phones whose device connection is dropped right after its next
+    /// delivery of queued stanzas, before any receipt can come back.
+    drop_after_delivery: Mutex<HashSet<String>>,
     next_conn_id: AtomicU64,
+    edge_routed: AtomicU64,
     next_msg_id: AtomicU64,
 }
 
@@ -162,7 +168,9 @@ impl Server {
             outbox: Mutex::new(Vec::new()),
             deliveries: Mutex::new(Vec::new()),
             refuse_until: Mutex::new(None),
+            drop_after_delivery: Mutex::new(HashSet::new()),
             next_conn_id: AtomicU64::new(1),
+            edge_routed: AtomicU64::new(0),
             next_msg_id: AtomicU64::new(1),
         }))
     }
@@ -315,6 +323,7 @@ impl Server {
                         contact: contact.to_owned(),
                         text: text.to_owned(),
                         timestamp: now_secs(),
+                        app_state_key: None,
                     });
                 }
                 state
@@ -402,6 +411,27 @@ impl Server {
 
     pub fn refuse_for(&self, seconds: u64) {
         *lock(&self.refuse_until) = Some(Instant::now() + Duration::from_secs(seconds));
+    }
+
+    /// Drops the next connection of a device of `phone` as soon as it has
+    /// been sent queued stanzas, before the client can acknowledge them (as
+    /// when a client reconnects right after login). Library-only fault; the
+    /// phone need not be paired yet.
+    pub fn drop_after_next_delivery(&self, phone: &str) {
+        lock(&self.drop_after_delivery).insert(phone.to_owned());
+    }
+
+    /// How many connections opened with an `ED` edge-routing pre-intro.
+    pub fn edge_routed_connections(&self) -> u64 {
+        self.edge_routed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_edge_routed(&self) {
+        self.edge_routed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn take_drop_after_delivery(&self, phone: &str) -> bool {
+        lock(&self.drop_after_delivery).remove(phone)
     }
 
     pub fn devices(&self) -> Vec<DeviceInfo> {

@@ -47,9 +47,6 @@ pub struct DeviceRecord {
     pub removed: bool,
     pub push_name: String,
     pub paired_at: u64,
-    /// Whether the phone has shared an app-state sync key with this device.
-    #[serde(default)]
-    pub app_state_key_shared: bool,
     /// Messages for this device the client has not acknowledged with a receipt.
     #[serde(default)]
     pub queue: VecDeque<QueuedMessage>,
@@ -100,6 +97,36 @@ pub struct QueuedMessage {
     pub contact: String,
     pub text: String,
     pub timestamp: u64,
+    /// Set when this entry is not a text but the app-state sync key the
+    /// account's own phone shares with a newly linked device (`contact` is
+    /// then the account's own number). Queued like any message, so it is
+    /// resent on every login until the device acknowledges it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_state_key: Option<AppStateKey>,
+}
+
+/// An app-state sync key, fixed when queued so every resend carries the same key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppStateKey {
+    pub key_id: [u8; 6],
+    pub key_data: [u8; 32],
+}
+
+impl QueuedMessage {
+    /// The phone's app-state key share for a device of `phone`.
+    pub fn app_state_key_share(id: String, phone: &str, timestamp: u64) -> Self {
+        Self {
+            id,
+            kind: MessageKind::FromMe,
+            contact: phone.to_owned(),
+            text: String::new(),
+            timestamp,
+            app_state_key: Some(AppStateKey {
+                key_id: rand::random(),
+                key_data: rand::random(),
+            }),
+        }
+    }
 }
 
 pub struct State {

@@ -572,3 +572,108 @@ async fn pn_only_world_without_lids_works() {
     again.connected(60).await;
     again.shutdown().await;
 }
+
+/// The phone's app-state key share is held like any message: a login that
+/// ends before the device acknowledged it gets it again on the next login,
+/// and the client never has to wait out its 10 s key-share grace. (Before,
+/// fakewa sent it once outside the queue, so it was never resent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_state_key_share_is_resent_after_a_dropped_login() {
+    use wacore::store::traits::AppSyncStore as _;
+    init_tracing();
+    let fake = FakeWa::start().await.unwrap();
+    let phone = "15551110001";
+    // The first login after pairing is dropped right after the share goes
+    // out, before the client's receipt can reach fakewa.
+    fake.server.drop_after_next_delivery(phone);
+    let backend = Arc::new(InMemoryBackend::new());
+    let mut client = start_client(&fake.ws_url(), backend.clone()).await;
+    let qr = client.next_qr().await;
+    let (status, paired) = post(
+        fake.control_addr(),
+        "/control/scan",
+        json!({"qr": qr, "phone": phone}),
+    )
+    .await;
+    assert_eq!(status, 200, "{paired}");
+    client.connected(60).await;
+
+    let shares: Vec<_> = fake
+        .server
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.app_state_key_share)
+        .collect();
+    assert!(
+        shares.len() >= 2,
+        "the share is resent on the login after the dropped one: {shares:?}"
+    );
+    assert!(
+        shares.iter().all(|d| d.id == shares[0].id),
+        "the resend is the same share: {shares:?}"
+    );
+    assert!(
+        shares.iter().skip(1).all(|d| d.offline),
+        "a resend arrives with the offline backlog: {shares:?}"
+    );
+    poll(20, "the client acknowledged the key share", || {
+        fake.server
+            .devices()
+            .iter()
+            .all(|d| d.pending_messages == 0)
+    })
+    .await;
+    let key_id = backend.get_latest_sync_key_id().await.unwrap();
+    assert!(key_id.is_some(), "the client stored the shared key");
+    client.shutdown().await;
+}
+
+/// Phones scan 4-field QR codes (the client type is optional), as other
+/// clients (Baileys) show them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_field_qr_code_pairs() {
+    init_tracing();
+    let fake = FakeWa::start().await.unwrap();
+    let mut client = start_client(&fake.ws_url(), Arc::new(InMemoryBackend::new())).await;
+    let qr = client.next_qr().await;
+    let four = qr.rsplit_once(',').expect("QR has fields").0.to_owned();
+    assert_eq!(four.split(',').count(), 4);
+    let (status, paired) = post(fake.control_addr(), "/control/scan", json!({"qr": four})).await;
+    assert_eq!(status, 200, "a 4-field QR must pair: {paired}");
+    client.connected(60).await;
+    client.shutdown().await;
+}
+
+/// fakewa hands out edge routing info at login; the client's next
+/// connection opens with the `ED 00 01` + 3-byte length pre-intro, and
+/// fakewa must skip exactly that to find the `WA` header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_with_edge_routing_pre_intro() {
+    init_tracing();
+    let fake = FakeWa::start().await.unwrap();
+    let (mut client, _backend, phone) = pair_by_qr(&fake, None).await;
+    let pm = client.client.persistence_manager();
+    poll(20, "the client stored the edge routing info", || {
+        pm.get_device_snapshot().edge_routing_info.is_some()
+    })
+    .await;
+    let before = fake.server.edge_routed_connections();
+    let (status, _) = post(
+        fake.control_addr(),
+        "/control/drop",
+        json!({"phone": phone}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    client
+        .wait_for("Disconnected", 20, |e| {
+            matches!(e, Event::Disconnected(_)).then_some(())
+        })
+        .await;
+    client.connected(60).await;
+    assert!(
+        fake.server.edge_routed_connections() > before,
+        "the reconnect carried an ED pre-intro"
+    );
+    client.shutdown().await;
+}
