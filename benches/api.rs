@@ -182,6 +182,8 @@ fn main() {
             &fake.ws_url(),
             common::Options {
                 env: vec![("RUST_LOG".into(), "warn".into())],
+                // All QR_SESSIONS sessions belong to the default tenant.
+                extra_toml: "\n[sessions]\nmax_per_tenant = 1000\n".into(),
                 ..Default::default()
             },
         )

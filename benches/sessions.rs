@@ -1,6 +1,9 @@
 //! Session density, restart time and pairing latency against fakewa.
 //!
 //! `cargo bench --bench sessions` (env `WHATSD_BENCH_SESSIONS`, default 1000).
+//! `WHATSD_BENCH_CHURN=ROUNDSxN` (e.g. `3x200`) runs only the churn: N
+//! sessions created until they show a QR code, then deleted, ROUNDS times;
+//! prints resident memory after each round against the baseline.
 //! fakewa runs in a child process (this same binary, `FAKEWA_CHILD=1`), so
 //! the resident memory measured here is whatsd's alone. Prints numbers; it
 //! asserts nothing about speed.
@@ -59,7 +62,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(n, ws_url, control));
+    match std::env::var("WHATSD_BENCH_CHURN").ok() {
+        Some(spec) => {
+            let (rounds, per) = spec
+                .split_once('x')
+                .and_then(|(r, n)| Some((r.parse().ok()?, n.parse().ok()?)))
+                .expect("WHATSD_BENCH_CHURN=ROUNDSxN");
+            runtime.block_on(churn(rounds, per, ws_url));
+        }
+        None => runtime.block_on(run(n, ws_url, control)),
+    }
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(b"stop\n");
     }
@@ -92,6 +104,8 @@ fn config(ws_url: &str) -> SessionConfig {
             device_os: "whatsd-bench".into(),
         },
         activation_timeout: Duration::from_secs(600),
+        // One tenant holds them all here.
+        max_per_tenant: usize::MAX,
         ..Default::default()
     }
 }
@@ -210,6 +224,58 @@ async fn run(n: usize, ws_url: String, control: SocketAddr) {
 
 /// Creates session `i`, scans its first QR as a fresh number, waits for it to
 /// connect. Returns (scan→paired, scan→connected) in milliseconds.
+/// Creates `per` sessions, waits for each one's QR code, deletes them all;
+/// `rounds` times. Memory is read once the library's tasks are gone (a
+/// bounded wait) and the allocator had a moment to return pages.
+async fn churn(rounds: usize, per: usize, ws_url: String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let supervisor = Supervisor::start(open_store(dir.path()).await, config(&ws_url))
+        .await
+        .expect("supervisor");
+    // Warm-up round: code paths, pools and caches reach their steady size.
+    churn_round(&supervisor, 0, per.min(20)).await;
+    let baseline = rss_kib();
+    println!(
+        "churn: {rounds} rounds x {per} sessions (create until QR, delete); baseline RSS {baseline} KiB"
+    );
+    for round in 1..=rounds {
+        let started = Instant::now();
+        churn_round(&supervisor, round, per).await;
+        let rss = rss_kib();
+        println!(
+            "round {round}: {:.1} s, library tasks left {}, RSS {rss} KiB ({:+.1} % of baseline)",
+            started.elapsed().as_secs_f64(),
+            whatsd::wa::live_library_tasks(),
+            (rss as f64 / baseline as f64 - 1.0) * 100.0
+        );
+    }
+    supervisor.shutdown().await;
+}
+
+async fn churn_round(supervisor: &Supervisor, round: usize, per: usize) {
+    let ids: Vec<String> = (0..per).map(|i| format!("churn-{round}-{i}")).collect();
+    for id in &ids {
+        supervisor
+            .create(Some(id.clone()), "bench".into(), true)
+            .await
+            .expect("create");
+    }
+    for id in &ids {
+        let (_, qr) = supervisor
+            .wait_qr(id, Duration::from_secs(60))
+            .await
+            .expect("session");
+        assert!(qr.is_some(), "{id} shows no QR code");
+    }
+    for id in &ids {
+        supervisor.delete(id).await.expect("delete");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while whatsd::wa::live_library_tasks() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn pair_one(supervisor: &Supervisor, control: SocketAddr, i: usize) -> (f64, f64) {
     let id = format!("bench-{i}");
     let mut events = supervisor.subscribe();
