@@ -244,13 +244,7 @@ impl Webhooks {
         let retention = self.inner.settings().dead_letter_retention;
         let cutoff =
             now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-        let expired: Vec<u64> = self
-            .dead_letters(DeadScope::All, 0, usize::MAX)?
-            .into_iter()
-            .filter(|(_, dead)| dead.died_ms < cutoff)
-            .map(|(id, _)| id)
-            .collect();
-        let removed = self.inner.store.dead_remove(&expired).await?;
+        let removed = self.remove_dead_where(|dead| dead.died_ms < cutoff).await?;
         if removed > 0 {
             crate::metrics::dead_letters_expired(removed as u64);
             tracing::info!(removed, "expired dead letters past their retention");
@@ -578,9 +572,9 @@ impl Webhooks {
             }
         }
         // Endpoints not loaded (unreadable values) cannot be matched by tenant;
-        // only loaded ones can reach anyone.
+        // only loaded ones can reach anyone. Durable: removing dead letters
+        // flushes.
         removed += self.purge_dead(None, DeadScope::Tenant(tenant)).await?;
-        self.inner.store.flush().await?;
         Ok(removed)
     }
 
@@ -611,24 +605,27 @@ impl Webhooks {
         Ok(orphans.len())
     }
 
-    /// Removes one owner's own endpoints with their queues and dead letters.
-    async fn drop_session_endpoints(&self, owner: &SessionRef) -> Result<(), WebhookError> {
-        let ids: Vec<EndpointId> = self
-            .endpoints(&Scope::Session(owner.clone()))
-            .iter()
-            .map(|e| e.id.clone())
-            .collect();
-        for id in &ids {
-            self.delete_endpoint(id).await?;
+    /// Deletes one owner's own endpoints, with their queues.
+    async fn delete_session_endpoints(&self, owner: &SessionRef) -> Result<(), WebhookError> {
+        for endpoint in self.endpoints(&Scope::Session(owner.clone())) {
+            self.delete_endpoint(&endpoint.id).await?;
         }
-        let dead: Vec<u64> = self
+        Ok(())
+    }
+
+    /// Deletes, durably, every dead letter for which `doomed` holds (one
+    /// scan). Returns how many.
+    async fn remove_dead_where(
+        &self,
+        doomed: impl Fn(&DeadLetter) -> bool,
+    ) -> Result<usize, WebhookError> {
+        let ids: Vec<u64> = self
             .dead_letters(DeadScope::All, 0, usize::MAX)?
             .into_iter()
-            .filter(|(_, d)| matches!(&d.pending.endpoint.scope, Scope::Session(s) if s == owner))
+            .filter(|(_, dead)| doomed(dead))
             .map(|(id, _)| id)
             .collect();
-        self.inner.store.dead_remove(&dead).await?;
-        Ok(())
+        Ok(self.inner.store.dead_remove(&ids).await?)
     }
 
     // ---- enqueueing ----------------------------------------------------
@@ -731,7 +728,7 @@ impl EventSink for Webhooks {
 
     async fn session_deleted(&self, owner: &Owner) -> anyhow::Result<()> {
         let me = SessionRef::new(&owner.session, &owner.incarnation);
-        self.drop_session_endpoints(&me).await?;
+        self.delete_session_endpoints(&me).await?;
         // Its queues at every other endpoint (tenant and global) and what
         // died there.
         let blinder = self.inner.store.blinder().clone();
@@ -752,26 +749,24 @@ impl EventSink for Webhooks {
                 self.inner.adjust_depth(&e.id, -(dropped as i64));
             }
         }
-        let dead: Vec<u64> = self
-            .dead_letters(DeadScope::All, 0, usize::MAX)?
-            .into_iter()
-            .filter(|(_, d)| {
-                d.pending.event.session == owner.session
-                    && d.pending.incarnation == owner.incarnation
-            })
-            .map(|(id, _)| id)
-            .collect();
-        self.inner.store.dead_remove(&dead).await?;
-        self.inner.store.flush().await?;
+        // Every dead letter of this incarnation, at its own endpoints and at
+        // the others (one scan; durable on return).
+        self.remove_dead_where(|d| {
+            d.pending.event.session == owner.session && d.pending.incarnation == owner.incarnation
+        })
+        .await?;
         Ok(())
     }
 
     async fn session_reassigned(&self, old: &Owner, _new: &Owner) -> anyhow::Result<()> {
         // Queued deliveries stay in the old tenant's queues and reach the old
         // tenant: they happened while it owned the session.
-        self.drop_session_endpoints(&SessionRef::new(&old.session, &old.incarnation))
-            .await?;
-        self.inner.store.flush().await?;
+        let old = SessionRef::new(&old.session, &old.incarnation);
+        self.delete_session_endpoints(&old).await?;
+        self.remove_dead_where(
+            |d| matches!(&d.pending.endpoint.scope, Scope::Session(s) if *s == old),
+        )
+        .await?;
         Ok(())
     }
 }
