@@ -153,7 +153,6 @@ pub async fn run_with(
             .with_trusted_proxies(config.api.trusted_proxies.clone()),
     );
 
-    crate::session::give_incarnations(&store).await?;
     let webhooks = Webhooks::start(store.clone(), config.webhooks.settings()?).await?;
     {
         let webhooks = webhooks.clone();

@@ -54,6 +54,12 @@ async fn call(
     request(daemon.addr, method, path, Some(token), body).await
 }
 
+/// `POST /v1/sessions` creating `id` (not started), as `token`.
+async fn create_session(daemon: &Daemon, token: &str, id: &str) -> common::Response {
+    let body = json!({ "id": id, "start": false });
+    call(daemon, "POST", "/v1/sessions", token, body).await
+}
+
 /// `PATCH /v1/sessions/{id}` moving the session to `tenant`, as `token`.
 async fn move_session(daemon: &Daemon, id: &str, token: &str, tenant: &str) -> common::Response {
     let path = format!("/v1/sessions/{id}");
@@ -98,14 +104,7 @@ fn has_text(bodies: &[Value], text: &str) -> bool {
 async fn evil_session_with_spy(daemon: &Daemon) -> Bodies {
     let evil = tenant(daemon, "evil").await;
     let (spy_url, spy) = webhook_receiver().await;
-    let r = call(
-        daemon,
-        "POST",
-        "/v1/sessions",
-        &evil,
-        json!({ "id": "shop-1", "start": false }),
-    )
-    .await;
+    let r = create_session(daemon, &evil, "shop-1").await;
     assert_eq!(r.status, 201, "{}", r.text());
     let r = call(
         daemon,
@@ -476,36 +475,15 @@ async fn quotas_bound_sessions_and_endpoints_per_tenant() {
     let a = tenant(&daemon, "qa").await;
     let b = tenant(&daemon, "qb").await;
     for id in ["a1", "a2"] {
-        let r = call(
-            &daemon,
-            "POST",
-            "/v1/sessions",
-            &a,
-            json!({ "id": id, "start": false }),
-        )
-        .await;
+        let r = create_session(&daemon, &a, id).await;
         assert_eq!(r.status, 201, "{}", r.text());
     }
-    let r = call(
-        &daemon,
-        "POST",
-        "/v1/sessions",
-        &a,
-        json!({ "id": "a3", "start": false }),
-    )
-    .await;
+    let r = create_session(&daemon, &a, "a3").await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.error_code(), "quota_exceeded");
     let r = daemon.get("/v1/sessions/a3", Some(ADMIN)).await;
     assert_eq!(r.status, 404, "a refused create leaves nothing");
-    let r = call(
-        &daemon,
-        "POST",
-        "/v1/sessions",
-        &b,
-        json!({ "id": "b1", "start": false }),
-    )
-    .await;
+    let r = create_session(&daemon, &b, "b1").await;
     assert_eq!(
         r.status,
         201,
@@ -559,24 +537,10 @@ async fn a_taken_id_is_refused_without_describing_its_holder() {
     let (_dir, daemon) = daemon(&fake, "").await;
     let alpha = tenant(&daemon, "tenant-alpha-q7").await;
     let beta = tenant(&daemon, "tenant-beta").await;
-    let r = call(
-        &daemon,
-        "POST",
-        "/v1/sessions",
-        &alpha,
-        json!({ "id": "taken", "start": false }),
-    )
-    .await;
+    let r = create_session(&daemon, &alpha, "taken").await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["transitions"], json!([]), "{}", r.text());
-    let r = call(
-        &daemon,
-        "POST",
-        "/v1/sessions",
-        &beta,
-        json!({ "id": "taken", "start": false }),
-    )
-    .await;
+    let r = create_session(&daemon, &beta, "taken").await;
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.error_code(), "already_exists");
     let text = r.text();

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use event::{EventKind, Identity, PairingQr, SessionEvent};
 pub use state::{Reason, SessionState};
-pub use supervisor::{Supervisor, give_incarnations};
+pub use supervisor::Supervisor;
 
 use crate::proto::v1::SessionRecord;
 use crate::store::StoreError;

@@ -58,7 +58,6 @@ impl Supervisor {
         config: SessionConfig,
         sink: Option<Arc<dyn EventSink>>,
     ) -> Result<Supervisor, SupervisorError> {
-        give_incarnations(&store).await?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let shared = Arc::new(Shared {
             sink,
@@ -87,6 +86,12 @@ impl Supervisor {
                 }
             };
             let mut record = record;
+            if record.incarnation.is_empty() {
+                // The store's conversion gives every record one; a record
+                // it could not read then, read now, gets its first here.
+                record.incarnation = super::new_incarnation();
+                supervisor.inner.shared.store.put_record(&record).await?;
+            }
             let state = SessionState::parse(&record.state).unwrap_or(SessionState::Failed);
             if state.is_pairing() && record.phone.is_empty() {
                 // Nobody is watching a QR code any more: stop before anyone asks.
@@ -481,27 +486,6 @@ impl Supervisor {
             Err(_) => Err(SupervisorError::Timeout("the session did not answer")),
         }
     }
-}
-
-/// Gives every record written before incarnations existed its first one
-/// (idempotent; the daemon runs it before anything reads owners).
-pub async fn give_incarnations(store: &Store) -> Result<usize, SupervisorError> {
-    let mut given = 0;
-    for (_, record) in store.list_records()? {
-        let Ok(mut record) = record else { continue };
-        if record.incarnation.is_empty() {
-            record.incarnation = super::new_incarnation();
-            store.put_record(&record).await?;
-            given += 1;
-        }
-    }
-    if given > 0 {
-        tracing::info!(
-            sessions = given,
-            "gave stored sessions their first incarnation"
-        );
-    }
-    Ok(given)
 }
 
 /// How a session's task ended.
