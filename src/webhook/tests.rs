@@ -82,6 +82,14 @@ fn retry() -> Outcome {
     }
 }
 
+/// The receiver refuses the request (no retry).
+fn refused() -> Outcome {
+    Outcome::Reject {
+        error: "HTTP 400: bad".into(),
+        status: Some(400),
+    }
+}
+
 struct Rig {
     _dir: tempfile::TempDir,
     webhooks: Webhooks,
@@ -267,11 +275,7 @@ async fn a_failing_queue_holds_back_only_itself_and_keeps_order() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refusal_is_dead_lettered_and_can_be_redelivered() {
-    let mut rig = rig(vec![Outcome::Reject {
-        error: "HTTP 400: bad".into(),
-        status: Some(400),
-    }])
-    .await;
+    let mut rig = rig(vec![refused()]).await;
     rig.webhooks
         .messages(
             &owner("s1", "t1"),
@@ -442,11 +446,7 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(start_paused = true)]
 async fn dead_letters_expire_after_the_retention_and_are_counted() {
-    let mut rig = rig(vec![Outcome::Reject {
-        error: "HTTP 400: bad".into(),
-        status: Some(400),
-    }])
-    .await;
+    let mut rig = rig(vec![refused()]).await;
     rig.webhooks
         .messages(
             &owner("s1", "t1"),
@@ -495,11 +495,7 @@ async fn dead_letters_expire_after_the_retention_and_are_counted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deleted_session_takes_its_endpoints_queues_and_dead_letters() {
-    let mut rig = rig(vec![Outcome::Reject {
-        error: "HTTP 400: bad".into(),
-        status: Some(400),
-    }])
-    .await;
+    let mut rig = rig(vec![refused()]).await;
     let old = owner("s1", "t1");
     let own = EndpointId::new(
         Scope::Session(SessionRef::new("s1", &old.incarnation)),
