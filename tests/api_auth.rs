@@ -325,35 +325,19 @@ async fn failed_auth_throttle_never_locks_out_valid_tokens() {
     assert_eq!(next_json(&mut ws, 10).await["type"], "snapshot");
 
     // Behind the (trusted) proxy: each forwarded client has its own budget.
-    let via = |client: &'static str| [("X-Forwarded-For", client)];
+    // GET /v1/sessions with `token`, forwarded for `client`.
+    let get_via = |token: &'static str, client: &'static str| {
+        let headers = [("X-Forwarded-For", client)];
+        let addr = daemon.addr;
+        async move { request_with_headers(addr, "GET", "/v1/sessions", Some(token), &headers).await }
+    };
     for _ in 0..10 {
-        let r = request_with_headers(
-            daemon.addr,
-            "GET",
-            "/v1/sessions",
-            Some("wd_wrong"),
-            &via("203.0.113.7"),
-        )
-        .await;
+        let r = get_via("wd_wrong", "203.0.113.7").await;
         assert_eq!(r.status, 401);
     }
-    let r = request_with_headers(
-        daemon.addr,
-        "GET",
-        "/v1/sessions",
-        Some("wd_wrong"),
-        &via("203.0.113.7"),
-    )
-    .await;
+    let r = get_via("wd_wrong", "203.0.113.7").await;
     assert_eq!(r.status, 429);
-    let r = request_with_headers(
-        daemon.addr,
-        "GET",
-        "/v1/sessions",
-        Some("wd_wrong"),
-        &via("203.0.113.8"),
-    )
-    .await;
+    let r = get_via("wd_wrong", "203.0.113.8").await;
     assert_eq!(
         r.status, 401,
         "another client behind the proxy is not throttled"
@@ -368,14 +352,7 @@ async fn failed_auth_throttle_never_locks_out_valid_tokens() {
     )
     .await;
     assert_eq!(r.status, 429, "a spoofed leftmost entry does not escape");
-    let r = request_with_headers(
-        daemon.addr,
-        "GET",
-        "/v1/sessions",
-        Some(ADMIN),
-        &via("203.0.113.7"),
-    )
-    .await;
+    let r = get_via(ADMIN, "203.0.113.7").await;
     assert_eq!(r.status, 200, "a valid token behind the proxy is served");
 }
 

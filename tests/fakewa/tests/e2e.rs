@@ -11,6 +11,24 @@ use fakewa::{Config, FakeWa, MessageKind};
 use serde_json::json;
 use whatsapp_rust::types::events::Event;
 
+/// Drops the phone's connection through the control API and waits for the
+/// client to see it and connect again.
+async fn drop_and_reconnect(fake: &FakeWa, client: &mut TestClient, phone: &str) {
+    let (status, _) = post(
+        fake.control_addr(),
+        "/control/drop",
+        json!({"phone": phone}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    client
+        .wait_for("Disconnected", 20, |e| {
+            matches!(e, Event::Disconnected(_)).then_some(())
+        })
+        .await;
+    client.connected(60).await;
+}
+
 /// Pairs a fresh in-memory client by QR through the control API; returns
 /// the client (connected), its backend and the assigned phone.
 async fn pair_by_qr(
@@ -379,19 +397,7 @@ async fn dropped_connection_reconnects() {
     init_tracing();
     let fake = FakeWa::start().await.unwrap();
     let (mut client, _backend, phone) = pair_by_qr(&fake, None).await;
-    let (status, _) = post(
-        fake.control_addr(),
-        "/control/drop",
-        json!({"phone": phone}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    client
-        .wait_for("Disconnected", 20, |e| {
-            matches!(e, Event::Disconnected(_)).then_some(())
-        })
-        .await;
-    client.connected(60).await;
+    drop_and_reconnect(&fake, &mut client, &phone).await;
     client.shutdown().await;
 }
 
@@ -658,19 +664,7 @@ async fn reconnect_with_edge_routing_pre_intro() {
     })
     .await;
     let before = fake.server.edge_routed_connections();
-    let (status, _) = post(
-        fake.control_addr(),
-        "/control/drop",
-        json!({"phone": phone}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    client
-        .wait_for("Disconnected", 20, |e| {
-            matches!(e, Event::Disconnected(_)).then_some(())
-        })
-        .await;
-    client.connected(60).await;
+    drop_and_reconnect(&fake, &mut client, &phone).await;
     assert!(
         fake.server.edge_routed_connections() > before,
         "the reconnect carried an ED pre-intro"
