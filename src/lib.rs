@@ -22,6 +22,7 @@ pub mod notify;
 pub mod proto;
 pub mod session;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod wa;
 pub mod webhook;

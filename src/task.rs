@@ -1,0 +1,127 @@
+//! Task lifetimes: one cancellation model for the whole daemon.
+//!
+//! Every long-lived task belongs to a [`TaskScope`]: a node of one
+//! cancellation tree (tokio-util's `CancellationToken`) that runs from the
+//! daemon down to each session and each webhook worker, plus the one
+//! `TaskTracker` the daemon's shutdown waits on. Cancelling a scope cancels
+//! every scope below it; a task spawned through a scope is tracked, so
+//! nothing outlives the daemon unnoticed. Non-test code does not call
+//! `tokio::spawn` directly.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::TaskTracker;
+
+/// A node of the cancellation tree, with the daemon-wide task tracker.
+/// Cheap to clone; clones are the same node.
+#[derive(Clone, Debug, Default)]
+pub struct TaskScope {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl TaskScope {
+    /// The top of a tree: the daemon's, or a test's.
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// A scope below this one: cancelled with it (or on its own), its tasks
+    /// tracked with the rest of the tree.
+    pub fn child(&self) -> Self {
+        TaskScope {
+            token: self.token.child_token(),
+            tracker: self.tracker.clone(),
+        }
+    }
+
+    /// Spawns a tracked task that ends on its own terms (it watches
+    /// [`TaskScope::cancelled`] itself when it has cleanup to do).
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn(task)
+    }
+
+    /// Spawns a tracked task that is dropped at its next await once this
+    /// scope is cancelled; `None` then.
+    pub fn spawn_until_cancelled<F>(&self, task: F) -> JoinHandle<Option<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let token = self.token.clone();
+        self.tracker
+            .spawn(async move { token.run_until_cancelled_owned(task).await })
+    }
+
+    /// Cancels this scope and every scope below it.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves once this scope (or one above it) is cancelled.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// The token, for code that wants to own a wait on it.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Tracked tasks still running, in the whole tree.
+    pub fn live_tasks(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Closes the tracker (later spawns are still tracked) and waits for
+    /// every task of the tree to end, for at most `within`. Returns whether
+    /// they all did.
+    pub async fn wait(&self, within: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(within, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cancelling_a_scope_ends_its_children_and_not_its_parent() {
+        let root = TaskScope::root();
+        let session = root.child();
+        let worker = session.child();
+        let sibling = root.child();
+        let task = worker.spawn_until_cancelled(std::future::pending::<()>());
+        assert_eq!(root.live_tasks(), 1);
+        session.cancel();
+        assert!(worker.is_cancelled());
+        assert!(!root.is_cancelled() && !sibling.is_cancelled());
+        assert_eq!(task.await.unwrap(), None);
+        assert!(root.wait(Duration::from_secs(1)).await);
+        assert_eq!(root.live_tasks(), 0);
+    }
+
+    #[tokio::test]
+    async fn wait_reports_a_task_that_does_not_end() {
+        let root = TaskScope::root();
+        let stubborn = root.spawn(std::future::pending::<()>());
+        assert!(!root.wait(Duration::from_millis(20)).await);
+        assert_eq!(root.live_tasks(), 1);
+        stubborn.abort();
+        assert!(root.wait(Duration::from_secs(1)).await);
+    }
+}
