@@ -9,33 +9,53 @@
 //! `tokio::spawn` directly.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
-/// A node of the cancellation tree, with the daemon-wide task tracker.
-/// Cheap to clone; clones are the same node.
-#[derive(Clone, Debug, Default)]
+/// A node of the cancellation tree, with the trackers above it (the
+/// daemon's first, this scope's own last). Cheap to clone; clones are the
+/// same node.
+#[derive(Clone, Debug)]
 pub struct TaskScope {
     token: CancellationToken,
-    tracker: TaskTracker,
+    trackers: Arc<[TaskTracker]>,
 }
 
 impl TaskScope {
     /// The top of a tree: the daemon's, or a test's.
     pub fn root() -> Self {
-        Self::default()
+        TaskScope {
+            token: CancellationToken::new(),
+            trackers: Arc::from(vec![TaskTracker::new()]),
+        }
     }
 
     /// A scope below this one: cancelled with it (or on its own), its tasks
-    /// tracked with the rest of the tree.
+    /// counted by the same trackers.
     pub fn child(&self) -> Self {
         TaskScope {
             token: self.token.child_token(),
-            tracker: self.tracker.clone(),
+            trackers: Arc::clone(&self.trackers),
         }
+    }
+
+    /// A child scope with a tracker of its own, so its owner can
+    /// [`wait`](TaskScope::wait) for just its tasks (and theirs below).
+    pub fn subsystem(&self) -> Self {
+        let mut trackers = self.trackers.to_vec();
+        trackers.push(TaskTracker::new());
+        TaskScope {
+            token: self.token.child_token(),
+            trackers: Arc::from(trackers),
+        }
+    }
+
+    fn own(&self) -> &TaskTracker {
+        self.trackers.last().expect("a scope has a tracker")
     }
 
     /// Spawns a tracked task that ends on its own terms (it watches
@@ -45,7 +65,14 @@ impl TaskScope {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tracker.spawn(task)
+        let (root, above) = self.trackers.split_first().expect("a scope has a tracker");
+        // Every tracker above counts the task until it ends.
+        let held: Vec<_> = above.iter().map(TaskTracker::token).collect();
+        root.spawn(async move {
+            let output = task.await;
+            drop(held);
+            output
+        })
     }
 
     /// Spawns a tracked task that is dropped at its next await once this
@@ -56,8 +83,7 @@ impl TaskScope {
         F::Output: Send + 'static,
     {
         let token = self.token.clone();
-        self.tracker
-            .spawn(async move { token.run_until_cancelled_owned(task).await })
+        self.spawn(async move { token.run_until_cancelled_owned(task).await })
     }
 
     /// Cancels this scope and every scope below it.
@@ -79,19 +105,19 @@ impl TaskScope {
         self.token.clone()
     }
 
-    /// Tracked tasks still running, in the whole tree.
+    /// Tasks still running that this scope's own tracker counts (the
+    /// whole tree's, for the root).
     pub fn live_tasks(&self) -> usize {
-        self.tracker.len()
+        self.own().len()
     }
 
-    /// Closes the tracker (later spawns are still tracked) and waits for
-    /// every task of the tree to end, for at most `within`. Returns whether
+    /// Closes this scope's own tracker (later spawns are still counted) and
+    /// waits for its tasks to end, for at most `within`. Returns whether
     /// they all did.
     pub async fn wait(&self, within: Duration) -> bool {
-        self.tracker.close();
-        tokio::time::timeout(within, self.tracker.wait())
-            .await
-            .is_ok()
+        let own = self.own();
+        own.close();
+        tokio::time::timeout(within, own.wait()).await.is_ok()
     }
 }
 
@@ -113,6 +139,25 @@ mod tests {
         assert_eq!(task.await.unwrap(), None);
         assert!(root.wait(Duration::from_secs(1)).await);
         assert_eq!(root.live_tasks(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_subsystem_waits_for_its_own_tasks_and_the_root_for_all() {
+        let root = TaskScope::root();
+        let webhooks = root.subsystem();
+        let sessions = root.subsystem();
+        let worker = webhooks
+            .child()
+            .spawn_until_cancelled(std::future::pending::<()>());
+        let _actor = sessions.spawn_until_cancelled(std::future::pending::<()>());
+        assert_eq!((root.live_tasks(), webhooks.live_tasks()), (2, 1));
+        webhooks.cancel();
+        assert!(webhooks.wait(Duration::from_secs(1)).await);
+        assert_eq!(worker.await.unwrap(), None);
+        assert_eq!((root.live_tasks(), sessions.live_tasks()), (1, 1));
+        root.cancel();
+        assert!(root.wait(Duration::from_secs(1)).await);
+        assert_eq!(sessions.live_tasks(), 0);
     }
 
     #[tokio::test]
