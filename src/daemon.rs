@@ -30,6 +30,7 @@ use crate::config::{Config, ConfigError};
 use crate::notify::Notifier;
 use crate::session::{Supervisor, SupervisorError};
 use crate::store::{KeyConfig, Store, StoreError, load_master_key};
+use crate::task::TaskScope;
 use crate::telemetry::{FilterReload, LogHandle};
 use crate::webhook::{WebhookError, Webhooks};
 
@@ -44,6 +45,8 @@ const MIN_ADMIN_TOKEN_LEN: usize = 16;
 const WEBHOOK_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long WebSockets get to close at shutdown.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the last tasks (watchdog, reloaders) get once everything stopped.
+const TASKS_END_GRACE: Duration = Duration::from_secs(2);
 
 /// The configuration in force, replaced on every successful SIGHUP reload.
 /// Subsystems that apply changes live hold a receiver and re-read their
@@ -153,19 +156,22 @@ pub async fn run_with(
             .with_trusted_proxies(config.api.trusted_proxies.clone()),
     );
 
+    // One cancellation tree for every task of the daemon (src/task.rs).
+    let root = TaskScope::root();
     let webhooks = Webhooks::start(store.clone(), config.webhooks.settings()?).await?;
     {
         let webhooks = webhooks.clone();
         crate::metrics::set_outbox_source(Arc::new(move || webhooks.totals()));
     }
-    let supervisor = Supervisor::start_with_sink(
+    let supervisor = Supervisor::start_in(
+        &root,
         store.clone(),
         config.session_config(),
         Some(Arc::new(webhooks.clone())),
     )
     .await?;
     webhooks.retain_sessions(&supervisor.owners()?).await?;
-    let webhook_reloader = tokio::spawn(apply_webhook_settings(
+    root.spawn_until_cancelled(apply_webhook_settings(
         webhooks.clone(),
         config_watch.clone(),
     ));
@@ -179,112 +185,107 @@ pub async fn run_with(
         })?;
     let bound = listener.local_addr().map_err(RunError::Serve)?;
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The API: cancelled when the shutdown begins; its connections and
+    // WebSockets are counted in it until they close.
+    let api = root.subsystem();
     let state = AppState::new(
         supervisor.clone(),
         store.clone(),
         Arc::clone(&auth),
         config.clone(),
-        shutdown_rx.clone(),
+        api.clone(),
         Some(webhooks.clone()),
     );
     #[cfg(feature = "demo")]
     let state = state.with_demo(options.demo.clone());
     let app = api::router(state);
-    let signal = {
-        let tx = shutdown_tx.clone();
+    root.spawn_until_cancelled({
+        let api = api.clone();
         let notifier = notifier.clone();
         async move {
             shutdown.await;
             notifier.notify("STOPPING=1");
             tracing::info!("shutting down: the API stops accepting");
-            let _ = tx.send(true);
+            api.cancel();
         }
-    };
-    let signal = tokio::spawn(signal);
-    let server = listener::serve(
+    });
+    let mut server = root.spawn(listener::serve(
         listener,
         app,
         Limits::from_config(&config.api),
-        shutdown_rx.clone(),
-    );
-    let mut server = tokio::spawn(server);
+        api.clone(),
+    ));
 
     tracing::info!(addr = %bound, "API listening");
     announce(&format!("listening on {bound}"));
     notifier.notify("READY=1\nSTATUS=serving the API");
-    let watchdog = spawn_watchdog(&notifier, store.clone());
-    let reloader = tokio::spawn(reload_on_sighup(
-        hup,
-        options,
-        config_tx,
-        shutdown_rx.clone(),
-    ));
+    root.spawn_until_cancelled(watchdog(notifier.clone(), store.clone()));
+    // Reloading ends when the shutdown begins.
+    api.child()
+        .spawn_until_cancelled(reload_on_sighup(hup, options, config_tx));
     // Subsystems that apply settings live were started above with
     // `config_watch.clone()`.
     drop(config_watch);
 
-    let mut stopping = shutdown_rx.clone();
     let served = tokio::select! {
         result = &mut server => Some(result),
-        _ = stopping.wait_for(|s| *s) => None,
+        _ = api.cancelled() => None,
     };
-    reloader.abort();
-    webhook_reloader.abort();
-    signal.abort();
-    if let Some(result) = served {
+    let outcome = match served {
         // The server ended on its own: tear down anyway, then report.
+        Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(RunError::Serve(e)),
+        Some(Err(e)) => Err(RunError::Serve(std::io::Error::other(e.to_string()))),
+        None => {
+            // In-flight requests are bounded by the request timeout.
+            let drain = config.api.request_timeout + Duration::from_secs(1);
+            if tokio::time::timeout(drain, &mut server).await.is_err() {
+                tracing::warn!("requests still running after the drain period; dropping them");
+                server.abort();
+            }
+            Ok(())
+        }
+    };
+    if outcome.is_err() {
         notifier.notify("STOPPING=1");
-        let _ = shutdown_tx.send(true);
-        supervisor.shutdown().await;
-        webhooks.shutdown(WEBHOOK_STOP_GRACE).await;
-        store.flush().await?;
-        watchdog.abort();
-        return match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::Serve(e)),
-            Err(e) => Err(RunError::Serve(std::io::Error::other(e.to_string()))),
-        };
     }
-    // In-flight requests are bounded by the request timeout.
-    let drain = config.api.request_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(drain, &mut server).await.is_err() {
-        tracing::warn!("requests still running after the drain period; dropping them");
-        server.abort();
-    }
-    if !auth.sockets_closed(SOCKET_CLOSE_GRACE).await {
-        tracing::warn!("some WebSockets did not close in time");
+    api.cancel();
+    if !api.wait(SOCKET_CLOSE_GRACE).await {
+        tracing::warn!("some connections or WebSockets did not close in time");
     }
     tracing::info!("stopping sessions");
     supervisor.shutdown().await;
     // After the sessions: their last events are in the outbox already.
     webhooks.shutdown(WEBHOOK_STOP_GRACE).await;
     store.flush().await?;
-    watchdog.abort();
-    tracing::info!("stopped");
-    Ok(())
+    // Whatever is left (the watchdog, the reloaders) ends here; the
+    // daemon returns only once every task it spawned has.
+    root.cancel();
+    if root.wait(TASKS_END_GRACE).await {
+        tracing::info!("stopped; every task ended");
+    } else {
+        tracing::warn!(left = root.live_tasks(), "stopped; some tasks did not end");
+    }
+    outcome
 }
 
 /// Pings systemd's watchdog at half its timeout while the store answers,
 /// through the drain too (systemd's stop timeout bounds that). A stalled
 /// runtime or a dead store stops the pings and systemd restarts us.
-fn spawn_watchdog(notifier: &Notifier, store: Store) -> tokio::task::JoinHandle<()> {
-    let notifier = notifier.clone();
-    tokio::spawn(async move {
-        let Some(timeout) = notifier.watchdog() else {
-            return;
-        };
-        let mut ticker = tokio::time::interval(timeout / 2);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if store.admin_token_hash().is_ok() {
-                notifier.notify("WATCHDOG=1");
-            } else {
-                tracing::error!("the store does not answer; withholding the watchdog ping");
-            }
+async fn watchdog(notifier: Notifier, store: Store) {
+    let Some(timeout) = notifier.watchdog() else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(timeout / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if store.admin_token_hash().is_ok() {
+            notifier.notify("WATCHDOG=1");
+        } else {
+            tracing::error!("the store does not answer; withholding the watchdog ping");
         }
-    })
+    }
 }
 
 /// Applies the `[webhooks]` section of every reloaded configuration.
@@ -337,19 +338,15 @@ impl Hangup {
     }
 }
 
-/// Reloads on every SIGHUP, until the shutdown begins.
+/// Reloads on every SIGHUP (until its scope is cancelled).
 async fn reload_on_sighup(
     mut hup: Hangup,
     options: Options,
     config_tx: watch::Sender<Arc<Config>>,
-    mut stopping: watch::Receiver<bool>,
 ) {
     let running = config_tx.borrow().clone();
     loop {
-        tokio::select! {
-            _ = hup.recv() => {}
-            _ = stopping.wait_for(|s| *s) => return,
-        }
+        hup.recv().await;
         tracing::info!(signal = "SIGHUP", "reloading the configuration");
         reload(&options, &running, &config_tx);
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// A node of the cancellation tree, with the trackers above it (the
 /// daemon's first, this scope's own last). Cheap to clone; clones are the
@@ -65,14 +66,19 @@ impl TaskScope {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (root, above) = self.trackers.split_first().expect("a scope has a tracker");
-        // Every tracker above counts the task until it ends.
-        let held: Vec<_> = above.iter().map(TaskTracker::token).collect();
-        root.spawn(async move {
-            let output = task.await;
-            drop(held);
-            output
+        // Every tracker counts the task until its future is dropped
+        // (finished, or aborted).
+        let held = self.hold();
+        tokio::spawn(async move {
+            let _held = held;
+            task.await
         })
+    }
+
+    /// Counts a task someone else spawned (axum runs each WebSocket in a
+    /// task of its own) as this scope's until the returned guard drops.
+    pub fn hold(&self) -> Held {
+        Held(self.trackers.iter().map(TaskTracker::token).collect())
     }
 
     /// Spawns a tracked task that is dropped at its next await once this
@@ -111,6 +117,14 @@ impl TaskScope {
         self.own().len()
     }
 
+    /// Closes this scope's own tracker and waits, without a bound, for its
+    /// tasks to end.
+    pub async fn ended(&self) {
+        let own = self.own();
+        own.close();
+        own.wait().await;
+    }
+
     /// Closes this scope's own tracker (later spawns are still counted) and
     /// waits for its tasks to end, for at most `within`. Returns whether
     /// they all did.
@@ -120,6 +134,10 @@ impl TaskScope {
         tokio::time::timeout(within, own.wait()).await.is_ok()
     }
 }
+
+/// A task counted by a scope's trackers; see [`TaskScope::hold`].
+#[derive(Debug)]
+pub struct Held(#[allow(dead_code)] Vec<TaskTrackerToken>);
 
 #[cfg(test)]
 mod tests {

@@ -6,18 +6,19 @@ mod common;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio_util::sync::DropGuard;
 use whatsd::api::auth::{Auth, hash_token};
 use whatsd::api::listener::{self, Limits};
 use whatsd::api::{AppState, router};
 use whatsd::config::Config;
 use whatsd::session::Supervisor;
 use whatsd::store::{MasterKey, Store};
+use whatsd::task::TaskScope;
 
 struct InProcess {
     addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
-    _stop: watch::Sender<bool>,
+    _stop: DropGuard,
 }
 
 async fn serve(config: Config) -> InProcess {
@@ -31,27 +32,20 @@ async fn serve(config: Config) -> InProcess {
         [],
         config.auth.clone(),
     ));
-    let (stop, stopped) = watch::channel(false);
-    let state = AppState::new(
-        supervisor,
-        store,
-        auth,
-        config.clone(),
-        stopped.clone(),
-        None,
-    );
+    let scope = TaskScope::root();
+    let state = AppState::new(supervisor, store, auth, config.clone(), scope.clone(), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(listener::serve(
         listener,
         router(state),
         Limits::from_config(&config.api),
-        stopped,
+        scope.clone(),
     ));
     InProcess {
         addr,
         _dir: dir,
-        _stop: stop,
+        _stop: scope.token().drop_guard(),
     }
 }
 

@@ -29,7 +29,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use super::AppState;
 use super::error::ApiError;
@@ -157,9 +157,6 @@ pub struct Auth {
     /// Peers whose `X-Forwarded-For` names the client.
     trusted_proxies: Vec<Cidr>,
     sockets: Mutex<HashMap<String, usize>>,
-    /// All open WebSockets, for shutdown.
-    open_sockets: Mutex<usize>,
-    sockets_closed: Notify,
     config: AuthConfig,
 }
 
@@ -194,8 +191,6 @@ impl Auth {
             failures: Mutex::new(HashMap::new()),
             trusted_proxies: Vec::new(),
             sockets: Mutex::new(HashMap::new()),
-            open_sockets: Mutex::new(0),
-            sockets_closed: Notify::new(),
             config,
         }
     }
@@ -435,27 +430,10 @@ impl Auth {
             return None;
         }
         *used += 1;
-        if let Ok(mut open) = self.open_sockets.lock() {
-            *open += 1;
-        }
         Some(SocketSlot {
             auth: Arc::clone(self),
             key,
         })
-    }
-
-    /// Waits until every WebSocket has closed, or `timeout` passes.
-    pub async fn sockets_closed(&self, timeout: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.sockets_closed.notified();
-                if self.open_sockets.lock().map(|n| *n == 0).unwrap_or(true) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 }
 
@@ -475,10 +453,6 @@ impl Drop for SocketSlot {
                 sockets.remove(&self.key);
             }
         }
-        if let Ok(mut open) = self.auth.open_sockets.lock() {
-            *open = open.saturating_sub(1);
-        }
-        self.auth.sockets_closed.notify_waiters();
     }
 }
 

@@ -32,10 +32,12 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApiConfig, Cidr};
+use crate::task::TaskScope;
 
 /// The peer's address, as `ConnectInfo<PeerAddr>` in request extensions.
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +66,7 @@ impl Limits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` turns true, then lets every
+/// Serves `app` on `listener` until `scope` is cancelled, then lets every
 /// connection finish its request (graceful) and returns once all HTTP
 /// connections are closed. Upgraded connections (WebSockets) are closed by
 /// their own handlers.
@@ -72,16 +74,17 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
+    scope: TaskScope,
 ) -> io::Result<()> {
     let registry = Arc::new(Registry::default());
     let limits = Arc::new(limits);
     let service = TowerToHyperService::new(app);
-    let tasks = tasks::Tasks::default();
+    // The HTTP connections, in a tracker of their own to wait for.
+    let connections = scope.subsystem();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = scope.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -116,12 +119,12 @@ pub async fn serve(
             peer,
         };
         let limits = Arc::clone(&limits);
-        let shutdown = shutdown.clone();
-        tasks.spawn(serve_connection(io, service, conn, limits, shutdown));
+        let shutdown = scope.token();
+        connections.spawn(serve_connection(io, service, conn, limits, shutdown));
     }
     // Refuse new connections at once while the open ones finish.
     drop(listener);
-    tasks.wait().await;
+    connections.ended().await;
     Ok(())
 }
 
@@ -140,7 +143,7 @@ async fn serve_connection(
     service: Tracking,
     conn: Arc<Conn>,
     limits: Arc<Limits>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Our own timers below replace hyper's (which has no idle timeout).
@@ -176,54 +179,9 @@ async fn serve_connection(
                     return;
                 }
             }
-            _ = shutdown.wait_for(|s| *s), if !graceful => {
+            _ = shutdown.cancelled(), if !graceful => {
                 graceful = true;
                 connection.as_mut().graceful_shutdown();
-            }
-        }
-    }
-}
-
-/// Connection tasks, so [`serve`] can wait for them at shutdown.
-mod tasks {
-    use std::future::Future;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use tokio::sync::Notify;
-
-    #[derive(Default)]
-    pub struct Tasks {
-        inner: Arc<(AtomicUsize, Notify)>,
-    }
-
-    struct Running(Arc<(AtomicUsize, Notify)>);
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if self.0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.0.1.notify_waiters();
-            }
-        }
-    }
-
-    impl Tasks {
-        pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-            self.inner.0.fetch_add(1, Ordering::AcqRel);
-            let running = Running(Arc::clone(&self.inner));
-            tokio::spawn(async move {
-                let _running = running;
-                task.await;
-            });
-        }
-
-        pub async fn wait(&self) {
-            loop {
-                let notified = self.inner.1.notified();
-                if self.inner.0.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
             }
         }
     }

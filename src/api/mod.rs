@@ -31,13 +31,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
-use tokio::sync::watch;
 
 use self::auth::Auth;
 use self::error::ApiError;
 use crate::config::Config;
 use crate::session::Supervisor;
 use crate::store::Store;
+use crate::task::TaskScope;
 
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -48,8 +48,9 @@ pub struct Shared {
     pub store: Store,
     pub auth: Arc<Auth>,
     pub config: Config,
-    /// Turns `true` when the daemon starts shutting down.
-    pub shutdown: watch::Receiver<bool>,
+    /// The API's scope: cancelled when the daemon starts shutting down.
+    /// Connections and WebSockets are counted in it until they close.
+    pub scope: TaskScope,
     /// The webhook outbox; `None` only in router tests without one.
     pub webhooks: Option<crate::webhook::Webhooks>,
     /// `serve --demo`: the embedded fake WhatsApp server.
@@ -71,7 +72,7 @@ impl AppState {
         store: Store,
         auth: Arc<Auth>,
         config: Config,
-        shutdown: watch::Receiver<bool>,
+        scope: TaskScope,
         webhooks: Option<crate::webhook::Webhooks>,
     ) -> Self {
         Self(Arc::new(Shared {
@@ -79,7 +80,7 @@ impl AppState {
             store,
             auth,
             config,
-            shutdown,
+            scope,
             webhooks,
             #[cfg(feature = "demo")]
             demo: None,
@@ -224,7 +225,7 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> Response {
     let store_ok = state.store.admin_token_hash().is_ok();
     let running = state.supervisor.is_running();
-    let stopping = *state.shutdown.borrow();
+    let stopping = state.scope.is_cancelled();
     if store_ok && running && !stopping {
         Json(json!({ "status": "ready" })).into_response()
     } else {

@@ -132,7 +132,15 @@ pub async fn events(
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve_socket(state, grant, scope, socket, slot)))
+        .on_upgrade(move |socket| {
+            // axum runs the socket in a task of its own: counted in the
+            // API's scope, so shutdown waits for it to close.
+            let held = state.scope.hold();
+            async move {
+                serve_socket(state, grant, scope, socket, slot).await;
+                drop(held);
+            }
+        }))
 }
 
 async fn resolve_scope(
@@ -256,8 +264,8 @@ async fn serve_socket(
     let _slot = slot;
     let mut revocations = state.auth.revocations();
     let send_timeout = state.config.api.ws_send_timeout;
-    let mut shutdown = state.shutdown.clone();
-    if *shutdown.borrow() {
+    let shutdown = state.scope.token();
+    if shutdown.is_cancelled() {
         close(
             &mut socket,
             CLOSE_GOING_AWAY,
@@ -289,7 +297,7 @@ async fn serve_socket(
     tracing::debug!(?scope, "event socket opened");
     loop {
         tokio::select! {
-            _ = shutdown.changed() => {
+            _ = shutdown.cancelled() => {
                 close(&mut socket, CLOSE_GOING_AWAY, "server shutting down", send_timeout).await;
                 break;
             }

@@ -6,7 +6,7 @@ use std::future::pending;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use whatsapp_rust::store::traits::DeviceStore;
@@ -20,6 +20,7 @@ use super::{
 };
 use crate::proto::v1::{SessionRecord, Transition};
 use crate::store::Store;
+use crate::task::TaskScope;
 use crate::wa::{Connection, InboundMessage, InboundSink, WaError, WaEvent};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
@@ -47,7 +48,6 @@ pub(super) enum Command {
     /// Daemon start: reconnect a session that was paired.
     Restore,
     Health,
-    Shutdown(oneshot::Sender<()>),
 }
 
 /// What all session tasks share.
@@ -115,8 +115,14 @@ pub(super) struct Actor {
     qr_index: u32,
     phone_poll: Option<JoinHandle<Option<Identity>>>,
     start_permit: Option<(OwnedSemaphorePermit, Instant)>,
+    /// A restore waiting for its turn to start (awaited in the loop, so a
+    /// stop, delete or shutdown is not queued behind it).
+    waiting_permit: Option<JoinHandle<Result<OwnedSemaphorePermit, AcquireError>>>,
     /// When the current state was entered (for the health sweep).
     state_since: Instant,
+    /// The session's scope: cancelled at shutdown; its client's tasks run
+    /// below it.
+    scope: TaskScope,
 }
 
 /// Sets `record`'s state and reason and appends a transition.
@@ -142,7 +148,7 @@ pub(super) fn apply_transition(
 }
 
 impl Actor {
-    pub(super) fn new(shared: Arc<Shared>, record: SessionRecord) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, record: SessionRecord, scope: TaskScope) -> Self {
         Self {
             shared,
             owner: Arc::new(Mutex::new(Owner::of(&record))),
@@ -153,7 +159,9 @@ impl Actor {
             qr_index: 0,
             phone_poll: None,
             start_permit: None,
+            waiting_permit: None,
             state_since: Instant::now(),
+            scope,
         }
     }
 
@@ -174,15 +182,15 @@ impl Actor {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> ActorExit {
+        let shutdown = self.scope.token();
         loop {
             tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.stop_client().await;
+                    self.record_shutdown().await;
+                    return ActorExit::Stopped;
+                }
                 command = commands.recv() => match command {
-                    Some(Command::Shutdown(done)) => {
-                        self.stop_client().await;
-                        self.record_shutdown().await;
-                        let _ = done.send(());
-                        return ActorExit::Stopped;
-                    }
                     Some(Command::Delete(reply)) => {
                         let result = self.delete().await;
                         let deleted = result.is_ok();
@@ -206,6 +214,13 @@ impl Actor {
                 found = poll_result(&mut self.phone_poll) => self.on_phone_poll(found).await,
                 _ = sleep_until(self.start_permit.as_ref().map(|(_, until)| *until)) => {
                     self.start_permit = None;
+                }
+                permit = permit_turn(&mut self.waiting_permit) => {
+                    self.waiting_permit = None;
+                    self.start_permit = permit.map(|p| (p, Instant::now() + START_PERMIT_HOLD));
+                    if let Err(e) = self.start().await {
+                        tracing::warn!(session = %self.record.id, "restoring: {e}");
+                    }
                 }
             }
         }
@@ -299,17 +314,14 @@ impl Actor {
                 let _ = reply.send(self.send_text(&to, &text).await);
             }
             Command::Restore => {
-                let permit = self.shared.start_permits.clone().acquire_owned().await.ok();
-                self.start_permit = permit.map(|p| (p, Instant::now() + START_PERMIT_HOLD));
-                if let Err(e) = self.start().await {
-                    tracing::warn!(session = %self.record.id, "restoring: {e}");
-                }
+                let permits = self.shared.start_permits.clone();
+                self.waiting_permit = Some(self.scope.spawn(permits.acquire_owned()));
             }
             Command::Reassign { tenant, reply } => {
                 let _ = reply.send(self.reassign(tenant).await);
             }
             Command::Health => self.health_check().await,
-            Command::Delete(_) | Command::Shutdown(_) => {}
+            Command::Delete(_) => {}
         }
     }
 
@@ -376,7 +388,7 @@ impl Actor {
                 owner: Arc::clone(&self.owner),
             }) as Arc<dyn InboundSink>
         });
-        match Connection::start(&self.shared.config.wa, backend, tx, inbound).await {
+        match Connection::start(&self.scope, &self.shared.config.wa, backend, tx, inbound).await {
             Ok(conn) => {
                 self.conn = Some(conn);
                 self.wa_events = Some(rx);
@@ -402,6 +414,9 @@ impl Actor {
     /// Stops the client (flushing its state), cancels pairing timers.
     async fn stop_client(&mut self) {
         self.activation_deadline = None;
+        if let Some(wait) = self.waiting_permit.take() {
+            wait.abort();
+        }
         if let Some(poll) = self.phone_poll.take() {
             poll.abort();
         }
@@ -896,7 +911,7 @@ impl Actor {
         {
             let probe = conn.identity_probe();
             let budget = self.config().phone_poll_budget;
-            self.phone_poll = Some(tokio::spawn(super::phone::poll_identity(
+            self.phone_poll = Some(self.scope.spawn(super::phone::poll_identity(
                 budget,
                 move || {
                     let identity = probe.identity();
@@ -1013,6 +1028,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn poll_result(poll: &mut Option<JoinHandle<Option<Identity>>>) -> Option<Identity> {
     match poll {
         Some(handle) => handle.await.ok().flatten(),
+        None => pending().await,
+    }
+}
+
+async fn permit_turn(
+    wait: &mut Option<JoinHandle<Result<OwnedSemaphorePermit, AcquireError>>>,
+) -> Option<OwnedSemaphorePermit> {
+    match wait {
+        Some(wait) => wait.await.ok().and_then(Result::ok),
         None => pending().await,
     }
 }

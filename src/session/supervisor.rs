@@ -2,7 +2,6 @@
 //! reload, the health sweep, and graceful shutdown.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use super::{
 };
 use crate::proto::v1::SessionRecord;
 use crate::store::Store;
+use crate::task::TaskScope;
 
 /// Events buffered per subscriber before it starts missing some.
 const EVENT_BUFFER: usize = 4096;
@@ -34,7 +34,9 @@ pub struct Supervisor {
 struct Inner {
     shared: Arc<Shared>,
     sessions: Mutex<HashMap<String, mpsc::Sender<Command>>>,
-    running: AtomicBool,
+    /// Every session's task, its client's tasks and the health sweep run
+    /// here; cancelled, each session records its shutdown and stops.
+    scope: TaskScope,
     /// Serializes creates, so a tenant's quota is counted exactly.
     creating: tokio::sync::Mutex<()>,
 }
@@ -58,6 +60,17 @@ impl Supervisor {
         config: SessionConfig,
         sink: Option<Arc<dyn EventSink>>,
     ) -> Result<Supervisor, SupervisorError> {
+        Self::start_in(&TaskScope::root(), store, config, sink).await
+    }
+
+    /// Like [`Supervisor::start_with_sink`], its tasks in a subsystem of
+    /// `parent` (the daemon's scope).
+    pub async fn start_in(
+        parent: &TaskScope,
+        store: Store,
+        config: SessionConfig,
+        sink: Option<Arc<dyn EventSink>>,
+    ) -> Result<Supervisor, SupervisorError> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let shared = Arc::new(Shared {
             sink,
@@ -71,7 +84,7 @@ impl Supervisor {
             inner: Arc::new(Inner {
                 shared,
                 sessions: Mutex::new(HashMap::new()),
-                running: AtomicBool::new(true),
+                scope: parent.subsystem(),
                 creating: tokio::sync::Mutex::new(()),
             }),
         };
@@ -123,12 +136,17 @@ impl Supervisor {
         let shared = self.inner.shared.clone();
         let weak = Arc::downgrade(&self.inner);
         let own = tx.downgrade();
-        tokio::spawn(async move {
-            let task = tokio::spawn(tracing::Instrument::instrument(
-                Actor::new(shared.clone(), record).run(rx),
+        let supervisor = self.inner.scope.clone();
+        let session = supervisor.child();
+        supervisor.spawn(async move {
+            let task = session.spawn(tracing::Instrument::instrument(
+                Actor::new(shared.clone(), record, session.clone()).run(rx),
                 tracing::info_span!("session", id = %id),
             ));
-            match task.await {
+            let exit = task.await;
+            // Whatever ended the session's task ends what it left running.
+            session.cancel();
+            match exit {
                 Ok(ActorExit::Deleted) => {
                     // Only this task's own entry: the id may already be reused.
                     if let Some(inner) = weak.upgrade() {
@@ -153,7 +171,7 @@ impl Supervisor {
                     };
                     let record = shared.mark_failed_after_crash(&id, message).await;
                     if let Some(record) = record
-                        && inner.running.load(Ordering::SeqCst)
+                        && !inner.scope.is_cancelled()
                     {
                         Supervisor { inner }.spawn_actor(record);
                     }
@@ -166,15 +184,12 @@ impl Supervisor {
     fn spawn_health_sweep(&self) {
         let weak = Arc::downgrade(&self.inner);
         let every = self.inner.shared.config.health_interval;
-        tokio::spawn(async move {
+        self.inner.scope.spawn_until_cancelled(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.tick().await;
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                if !inner.running.load(Ordering::SeqCst) {
-                    return;
-                }
                 let senders: Vec<_> = lock(&inner.sessions).values().cloned().collect();
                 for tx in senders {
                     let _ = tx.try_send(Command::Health);
@@ -235,7 +250,7 @@ impl Supervisor {
     }
 
     pub fn is_running(&self) -> bool {
-        self.inner.running.load(Ordering::SeqCst)
+        !self.inner.scope.is_cancelled()
     }
 
     /// Creates a session (id generated when absent) and, with `start`,
@@ -433,29 +448,27 @@ impl Supervisor {
     /// Stops every session (each bounded by the shutdown timeout, flushing
     /// its device state), then flushes the store.
     pub async fn shutdown(&self) {
-        if !self.inner.running.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        let senders: Vec<_> = lock(&self.inner.sessions)
-            .drain()
-            .map(|(_, tx)| tx)
-            .collect();
-        let mut waits = Vec::new();
-        for tx in senders {
-            let (done, wait) = oneshot::channel();
-            if tx.send(Command::Shutdown(done)).await.is_ok() {
-                waits.push(wait);
-            }
-        }
+        // Every session sees the cancellation in its loop, records its
+        // shutdown and stops its client; its client's tasks end with it.
+        self.inner.scope.cancel();
         let bound = self.inner.shared.config.shutdown_timeout + Duration::from_secs(5);
-        let all = futures_join_all(waits);
-        if tokio::time::timeout(bound, all).await.is_err() {
-            tracing::warn!("some sessions did not stop within {bound:?}");
+        if !self.inner.scope.wait(bound).await {
+            tracing::warn!(
+                left = self.inner.scope.live_tasks(),
+                "some sessions did not stop within {bound:?}"
+            );
         }
+        lock(&self.inner.sessions).clear();
         if let Err(e) = self.inner.shared.store.flush().await {
             tracing::error!("flushing the store at shutdown: {e}");
         }
         tracing::info!("supervisor stopped");
+    }
+
+    /// Tasks of the supervisor's scope still running: sessions, their
+    /// clients' tasks, the health sweep.
+    pub fn live_tasks(&self) -> usize {
+        self.inner.scope.live_tasks()
     }
 
     fn check_running(&self) -> Result<(), SupervisorError> {
@@ -494,12 +507,6 @@ pub(super) enum ActorExit {
     Deleted,
     /// The daemon is shutting down.
     Stopped,
-}
-
-async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
-    for wait in waits {
-        let _ = wait.await;
-    }
 }
 
 fn generate_id() -> String {

@@ -13,6 +13,7 @@ use whatsapp_rust::types::events::{Event, EventHandler, EventInterest};
 use whatsapp_rust::{Client, Jid};
 
 use super::{InboundSink, WaConfig, WaError, WaEvent};
+use crate::task::TaskScope;
 
 /// A running client. Dropping it aborts the client without a flush; call
 /// [`Connection::shutdown`] to stop it properly.
@@ -32,12 +33,10 @@ struct TaskGuard(super::runtime::Tasks);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        let tasks = self.0.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { tasks.stop(TASK_GRACE).await });
-            }
-            Err(_) => tasks.abort_all(),
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.0.stop_later(TASK_GRACE);
+        } else {
+            self.0.abort_all();
         }
     }
 }
@@ -67,13 +66,16 @@ impl Connection {
     /// With an `inbound` sink, every decrypted message is committed to it
     /// before WhatsApp is acknowledged (at-least-once); without one the
     /// library acknowledges right after decryption (at-most-once).
+    /// The client's tasks run in a scope below `session`'s: cancelling the
+    /// session ends them.
     pub async fn start(
+        session: &TaskScope,
         config: &WaConfig,
         backend: Arc<dyn Backend>,
         events: mpsc::UnboundedSender<WaEvent>,
         inbound: Option<Arc<dyn InboundSink>>,
     ) -> Result<Self, WaError> {
-        let tasks = super::runtime::Tasks::default();
+        let tasks = super::runtime::Tasks::new(session);
         let mut transport = TokioWebSocketTransportFactory::new();
         if let Some(url) = &config.ws_url {
             transport = transport.with_url(url.clone());

@@ -6,18 +6,20 @@
 //! It also owns those tasks. whatsapp-rust 0.7 detaches some of them — the
 //! QR rotation (src/pair.rs, `runtime.spawn(..).detach()` at about line
 //! 100) runs until its six codes are spent, ~160 s, and then disconnects
-//! "the session" although the client was stopped long before — so whatsd
-//! keeps an abort handle for every task it spawns, and a stopped client's
-//! tasks ([`Tasks`]) get a short grace to finish, then are aborted.
+//! "the session" although the client was stopped long before — so every
+//! task it spawns runs in a scope of whatsd's cancellation tree
+//! ([`crate::task`]), below the session's, and a stopped client's tasks
+//! ([`Tasks`]) get a short grace to finish, then are cancelled.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::Instrument;
 use whatsapp_rust::wacore::runtime::{AbortHandle, Runtime};
+
+use crate::task::TaskScope;
 
 /// Library tasks alive now, over all sessions (`whatsd_library_tasks`).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -44,54 +46,48 @@ impl Drop for Live {
     }
 }
 
-/// The tasks one client spawned. Cheap to clone.
-#[derive(Clone, Default)]
+/// The tasks one client spawned: a scope of their own below the session's.
+/// Cheap to clone.
+#[derive(Clone)]
 pub struct Tasks {
-    inner: Arc<Mutex<TaskList>>,
-}
-
-#[derive(Default)]
-struct TaskList {
-    handles: Vec<tokio::task::AbortHandle>,
-    /// Aborted: a task spawned from now on is aborted at once.
-    closed: bool,
+    session: TaskScope,
+    client: TaskScope,
 }
 
 impl Tasks {
-    fn track(&self, handle: tokio::task::AbortHandle) {
-        let mut list = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if list.closed {
-            handle.abort();
-            return;
+    pub fn new(session: &TaskScope) -> Self {
+        Tasks {
+            session: session.clone(),
+            client: session.subsystem(),
         }
-        if list.handles.len() >= 64 {
-            list.handles.retain(|h| !h.is_finished());
-        }
-        list.handles.push(handle);
     }
 
     /// Tasks of this client not finished yet.
     pub fn running(&self) -> usize {
-        let list = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        list.handles.iter().filter(|h| !h.is_finished()).count()
+        self.client.live_tasks()
     }
 
     /// Waits, at most `grace`, for the tasks to end by themselves (a final
-    /// flush), then aborts what is left, and every task spawned later.
+    /// flush), then cancels what is left, and every task spawned later.
     pub async fn stop(&self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.running() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if !self.client.wait(grace).await {
+            tracing::debug!(
+                left = self.running(),
+                "cancelling the client's remaining tasks"
+            );
         }
-        self.abort_all();
+        self.client.cancel();
     }
 
+    /// [`Tasks::stop`] from a destructor: in a task of the session's scope.
+    pub fn stop_later(&self, grace: Duration) {
+        let tasks = self.clone();
+        self.session.spawn(async move { tasks.stop(grace).await });
+    }
+
+    /// Cancels every task of the client at once.
     pub fn abort_all(&self) {
-        let mut list = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        list.closed = true;
-        for handle in list.handles.drain(..) {
-            handle.abort();
-        }
+        self.client.cancel();
     }
 }
 
@@ -110,17 +106,15 @@ impl SessionRuntime {
         }
     }
 
-    fn start(&self, future: Task) -> tokio::task::JoinHandle<()> {
+    fn start(&self, future: Task) -> tokio::task::JoinHandle<Option<()>> {
         let live = Live::new();
-        let handle = tokio::spawn(
+        self.tasks.client.spawn_until_cancelled(
             async move {
                 let _live = live;
                 future.await;
             }
             .instrument(self.span.clone()),
-        );
-        self.tasks.track(handle.abort_handle());
-        handle
+        )
     }
 }
 
