@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 pub use delivery::{Attempt, HttpTransport, Outcome, Schedule, Transport};
 pub use endpoint::{
@@ -34,6 +34,7 @@ pub use queue::{DeadLetter, Pending};
 pub(crate) use crate::session::now_ms;
 use crate::session::{EventSink, Identity, Owner, SessionEvent};
 use crate::store::{Store, StoreError};
+use crate::task::TaskScope;
 use crate::wa::InboundMessage;
 
 /// The name of the endpoint configured in `[webhooks]`.
@@ -148,9 +149,17 @@ pub(crate) struct Inner {
     active: Mutex<HashSet<Vec<u8>>>,
     stats: Mutex<HashMap<EndpointId, EndpointStats>>,
     pool: Semaphore,
-    shutdown: watch::Sender<bool>,
-    /// Wakes [`Webhooks::shutdown`] when the last worker leaves.
-    idle: tokio::sync::Notify,
+    /// Every webhook task (workers, flushes, the retention sweep) runs in
+    /// this subsystem scope; cancelling it is the shutdown signal.
+    scope: TaskScope,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone (no worker holds one either): the tasks that
+    /// only watch it, the retention sweep, end too.
+    fn drop(&mut self) {
+        self.scope.cancel();
+    }
 }
 
 /// An outbox item about to be appended: (queue, endpoint, stored value).
@@ -161,13 +170,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Webhooks {
-    /// Loads the endpoints, resumes every queue left in the outbox, and
-    /// delivers over HTTP.
+    /// [`Webhooks::start_in`] a tree of its own (tests and benches).
     pub async fn start(store: Store, settings: Settings) -> Result<Self, WebhookError> {
+        Self::start_in(&TaskScope::root(), store, settings).await
+    }
+
+    /// Loads the endpoints, resumes every queue left in the outbox, and
+    /// delivers over HTTP. Every task runs in a subsystem scope below
+    /// `parent`: cancelling `parent` stops them too.
+    pub async fn start_in(
+        parent: &TaskScope,
+        store: Store,
+        settings: Settings,
+    ) -> Result<Self, WebhookError> {
         let allow_private = Arc::new(AtomicBool::new(settings.allow_private_targets));
         let transport =
             HttpTransport::new(Arc::clone(&allow_private)).map_err(WebhookError::Setup)?;
-        Self::start_with(store, settings, Arc::new(transport), allow_private).await
+        Self::start_with_in(parent, store, settings, Arc::new(transport), allow_private).await
     }
 
     /// [`Webhooks::start`] over any transport (tests script outcomes).
@@ -177,8 +196,25 @@ impl Webhooks {
         transport: Arc<dyn Transport>,
         allow_private: Arc<AtomicBool>,
     ) -> Result<Self, WebhookError> {
+        Self::start_with_in(
+            &TaskScope::root(),
+            store,
+            settings,
+            transport,
+            allow_private,
+        )
+        .await
+    }
+
+    /// [`Webhooks::start_in`] over any transport.
+    pub async fn start_with_in(
+        parent: &TaskScope,
+        store: Store,
+        settings: Settings,
+        transport: Arc<dyn Transport>,
+        allow_private: Arc<AtomicBool>,
+    ) -> Result<Self, WebhookError> {
         allow_private.store(settings.allow_private_targets, Ordering::Relaxed);
-        let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             store,
             pool: Semaphore::new(settings.concurrency.max(1)),
@@ -188,8 +224,7 @@ impl Webhooks {
             transport,
             active: Mutex::new(HashSet::new()),
             stats: Mutex::new(HashMap::new()),
-            shutdown,
-            idle: tokio::sync::Notify::new(),
+            scope: parent.subsystem(),
         });
         let webhooks = Self { inner };
         for item in webhooks.inner.store.webhook_endpoints()? {
@@ -221,13 +256,14 @@ impl Webhooks {
     /// Deletes dead letters older than the retention, now and every hour.
     fn spawn_retention_sweep(&self) {
         let weak = Arc::downgrade(&self.inner);
-        let mut shutdown = self.inner.shutdown.subscribe();
-        tokio::spawn(async move {
+        let scope = self.inner.scope.clone();
+        self.inner.scope.spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_secs(3600));
             loop {
+                // An expiry under way finishes; only the wait is cut short.
                 tokio::select! {
                     _ = ticker.tick() => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = scope.cancelled() => return,
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 let webhooks = Webhooks { inner };
@@ -292,19 +328,23 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Stops the workers (bounded); pending items stay in the outbox.
+    /// Cancels every webhook task and waits for them, for at most
+    /// `timeout`; pending items stay in the outbox.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.inner.shutdown.send_replace(true);
-        let _ = tokio::time::timeout(timeout, async {
-            loop {
-                let idle = self.inner.idle.notified();
-                if lock(&self.inner.active).is_empty() {
-                    return;
-                }
-                idle.await;
-            }
-        })
-        .await;
+        self.inner.scope.cancel();
+        if !self.inner.scope.wait(timeout).await {
+            tracing::warn!(
+                tasks = self.live_tasks(),
+                "webhook tasks still running after {}s",
+                timeout.as_secs_f64()
+            );
+        }
+    }
+
+    /// Webhook tasks still running: workers, outbox flushes and the
+    /// retention sweep.
+    pub fn live_tasks(&self) -> usize {
+        self.inner.scope.live_tasks()
     }
 
     // ---- endpoints -----------------------------------------------------
@@ -718,7 +758,8 @@ impl EventSink for Webhooks {
             }
         };
         let inner = Arc::clone(&self.inner);
-        tokio::spawn(async move {
+        // Tracked, not cancelled: the flush makes what is written durable.
+        self.inner.scope.spawn(async move {
             if let Err(e) = inner.store.flush().await {
                 tracing::error!("flushing the webhook outbox: {e}");
             }
@@ -889,12 +930,12 @@ impl Inner {
 
     /// Starts a worker for `queue` unless one runs.
     fn kick(self: &Arc<Self>, queue: Vec<u8>) {
-        if *self.shutdown.borrow() {
+        if self.scope.is_cancelled() {
             return;
         }
         let mut active = lock(&self.active);
         if active.insert(queue.clone()) {
-            tokio::spawn(queue::run(Arc::clone(self), queue));
+            self.scope.spawn(queue::run(Arc::clone(self), queue));
         }
     }
 
@@ -906,18 +947,11 @@ impl Inner {
             return false;
         }
         active.remove(queue);
-        if active.is_empty() {
-            self.idle.notify_waiters();
-        }
         true
     }
 
     fn finish_on_shutdown(&self, queue: &[u8]) {
-        let mut active = lock(&self.active);
-        active.remove(queue);
-        if active.is_empty() {
-            self.idle.notify_waiters();
-        }
+        lock(&self.active).remove(queue);
     }
 
     fn adjust_depth(&self, id: &EndpointId, delta: i64) {
