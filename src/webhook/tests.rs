@@ -6,7 +6,13 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::time::Instant;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use super::*;
+use crate::session::{EventSink, Identity, Owner};
+use crate::wa::InboundMessage;
 use crate::wa::inbound::Content;
 
 /// Answers from a script (then 200s) and records every attempt.
