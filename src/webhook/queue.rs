@@ -47,15 +47,15 @@ pub struct DeadLetter {
     pub died_ms: i64,
 }
 
-/// Delivers the queue with this prefix until it is empty or the daemon
-/// stops. Removes itself from the active set on the way out.
+/// Delivers the queue with this prefix until it is empty or the webhooks'
+/// scope is cancelled (a wait or a request in flight is cut short; the item
+/// stays in the outbox). Removes itself from the active set on the way out.
 pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
-    let mut shutdown = inner.shutdown.subscribe();
     // The key whose wait this task has already slept out: attempted without
     // consulting the wall clock again (it may stand still in tests).
     let mut waited: Option<Vec<u8>> = None;
     loop {
-        if *shutdown.borrow() {
+        if inner.scope.is_cancelled() {
             break;
         }
         let head = match inner.store.outbox_head(&queue) {
@@ -70,7 +70,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
                 tracing::error!("webhook outbox unreadable: {e}; retrying in 1 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.wait_for(|s| *s) => break,
+                    _ = inner.scope.cancelled() => break,
                 }
                 continue;
             }
@@ -99,7 +99,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
             let wait = Duration::from_millis((pending.next_ms - now) as u64);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = inner.scope.cancelled() => break,
             }
             waited = Some(head.key.clone());
             continue;
@@ -145,7 +145,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
             let started = Instant::now();
             let outcome = tokio::select! {
                 o = inner.transport.send(attempt) => o,
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = inner.scope.cancelled() => break,
             };
             inner.observe(&pending, &outcome, started.elapsed());
             outcome
@@ -181,7 +181,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
                 // Sleep out this delay in-process, on tokio's clock.
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait_for(|s| *s) => break,
+                    _ = inner.scope.cancelled() => break,
                 }
                 waited = Some(head.key.clone());
             }

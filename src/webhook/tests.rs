@@ -6,7 +6,13 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::time::Instant;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use super::*;
+use crate::session::{EventSink, Identity, Owner};
+use crate::wa::InboundMessage;
 use crate::wa::inbound::Content;
 
 /// Answers from a script (then 200s) and records every attempt.
@@ -540,4 +546,107 @@ async fn a_deleted_session_takes_its_endpoints_queues_and_dead_letters() {
     rig.attempts.recv().await.unwrap();
     let last = lock(&rig.transport.seen).last().unwrap().1.url.clone();
     assert!(last.ends_with("/hook"), "{last}");
+}
+
+/// Webhooks in `root`'s tree with one worker sleeping out an hour's
+/// backoff after its first attempt (and the retention sweep waiting).
+async fn backing_off(root: &TaskScope) -> (tempfile::TempDir, Webhooks, Arc<Scripted>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &crate::store::MasterKey::from_bytes([3; 32])).unwrap();
+    let transport = Arc::new(Scripted::default());
+    *lock(&transport.script) = VecDeque::from([Outcome::Retry {
+        error: "HTTP 503".into(),
+        status: Some(503),
+        retry_after: Some(Duration::from_secs(3600)),
+    }]);
+    let (tx, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+    *lock(&transport.seen_tx) = Some(tx);
+    let webhooks = Webhooks::start_with_in(
+        root,
+        store,
+        open_settings(),
+        transport.clone(),
+        Arc::new(AtomicBool::new(true)),
+    )
+    .await
+    .unwrap();
+    webhooks
+        .put_endpoint(
+            EndpointId::new(Scope::Tenant("t1".into()), "crm"),
+            "t1",
+            spec("http://127.0.0.1:9/hook"),
+        )
+        .await
+        .unwrap();
+    webhooks
+        .messages(
+            &owner("s1", "t1"),
+            Identity::default(),
+            vec![text("m1", "hi")],
+        )
+        .await
+        .unwrap();
+    attempts.recv().await.unwrap();
+    // The retry is stored just before the worker starts its wait.
+    wait_for(|| outbox_attempts(&webhooks) == vec![1]).await;
+    assert_eq!(
+        (webhooks.live_tasks(), root.live_tasks()),
+        (2, 2),
+        "the backing-off worker and the retention sweep, counted in both trees"
+    );
+    (dir, webhooks, transport)
+}
+
+/// The attempts of every item in the outbox.
+fn outbox_attempts(webhooks: &Webhooks) -> Vec<u32> {
+    webhooks
+        .inner
+        .store
+        .outbox_all()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            serde_json::from_slice::<Pending>(&item.value)
+                .unwrap()
+                .attempts
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_every_webhook_task_even_one_backing_off() {
+    let root = TaskScope::root();
+    let (_dir, webhooks, transport) = backing_off(&root).await;
+    let started = Instant::now();
+    webhooks.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited out its timeout"
+    );
+    assert_eq!((webhooks.live_tasks(), root.live_tasks()), (0, 0));
+    assert!(!root.is_cancelled(), "the parent scope goes on");
+    // The item waits in the outbox as it was, and nothing new starts.
+    assert_eq!(outbox_attempts(&webhooks), vec![1]);
+    webhooks
+        .messages(
+            &owner("s1", "t1"),
+            Identity::default(),
+            vec![text("m2", "late")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outbox_attempts(&webhooks), vec![1, 0]);
+    assert_eq!(webhooks.live_tasks(), 0);
+    assert_eq!(lock(&transport.seen).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_parent_scope_stops_the_webhook_tasks() {
+    let root = TaskScope::root();
+    let (_dir, webhooks, transport) = backing_off(&root).await;
+    root.cancel();
+    assert!(root.wait(Duration::from_secs(5)).await);
+    assert_eq!(webhooks.live_tasks(), 0);
+    assert_eq!(outbox_attempts(&webhooks), vec![1]);
+    assert_eq!(lock(&transport.seen).len(), 1);
 }

@@ -1,0 +1,260 @@
+//! wacore's `SignalStore` over the device keyspace: identity keys, Signal
+//! sessions, prekeys (`uploaded flag ‖ record` rows), signed prekeys and
+//! sender keys.
+//!
+//! Which writes flush before returning `Ok` is listed under *Durability* in
+//! the parent module.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sled::transaction::ConflictableTransactionError;
+use wacore::store::error::Result as WaResult;
+use wacore::store::traits::SignalStore;
+
+use super::{DeviceBackend, domain, id_key, key, kind, part};
+use crate::store::records::abort;
+
+/// Prekey rows: `uploaded flag ‖ record`.
+fn prekey_row(record: &[u8], uploaded: bool) -> Vec<u8> {
+    let mut row = Vec::with_capacity(1 + record.len());
+    row.push(u8::from(uploaded));
+    row.extend_from_slice(record);
+    row
+}
+
+#[async_trait]
+impl SignalStore for DeviceBackend {
+    async fn put_identity(&self, address: &str, identity: [u8; 32]) -> WaResult<()> {
+        self.durably(self.put(&key(kind::IDENTITY, address.as_bytes()), &identity))
+            .await
+    }
+
+    async fn put_identities_batch(&self, identities: &[(Arc<str>, [u8; 32])]) -> WaResult<()> {
+        if identities.is_empty() {
+            return Ok(());
+        }
+        let rows = identities
+            .iter()
+            .map(|(address, identity)| (key(kind::IDENTITY, address.as_bytes()), &identity[..]));
+        self.durably(self.put_batch(rows)).await
+    }
+
+    async fn load_identity(&self, address: &str) -> WaResult<Option<[u8; 32]>> {
+        match self.get(&key(kind::IDENTITY, address.as_bytes()), "identity key")? {
+            Some(plain) => Ok(Some(plain.as_slice().try_into().map_err(|_| {
+                self.corrupt("identity key", format!("{} bytes, want 32", plain.len()))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn delete_identity(&self, address: &str) -> WaResult<()> {
+        let result = self.remove(&key(kind::IDENTITY, address.as_bytes()));
+        self.durably(result.map(drop)).await
+    }
+
+    async fn get_session(&self, address: &str) -> WaResult<Option<Bytes>> {
+        Ok(self
+            .get(&key(kind::SESSION, address.as_bytes()), "signal session")?
+            .map(Bytes::from))
+    }
+
+    async fn put_session(&self, address: &str, session: &[u8]) -> WaResult<()> {
+        self.durably(self.put(&key(kind::SESSION, address.as_bytes()), session))
+            .await
+    }
+
+    async fn put_sessions_batch(&self, sessions: &[(Arc<str>, Bytes)]) -> WaResult<()> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let rows = sessions
+            .iter()
+            .map(|(address, record)| (key(kind::SESSION, address.as_bytes()), record.as_ref()));
+        self.durably(self.put_batch(rows)).await
+    }
+
+    async fn delete_session(&self, address: &str) -> WaResult<()> {
+        let result = self.remove(&key(kind::SESSION, address.as_bytes()));
+        self.durably(result.map(drop)).await
+    }
+
+    async fn has_session(&self, address: &str) -> WaResult<bool> {
+        let key = self.k(&key(kind::SESSION, address.as_bytes()));
+        Ok(self.with_tree(|tree| Ok(tree.contains_key(&key)?))?)
+    }
+
+    async fn has_signal_state_for_user(&self, user: &str) -> WaResult<bool> {
+        // Rows are bucketed by the user part before the first '@' or ':'. A
+        // "user" holding one of those is not a JID user; the trait allows the
+        // conservative answer.
+        if user.contains(['@', ':']) {
+            return Ok(true);
+        }
+        for kind in [kind::SESSION, kind::IDENTITY] {
+            let mut prefix = vec![kind];
+            prefix.extend_from_slice(
+                &self
+                    .blinder
+                    .blind(&domain(kind, part::USER), user.as_bytes()),
+            );
+            let found = self.with_tree(|tree| {
+                Ok(tree
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .next()
+                    .transpose()?
+                    .is_some())
+            })?;
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn store_prekey(&self, id: u32, record: &[u8], uploaded: bool) -> WaResult<()> {
+        self.durably(self.put(&id_key(kind::PREKEY, id), &prekey_row(record, uploaded)))
+            .await
+    }
+
+    async fn store_prekeys_batch(&self, keys: &[(u32, Bytes)], uploaded: bool) -> WaResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .map(|(id, record)| (id_key(kind::PREKEY, *id), prekey_row(record, uploaded)))
+            .collect();
+        let rows = rows.iter().map(|(key, row)| (key.clone(), row.as_slice()));
+        self.durably(self.put_batch(rows)).await
+    }
+
+    async fn load_prekey(&self, id: u32) -> WaResult<Option<Bytes>> {
+        match self.get(&id_key(kind::PREKEY, id), "prekey")? {
+            Some(mut row) if !row.is_empty() => {
+                row.remove(0);
+                Ok(Some(Bytes::from(row)))
+            }
+            Some(_) => Err(self.corrupt("prekey", "empty row").into()),
+            None => Ok(None),
+        }
+    }
+
+    async fn load_prekeys_batch(&self, ids: &[u32]) -> WaResult<Vec<(u32, Bytes)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(record) = self.load_prekey(id).await? {
+                out.push((id, record));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn mark_prekeys_uploaded(&self, ids: &[u32]) -> WaResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // UPDATE-only inside one transaction: a key consumed (removed) before
+        // or during this call is never written back.
+        let result = self.transact(|tx| {
+            for &id in ids {
+                let key = id_key(kind::PREKEY, id);
+                let Some(sealed) = tx.get(&key)? else {
+                    continue;
+                };
+                let mut row = abort(self.open(&key, &sealed, "prekey"))?;
+                match row.first_mut() {
+                    Some(1) => continue,
+                    Some(flag) => *flag = 1,
+                    None => {
+                        return Err(ConflictableTransactionError::Abort(
+                            self.corrupt("prekey", "empty row"),
+                        ));
+                    }
+                }
+                tx.insert(key.as_slice(), abort(self.seal(&key, &row))?)?;
+            }
+            Ok(())
+        });
+        self.durably(result).await
+    }
+
+    async fn remove_prekey(&self, id: u32) -> WaResult<()> {
+        let result = self.remove(&id_key(kind::PREKEY, id));
+        self.durably(result.map(drop)).await
+    }
+
+    async fn get_max_prekey_id(&self) -> WaResult<u32> {
+        let last = self.with_tree(|tree| {
+            Ok(tree
+                .scan_prefix([kind::PREKEY])
+                .keys()
+                .next_back()
+                .transpose()?)
+        })?;
+        match last {
+            Some(key) => {
+                let id: [u8; 4] = key[1..]
+                    .try_into()
+                    .map_err(|_| self.corrupt("prekey id", format!("{}-byte key", key.len())))?;
+                Ok(u32::from_be_bytes(id))
+            }
+            None => Ok(0),
+        }
+    }
+
+    async fn store_signed_prekey(&self, id: u32, record: &[u8]) -> WaResult<()> {
+        self.durably(self.put(&id_key(kind::SIGNED_PREKEY, id), record))
+            .await
+    }
+
+    async fn load_signed_prekey(&self, id: u32) -> WaResult<Option<Vec<u8>>> {
+        Ok(self.get(&id_key(kind::SIGNED_PREKEY, id), "signed prekey")?)
+    }
+
+    async fn load_all_signed_prekeys(&self) -> WaResult<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for (key, sealed) in self.entries_with_prefix(&[kind::SIGNED_PREKEY])? {
+            let id: [u8; 4] = key[1..]
+                .try_into()
+                .map_err(|_| self.corrupt("signed prekey id", format!("{}-byte key", key.len())))?;
+            out.push((
+                u32::from_be_bytes(id),
+                self.open(&key, &sealed, "signed prekey")?,
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn remove_signed_prekey(&self, id: u32) -> WaResult<()> {
+        let result = self.remove(&id_key(kind::SIGNED_PREKEY, id));
+        self.durably(result.map(drop)).await
+    }
+
+    async fn put_sender_key(&self, address: &str, record: &[u8]) -> WaResult<()> {
+        self.durably(self.put(&key(kind::SENDER_KEY, address.as_bytes()), record))
+            .await
+    }
+
+    async fn put_sender_keys_batch(&self, sender_keys: &[(Arc<str>, Bytes)]) -> WaResult<()> {
+        if sender_keys.is_empty() {
+            return Ok(());
+        }
+        let rows = sender_keys
+            .iter()
+            .map(|(address, record)| (key(kind::SENDER_KEY, address.as_bytes()), record.as_ref()));
+        self.durably(self.put_batch(rows)).await
+    }
+
+    async fn get_sender_key(&self, address: &str) -> WaResult<Option<Vec<u8>>> {
+        Ok(self.get(&key(kind::SENDER_KEY, address.as_bytes()), "sender key")?)
+    }
+
+    async fn delete_sender_key(&self, address: &str) -> WaResult<()> {
+        let result = self.remove(&key(kind::SENDER_KEY, address.as_bytes()));
+        self.durably(result.map(drop)).await
+    }
+}
