@@ -158,7 +158,7 @@ pub async fn run_with(
 
     // One cancellation tree for every task of the daemon (src/task.rs).
     let root = TaskScope::root();
-    let webhooks = Webhooks::start(store.clone(), config.webhooks.settings()?).await?;
+    let webhooks = Webhooks::start_in(&root, store.clone(), config.webhooks.settings()?).await?;
     {
         let webhooks = webhooks.clone();
         crate::metrics::set_outbox_source(Arc::new(move || webhooks.totals()));

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ADMIN, Daemon, control, next_json, wait_event, ws_connect};
+use common::{ADMIN, Daemon, Options, control, next_json, wait_event, ws_connect};
 use serde_json::json;
 
 const PHONE: &str = "15551234567";
@@ -150,4 +150,77 @@ async fn pairing_through_the_api_only() {
     assert!(entry.to.starts_with("15550009999"), "{entry:?}");
     let event = wait_event(&mut ws, "message.sent", 10).await;
     assert_eq!(event["id"], message_id.as_str());
+}
+
+/// Persist before announce: a state the store refuses is never announced.
+/// The store fails the one write that would record `doomed` showing a QR
+/// code; that session goes `failed(store_error)` with the cause and shows no
+/// QR code, while `fine`, next to it, pairs as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_the_store_refuses_is_never_announced() {
+    let fake = fakewa::FakeWa::start().await.expect("fakewa starts");
+    let options = Options {
+        env: vec![("WHATSD_FAULTS".into(), "store.put_record=doomed:qr".into())],
+        ..Default::default()
+    };
+    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    let mut ws = ws_connect(daemon.addr, "/v1/events", Some(ADMIN))
+        .await
+        .expect("socket opens");
+    assert_eq!(next_json(&mut ws, 10).await["type"], "snapshot");
+    for id in ["doomed", "fine"] {
+        let r = daemon
+            .post("/v1/sessions", Some(ADMIN), Some(json!({ "id": id })))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+
+    // Every event until both sessions settled: `fine` shows a QR code,
+    // `doomed` fails.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let settled = |seen: &[serde_json::Value]| {
+        let fine_qr = seen
+            .iter()
+            .any(|e| e["session"] == "fine" && e["type"] == "session.qr");
+        let doomed_failed = seen
+            .iter()
+            .any(|e| e["session"] == "doomed" && e["to"] == "failed");
+        fine_qr && doomed_failed
+    };
+    while !settled(&seen) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled in 30 s: {seen:#?}"
+        );
+        seen.push(next_json(&mut ws, 30).await);
+    }
+    let doomed: Vec<_> = seen.iter().filter(|e| e["session"] == "doomed").collect();
+    assert!(
+        doomed
+            .iter()
+            .all(|e| e["type"] != "session.qr" && e["to"] != "qr"),
+        "the refused state was announced: {doomed:#?}"
+    );
+    let failed = doomed.iter().find(|e| e["to"] == "failed").unwrap();
+    assert_eq!(failed["reason"], "store_error", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("injected write failure"),
+        "the cause is given: {failed}"
+    );
+
+    // As the API reports it, and with no QR code to fetch.
+    let r = daemon.get("/v1/sessions/doomed", Some(ADMIN)).await;
+    assert_eq!(
+        (r.json()["state"].as_str(), r.json()["reason"].as_str()),
+        (Some("failed"), Some("store_error")),
+        "{}",
+        r.text()
+    );
+    let r = daemon.get("/v1/sessions/doomed/qr", Some(ADMIN)).await;
+    assert_ne!(r.status, 200, "{}", r.text());
+    daemon.wait_state("fine", "qr", 10).await;
 }

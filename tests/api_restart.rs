@@ -65,6 +65,13 @@ async fn sessions_come_back_after_sigterm_and_sigkill() {
         daemon.log().contains("SIGTERM"),
         "the signal is logged by name"
     );
+    // The daemon returned only once every task it spawned had ended: the
+    // session's, its client's, the socket's, the webhooks' and its own.
+    assert!(
+        daemon.log().contains("stopped; every task ended"),
+        "tasks outlived the shutdown:\n{}",
+        common::tail(&daemon.log())
+    );
 
     daemon.restart().await;
     reconnect_and_expect_connected(&daemon).await;

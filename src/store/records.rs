@@ -37,6 +37,12 @@ impl Store {
     pub async fn put_record(&self, record: &SessionRecord) -> Result<(), StoreError> {
         validate_session_id(&record.id)?;
         validate_phone(&record.phone)?;
+        if crate::fault::fails(
+            "store.put_record",
+            &format!("{}:{}", record.id, record.state),
+        ) {
+            return Err(StoreError::Invalid("injected write failure".into()));
+        }
         let mut record = record.clone();
         record.version = RECORD_VERSION;
         let key = self.record_key(&record.id);

@@ -23,6 +23,8 @@ use crate::store::Store;
 use crate::task::TaskScope;
 use crate::wa::{Connection, InboundMessage, InboundSink, WaError, WaEvent};
 
+mod events;
+
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
 pub(super) enum Command {
@@ -228,15 +230,24 @@ impl Actor {
 
     // ---- state --------------------------------------------------------
 
-    /// Persists the new state, then announces it.
+    /// Persists the new state, then announces it. A state the store did
+    /// not take is never announced: the session stops and goes
+    /// `failed(store_error)` instead, and this returns false.
     async fn transition(
         &mut self,
         to: SessionState,
         reason: Option<Reason>,
         message: Option<String>,
-    ) {
+    ) -> bool {
+        let before = self.record.clone();
         let from = self.state();
         apply_transition(&mut self.record, to, reason, message.as_deref());
+        if let Err(e) = self.shared.store.put_record(&self.record).await {
+            tracing::error!(session = %self.record.id, %from, %to, "the store refused the new state: {e}");
+            self.record = before;
+            self.store_failed(e.to_string()).await;
+            return false;
+        }
         self.state_since = Instant::now();
         if matches!(
             to,
@@ -250,7 +261,6 @@ impl Actor {
         if !to.is_pairing() {
             lock(&self.shared.live_qr).remove(&self.record.id);
         }
-        self.persist().await;
         crate::metrics::inc_transition(to.as_str());
         tracing::info!(session = %self.record.id, %from, %to, reason = reason.map(|r| r.as_str()), "state");
         self.emit(EventKind::State {
@@ -259,12 +269,50 @@ impl Actor {
             reason,
             message,
         });
+        true
     }
 
-    async fn persist(&self) {
-        if let Err(e) = self.shared.store.put_record(&self.record).await {
-            tracing::error!(session = %self.record.id, "persisting the session record: {e}");
+    /// Persists the record; a write the store refuses fails the session
+    /// (see [`Actor::transition`]) and returns false.
+    async fn persist(&mut self) -> bool {
+        match self.shared.store.put_record(&self.record).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(session = %self.record.id, "persisting the session record: {e}");
+                self.store_failed(e.to_string()).await;
+                false
+            }
         }
+    }
+
+    /// The store refused this session's record: stop the client, and report
+    /// `failed(store_error)` with the cause. The store is asked to keep that
+    /// too; if it cannot, the failure is still announced (in memory only)
+    /// so nobody waits on a session that cannot go on.
+    async fn store_failed(&mut self, cause: String) {
+        self.stop_client().await;
+        let from = self.state();
+        let to = SessionState::Failed;
+        let message = format!("the session's record could not be stored: {cause}");
+        apply_transition(
+            &mut self.record,
+            to,
+            Some(Reason::StoreError),
+            Some(&message),
+        );
+        self.state_since = Instant::now();
+        self.start_permit = None;
+        lock(&self.shared.live_qr).remove(&self.record.id);
+        if let Err(e) = self.shared.store.put_record(&self.record).await {
+            tracing::error!(session = %self.record.id, "recording the store failure failed too: {e}");
+        }
+        crate::metrics::inc_transition(to.as_str());
+        self.emit(EventKind::State {
+            from,
+            to,
+            reason: Some(Reason::StoreError),
+            message: Some(message),
+        });
     }
 
     fn emit(&self, kind: EventKind) {
@@ -338,20 +386,29 @@ impl Actor {
                     Some(message),
                 )
                 .await;
-                return Err(SupervisorError::InvalidState {
-                    id: self.id().to_owned(),
-                    state: SessionState::Failed,
-                    action: "start",
-                });
+                return Err(self.failed_to("start"));
             }
-            self.transition(SessionState::Connecting, None, None).await;
+            if !self.transition(SessionState::Connecting, None, None).await {
+                return Err(self.failed_to("start"));
+            }
         } else {
             self.qr_index = 0;
             self.activation_deadline = Some(Instant::now() + self.config().activation_timeout);
             crate::metrics::inc_pairing_attempt();
-            self.transition(SessionState::Starting, None, None).await;
+            if !self.transition(SessionState::Starting, None, None).await {
+                return Err(self.failed_to("start"));
+            }
         }
         self.launch_client().await
+    }
+
+    /// The error for an action refused because the session failed.
+    fn failed_to(&self, action: &'static str) -> SupervisorError {
+        SupervisorError::InvalidState {
+            id: self.id().to_owned(),
+            state: SessionState::Failed,
+            action,
+        }
     }
 
     /// A paired record must come with the keys it was paired with.
@@ -402,11 +459,7 @@ impl Actor {
                     Some(e.to_string()),
                 )
                 .await;
-                Err(SupervisorError::InvalidState {
-                    id: self.id().to_owned(),
-                    state: SessionState::Failed,
-                    action: "start",
-                })
+                Err(self.failed_to("start"))
             }
         }
     }
@@ -463,8 +516,12 @@ impl Actor {
             .await;
             return Err(e);
         }
-        self.transition(SessionState::Created, Some(Reason::Reset), None)
-            .await;
+        if !self
+            .transition(SessionState::Created, Some(Reason::Reset), None)
+            .await
+        {
+            return Err(self.failed_to("reset"));
+        }
         self.start().await
     }
 
@@ -689,318 +746,6 @@ impl Actor {
             )
             .await;
         }
-    }
-
-    // ---- library events -----------------------------------------------
-
-    async fn on_wa_event(&mut self, event: WaEvent) {
-        match event {
-            WaEvent::Qr { code, valid_for } => {
-                self.qr_index += 1;
-                let qr = PairingQr {
-                    code,
-                    expires_at_ms: now_ms() + valid_for.as_millis() as i64,
-                    index: self.qr_index,
-                };
-                lock(&self.shared.live_qr).insert(self.record.id.clone(), qr.clone());
-                crate::metrics::inc_qr_issued();
-                if self.state() == SessionState::Starting {
-                    self.transition(SessionState::Qr, None, None).await;
-                }
-                let activation_deadline_ms = self
-                    .activation_deadline
-                    .map(|d| {
-                        now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64
-                    })
-                    .unwrap_or(0);
-                self.emit(EventKind::Qr {
-                    qr,
-                    activation_deadline_ms,
-                });
-            }
-            WaEvent::QrExhausted { disconnected } => {
-                tracing::info!(session = %self.record.id, disconnected, "QR codes exhausted");
-            }
-            WaEvent::PairCode { code, valid_for } => {
-                if self.state() != SessionState::PairCode {
-                    self.transition(SessionState::PairCode, None, None).await;
-                }
-                self.emit(EventKind::PairCode {
-                    code,
-                    expires_at_ms: now_ms() + valid_for.as_millis() as i64,
-                });
-            }
-            WaEvent::PairCodeRefresh => {
-                self.emit(EventKind::PairCodeError {
-                    reason: "expired".into(),
-                    message: "the pairing code expired; request a new one".into(),
-                });
-                if self.state() == SessionState::PairCode {
-                    self.transition(SessionState::Qr, None, None).await;
-                }
-            }
-            WaEvent::PairCodeError { reason, message } => {
-                self.emit(EventKind::PairCodeError { reason, message });
-                if self.state() == SessionState::PairCode {
-                    self.transition(SessionState::Qr, None, None).await;
-                }
-            }
-            WaEvent::PairSuccess {
-                identity,
-                business_name,
-                platform,
-            } => {
-                self.record.phone = identity.phone.clone();
-                self.record.jid = identity.jid.clone();
-                self.record.lid = identity.lid.clone();
-                self.record.business_name = business_name.clone();
-                self.record.platform = platform.clone();
-                self.record.paired_at_ms = now_ms();
-                crate::metrics::inc_pairing_success();
-                if !business_name.is_empty() {
-                    self.record.push_name = business_name.clone();
-                }
-                // Close the library's write-behind window: a crash now must not
-                // lose the fact that this device is linked.
-                if let Some(conn) = &self.conn {
-                    conn.flush_device().await;
-                }
-                self.transition(SessionState::Paired, None, None).await;
-                self.emit(EventKind::Paired {
-                    identity: identity.clone(),
-                    business_name,
-                    platform,
-                });
-                if !identity.phone.is_empty() {
-                    self.emit(EventKind::Phone { identity });
-                }
-            }
-            WaEvent::PairError { message } => {
-                tracing::warn!(session = %self.record.id, "the phone's link attempt failed: {message}");
-            }
-            WaEvent::Connected => self.on_connected().await,
-            WaEvent::Disconnected => {
-                if self.state() == SessionState::Connected {
-                    self.transition(
-                        SessionState::Disconnected,
-                        Some(Reason::ConnectionLost),
-                        None,
-                    )
-                    .await;
-                }
-            }
-            WaEvent::LoggedOut { on_connect } => {
-                let phone = self.record.phone.clone();
-                self.stop_client().await;
-                if let Err(e) = self.wipe().await {
-                    tracing::error!(session = %self.record.id, "wiping after unlink: {e}");
-                }
-                let message = format!(
-                    "{} {}",
-                    if on_connect {
-                        "WhatsApp refused the login: the device was unlinked"
-                    } else {
-                        "unlinked from the phone"
-                    },
-                    if phone.is_empty() {
-                        String::new()
-                    } else {
-                        format!("(was {phone})")
-                    }
-                );
-                self.transition(
-                    SessionState::LoggedOut,
-                    Some(Reason::UnlinkedFromPhone),
-                    Some(message.trim().to_owned()),
-                )
-                .await;
-                self.emit(EventKind::LoggedOut {
-                    reason: Reason::UnlinkedFromPhone,
-                });
-            }
-            WaEvent::StreamReplaced => {
-                // Never restart on our own: two copies would keep kicking each other off.
-                self.stop_client().await;
-                self.transition(
-                    SessionState::Failed,
-                    Some(Reason::StreamReplaced),
-                    Some("another connection took over this device; start it again once the other one is gone".into()),
-                )
-                .await;
-            }
-            WaEvent::TemporaryBan {
-                message,
-                expires_in,
-            } => {
-                self.stop_client().await;
-                self.transition(
-                    SessionState::Failed,
-                    Some(Reason::TemporaryBan),
-                    Some(format!(
-                        "{message}; banned for {} more seconds",
-                        expires_in.as_secs()
-                    )),
-                )
-                .await;
-            }
-            WaEvent::ClientOutdated => {
-                self.stop_client().await;
-                self.transition(
-                    SessionState::Failed,
-                    Some(Reason::ClientOutdated),
-                    Some("WhatsApp refused this client version".into()),
-                )
-                .await;
-            }
-            WaEvent::ConnectFailure { terminal, message } => {
-                if terminal {
-                    self.stop_client().await;
-                    self.transition(
-                        SessionState::Failed,
-                        Some(Reason::ConnectFailure),
-                        Some(message),
-                    )
-                    .await;
-                }
-            }
-            WaEvent::Undecryptable(message) => {
-                if let Some(sink) = &self.shared.sink {
-                    let me = self.identity();
-                    let owner = Owner::of(&self.record);
-                    if let Err(e) = sink.messages(&owner, me, vec![*message]).await {
-                        tracing::error!(session = %owner.session, "recording an undecryptable message: {e:#}");
-                    }
-                }
-            }
-            WaEvent::PushName(name) => {
-                if name != self.record.push_name {
-                    self.record.push_name = name.clone();
-                    self.persist().await;
-                    self.emit(EventKind::PushName { push_name: name });
-                }
-            }
-        }
-    }
-
-    async fn on_connected(&mut self) {
-        self.activation_deadline = None;
-        let (live, push_name) = match &self.conn {
-            Some(conn) => (conn.identity(), conn.push_name()),
-            None => (Identity::default(), String::new()),
-        };
-        if !live.phone.is_empty() {
-            self.record.phone = live.phone;
-            self.record.jid = live.jid;
-        }
-        if !live.lid.is_empty() {
-            self.record.lid = live.lid;
-        }
-        if !push_name.is_empty() {
-            self.record.push_name = push_name;
-        }
-        self.record.last_connected_at_ms = now_ms();
-        self.record.last_seen_at_ms = now_ms();
-        self.transition(SessionState::Connected, None, None).await;
-        self.emit(EventKind::Connected {
-            identity: self.identity(),
-            push_name: self.record.push_name.clone(),
-        });
-        if self.record.phone.is_empty()
-            && self.phone_poll.is_none()
-            && let Some(conn) = &self.conn
-        {
-            let probe = conn.identity_probe();
-            let budget = self.config().phone_poll_budget;
-            self.phone_poll = Some(self.scope.spawn(super::phone::poll_identity(
-                budget,
-                move || {
-                    let identity = probe.identity();
-                    async move { Some(identity) }
-                },
-            )));
-        }
-    }
-
-    async fn on_phone_poll(&mut self, found: Option<Identity>) {
-        self.phone_poll = None;
-        match found {
-            Some(identity) => {
-                self.record.phone = identity.phone.clone();
-                self.record.jid = identity.jid.clone();
-                if !identity.lid.is_empty() {
-                    self.record.lid = identity.lid.clone();
-                }
-                self.persist().await;
-                self.emit(EventKind::Phone { identity });
-            }
-            None => {
-                tracing::warn!(session = %self.record.id, "phone number still unknown after polling");
-                self.record.reason = Reason::PhoneUnknown.as_str().to_owned();
-                self.record.reason_message =
-                    "the phone number could not be learned from WhatsApp".into();
-                self.persist().await;
-                self.emit(EventKind::PhoneUnknown);
-            }
-        }
-    }
-
-    /// The client's run loop ended by itself.
-    async fn on_client_exit(&mut self) {
-        // Terminal events may still be queued behind the exit: apply them first.
-        while let Some(event) = self.wa_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            self.on_wa_event(event).await;
-        }
-        let Some(conn) = self.conn.take() else { return };
-        drop(conn);
-        self.wa_events = None;
-        self.shared.store.close_device(&self.record.id);
-        let state = self.state();
-        match state {
-            SessionState::Starting | SessionState::Qr | SessionState::PairCode
-                if !self.is_paired() =>
-            {
-                let time_left = self.activation_deadline.is_some_and(|d| d > Instant::now());
-                if time_left {
-                    // QR refs ran out: a fresh client on the same keys shows new codes.
-                    tracing::info!(session = %self.record.id, "QR codes ran out; starting a fresh client for new ones");
-                    if let Err(e) = self.launch_client().await {
-                        tracing::warn!(session = %self.record.id, "restarting pairing: {e}");
-                    }
-                } else {
-                    self.on_activation_timeout().await;
-                }
-            }
-            SessionState::Failed
-            | SessionState::LoggedOut
-            | SessionState::Stopped
-            | SessionState::Created => {}
-            _ => {
-                self.transition(
-                    SessionState::Failed,
-                    Some(Reason::Internal),
-                    Some(format!("the client stopped unexpectedly while {state}")),
-                )
-                .await;
-            }
-        }
-    }
-
-    async fn on_activation_timeout(&mut self) {
-        let secs = self.config().activation_timeout.as_secs();
-        tracing::warn!(session = %self.record.id, "not connected {secs} s after pairing began; giving up");
-        crate::metrics::inc_pairing_timeout();
-        self.stop_client().await;
-        if let Err(e) = self.wipe().await {
-            tracing::error!(session = %self.record.id, "wiping after the activation timeout: {e}");
-        }
-        self.transition(
-            SessionState::Failed,
-            Some(Reason::ActivationTimeout),
-            Some(format!(
-                "not connected within {secs} s of pairing; reset to try again"
-            )),
-        )
-        .await;
     }
 }
 

@@ -1,0 +1,358 @@
+//! What a session does with its client's events: pairing (QR codes,
+//! pairing codes, the phone's link), the link once it stands (connected,
+//! disconnected, the phone's identity and push name) and the terminal
+//! events, which all end in [`Actor::fail`] or a logout.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Actor, lock};
+use crate::session::event::{EventKind, Identity, PairingQr};
+use crate::session::state::{Reason, SessionState};
+use crate::session::{Owner, now_ms};
+use crate::wa::{InboundMessage, WaEvent};
+
+impl Actor {
+    pub(super) async fn on_wa_event(&mut self, event: WaEvent) {
+        match event {
+            // Pairing.
+            WaEvent::Qr { code, valid_for } => self.on_qr(code, valid_for).await,
+            WaEvent::QrExhausted { disconnected } => {
+                tracing::info!(session = %self.record.id, disconnected, "QR codes exhausted");
+            }
+            WaEvent::PairCode { code, valid_for } => self.on_pair_code(code, valid_for).await,
+            WaEvent::PairCodeRefresh => {
+                self.on_pair_code_lost(
+                    "expired".into(),
+                    "the pairing code expired; request a new one".into(),
+                )
+                .await
+            }
+            WaEvent::PairCodeError { reason, message } => {
+                self.on_pair_code_lost(reason, message).await
+            }
+            WaEvent::PairSuccess {
+                identity,
+                business_name,
+                platform,
+            } => self.on_paired(identity, business_name, platform).await,
+            WaEvent::PairError { message } => {
+                tracing::warn!(session = %self.record.id, "the phone's link attempt failed: {message}");
+            }
+            // The link.
+            WaEvent::Connected => self.on_connected().await,
+            WaEvent::Disconnected => self.on_disconnected().await,
+            WaEvent::PushName(name) => self.on_push_name(name).await,
+            WaEvent::Undecryptable(message) => self.on_undecryptable(*message).await,
+            // Terminal.
+            WaEvent::LoggedOut { on_connect } => self.on_unlinked(on_connect).await,
+            WaEvent::StreamReplaced => {
+                // Never restart on our own: two copies would keep kicking each other off.
+                self.fail(
+                    Reason::StreamReplaced,
+                    "another connection took over this device; start it again once the other one is gone".into(),
+                )
+                .await
+            }
+            WaEvent::TemporaryBan {
+                message,
+                expires_in,
+            } => {
+                let message = format!(
+                    "{message}; banned for {} more seconds",
+                    expires_in.as_secs()
+                );
+                self.fail(Reason::TemporaryBan, message).await
+            }
+            WaEvent::ClientOutdated => {
+                self.fail(
+                    Reason::ClientOutdated,
+                    "WhatsApp refused this client version".into(),
+                )
+                .await
+            }
+            WaEvent::ConnectFailure { terminal, message } => {
+                if terminal {
+                    self.fail(Reason::ConnectFailure, message).await
+                }
+            }
+        }
+    }
+
+    /// The one way a session fails: its client (and every task of it)
+    /// stops, then `failed(reason)` is persisted and announced.
+    pub(super) async fn fail(&mut self, reason: Reason, message: String) {
+        self.stop_client().await;
+        self.transition(SessionState::Failed, Some(reason), Some(message))
+            .await;
+    }
+
+    // ---- pairing -------------------------------------------------------
+
+    async fn on_qr(&mut self, code: String, valid_for: Duration) {
+        self.qr_index += 1;
+        let qr = PairingQr {
+            code,
+            expires_at_ms: now_ms() + valid_for.as_millis() as i64,
+            index: self.qr_index,
+        };
+        lock(&self.shared.live_qr).insert(self.record.id.clone(), qr.clone());
+        if self.state() == SessionState::Starting
+            && !self.transition(SessionState::Qr, None, None).await
+        {
+            return;
+        }
+        crate::metrics::inc_qr_issued();
+        let activation_deadline_ms = self
+            .activation_deadline
+            .map(|d| now_ms() + d.saturating_duration_since(Instant::now()).as_millis() as i64)
+            .unwrap_or(0);
+        self.emit(EventKind::Qr {
+            qr,
+            activation_deadline_ms,
+        });
+    }
+
+    async fn on_pair_code(&mut self, code: String, valid_for: Duration) {
+        if self.state() != SessionState::PairCode
+            && !self.transition(SessionState::PairCode, None, None).await
+        {
+            return;
+        }
+        self.emit(EventKind::PairCode {
+            code,
+            expires_at_ms: now_ms() + valid_for.as_millis() as i64,
+        });
+    }
+
+    /// The pairing code expired or was refused: back to QR codes.
+    async fn on_pair_code_lost(&mut self, reason: String, message: String) {
+        self.emit(EventKind::PairCodeError { reason, message });
+        if self.state() == SessionState::PairCode {
+            self.transition(SessionState::Qr, None, None).await;
+        }
+    }
+
+    async fn on_paired(&mut self, identity: Identity, business_name: String, platform: String) {
+        self.record.phone = identity.phone.clone();
+        self.record.jid = identity.jid.clone();
+        self.record.lid = identity.lid.clone();
+        self.record.business_name = business_name.clone();
+        self.record.platform = platform.clone();
+        self.record.paired_at_ms = now_ms();
+        crate::metrics::inc_pairing_success();
+        if !business_name.is_empty() {
+            self.record.push_name = business_name.clone();
+        }
+        // Close the library's write-behind window: a crash now must not
+        // lose the fact that this device is linked.
+        if let Some(conn) = &self.conn {
+            conn.flush_device().await;
+        }
+        if !self.transition(SessionState::Paired, None, None).await {
+            return;
+        }
+        self.emit(EventKind::Paired {
+            identity: identity.clone(),
+            business_name,
+            platform,
+        });
+        if !identity.phone.is_empty() {
+            self.emit(EventKind::Phone { identity });
+        }
+    }
+
+    /// Pairing did not reach `connected` in time: give up, forget the keys.
+    pub(super) async fn on_activation_timeout(&mut self) {
+        let secs = self.config().activation_timeout.as_secs();
+        tracing::warn!(session = %self.record.id, "not connected {secs} s after pairing began; giving up");
+        crate::metrics::inc_pairing_timeout();
+        self.stop_client().await;
+        if let Err(e) = self.wipe().await {
+            tracing::error!(session = %self.record.id, "wiping after the activation timeout: {e}");
+        }
+        self.transition(
+            SessionState::Failed,
+            Some(Reason::ActivationTimeout),
+            Some(format!(
+                "not connected within {secs} s of pairing; reset to try again"
+            )),
+        )
+        .await;
+    }
+
+    // ---- the link ------------------------------------------------------
+
+    pub(super) async fn on_connected(&mut self) {
+        self.activation_deadline = None;
+        let (live, push_name) = match &self.conn {
+            Some(conn) => (conn.identity(), conn.push_name()),
+            None => (Identity::default(), String::new()),
+        };
+        if !live.phone.is_empty() {
+            self.record.phone = live.phone;
+            self.record.jid = live.jid;
+        }
+        if !live.lid.is_empty() {
+            self.record.lid = live.lid;
+        }
+        if !push_name.is_empty() {
+            self.record.push_name = push_name;
+        }
+        self.record.last_connected_at_ms = now_ms();
+        self.record.last_seen_at_ms = now_ms();
+        if !self.transition(SessionState::Connected, None, None).await {
+            return;
+        }
+        self.emit(EventKind::Connected {
+            identity: self.identity(),
+            push_name: self.record.push_name.clone(),
+        });
+        if self.record.phone.is_empty()
+            && self.phone_poll.is_none()
+            && let Some(conn) = &self.conn
+        {
+            let probe = conn.identity_probe();
+            let budget = self.config().phone_poll_budget;
+            self.phone_poll = Some(self.scope.spawn(crate::session::phone::poll_identity(
+                budget,
+                move || {
+                    let identity = probe.identity();
+                    async move { Some(identity) }
+                },
+            )));
+        }
+    }
+
+    async fn on_disconnected(&mut self) {
+        if self.state() == SessionState::Connected {
+            self.transition(
+                SessionState::Disconnected,
+                Some(Reason::ConnectionLost),
+                None,
+            )
+            .await;
+        }
+    }
+
+    async fn on_push_name(&mut self, name: String) {
+        if name != self.record.push_name {
+            self.record.push_name = name.clone();
+            if self.persist().await {
+                self.emit(EventKind::PushName { push_name: name });
+            }
+        }
+    }
+
+    async fn on_undecryptable(&mut self, message: InboundMessage) {
+        if let Some(sink) = &self.shared.sink {
+            let me = self.identity();
+            let owner = Owner::of(&self.record);
+            if let Err(e) = sink.messages(&owner, me, vec![message]).await {
+                tracing::error!(session = %owner.session, "recording an undecryptable message: {e:#}");
+            }
+        }
+    }
+
+    pub(super) async fn on_phone_poll(&mut self, found: Option<Identity>) {
+        self.phone_poll = None;
+        match found {
+            Some(identity) => {
+                self.record.phone = identity.phone.clone();
+                self.record.jid = identity.jid.clone();
+                if !identity.lid.is_empty() {
+                    self.record.lid = identity.lid.clone();
+                }
+                if self.persist().await {
+                    self.emit(EventKind::Phone { identity });
+                }
+            }
+            None => {
+                tracing::warn!(session = %self.record.id, "phone number still unknown after polling");
+                self.record.reason = Reason::PhoneUnknown.as_str().to_owned();
+                self.record.reason_message =
+                    "the phone number could not be learned from WhatsApp".into();
+                if self.persist().await {
+                    self.emit(EventKind::PhoneUnknown);
+                }
+            }
+        }
+    }
+
+    // ---- the end -------------------------------------------------------
+
+    /// The phone unlinked this device (or WhatsApp refused its login).
+    async fn on_unlinked(&mut self, on_connect: bool) {
+        let phone = self.record.phone.clone();
+        self.stop_client().await;
+        if let Err(e) = self.wipe().await {
+            tracing::error!(session = %self.record.id, "wiping after unlink: {e}");
+        }
+        let message = format!(
+            "{} {}",
+            if on_connect {
+                "WhatsApp refused the login: the device was unlinked"
+            } else {
+                "unlinked from the phone"
+            },
+            if phone.is_empty() {
+                String::new()
+            } else {
+                format!("(was {phone})")
+            }
+        );
+        if self
+            .transition(
+                SessionState::LoggedOut,
+                Some(Reason::UnlinkedFromPhone),
+                Some(message.trim().to_owned()),
+            )
+            .await
+        {
+            self.emit(EventKind::LoggedOut {
+                reason: Reason::UnlinkedFromPhone,
+            });
+        }
+    }
+
+    /// The client's run loop ended by itself.
+    pub(super) async fn on_client_exit(&mut self) {
+        // Terminal events may still be queued behind the exit: apply them first.
+        while let Some(event) = self.wa_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.on_wa_event(event).await;
+        }
+        let Some(conn) = self.conn.take() else { return };
+        drop(conn);
+        self.wa_events = None;
+        self.shared.store.close_device(&self.record.id);
+        let state = self.state();
+        match state {
+            SessionState::Starting | SessionState::Qr | SessionState::PairCode
+                if !self.is_paired() =>
+            {
+                let time_left = self.activation_deadline.is_some_and(|d| d > Instant::now());
+                if time_left {
+                    // QR refs ran out: a fresh client on the same keys shows new codes.
+                    tracing::info!(session = %self.record.id, "QR codes ran out; starting a fresh client for new ones");
+                    if let Err(e) = self.launch_client().await {
+                        tracing::warn!(session = %self.record.id, "restarting pairing: {e}");
+                    }
+                } else {
+                    self.on_activation_timeout().await;
+                }
+            }
+            SessionState::Failed
+            | SessionState::LoggedOut
+            | SessionState::Stopped
+            | SessionState::Created => {}
+            _ => {
+                self.fail(
+                    Reason::Internal,
+                    format!("the client stopped unexpectedly while {state}"),
+                )
+                .await;
+            }
+        }
+    }
+}
