@@ -105,6 +105,9 @@ const PAIR_CODE_TIMEOUT: Duration = Duration::from_secs(35);
 /// Bound on one send.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Every await of the actor is either inside its loop's `select!` or, for
+/// the long ones (asking WhatsApp for a pairing code, a send), raced with
+/// the session's scope; the rest are bounded by the client's own timeouts.
 pub(super) struct Actor {
     shared: Arc<Shared>,
     record: SessionRecord,
@@ -649,7 +652,12 @@ impl Actor {
                 });
             }
         };
-        match tokio::time::timeout(PAIR_CODE_TIMEOUT, conn.pair_code(&digits)).await {
+        // Raced with the session's scope: a shutdown does not wait for WhatsApp.
+        let asked = tokio::select! {
+            asked = tokio::time::timeout(PAIR_CODE_TIMEOUT, conn.pair_code(&digits)) => asked,
+            _ = self.scope.cancelled() => return Err(SupervisorError::ShuttingDown),
+        };
+        match asked {
             Ok(Ok(code)) => {
                 // The library also announces the code as an event, which sets
                 // the state and informs subscribers; 180 s is its validity.
@@ -682,7 +690,12 @@ impl Actor {
         };
         let jid = crate::wa::parse_recipient(to)
             .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
-        match tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&jid.to_string(), text)).await {
+        let to = jid.to_string();
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&to, text)) => sent,
+            _ = self.scope.cancelled() => return Err(SupervisorError::ShuttingDown),
+        };
+        match sent {
             Ok(Ok(id)) => {
                 crate::metrics::inc_message_sent();
                 self.emit(EventKind::MessageSent {
