@@ -232,24 +232,126 @@ async fn churn(rounds: usize, per: usize, ws_url: String) {
     let supervisor = Supervisor::start(open_store(dir.path()).await, config(&ws_url))
         .await
         .expect("supervisor");
+    let trim = std::env::var_os("WHATSD_BENCH_TRIM").is_some();
     // Warm-up round: code paths, pools and caches reach their steady size.
     churn_round(&supervisor, 0, per.min(20)).await;
-    let baseline = rss_kib();
-    println!(
-        "churn: {rounds} rounds x {per} sessions (create until QR, delete); baseline RSS {baseline} KiB"
-    );
+    let baseline = settle(trim).await;
+    println!("churn: {rounds} rounds x {per} sessions (create until QR, delete)");
+    println!("baseline   {baseline}");
     for round in 1..=rounds {
         let started = Instant::now();
         churn_round(&supervisor, round, per).await;
-        let rss = rss_kib();
+        let tasks = whatsd::wa::live_library_tasks();
+        let mem = settle(trim).await;
         println!(
-            "round {round}: {:.1} s, library tasks left {}, RSS {rss} KiB ({:+.1} % of baseline)",
+            "round {round:>2}   {mem} ({:+.1} % RSS vs baseline) {:.1} s, library tasks left {tasks}",
+            (mem.rss as f64 / baseline.rss as f64 - 1.0) * 100.0,
             started.elapsed().as_secs_f64(),
-            whatsd::wa::live_library_tasks(),
-            (rss as f64 / baseline as f64 - 1.0) * 100.0
         );
     }
     supervisor.shutdown().await;
+}
+
+/// Resident memory and what glibc's allocator says about its heap.
+#[derive(Clone, Copy)]
+struct Mem {
+    rss: u64,
+    /// Bytes handed out by malloc and not freed (live), KiB.
+    in_use: u64,
+    /// Bytes free inside malloc's arenas (retained, not returned), KiB.
+    free: u64,
+    /// RSS after `malloc_trim(0)`, when asked for (`WHATSD_BENCH_TRIM`).
+    trimmed: Option<u64>,
+}
+
+impl std::fmt::Display for Mem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSS {:>6} KiB  malloc in use {:>6} KiB  free in arenas {:>6} KiB",
+            self.rss, self.in_use, self.free
+        )?;
+        if let Some(t) = self.trimmed {
+            write!(f, "  RSS after malloc_trim {t:>6} KiB")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads memory after a short settle (one second: the sled flusher and the
+/// tasks' last frees).
+async fn settle(trim: bool) -> Mem {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (in_use, free) = glibc::heap_kib();
+    let rss = rss_kib();
+    if std::env::var_os("WHATSD_BENCH_MALLOC_STATS").is_some() {
+        glibc::stats();
+    }
+    let trimmed = trim.then(|| {
+        glibc::trim();
+        rss_kib()
+    });
+    Mem {
+        rss,
+        in_use,
+        free,
+        trimmed,
+    }
+}
+
+/// glibc's allocator statistics, for telling live memory from memory the
+/// allocator keeps (0 elsewhere).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc {
+    #[repr(C)]
+    struct MallInfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+
+    unsafe extern "C" {
+        fn mallinfo2() -> MallInfo2;
+        fn malloc_trim(pad: usize) -> i32;
+        fn malloc_stats();
+    }
+
+    /// glibc's per-arena report, on stderr.
+    pub fn stats() {
+        // SAFETY: malloc_stats only prints the allocator's counters.
+        unsafe { malloc_stats() };
+    }
+
+    /// (in use, free but kept), KiB, over all arenas and mmapped chunks.
+    pub fn heap_kib() -> (u64, u64) {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
+        let info = unsafe { mallinfo2() };
+        (
+            ((info.uordblks + info.hblkhd) / 1024) as u64,
+            (info.fordblks / 1024) as u64,
+        )
+    }
+
+    pub fn trim() {
+        // SAFETY: malloc_trim only releases free memory back to the system.
+        unsafe { malloc_trim(0) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod glibc {
+    pub fn heap_kib() -> (u64, u64) {
+        (0, 0)
+    }
+    pub fn trim() {}
+    pub fn stats() {}
 }
 
 async fn churn_round(supervisor: &Supervisor, round: usize, per: usize) {
