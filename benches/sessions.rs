@@ -3,7 +3,12 @@
 //! `cargo bench --bench sessions` (env `WHATSD_BENCH_SESSIONS`, default 1000).
 //! `WHATSD_BENCH_CHURN=ROUNDSxN` (e.g. `3x200`) runs only the churn: N
 //! sessions created until they show a QR code, then deleted, ROUNDS times;
-//! prints resident memory after each round against the baseline.
+//! prints resident memory after each round against the baseline, with
+//! glibc's in-use and retained heap bytes. `WHATSD_BENCH_NO_RELEASE=1`
+//! leaves out the `malloc_trim` hook `whatsd serve` installs,
+//! `WHATSD_BENCH_TRIM=1` trims again before each reading,
+//! `WHATSD_BENCH_MALLOC_STATS=1` prints glibc's per-arena report,
+//! `WHATSD_BENCH_SETTLE_MS` (3000) is the wait before each reading.
 //! fakewa runs in a child process (this same binary, `FAKEWA_CHILD=1`), so
 //! the resident memory measured here is whatsd's alone. Prints numbers; it
 //! asserts nothing about speed.
@@ -222,17 +227,29 @@ async fn run(n: usize, ws_url: String, control: SocketAddr) {
     );
 }
 
-/// Creates session `i`, scans its first QR as a fresh number, waits for it to
-/// connect. Returns (scan→paired, scan→connected) in milliseconds.
 /// Creates `per` sessions, waits for each one's QR code, deletes them all;
 /// `rounds` times. Memory is read once the library's tasks are gone (a
-/// bounded wait) and the allocator had a moment to return pages.
+/// bounded wait) and the store's release after the deletes has run.
 async fn churn(rounds: usize, per: usize, ws_url: String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let supervisor = Supervisor::start(open_store(dir.path()).await, config(&ws_url))
         .await
         .expect("supervisor");
     let trim = std::env::var_os("WHATSD_BENCH_TRIM").is_some();
+    // What `whatsd serve` installs: malloc_trim once deletes settle (the
+    // store drains sled's deferred frees either way).
+    let release = std::env::var_os("WHATSD_BENCH_NO_RELEASE").is_none();
+    if release {
+        whatsd::store::release::set_hook(glibc::trim);
+    }
+    println!(
+        "malloc_trim after deletes: {}",
+        if release {
+            "on"
+        } else {
+            "off (WHATSD_BENCH_NO_RELEASE)"
+        }
+    );
     // Warm-up round: code paths, pools and caches reach their steady size.
     churn_round(&supervisor, 0, per.min(20)).await;
     let baseline = settle(trim).await;
@@ -256,6 +273,9 @@ async fn churn(rounds: usize, per: usize, ws_url: String) {
 #[derive(Clone, Copy)]
 struct Mem {
     rss: u64,
+    anon: u64,
+    file: u64,
+    threads: u64,
     /// Bytes handed out by malloc and not freed (live), KiB.
     in_use: u64,
     /// Bytes free inside malloc's arenas (retained, not returned), KiB.
@@ -268,8 +288,8 @@ impl std::fmt::Display for Mem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "RSS {:>6} KiB  malloc in use {:>6} KiB  free in arenas {:>6} KiB",
-            self.rss, self.in_use, self.free
+            "RSS {:>6} KiB (anon {:>6}, file {:>6}, {:>3} threads)  malloc in use {:>6} KiB  free in arenas {:>6} KiB",
+            self.rss, self.anon, self.file, self.threads, self.in_use, self.free
         )?;
         if let Some(t) = self.trimmed {
             write!(f, "  RSS after malloc_trim {t:>6} KiB")?;
@@ -278,10 +298,14 @@ impl std::fmt::Display for Mem {
     }
 }
 
-/// Reads memory after a short settle (one second: the sled flusher and the
-/// tasks' last frees).
+/// Reads memory after settling: three seconds (`WHATSD_BENCH_SETTLE_MS`),
+/// past the store's release delay after the last delete.
 async fn settle(trim: bool) -> Mem {
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ms = std::env::var("WHATSD_BENCH_SETTLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
     let (in_use, free) = glibc::heap_kib();
     let rss = rss_kib();
     if std::env::var_os("WHATSD_BENCH_MALLOC_STATS").is_some() {
@@ -293,6 +317,9 @@ async fn settle(trim: bool) -> Mem {
     });
     Mem {
         rss,
+        anon: status_field("RssAnon:"),
+        file: status_field("RssFile:"),
+        threads: status_field("Threads:"),
         in_use,
         free,
         trimmed,
@@ -378,6 +405,8 @@ async fn churn_round(supervisor: &Supervisor, round: usize, per: usize) {
     }
 }
 
+/// Creates session `i`, scans its first QR as a fresh number, waits for it to
+/// connect. Returns (scan→paired, scan→connected) in milliseconds.
 async fn pair_one(supervisor: &Supervisor, control: SocketAddr, i: usize) -> (f64, f64) {
     let id = format!("bench-{i}");
     let mut events = supervisor.subscribe();
@@ -456,13 +485,14 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn rss_kib() -> u64 {
+    status_field("VmRSS:")
+}
+
+/// A number from /proc/self/status (KiB for the memory fields).
+fn status_field(name: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_owned)
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(name)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }

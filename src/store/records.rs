@@ -99,6 +99,7 @@ impl Store {
             existed
         };
         self.flush().await?;
+        super::release::session_removed(&self.inner.records);
         Ok(existed)
     }
 
