@@ -311,6 +311,9 @@ async fn settle(trim: bool) -> Mem {
     if std::env::var_os("WHATSD_BENCH_MALLOC_STATS").is_some() {
         glibc::stats();
     }
+    if std::env::var_os("WHATSD_BENCH_SMAPS").is_some() {
+        print_anon_mappings();
+    }
     let trimmed = trim.then(|| {
         glibc::trim();
         rss_kib()
@@ -323,6 +326,43 @@ async fn settle(trim: bool) -> Mem {
         in_use,
         free,
         trimmed,
+    }
+}
+
+/// The anonymous mappings with the most resident memory (stderr): which
+/// region holds what RSS a round added.
+fn print_anon_mappings() {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut maps: Vec<(String, u64, u64)> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let name = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap_or("[anon]")
+                .to_owned();
+            let size = first
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+                })
+                .unwrap_or(0)
+                / 1024;
+            maps.push((format!("{first} {name}"), size, 0));
+        } else if first == "Rss:"
+            && let Some(last) = maps.last_mut()
+        {
+            last.2 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    maps.retain(|(name, _, _)| !name.contains('/'));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.2));
+    let total: u64 = maps.iter().map(|m| m.2).sum();
+    eprintln!("anon mappings: {} KiB resident in {}", total, maps.len());
+    for (name, size, rss) in maps.iter().take(12) {
+        eprintln!("  {rss:>7} KiB of {size:>7} KiB  {name}");
     }
 }
 
