@@ -247,7 +247,7 @@ impl Store {
             }
         };
         self.flush().await?;
-        release::session_removed(&self.inner.records);
+        release::session_removed(self);
         Ok(existed)
     }
 

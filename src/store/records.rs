@@ -99,7 +99,7 @@ impl Store {
             existed
         };
         self.flush().await?;
-        super::release::session_removed(&self.inner.records);
+        super::release::session_removed(self);
         Ok(existed)
     }
 

@@ -18,8 +18,8 @@
 //! Both run once removals have settled, once per burst, on the blocking
 //! pool.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Quiet time after a removal before the memory is given back: the
@@ -43,12 +43,17 @@ pub fn set_hook(release: fn()) -> bool {
 
 /// A session's data is gone: schedules one release [`SETTLE`] from now,
 /// unless one is already waiting (it covers this removal too): sled's
-/// deferred frees are drained through `tree`, then the hook runs if one is
-/// installed. Needs a tokio runtime; without one, does nothing.
-pub(crate) fn session_removed(tree: &sled::Tree) {
-    let tree = tree.clone();
+/// deferred frees are drained, then the hook runs if one is installed.
+/// Needs a tokio runtime; without one, does nothing.
+///
+/// The wait holds no reference to the store: a store dropped meanwhile
+/// closes its database (and frees it all) as if nothing were scheduled.
+pub(crate) fn session_removed(store: &super::Store) {
+    let store = Arc::downgrade(&store.inner);
     RELEASER.schedule(move || {
-        drain_deferred_frees(&tree);
+        if let Some(inner) = store.upgrade() {
+            drain_deferred_frees(&inner.records);
+        }
         if let Some(release) = HOOK.get() {
             release();
         }
@@ -78,6 +83,8 @@ impl Releaser {
         }
     }
 
+    /// A spawned task that ends itself after [`SETTLE`] and one release
+    /// (not in a task scope: the store has none).
     fn schedule(&'static self, release: impl FnOnce() + Send + 'static) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
