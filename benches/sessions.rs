@@ -3,7 +3,12 @@
 //! `cargo bench --bench sessions` (env `WHATSD_BENCH_SESSIONS`, default 1000).
 //! `WHATSD_BENCH_CHURN=ROUNDSxN` (e.g. `3x200`) runs only the churn: N
 //! sessions created until they show a QR code, then deleted, ROUNDS times;
-//! prints resident memory after each round against the baseline.
+//! prints resident memory after each round against the baseline, with
+//! glibc's in-use and retained heap bytes. `WHATSD_BENCH_NO_RELEASE=1`
+//! leaves out the `malloc_trim` hook `whatsd serve` installs,
+//! `WHATSD_BENCH_TRIM=1` trims again before each reading,
+//! `WHATSD_BENCH_MALLOC_STATS=1` prints glibc's per-arena report,
+//! `WHATSD_BENCH_SETTLE_MS` (3000) is the wait before each reading.
 //! fakewa runs in a child process (this same binary, `FAKEWA_CHILD=1`), so
 //! the resident memory measured here is whatsd's alone. Prints numbers; it
 //! asserts nothing about speed.
@@ -222,34 +227,198 @@ async fn run(n: usize, ws_url: String, control: SocketAddr) {
     );
 }
 
-/// Creates session `i`, scans its first QR as a fresh number, waits for it to
-/// connect. Returns (scan→paired, scan→connected) in milliseconds.
 /// Creates `per` sessions, waits for each one's QR code, deletes them all;
 /// `rounds` times. Memory is read once the library's tasks are gone (a
-/// bounded wait) and the allocator had a moment to return pages.
+/// bounded wait) and the store's release after the deletes has run.
 async fn churn(rounds: usize, per: usize, ws_url: String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let supervisor = Supervisor::start(open_store(dir.path()).await, config(&ws_url))
         .await
         .expect("supervisor");
+    let trim = std::env::var_os("WHATSD_BENCH_TRIM").is_some();
+    // What `whatsd serve` installs: malloc_trim once deletes settle (the
+    // store drains sled's deferred frees either way).
+    let release = std::env::var_os("WHATSD_BENCH_NO_RELEASE").is_none();
+    if release {
+        whatsd::store::release::set_hook(glibc::trim);
+    }
+    println!(
+        "malloc_trim after deletes: {}",
+        if release {
+            "on"
+        } else {
+            "off (WHATSD_BENCH_NO_RELEASE)"
+        }
+    );
     // Warm-up round: code paths, pools and caches reach their steady size.
     churn_round(&supervisor, 0, per.min(20)).await;
-    let baseline = rss_kib();
-    println!(
-        "churn: {rounds} rounds x {per} sessions (create until QR, delete); baseline RSS {baseline} KiB"
-    );
+    let baseline = settle(trim).await;
+    println!("churn: {rounds} rounds x {per} sessions (create until QR, delete)");
+    println!("baseline   {baseline}");
     for round in 1..=rounds {
         let started = Instant::now();
         churn_round(&supervisor, round, per).await;
-        let rss = rss_kib();
+        let tasks = whatsd::wa::live_library_tasks();
+        let mem = settle(trim).await;
         println!(
-            "round {round}: {:.1} s, library tasks left {}, RSS {rss} KiB ({:+.1} % of baseline)",
+            "round {round:>2}   {mem} ({:+.1} % RSS vs baseline) {:.1} s, library tasks left {tasks}",
+            (mem.rss as f64 / baseline.rss as f64 - 1.0) * 100.0,
             started.elapsed().as_secs_f64(),
-            whatsd::wa::live_library_tasks(),
-            (rss as f64 / baseline as f64 - 1.0) * 100.0
         );
     }
     supervisor.shutdown().await;
+}
+
+/// Resident memory and what glibc's allocator says about its heap.
+#[derive(Clone, Copy)]
+struct Mem {
+    rss: u64,
+    anon: u64,
+    file: u64,
+    threads: u64,
+    /// Bytes handed out by malloc and not freed (live), KiB.
+    in_use: u64,
+    /// Bytes free inside malloc's arenas (retained, not returned), KiB.
+    free: u64,
+    /// RSS after `malloc_trim(0)`, when asked for (`WHATSD_BENCH_TRIM`).
+    trimmed: Option<u64>,
+}
+
+impl std::fmt::Display for Mem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSS {:>6} KiB (anon {:>6}, file {:>6}, {:>3} threads)  malloc in use {:>6} KiB  free in arenas {:>6} KiB",
+            self.rss, self.anon, self.file, self.threads, self.in_use, self.free
+        )?;
+        if let Some(t) = self.trimmed {
+            write!(f, "  RSS after malloc_trim {t:>6} KiB")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads memory after settling: three seconds (`WHATSD_BENCH_SETTLE_MS`),
+/// past the store's release delay after the last delete.
+async fn settle(trim: bool) -> Mem {
+    let ms = std::env::var("WHATSD_BENCH_SETTLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let (in_use, free) = glibc::heap_kib();
+    let rss = rss_kib();
+    if std::env::var_os("WHATSD_BENCH_MALLOC_STATS").is_some() {
+        glibc::stats();
+    }
+    if std::env::var_os("WHATSD_BENCH_SMAPS").is_some() {
+        print_anon_mappings();
+    }
+    let trimmed = trim.then(|| {
+        glibc::trim();
+        rss_kib()
+    });
+    Mem {
+        rss,
+        anon: status_field("RssAnon:"),
+        file: status_field("RssFile:"),
+        threads: status_field("Threads:"),
+        in_use,
+        free,
+        trimmed,
+    }
+}
+
+/// The anonymous mappings with the most resident memory (stderr): which
+/// region holds what RSS a round added.
+fn print_anon_mappings() {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut maps: Vec<(String, u64, u64)> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let name = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap_or("[anon]")
+                .to_owned();
+            let size = first
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+                })
+                .unwrap_or(0)
+                / 1024;
+            maps.push((format!("{first} {name}"), size, 0));
+        } else if first == "Rss:"
+            && let Some(last) = maps.last_mut()
+        {
+            last.2 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    maps.retain(|(name, _, _)| !name.contains('/'));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.2));
+    let total: u64 = maps.iter().map(|m| m.2).sum();
+    eprintln!("anon mappings: {} KiB resident in {}", total, maps.len());
+    for (name, size, rss) in maps.iter().take(12) {
+        eprintln!("  {rss:>7} KiB of {size:>7} KiB  {name}");
+    }
+}
+
+/// glibc's allocator statistics, for telling live memory from memory the
+/// allocator keeps (0 elsewhere).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc {
+    #[repr(C)]
+    struct MallInfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+
+    unsafe extern "C" {
+        fn mallinfo2() -> MallInfo2;
+        fn malloc_trim(pad: usize) -> i32;
+        fn malloc_stats();
+    }
+
+    /// glibc's per-arena report, on stderr.
+    pub fn stats() {
+        // SAFETY: malloc_stats only prints the allocator's counters.
+        unsafe { malloc_stats() };
+    }
+
+    /// (in use, free but kept), KiB, over all arenas and mmapped chunks.
+    pub fn heap_kib() -> (u64, u64) {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
+        let info = unsafe { mallinfo2() };
+        (
+            ((info.uordblks + info.hblkhd) / 1024) as u64,
+            (info.fordblks / 1024) as u64,
+        )
+    }
+
+    pub fn trim() {
+        // SAFETY: malloc_trim only releases free memory back to the system.
+        unsafe { malloc_trim(0) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod glibc {
+    pub fn heap_kib() -> (u64, u64) {
+        (0, 0)
+    }
+    pub fn trim() {}
+    pub fn stats() {}
 }
 
 async fn churn_round(supervisor: &Supervisor, round: usize, per: usize) {
@@ -276,6 +445,8 @@ async fn churn_round(supervisor: &Supervisor, round: usize, per: usize) {
     }
 }
 
+/// Creates session `i`, scans its first QR as a fresh number, waits for it to
+/// connect. Returns (scan→paired, scan→connected) in milliseconds.
 async fn pair_one(supervisor: &Supervisor, control: SocketAddr, i: usize) -> (f64, f64) {
     let id = format!("bench-{i}");
     let mut events = supervisor.subscribe();
@@ -354,13 +525,14 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn rss_kib() -> u64 {
+    status_field("VmRSS:")
+}
+
+/// A number from /proc/self/status (KiB for the memory fields).
+fn status_field(name: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_owned)
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(name)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }

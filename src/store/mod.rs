@@ -37,6 +37,7 @@ mod migrate;
 pub mod outbox;
 pub mod records;
 mod rekey;
+pub mod release;
 pub mod tenants;
 
 use std::collections::HashMap;
@@ -246,6 +247,7 @@ impl Store {
             }
         };
         self.flush().await?;
+        release::session_removed(self);
         Ok(existed)
     }
 

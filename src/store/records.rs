@@ -105,6 +105,7 @@ impl Store {
             existed
         };
         self.flush().await?;
+        super::release::session_removed(self);
         Ok(existed)
     }
 
