@@ -281,6 +281,24 @@ fn exit_code(result: Result<(), CliError>) -> ExitCode {
     }
 }
 
+/// Hands the pages glibc's allocator keeps after frees back to the system
+/// (run by the store once session removals settle; the library forbids
+/// `unsafe`, so the call lives here).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: malloc_trim takes a plain size and only returns free memory
+    // to the system; it is thread-safe (it locks each arena).
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
 fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
     if let Err(message) = demo::check(demo) {
         eprintln!("whatsd: {message}");
@@ -294,6 +312,7 @@ fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
         }
     };
     let log = whatsd::telemetry::init(&config.log);
+    whatsd::store::release::set_hook(release_free_memory);
     let options = whatsd::Options::new(path, log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

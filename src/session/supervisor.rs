@@ -138,7 +138,7 @@ impl Supervisor {
         let own = tx.downgrade();
         let supervisor = self.inner.scope.clone();
         let session = supervisor.child();
-        supervisor.spawn(async move {
+        self.inner.scope.spawn(async move {
             let task = session.spawn(tracing::Instrument::instrument(
                 Actor::new(shared.clone(), record, session.clone()).run(rx),
                 tracing::info_span!("session", id = %id),
@@ -148,6 +148,9 @@ impl Supervisor {
             session.cancel();
             match exit {
                 Ok(ActorExit::Deleted) => {
+                    // What the session held is free now: give it back to
+                    // the system once a burst of deletes settles.
+                    crate::store::release::session_removed(&shared.store, &supervisor);
                     // Only this task's own entry: the id may already be reused.
                     if let Some(inner) = weak.upgrade() {
                         let mut sessions = lock(&inner.sessions);

@@ -247,7 +247,6 @@ impl Store {
             }
         };
         self.flush().await?;
-        release::session_removed(self);
         Ok(existed)
     }
 

@@ -105,7 +105,6 @@ impl Store {
             existed
         };
         self.flush().await?;
-        super::release::session_removed(self);
         Ok(existed)
     }
 

@@ -16,11 +16,14 @@
 //!   the binary installs that call ([`set_hook`]).
 //!
 //! Both run once removals have settled, once per burst, on the blocking
-//! pool.
+//! pool, in a task of the scope the caller gives (the supervisor's, after a
+//! session's delete).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use crate::task::TaskScope;
 
 /// Quiet time after a removal before the memory is given back: the
 /// stopped client's last tasks and the actor's own state are freed by then.
@@ -44,13 +47,12 @@ pub fn set_hook(release: fn()) -> bool {
 /// A session's data is gone: schedules one release [`SETTLE`] from now,
 /// unless one is already waiting (it covers this removal too): sled's
 /// deferred frees are drained, then the hook runs if one is installed.
-/// Needs a tokio runtime; without one, does nothing.
-///
-/// The wait holds no reference to the store: a store dropped meanwhile
-/// closes its database (and frees it all) as if nothing were scheduled.
-pub(crate) fn session_removed(store: &super::Store) {
+/// The wait runs in `scope` (cancelled with it) and holds no reference to
+/// the store: a store dropped meanwhile closes its database (and frees it
+/// all) as if nothing were scheduled.
+pub fn session_removed(store: &super::Store, scope: &TaskScope) {
     let store = Arc::downgrade(&store.inner);
-    RELEASER.schedule(move || {
+    RELEASER.schedule(scope, move || {
         if let Some(inner) = store.upgrade() {
             drain_deferred_frees(&inner.records);
         }
@@ -83,21 +85,28 @@ impl Releaser {
         }
     }
 
-    /// A spawned task that ends itself after [`SETTLE`] and one release
-    /// (not in a task scope: the store has none).
-    fn schedule(&'static self, release: impl FnOnce() + Send + 'static) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+    /// A task of `scope` that ends itself after [`SETTLE`] and one release.
+    fn schedule(&'static self, scope: &TaskScope, release: impl FnOnce() + Send + 'static) {
         if self.pending.swap(true, Ordering::AcqRel) {
             return;
         }
-        runtime.spawn(async move {
+        scope.spawn_until_cancelled(async move {
+            // Dropped after the wait, or when the scope is cancelled during
+            // it: requests from then on schedule the next release.
+            let pending = Pending(&self.pending);
             tokio::time::sleep(SETTLE).await;
-            // Requests from now on schedule the next release.
-            self.pending.store(false, Ordering::Release);
+            drop(pending);
             let _ = tokio::task::spawn_blocking(release).await;
         });
+    }
+}
+
+/// Clears the pending mark when dropped.
+struct Pending(&'static AtomicBool);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -114,9 +123,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_removals_releases_once_after_settling() {
+        let scope = TaskScope::root();
         static RELEASER: Releaser = Releaser::new();
         for _ in 0..50 {
-            RELEASER.schedule(count);
+            RELEASER.schedule(&scope, count);
         }
         assert_eq!(CALLS.load(Ordering::SeqCst), 0, "not before settling");
         let deadline = tokio::time::Instant::now() + SETTLE * 10;
@@ -125,7 +135,7 @@ mod tests {
         }
         assert_eq!(CALLS.load(Ordering::SeqCst), 1, "one release for the burst");
         // A later removal gets its own release.
-        RELEASER.schedule(count);
+        RELEASER.schedule(&scope, count);
         let deadline = tokio::time::Instant::now() + SETTLE * 10;
         while CALLS.load(Ordering::SeqCst) == 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
