@@ -269,9 +269,11 @@ pub async fn run_with(
     outcome
 }
 
-/// Pings systemd's watchdog at half its timeout while the store answers,
-/// through the drain too (systemd's stop timeout bounds that). A stalled
-/// runtime or a dead store stops the pings and systemd restarts us.
+/// Pings systemd's watchdog at half its timeout while the store answers
+/// through its real path (the gate and sled, see [`Store::probe`], given a
+/// quarter of the timeout), through the drain too (systemd's stop timeout
+/// bounds that). A stalled runtime or a stuck or dead store stops the pings
+/// and systemd restarts us.
 async fn watchdog(notifier: Notifier, store: Store) {
     let Some(timeout) = notifier.watchdog() else {
         return;
@@ -280,10 +282,11 @@ async fn watchdog(notifier: Notifier, store: Store) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if store.admin_token_hash().is_ok() {
-            notifier.notify("WATCHDOG=1");
-        } else {
-            tracing::error!("the store does not answer; withholding the watchdog ping");
+        match store.probe(timeout / 4).await {
+            Ok(()) => notifier.notify("WATCHDOG=1"),
+            Err(e) => {
+                tracing::error!(error = %e, "the store does not answer; withholding the watchdog ping")
+            }
         }
     }
 }

@@ -5,8 +5,10 @@
 //! process (as a `kill -9` would: no destructors, no flushes) when `name`
 //! is reached for `arg` (e.g. `session.delete.after_wipe=shop-1`); a
 //! [`fails`] check makes its caller fail instead (e.g.
-//! `store.put_record=shop-1:qr`). Compiled in debug builds only (the test
-//! builds); a release binary has no fault points.
+//! `store.put_record=shop-1:qr`); a [`stall`] holds its caller while a
+//! file exists (e.g. `store.gate=/tmp/x/stuck`: every holder of the store's
+//! gate hangs while `/tmp/x/stuck` exists). Compiled in debug builds only
+//! (the test builds); a release binary has no fault points.
 
 /// The variable that arms fault points.
 pub const ENV: &str = "WHATSD_FAULTS";
@@ -40,6 +42,37 @@ pub fn fails(name: &str, arg: &str) -> bool {
     }
     hit
 }
+
+/// Blocks the calling thread while the file named by `name`'s argument
+/// exists. The variable is read once per process: a stall point sits on
+/// hot paths.
+#[cfg(debug_assertions)]
+pub fn stall(name: &str) {
+    static STALLS: std::sync::OnceLock<Vec<(String, std::path::PathBuf)>> =
+        std::sync::OnceLock::new();
+    let stalls = STALLS.get_or_init(|| {
+        std::env::var(ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(n, a)| (n.trim().to_string(), a.trim().into()))
+            .collect()
+    });
+    for (_, path) in stalls.iter().filter(|(n, _)| n == name) {
+        let mut said = false;
+        while path.exists() {
+            if !said {
+                eprintln!("fault {name} stalling while {} exists", path.display());
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn stall(_name: &str) {}
 
 #[cfg(not(debug_assertions))]
 #[inline(always)]

@@ -67,6 +67,83 @@ async fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     until(&socket, "STOPPING=1", 5).await;
 }
 
+/// Every notification already queued on `socket`.
+fn drain(socket: &UnixDatagram) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while let Ok(n) = socket.try_recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    seen
+}
+
+/// A stuck store (the debug-only `store.gate` fault: every holder of the
+/// store's gate hangs while a file exists) stops the watchdog pings and
+/// turns `/readyz` to 503; both come back once the store answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_store_stops_the_watchdog_and_readiness() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("notify.sock");
+    let stuck = sockets.path().join("stuck");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let options = Options {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "200000".into()),
+            (
+                "WHATSD_FAULTS".into(),
+                format!("store.gate={}", stuck.display()),
+            ),
+        ],
+        ..Options::default()
+    };
+    let (_dir, mut daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    until(&socket, "READY=1", 30).await;
+    until(&socket, "WATCHDOG=1", 5).await;
+    assert_eq!(daemon.get("/readyz", None).await.status, 200);
+
+    std::fs::write(&stuck, b"").unwrap();
+    // The watchdog's next probe takes the gate and hangs there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("fault store.gate stalling") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store did not get stuck:\n{}",
+            common::tail(&daemon.log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = daemon.get("/readyz", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.error_code(), "not_ready");
+    assert!(ready.text().contains("store"), "{}", ready.text());
+    // Pings sent before the store got stuck are behind us now; none may
+    // follow for ten ping periods.
+    drain(&socket);
+    let mut buf = vec![0u8; 4096];
+    let quiet = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            let n = socket.recv(&mut buf).await.expect("recv");
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.lines().any(|l| l == "WATCHDOG=1") {
+                return message;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "a watchdog ping while the store is stuck");
+
+    std::fs::remove_file(&stuck).unwrap();
+    until(&socket, "WATCHDOG=1", 5).await;
+    let ready = daemon.get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_and_survives_a_bad_file() {
     common::init_tracing();

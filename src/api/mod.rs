@@ -222,8 +222,20 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// How long `/readyz` waits for the store's probe.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz`: ready while the store answers through its real path (the
+/// gate and sled, see [`Store::probe`]), the supervisor runs and the daemon
+/// is not stopping.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let store_ok = state.store.admin_token_hash().is_ok();
+    let store_ok = match state.store.probe(READY_PROBE_TIMEOUT).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            false
+        }
+    };
     let running = state.supervisor.is_running();
     let stopping = state.scope.is_cancelled();
     if store_ok && running && !stopping {

@@ -1,15 +1,26 @@
 //! Backups of the whole store, and restoring one into an empty data dir.
 //!
-//! A backup is a point-in-time copy of every tree: taken while holding
-//! [`sled_gate`](super::sled_gate), which every write and scan of the store
-//! goes through, so no write lands halfway. Values stay sealed exactly as
-//! stored: a backup is as encrypted as the store, and useless without the
-//! master key, which is **not** in it (keep the key somewhere else). Keys
-//! and tree names are copied as stored too, so a backup carries the store's
-//! blinded layout: no session id, tenant id, phone number, JID or LID in
-//! plain text (see [`super::ids`]). A format-1 store (ids in its keys) is
-//! converted when the daemon opens it; [`backup_offline`] refuses one that
-//! was never opened by this version rather than copy its ids out.
+//! A backup is a point-in-time copy of every tree, taken without stopping
+//! the store: [`sled_gate`](super::sled_gate), which every write and scan
+//! goes through, is held only for bounded chunks. At the start (under the
+//! gate) the backup lists the trees and subscribes to every write to them;
+//! it copies each tree chunk by chunk, taking the gate per chunk, while a
+//! thread of its own drains the subscriptions (sled makes a writer wait
+//! when a subscriber falls 1,024 events behind, so the drain never waits
+//! for the gate); at the end, under the gate once more, it takes the last
+//! events and replays every event in order over the copy. A key written
+//! during the copy ends with its last write, a key not written was copied
+//! as it is: the result is the store at that final moment, with every
+//! batch and transaction whole. Trees created meanwhile, and trees dropped
+//! (a wipe) and perhaps created again, are copied whole at the end (a
+//! dropped tree's old handle is never touched again). Values stay sealed
+//! exactly as stored: a backup is as encrypted as the store, and useless
+//! without the master key, which is **not** in it (keep the key somewhere
+//! else). Keys and tree names are copied as stored too, so a backup carries
+//! the store's blinded layout: no session id, tenant id, phone number, JID
+//! or LID in plain text (see [`super::ids`]). A format-1 store (ids in its
+//! keys) is converted when the daemon opens it; [`backup_offline`] refuses
+//! one that was never opened by this version rather than copy its ids out.
 //!
 //! While the daemon runs, sled's file lock keeps every other process out of
 //! the database, so the daemon takes the backup (`POST /v1/admin/backup`);
@@ -23,9 +34,15 @@
 //! 0x00 ‖ SHA-256 of every byte before this one
 //! ```
 
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use ring::digest;
+use sled::{Event, IVec};
 
 use super::crypto::{MasterKey, Sealer};
 use super::error::StoreError;
@@ -38,6 +55,12 @@ const TAG_TREE: u8 = 1;
 const TAG_ENTRY: u8 = 2;
 /// Values restored per sled batch.
 const BATCH_SIZE: usize = 512;
+/// A backup holds the store's gate for at most this many entries …
+const CHUNK_ENTRIES: usize = 256;
+/// … or about this many bytes at a time.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// How long the subscription drain rests when it found nothing.
+const DRAIN_REST: Duration = Duration::from_millis(1);
 
 /// What a backup or restore covered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,8 +71,9 @@ pub struct BackupSummary {
 }
 
 impl Store {
-    /// A consistent backup of the open store, in memory. Blocks every store
-    /// write while it copies: call it from a blocking thread.
+    /// A consistent backup of the open store, in memory. Holds the store's
+    /// gate only chunk by chunk, but blocks for the whole copy: call it from
+    /// a blocking thread.
     pub fn backup(&self) -> Result<Vec<u8>, StoreError> {
         export(&self.inner.db)
     }
@@ -96,24 +120,224 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The trees dropped while a backup runs, by name (see [`tree_dropped`]).
+type DropSet = Arc<Mutex<HashSet<Vec<u8>>>>;
+
+/// The drop sets of the running backups.
+static WATCHERS: Mutex<Vec<Weak<Mutex<HashSet<Vec<u8>>>>>> = Mutex::new(Vec::new());
+
+/// Tells running backups that the tree `name` is being dropped: they must
+/// not use their handle to it again. Called under the gate.
+pub(super) fn tree_dropped(name: &[u8]) {
+    if let Ok(mut watchers) = WATCHERS.lock() {
+        watchers.retain(|w| w.strong_count() > 0);
+        for set in watchers.iter().filter_map(Weak::upgrade) {
+            if let Ok(mut set) = set.lock() {
+                set.insert(name.to_vec());
+            }
+        }
+    }
+}
+
+fn watch_drops() -> DropSet {
+    let set = DropSet::default();
+    if let Ok(mut watchers) = WATCHERS.lock() {
+        watchers.push(Arc::downgrade(&set));
+    }
+    set
+}
+
+fn was_dropped(drops: &DropSet, name: &[u8]) -> bool {
+    drops.lock().map(|set| set.contains(name)).unwrap_or(true)
+}
+
+/// One tree as copied so far.
+struct Copy {
+    name: IVec,
+    tree: sled::Tree,
+    entries: BTreeMap<IVec, IVec>,
+    /// Dropped during the copy: copied again, whole, at the end.
+    dropped: bool,
+    /// Dropped and not created again: left out.
+    gone: bool,
+}
+
+/// Drains the write subscriptions of every copied tree on its own thread,
+/// so a writer that sled makes wait for us never waits on the gate.
+struct Drain {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(usize, Event)>>,
+}
+
+impl Drain {
+    fn start(mut subscribers: Vec<sled::Subscriber>) -> Result<Self, StoreError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("whatsd-backup-drain".into())
+            .spawn(move || {
+                let mut events = Vec::new();
+                loop {
+                    // Read before the sweep: after `stop`, one whole sweep.
+                    let last = stopped.load(Ordering::Acquire);
+                    let before = events.len();
+                    for (tree, subscriber) in subscribers.iter_mut().enumerate() {
+                        // An error is "nothing filled yet" (or sled closing).
+                        while let Ok(event) = subscriber.next_timeout(Duration::ZERO) {
+                            events.push((tree, event));
+                        }
+                    }
+                    if last {
+                        return events;
+                    }
+                    if events.len() == before {
+                        std::thread::sleep(DRAIN_REST);
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Invalid(format!("cannot start the backup drain: {e}")))?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Every event so far, in order. Called under the gate: every write
+    /// that reached sled has filled its event.
+    fn finish(self) -> Result<Vec<(usize, Event)>, StoreError> {
+        self.stop.store(true, Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| StoreError::Task("the backup drain panicked"))
+    }
+}
+
+/// Copies one chunk of `copy`'s tree after `from`, under the gate. Returns
+/// the last key copied, or `None` when the tree is done (or was dropped).
+fn copy_chunk(
+    copy: &mut Copy,
+    from: Option<IVec>,
+    drops: &DropSet,
+) -> Result<Option<IVec>, StoreError> {
+    let _gate = super::sled_gate();
+    if was_dropped(drops, &copy.name) {
+        copy.dropped = true;
+        return Ok(None);
+    }
+    let range = match from {
+        None => copy.tree.iter(),
+        Some(after) => copy
+            .tree
+            .range::<IVec, _>((Bound::Excluded(after), Bound::Unbounded)),
+    };
+    let (mut entries, mut bytes) = (0, 0);
+    for item in range {
+        let (key, value) = item?;
+        bytes += key.len() + value.len();
+        entries += 1;
+        copy.entries.insert(key.clone(), value);
+        if entries >= CHUNK_ENTRIES || bytes >= CHUNK_BYTES {
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
+}
+
+/// Every entry of `tree`; the caller holds the gate.
+fn copy_whole(tree: &sled::Tree) -> Result<BTreeMap<IVec, IVec>, StoreError> {
+    tree.iter()
+        .map(|item| item.map_err(StoreError::from))
+        .collect()
+}
+
 fn export(db: &sled::Db) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(64 * 1024);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    {
+    let drops = watch_drops();
+    let (mut copies, subscribers) = {
         let _gate = super::sled_gate();
+        let mut copies = Vec::new();
+        let mut subscribers = Vec::new();
         for name in db.tree_names() {
             if name == SLED_DEFAULT_TREE {
                 continue;
             }
-            out.push(TAG_TREE);
-            put_bytes(&mut out, &name)?;
-            for item in db.open_tree(&name)?.iter() {
-                let (key, value) = item?;
-                out.push(TAG_ENTRY);
-                put_bytes(&mut out, &key)?;
-                put_bytes(&mut out, &value)?;
+            let tree = db.open_tree(&name)?;
+            subscribers.push(tree.watch_prefix(Vec::new()));
+            copies.push(Copy {
+                name,
+                tree,
+                entries: BTreeMap::new(),
+                dropped: false,
+                gone: false,
+            });
+        }
+        (copies, subscribers)
+    };
+    let drain = Drain::start(subscribers)?;
+    for copy in &mut copies {
+        let mut from = None;
+        while let Some(last) = copy_chunk(copy, from, &drops)? {
+            from = Some(last);
+        }
+    }
+    // The point in time of the backup.
+    let (events, created) = {
+        let _gate = super::sled_gate();
+        let events = drain.finish()?;
+        let dropped = drops.lock().map_err(|_| StoreError::Poisoned)?.clone();
+        let known: HashSet<IVec> = copies.iter().map(|c| c.name.clone()).collect();
+        let mut now: HashSet<IVec> = db.tree_names().into_iter().collect();
+        now.remove(SLED_DEFAULT_TREE);
+        for copy in &mut copies {
+            copy.dropped |= dropped.contains(copy.name.as_ref());
+            if copy.dropped {
+                copy.gone = !now.contains(&copy.name);
+                copy.entries = if copy.gone {
+                    BTreeMap::new()
+                } else {
+                    copy_whole(&db.open_tree(&copy.name)?)?
+                };
             }
+        }
+        let mut created = Vec::new();
+        for name in now.into_iter().filter(|name| !known.contains(name)) {
+            let entries = copy_whole(&db.open_tree(&name)?)?;
+            created.push((name, entries));
+        }
+        (events, created)
+    };
+    for (tree, event) in events {
+        let Some(copy) = copies.get_mut(tree).filter(|c| !c.dropped) else {
+            continue;
+        };
+        match event {
+            Event::Insert { key, value } => {
+                copy.entries.insert(key, value);
+            }
+            Event::Remove { key } => {
+                copy.entries.remove(&key);
+            }
+        }
+    }
+    let mut trees: Vec<(IVec, BTreeMap<IVec, IVec>)> = copies
+        .into_iter()
+        .filter(|c| !c.gone)
+        .map(|c| (c.name, c.entries))
+        .chain(created)
+        .collect();
+    trees.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let size: usize = trees
+        .iter()
+        .flat_map(|(_, entries)| entries.iter())
+        .map(|(k, v)| 9 + k.len() + v.len())
+        .sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + size + trees.len() * 64 + 33);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    for (name, entries) in &trees {
+        out.push(TAG_TREE);
+        put_bytes(&mut out, name)?;
+        for (key, value) in entries {
+            out.push(TAG_ENTRY);
+            put_bytes(&mut out, key)?;
+            put_bytes(&mut out, value)?;
         }
     }
     let sum = digest::digest(&digest::SHA256, &out);
@@ -299,6 +523,117 @@ mod tests {
         assert_eq!(
             b.get_session("x@s.whatsapp.net").await.unwrap().as_deref(),
             Some(&b"signal session"[..])
+        );
+    }
+
+    /// Writers change the store in atomic steps while backups run: a batch
+    /// sets every key of one tree to the same round, a transaction sets the
+    /// same round in two trees, a wipe drops a tree and writes it again
+    /// whole. Every backup must show each step whole, and no writer may
+    /// wait for most of a backup (as it did when a backup held the gate
+    /// for its whole copy).
+    #[test]
+    fn a_backup_under_concurrent_writes_is_one_point_in_time() {
+        use sled::Transactional;
+        use std::sync::atomic::AtomicU64;
+
+        const WIDE: usize = 64;
+        const BIG: usize = 150_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &MasterKey::generate().unwrap()).unwrap();
+        let db = store.inner.db.clone();
+        let (wide, left, right, big) = (
+            db.open_tree("t/wide").unwrap(),
+            db.open_tree("t/left").unwrap(),
+            db.open_tree("t/right").unwrap(),
+            db.open_tree("t/big").unwrap(),
+        );
+        for i in 0..BIG {
+            big.insert(format!("k{i:06}"), vec![7u8; 200]).unwrap();
+        }
+        db.flush().unwrap();
+        let round = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (db, round, stop) = (db.clone(), Arc::clone(&round), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut longest = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = std::time::Instant::now();
+                    let n = round.load(Ordering::Relaxed) + 1;
+                    let value = n.to_be_bytes();
+                    let mut batch = sled::Batch::default();
+                    for k in 0..WIDE {
+                        batch.insert(format!("w{k:03}").as_bytes(), &value);
+                    }
+                    {
+                        let _gate = crate::store::sled_gate();
+                        wide.apply_batch(batch).unwrap();
+                    }
+                    {
+                        let _gate = crate::store::sled_gate();
+                        (&left, &right)
+                            .transaction(|(l, r)| {
+                                l.insert("n", &value)?;
+                                r.insert("n", &value)?;
+                                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                            })
+                            .unwrap();
+                    }
+                    {
+                        // As `Store::wipe_device` does, then a fresh tree.
+                        let _gate = crate::store::sled_gate();
+                        tree_dropped(b"t/wiped");
+                        db.drop_tree("t/wiped").unwrap();
+                        let wiped = db.open_tree("t/wiped").unwrap();
+                        for k in 0..8 {
+                            wiped.insert(format!("x{k}"), &value).unwrap();
+                        }
+                    }
+                    {
+                        // Rewrites one key of the big tree: the count stays.
+                        let _gate = crate::store::sled_gate();
+                        big.insert(format!("k{:06}", n as usize % BIG), &value)
+                            .unwrap();
+                    }
+                    round.store(n, Ordering::Relaxed);
+                    longest = longest.max(started.elapsed());
+                }
+                longest
+            })
+        };
+        let mut longest_backup = Duration::ZERO;
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let backup = store.backup().unwrap();
+            longest_backup = longest_backup.max(started.elapsed());
+            let trees = parse(&backup).unwrap();
+            let tree = |name: &str| {
+                trees
+                    .iter()
+                    .find(|t| t.name == name.as_bytes())
+                    .map(|t| t.entries.clone())
+            };
+            let wide = tree("t/wide").unwrap();
+            assert!(wide.is_empty() || wide.len() == WIDE, "{}", wide.len());
+            assert!(
+                wide.iter().all(|(_, v)| *v == wide[0].1),
+                "a batch copied halfway"
+            );
+            let (l, r) = (tree("t/left").unwrap(), tree("t/right").unwrap());
+            assert_eq!(l, r, "a transaction copied halfway");
+            if let Some(wiped) = tree("t/wiped") {
+                assert!(wiped.len() == 8 || wiped.is_empty(), "{}", wiped.len());
+                assert!(wiped.iter().all(|(_, v)| *v == wiped[0].1));
+            }
+            assert_eq!(tree("t/big").unwrap().len(), BIG);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let longest_round = writer.join().unwrap();
+        eprintln!("longest backup {longest_backup:?}, longest writer round {longest_round:?}");
+        assert!(
+            longest_round * 3 < longest_backup,
+            "a writer waited {longest_round:?} during a {longest_backup:?} backup"
         );
     }
 

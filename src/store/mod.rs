@@ -60,10 +60,15 @@ pub use rekey::{RekeyReport, rekey};
 /// transactions and writes from many sessions that deadlocked (seen with
 /// 14 test daemons in one process, and possible with one). Our writes and
 /// scans go through this gate, one at a time; the periodic flusher is off
-/// (durable writes flush explicitly). Never held across an `.await`.
+/// (durable writes flush explicitly). Never held across an `.await`, and
+/// held only briefly: a backup takes it once per bounded chunk (see
+/// [`backup`]). In debug builds the `store.gate` fault makes every holder
+/// hang (see [`crate::fault::stall`]).
 pub(crate) fn sled_gate() -> std::sync::MutexGuard<'static, ()> {
     static GATE: Mutex<()> = Mutex::new(());
-    GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let guard = GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    crate::fault::stall("store.gate");
+    guard
 }
 
 /// Makes every write so far durable (a tree's flush is the whole
@@ -236,6 +241,7 @@ impl Store {
             let name = self.device_tree_name(session_id);
             let drop_tree = || {
                 let _gate = sled_gate();
+                backup::tree_dropped(name.as_bytes());
                 self.inner
                     .db
                     .drop_tree(name.as_bytes())
@@ -298,6 +304,54 @@ impl Store {
         flush_blocking(self.inner.db.open_tree(META_TREE)?).await?;
         *done = covered;
         Ok(())
+    }
+
+    /// Whether the store answers: takes the gate and reads a meta key, on a
+    /// blocking thread, within `within`. What `/readyz` and the watchdog
+    /// ask. Probes of one store run one at a time, and one that does not
+    /// come back keeps the next ones out, so a stuck store holds at most
+    /// one probe thread.
+    pub async fn probe(&self, within: std::time::Duration) -> Result<(), StoreError> {
+        static LOCKS: Mutex<Vec<(usize, Arc<tokio::sync::Mutex<()>>)>> = Mutex::new(Vec::new());
+        let id = Arc::as_ptr(&self.inner) as usize;
+        let lock = {
+            let mut locks = LOCKS.lock().map_err(|_| StoreError::Poisoned)?;
+            // An id is reused only once its store is gone, and with it
+            // every probe that held its lock (a probe owns a handle).
+            match locks.iter().find(|(other, _)| *other == id) {
+                Some((_, lock)) => Arc::clone(lock),
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.push((id, Arc::clone(&lock)));
+                    lock
+                }
+            }
+        };
+        let store = self.clone();
+        let asked = async move {
+            let turn = lock.lock_owned().await;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let read = tokio::task::spawn_blocking(move || {
+                let meta = store.inner.db.open_tree(META_TREE)?;
+                let _gate = sled_gate();
+                meta.get(KEY_CHECK)?
+                    .map(drop)
+                    .ok_or(StoreError::Invalid("the key check record is gone".into()))
+            });
+            // The turn ends when the read does, even if nobody waits.
+            tokio::spawn(async move {
+                let outcome = read
+                    .await
+                    .unwrap_or(Err(StoreError::Task("the store probe panicked")));
+                drop(turn);
+                let _ = tx.send(outcome);
+            });
+            rx.await
+                .unwrap_or(Err(StoreError::Task("the store probe was dropped")))
+        };
+        tokio::time::timeout(within, asked)
+            .await
+            .unwrap_or(Err(StoreError::Task("the store did not answer in time")))
     }
 
     /// The id under which `session_id`'s device keyspace is stored: the hex
