@@ -66,9 +66,26 @@ pub use rekey::{RekeyReport, rekey};
 /// hang (see [`crate::fault::stall`]).
 pub(crate) fn sled_gate() -> std::sync::MutexGuard<'static, ()> {
     static GATE: Mutex<()> = Mutex::new(());
+    GATE_WANTED.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let guard = GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    GATE_WANTED.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     crate::fault::stall("store.gate");
     guard
+}
+
+/// Callers waiting for [`sled_gate`].
+static GATE_WANTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Lets the callers waiting for [`sled_gate`] go first, for up to `limit`:
+/// the gate is not fair, and a long job that takes it again right after
+/// letting go (a backup, chunk after chunk) would starve them.
+pub(crate) fn sled_gate_yield(limit: std::time::Duration) {
+    let until = std::time::Instant::now() + limit;
+    while GATE_WANTED.load(std::sync::atomic::Ordering::Acquire) > 0
+        && std::time::Instant::now() < until
+    {
+        std::thread::yield_now();
+    }
 }
 
 /// Makes every write so far durable (a tree's flush is the whole
