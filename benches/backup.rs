@@ -212,13 +212,10 @@ async fn run() {
     let stop = Arc::new(AtomicBool::new(false));
     let healthz: Samples = Arc::default();
     let pings: Samples = Arc::default();
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(healthz_poller(
-        addr,
-        stop.clone(),
-        healthz.clone(),
-    )));
-    tasks.push(tokio::spawn(pinger(addr, stop.clone(), pings.clone())));
+    let tasks = vec![
+        tokio::spawn(healthz_poller(addr, stop.clone(), healthz.clone())),
+        tokio::spawn(pinger(addr, stop.clone(), pings.clone())),
+    ];
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(writer(addr, w, stop.clone())))
         .collect();

@@ -122,11 +122,12 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The trees dropped while a backup runs, by name (see [`tree_dropped`]).
-type DropSet = Arc<Mutex<HashSet<Vec<u8>>>>;
+/// The names of the trees dropped while a backup runs (see [`tree_dropped`]).
+type Dropped = Mutex<HashSet<Vec<u8>>>;
+type DropSet = Arc<Dropped>;
 
 /// The drop sets of the running backups.
-static WATCHERS: Mutex<Vec<Weak<Mutex<HashSet<Vec<u8>>>>>> = Mutex::new(Vec::new());
+static WATCHERS: Mutex<Vec<Weak<Dropped>>> = Mutex::new(Vec::new());
 
 /// Tells running backups that the tree `name` is being dropped: they must
 /// not use their handle to it again. Called under the gate.
@@ -169,9 +170,11 @@ struct Copy {
 
 /// Drains the write subscriptions of every copied tree on its own thread,
 /// so a writer that sled makes wait for us never waits on the gate.
+/// Stops (and lets go of the subscriptions) when dropped, should the
+/// backup fail halfway.
 struct Drain {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<(usize, Event)>>,
+    thread: Option<std::thread::JoinHandle<Vec<(usize, Event)>>>,
 }
 
 impl Drain {
@@ -201,16 +204,27 @@ impl Drain {
                 }
             })
             .map_err(|e| StoreError::Invalid(format!("cannot start the backup drain: {e}")))?;
-        Ok(Self { stop, thread })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Every event so far, in order. Called under the gate: every write
     /// that reached sled has filled its event.
-    fn finish(self) -> Result<Vec<(usize, Event)>, StoreError> {
+    fn finish(mut self) -> Result<Vec<(usize, Event)>, StoreError> {
         self.stop.store(true, Ordering::Release);
         self.thread
+            .take()
+            .ok_or(StoreError::Task("the backup drain is gone"))?
             .join()
             .map_err(|_| StoreError::Task("the backup drain panicked"))
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
