@@ -329,17 +329,17 @@ impl Store {
     /// come back keeps the next ones out, so a stuck store holds at most
     /// one probe thread.
     pub async fn probe(&self, within: std::time::Duration) -> Result<(), StoreError> {
-        static LOCKS: Mutex<Vec<(usize, Arc<tokio::sync::Mutex<()>>)>> = Mutex::new(Vec::new());
-        let id = Arc::as_ptr(&self.inner) as usize;
+        type Turns = Vec<(Weak<Inner>, Arc<tokio::sync::Mutex<()>>)>;
+        static TURNS: Mutex<Turns> = Mutex::new(Vec::new());
         let lock = {
-            let mut locks = LOCKS.lock().map_err(|_| StoreError::Poisoned)?;
-            // An id is reused only once its store is gone, and with it
-            // every probe that held its lock (a probe owns a handle).
-            match locks.iter().find(|(other, _)| *other == id) {
+            let mut turns = TURNS.lock().map_err(|_| StoreError::Poisoned)?;
+            turns.retain(|(store, _)| store.strong_count() > 0);
+            let me = Arc::downgrade(&self.inner);
+            match turns.iter().find(|(store, _)| store.ptr_eq(&me)) {
                 Some((_, lock)) => Arc::clone(lock),
                 None => {
                     let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    locks.push((id, Arc::clone(&lock)));
+                    turns.push((me, Arc::clone(&lock)));
                     lock
                 }
             }
@@ -349,8 +349,8 @@ impl Store {
             let turn = lock.lock_owned().await;
             let (tx, rx) = tokio::sync::oneshot::channel();
             let read = tokio::task::spawn_blocking(move || {
-                let meta = store.inner.db.open_tree(META_TREE)?;
                 let _gate = sled_gate();
+                let meta = store.inner.db.open_tree(META_TREE)?;
                 meta.get(KEY_CHECK)?
                     .map(drop)
                     .ok_or(StoreError::Invalid("the key check record is gone".into()))
