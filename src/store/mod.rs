@@ -146,6 +146,8 @@ struct Inner {
     /// to the tree it drops.
     backends: Mutex<HashMap<String, Weak<DeviceBackend>>>,
     flushes: FlushGroup,
+    /// One [`Store::probe`] at a time.
+    probe_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Group commit: concurrent [`Store::flush`] calls share one sled flush.
@@ -205,6 +207,7 @@ impl Store {
                 data_dir: data_dir.to_path_buf(),
                 backends: Mutex::new(HashMap::new()),
                 flushes: FlushGroup::default(),
+                probe_turn: Arc::default(),
             }),
         };
         store.load_phone_index()?;
@@ -329,42 +332,21 @@ impl Store {
     /// come back keeps the next ones out, so a stuck store holds at most
     /// one probe thread.
     pub async fn probe(&self, within: std::time::Duration) -> Result<(), StoreError> {
-        type Turns = Vec<(Weak<Inner>, Arc<tokio::sync::Mutex<()>>)>;
-        static TURNS: Mutex<Turns> = Mutex::new(Vec::new());
-        let lock = {
-            let mut turns = TURNS.lock().map_err(|_| StoreError::Poisoned)?;
-            turns.retain(|(store, _)| store.strong_count() > 0);
-            let me = Arc::downgrade(&self.inner);
-            match turns.iter().find(|(store, _)| store.ptr_eq(&me)) {
-                Some((_, lock)) => Arc::clone(lock),
-                None => {
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    turns.push((me, Arc::clone(&lock)));
-                    lock
-                }
-            }
-        };
         let store = self.clone();
         let asked = async move {
-            let turn = lock.lock_owned().await;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let read = tokio::task::spawn_blocking(move || {
+            let turn = Arc::clone(&store.inner.probe_turn).lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                // Held by the read itself: a read that does not come back
+                // keeps the next probes waiting here, not on new threads.
+                let _turn = turn;
                 let _gate = sled_gate();
                 let meta = store.inner.db.open_tree(META_TREE)?;
                 meta.get(KEY_CHECK)?
                     .map(drop)
                     .ok_or(StoreError::Invalid("the key check record is gone".into()))
-            });
-            // The turn ends when the read does, even if nobody waits.
-            tokio::spawn(async move {
-                let outcome = read
-                    .await
-                    .unwrap_or(Err(StoreError::Task("the store probe panicked")));
-                drop(turn);
-                let _ = tx.send(outcome);
-            });
-            rx.await
-                .unwrap_or(Err(StoreError::Task("the store probe was dropped")))
+            })
+            .await
+            .unwrap_or(Err(StoreError::Task("the store probe panicked")))
         };
         tokio::time::timeout(within, asked)
             .await
