@@ -55,6 +55,19 @@ impl TaskScope {
         }
     }
 
+    /// A subsystem its owner ends, in order: not cancelled from above
+    /// (a client's library tasks must outlive the session's cancellation
+    /// until the session has stopped the client and flushed), but counted
+    /// by every tracker above, so a shutdown still waits for its tasks.
+    pub fn owned_subsystem(&self) -> Self {
+        let mut trackers = self.trackers.to_vec();
+        trackers.push(TaskTracker::new());
+        TaskScope {
+            token: CancellationToken::new(),
+            trackers: Arc::from(trackers),
+        }
+    }
+
     fn own(&self) -> &TaskTracker {
         self.trackers.last().expect("a scope has a tracker")
     }
@@ -176,6 +189,23 @@ mod tests {
         root.cancel();
         assert!(root.wait(Duration::from_secs(1)).await);
         assert_eq!(sessions.live_tasks(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_owned_subsystem_is_ended_by_its_owner_and_still_waited_for() {
+        let root = TaskScope::root();
+        let session = root.child();
+        let client = session.owned_subsystem();
+        let task = client.spawn_until_cancelled(std::future::pending::<()>());
+        root.cancel();
+        assert!(session.is_cancelled() && !client.is_cancelled());
+        assert!(
+            !root.wait(Duration::from_millis(20)).await,
+            "the root waits for it"
+        );
+        client.cancel();
+        assert_eq!(task.await.unwrap(), None);
+        assert!(root.wait(Duration::from_secs(1)).await);
     }
 
     #[tokio::test]

@@ -776,3 +776,32 @@ async fn wait_until_and_wait_qr_follow_the_session_and_give_up_in_time() {
     assert_eq!(connected.phone, "15551230090");
     sup.shutdown().await;
 }
+
+/// A graceful shutdown stops each session in order: the client stops (and
+/// flushes) first and the record says `disconnected(shutdown)`. Its
+/// library tasks are not cut off by the shutdown's cancellation before
+/// that (they were, and a session then sometimes recorded
+/// `failed(internal)`: "the client stopped unexpectedly").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_records_every_connected_session_as_disconnected() {
+    let fake = FakeWa::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["s1", "s2", "s3", "s4"];
+    {
+        let mut d = boot(dir.path(), config(&fake)).await;
+        for (i, id) in ids.iter().enumerate() {
+            d.pair(&fake, id, &format!("1555123005{i}")).await;
+        }
+        d.supervisor.shutdown().await;
+    }
+    let store = reopen(|| Store::open(dir.path(), &key())).await;
+    for id in ids {
+        let record = store.get_record(id).unwrap().expect("record");
+        assert_eq!(
+            (record.state.as_str(), record.reason.as_str()),
+            ("disconnected", "shutdown"),
+            "{id}: {}",
+            record.reason_message
+        );
+    }
+}

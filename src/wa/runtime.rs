@@ -58,7 +58,9 @@ impl Tasks {
     pub fn new(session: &TaskScope) -> Self {
         Tasks {
             session: session.clone(),
-            client: session.subsystem(),
+            // Ended by the session (after the client's final flush), not
+            // by the session's cancellation: see `TaskScope::owned_subsystem`.
+            client: session.owned_subsystem(),
         }
     }
 
