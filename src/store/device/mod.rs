@@ -78,6 +78,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use wacore::store::error::Result as WaResult;
 
+use super::FlushGroup;
 use super::crypto::Sealer;
 use super::error::StoreError;
 use super::ids::{BLIND_LEN, Blinder};
@@ -120,6 +121,8 @@ pub struct DeviceBackend {
     /// the read lock and the wipe under the write lock, so no call can touch
     /// a dropped tree.
     tree: RwLock<Option<sled::Tree>>,
+    /// The store's group commit, which every flush here joins.
+    flushes: Arc<FlushGroup>,
 }
 
 impl std::fmt::Debug for DeviceBackend {
@@ -137,6 +140,7 @@ impl DeviceBackend {
         tree: sled::Tree,
         sealer: Arc<Sealer>,
         blinder: Blinder,
+        flushes: Arc<FlushGroup>,
     ) -> Self {
         Self {
             session: Arc::from(session),
@@ -144,6 +148,7 @@ impl DeviceBackend {
             sealer,
             blinder,
             tree: RwLock::new(Some(tree)),
+            flushes,
         }
     }
 
@@ -169,12 +174,13 @@ impl DeviceBackend {
         stored_key(&self.blinder, natural)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, by joining the store's group
+    /// commit (one sled flush shared with every session and the outbox).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        // A tree's flush is the whole database's.
-        let tree = self.with_tree(|tree| Ok(tree.clone()))?;
-        super::flush_blocking(tree).await?;
-        Ok(())
+        if self.is_wiped() {
+            return Err(StoreError::Wiped(self.session.to_string()));
+        }
+        self.flushes.flush().await
     }
 
     /// Fences this handle off without touching the data: later calls fail
@@ -272,28 +278,55 @@ impl DeviceBackend {
         self.with_tree(|tree| Ok(tree.remove(key)?))
     }
 
-    /// Seals `rows` (natural keys) and writes them as one atomic sled batch.
+    /// Seals `rows` (natural keys) and writes them atomically: one row as
+    /// a plain insert, more as one sled batch (in sled 0.34 a batch, even
+    /// of one row, writes the log buffer out and takes sled's exclusive
+    /// lock; an insert does neither).
     fn put_batch<'a>(
         &self,
         rows: impl IntoIterator<Item = (Vec<u8>, &'a [u8])>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut sealed_rows = Vec::new();
         for (natural, plain) in rows {
             let key = self.k(&natural);
             let sealed = self.seal(&key, plain)?;
-            batch.insert(key, sealed);
+            sealed_rows.push((key, sealed));
         }
-        self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+        match sealed_rows.len() {
+            0 => Ok(()),
+            1 => {
+                let (key, sealed) = sealed_rows.pop().expect("one row");
+                self.with_tree(|tree| Ok(tree.insert(key, sealed).map(drop)?))
+            }
+            _ => {
+                let mut batch = sled::Batch::default();
+                for (key, sealed) in sealed_rows {
+                    batch.insert(key, sealed);
+                }
+                self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+            }
+        }
     }
 
     /// Removes stored keys (as a scan returns them, or mapped with
-    /// [`Self::k`]) in one atomic sled batch.
+    /// [`Self::k`]) atomically: one key as a plain remove, more as one
+    /// sled batch (see [`Self::put_batch`]).
     fn remove_batch(&self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in keys {
-            batch.remove(key);
+        let mut keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        match keys.len() {
+            0 => Ok(()),
+            1 => {
+                let key = keys.pop().expect("one key");
+                self.with_tree(|tree| Ok(tree.remove(key).map(drop)?))
+            }
+            _ => {
+                let mut batch = sled::Batch::default();
+                for key in keys {
+                    batch.remove(key);
+                }
+                self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+            }
         }
-        self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
     }
 
     /// Keys (not values) under `prefix`.
