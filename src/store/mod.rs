@@ -74,11 +74,25 @@ pub(crate) fn sled_gate() -> std::sync::MutexGuard<'static, ()> {
 /// a flush waiting for a log buffer whose write was queued behind them —
 /// the pool starved itself (seen in the 1,000-session benchmark).
 ///
+/// sled 0.34 makes its log writes durable with `sync_file_range`, which
+/// survives a process crash but not a power loss or VM crash (it neither
+/// flushes the drive's cache nor the file's metadata, e.g. its new size).
+/// With `log` given, the flush is followed by one `fdatasync` of sled's
+/// log file (`<data_dir>/db/db`, which holds the log and its segments), so
+/// what the flush covered also survives a power loss.
+///
 /// Only [`FlushGroup`] calls it: every durable path joins the group commit.
-async fn flush_blocking(tree: sled::Tree) -> Result<(), StoreError> {
-    tokio::task::spawn_blocking(move || tree.flush())
-        .await
-        .map_err(|_| StoreError::Task("the flush panicked"))??;
+async fn flush_blocking(tree: sled::Tree, log: Option<Arc<fs::File>>) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        tree.flush()?;
+        if let Some(log) = log {
+            log.sync_data()
+                .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| StoreError::Task("the flush panicked"))??;
     Ok(())
 }
 
@@ -138,6 +152,9 @@ struct Inner {
 pub(crate) struct FlushGroup {
     /// What is flushed: any tree (a tree's flush is the whole database's).
     tree: sled::Tree,
+    /// sled's log file, `fdatasync`ed after each flush (see
+    /// [`flush_blocking`]); `None` when power-loss durability is off.
+    log: std::sync::RwLock<Option<Arc<fs::File>>>,
     requested: AtomicU64,
     /// The newest ticket known durable.
     done: tokio::sync::Mutex<u64>,
@@ -155,9 +172,10 @@ pub(crate) struct FlushGroup {
 const FLUSH_SOON_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl FlushGroup {
-    fn new(tree: sled::Tree) -> Self {
+    fn new(tree: sled::Tree, log: Option<fs::File>) -> Self {
         Self {
             tree,
+            log: std::sync::RwLock::new(log.map(Arc::new)),
             requested: AtomicU64::new(0),
             done: tokio::sync::Mutex::new(0),
             soon: AtomicU64::new(0),
@@ -186,7 +204,8 @@ impl FlushGroup {
         }
         let covered = self.requested.load(Ordering::Acquire);
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        flush_blocking(self.tree.clone()).await?;
+        let log = self.log.read().unwrap_or_else(|p| p.into_inner()).clone();
+        flush_blocking(self.tree.clone(), log).await?;
         *done = covered;
         Ok(())
     }
@@ -251,7 +270,8 @@ impl Store {
         tighten_permissions(data_dir, false);
         let blinder = ids::load_or_create(&db, &sealer)?;
         let records = db.open_tree(RECORDS_TREE)?;
-        let flushes = Arc::new(FlushGroup::new(db.open_tree(META_TREE)?));
+        let log = open_log_file(data_dir)?;
+        let flushes = Arc::new(FlushGroup::new(db.open_tree(META_TREE)?, Some(log)));
         let store = Self {
             inner: Arc::new(Inner {
                 db,
@@ -383,6 +403,24 @@ impl Store {
             return None;
         }
         Some(Arc::clone(group).flush_soon_task())
+    }
+
+    /// Turns the `fdatasync` after each group commit off (`false`) or on
+    /// (the default): benchmarks measure what power-loss durability costs.
+    #[doc(hidden)]
+    pub fn set_power_loss_durable(&self, on: bool) -> Result<(), StoreError> {
+        let log = if on {
+            Some(Arc::new(open_log_file(&self.inner.data_dir)?))
+        } else {
+            None
+        };
+        *self
+            .inner
+            .flushes
+            .log
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = log;
+        Ok(())
     }
 
     /// sled flushes (group commits) run since the store was opened.
@@ -522,6 +560,22 @@ fn open_db_at(path: &Path) -> Result<sled::Db, StoreError> {
             result => return result.map_err(|source| StoreError::Open { path, source }),
         }
     }
+}
+
+/// sled's log file, for the `fdatasync` after each group commit; its
+/// directory entries are synced once here, so the file itself survives a
+/// power loss once the store exists.
+fn open_log_file(data_dir: &Path) -> Result<fs::File, StoreError> {
+    let io = |e| StoreError::from(sled::Error::Io(e));
+    let dir = data_dir.join(DB_DIR);
+    let log = fs::File::open(dir.join("db")).map_err(io)?;
+    log.sync_data().map_err(io)?;
+    for synced in [dir.join("conf"), dir.clone(), data_dir.to_path_buf()] {
+        if let Ok(f) = fs::File::open(&synced) {
+            f.sync_all().map_err(io)?;
+        }
+    }
+    Ok(log)
 }
 
 /// What [`check_master_key`] found.
