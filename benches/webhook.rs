@@ -17,6 +17,14 @@
 //!    (same machine). Paced at `RATE` msgs/s, then as fast as the pipeline
 //!    takes with `WINDOW` messages outstanding.
 //!
+//!    Also printed: the store's group commits (sled flushes) per message.
+//!
+//! Env knobs: `WHATSD_BENCH_E2E_SESSIONS` (sessions end to end, default 8),
+//! `WHATSD_BENCH_ONLY=e2e` (skip part 1), `WHATSD_BENCH_FDATASYNC=0` (group
+//! commits stop at sled's flush, as before power-loss durability: measures
+//! what the `fdatasync` costs). Syscalls per message:
+//! `strace -c -f -e trace=fdatasync,fsync,sync_file_range,pwrite64 <bench binary> --bench`.
+//!
 //! fakewa, the receiver and whatsd run on three runtimes with named threads,
 //! so the CPU each used is read per thread from `/proc/self/task`.
 
@@ -86,7 +94,9 @@ fn main() {
     let url = format!("http://{addr}/hook");
 
     whatsd_rt.block_on(async {
-        outbox_alone(&receiver, &url).await;
+        if std::env::var("WHATSD_BENCH_ONLY").as_deref() != Ok("e2e") {
+            outbox_alone(&receiver, &url).await;
+        }
         end_to_end(&receiver, &url, &fake).await;
     });
     fake.stop();
@@ -179,6 +189,9 @@ fn stamp(body: &[u8]) -> Option<i64> {
 async fn outbox_alone(receiver: &Receiver, url: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), &MasterKey::from_bytes([7; 32])).expect("store");
+    store
+        .set_power_loss_durable(power_loss_durable())
+        .expect("power-loss durability");
     let settings = Settings {
         allow_private_targets: true,
         ..Default::default()
@@ -395,6 +408,18 @@ async fn load(url: &str, body: Bytes, concurrency: usize) -> f64 {
 async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), &MasterKey::from_bytes([9; 32])).expect("store");
+    let power_loss = power_loss_durable();
+    store
+        .set_power_loss_durable(power_loss)
+        .expect("power-loss durability");
+    println!(
+        "end to end: group commits {} (WHATSD_BENCH_FDATASYNC=0 turns it off)",
+        if power_loss {
+            "fdatasync sled's log (power-loss durable)"
+        } else {
+            "stop at sled's flush (process-crash durable only)"
+        }
+    );
     let webhooks = Webhooks::start(
         store.clone(),
         Settings {
@@ -471,6 +496,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
 
     // Paced.
     receiver.reset();
+    let flushes_before = store.flush_count();
     let total = RATE * PACED_FOR.as_secs() as usize;
     let tick = Duration::from_millis(10);
     let per_tick = RATE / 100;
@@ -487,6 +513,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
     let sending = started.elapsed();
     receiver.wait_for(total, "paced").await;
     let paced = receiver.latencies();
+    let paced_flushes = store.flush_count() - flushes_before;
 
     // As fast as it goes, with WINDOW messages outstanding.
     receiver.reset();
@@ -510,6 +537,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
             out
         }
     });
+    let flushes_before = store.flush_count();
     let started = Instant::now();
     for k in 0..MAX_MESSAGES {
         window.acquire().await.expect("window").forget();
@@ -517,6 +545,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
     }
     receiver.wait_for(MAX_MESSAGES, "max").await;
     let max_time = started.elapsed();
+    let max_flushes = store.flush_count() - flushes_before;
     let cpu = cpu_delta(&cpu_before, &cpu_by_thread());
     let _ = stop_probe.send(true);
     let probed = probe.await.expect("flush probe");
@@ -538,6 +567,10 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
         pct(&paced, 100.0)
     );
     println!(
+        "  group commits (sled flushes)          {paced_flushes} ({:.3} per message)",
+        paced_flushes as f64 / total as f64
+    );
+    println!(
         "max: {MAX_MESSAGES} messages, {WINDOW} in flight      {:>8.0} msgs/s  ({:.2} s)",
         MAX_MESSAGES as f64 / max_time.as_secs_f64(),
         max_time.as_secs_f64()
@@ -552,6 +585,10 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
         probed.len(),
         pct(&probed, 50.0),
         pct(&probed, 99.0)
+    );
+    println!(
+        "  group commits (sled flushes)          {max_flushes} ({:.3} per message, the probe's included)",
+        max_flushes as f64 / MAX_MESSAGES as f64
     );
     println!("  CPU during the max run (% of one core, by thread group; 200 % = both cores):");
     for (group, ticks) in &cpu {
@@ -590,6 +627,12 @@ async fn pair(supervisor: &Supervisor, server: &fakewa::Server, i: usize) -> Str
 }
 
 // ---- helpers --------------------------------------------------------------
+
+/// Whether group commits `fdatasync` sled's log (the store's default);
+/// `WHATSD_BENCH_FDATASYNC=0` measures without.
+fn power_loss_durable() -> bool {
+    std::env::var("WHATSD_BENCH_FDATASYNC").as_deref() != Ok("0")
+}
 
 fn now_us() -> i64 {
     std::time::SystemTime::now()

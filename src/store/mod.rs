@@ -43,6 +43,7 @@ pub mod tenants;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use crypto::{KeyConfig, KeySource, MasterKey, Sealer, load_master_key};
@@ -95,10 +96,26 @@ pub(crate) fn sled_gate_yield(limit: std::time::Duration) {
 /// pool, and with many sessions flushing at once every pool thread sat in
 /// a flush waiting for a log buffer whose write was queued behind them —
 /// the pool starved itself (seen in the 1,000-session benchmark).
-pub(crate) async fn flush_blocking(tree: sled::Tree) -> Result<(), StoreError> {
-    tokio::task::spawn_blocking(move || tree.flush())
-        .await
-        .map_err(|_| StoreError::Task("the flush panicked"))??;
+///
+/// sled 0.34 makes its log writes durable with `sync_file_range`, which
+/// survives a process crash but not a power loss or VM crash (it neither
+/// flushes the drive's cache nor the file's metadata, e.g. its new size).
+/// With `log` given, the flush is followed by one `fdatasync` of sled's
+/// log file (`<data_dir>/db/db`, which holds the log and its segments), so
+/// what the flush covered also survives a power loss.
+///
+/// Only [`FlushGroup`] calls it: every durable path joins the group commit.
+async fn flush_blocking(tree: sled::Tree, log: Option<Arc<fs::File>>) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        tree.flush()?;
+        if let Some(log) = log {
+            log.sync_data()
+                .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| StoreError::Task("the flush panicked"))??;
     Ok(())
 }
 
@@ -145,21 +162,102 @@ struct Inner {
     /// One live backend per session, so a wipe can fence off every handle
     /// to the tree it drops.
     backends: Mutex<HashMap<String, Weak<DeviceBackend>>>,
-    flushes: FlushGroup,
+    flushes: Arc<FlushGroup>,
     /// One [`Store::probe`] at a time.
     probe_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Group commit: concurrent [`Store::flush`] calls share one sled flush.
+/// Group commit: every durable write of the daemon — [`Store::flush`],
+/// the device backends' flushes, the webhook outbox — shares one sled
+/// flush with whatever else is waiting.
 ///
 /// A caller takes a ticket after its writes; the flusher reads the newest
 /// ticket before it starts, so every ticket up to that one had its writes
 /// in sled before the flush began and is covered by it.
-#[derive(Default)]
-struct FlushGroup {
-    requested: std::sync::atomic::AtomicU64,
+pub(crate) struct FlushGroup {
+    /// What is flushed: any tree (a tree's flush is the whole database's).
+    tree: sled::Tree,
+    /// sled's log file, `fdatasync`ed after each flush (see
+    /// [`flush_blocking`]); `None` when power-loss durability is off.
+    log: std::sync::RwLock<Option<Arc<fs::File>>>,
+    requested: AtomicU64,
     /// The newest ticket known durable.
     done: tokio::sync::Mutex<u64>,
+    /// The newest ticket of a write that wants a commit soon, not now
+    /// ([`Store::flush_soon`]), and whether a task is on it.
+    soon: AtomicU64,
+    soon_running: AtomicBool,
+    /// sled flushes run so far (benchmarks divide it by messages).
+    flushes: AtomicU64,
+}
+
+/// How long [`Store::flush_soon`] gathers writes before it commits them:
+/// with the flush itself, well inside the 100 ms promised for removals of
+/// delivered outbox items.
+const FLUSH_SOON_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl FlushGroup {
+    fn new(tree: sled::Tree, log: Option<fs::File>) -> Self {
+        Self {
+            tree,
+            log: std::sync::RwLock::new(log.map(Arc::new)),
+            requested: AtomicU64::new(0),
+            done: tokio::sync::Mutex::new(0),
+            soon: AtomicU64::new(0),
+            soon_running: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// A ticket for the writes made so far.
+    fn ticket(&self) -> u64 {
+        self.requested.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Makes every write so far durable, sharing a flush with concurrent
+    /// callers.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        let ticket = self.ticket();
+        self.flush_to(ticket).await
+    }
+
+    /// Returns once `ticket` is covered by a finished flush.
+    async fn flush_to(&self, ticket: u64) -> Result<(), StoreError> {
+        let mut done = self.done.lock().await;
+        if *done >= ticket {
+            return Ok(());
+        }
+        let covered = self.requested.load(Ordering::Acquire);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let log = self.log.read().unwrap_or_else(|p| p.into_inner()).clone();
+        flush_blocking(self.tree.clone(), log).await?;
+        *done = covered;
+        Ok(())
+    }
+
+    /// The task behind [`Store::flush_soon`]: commits what was asked for
+    /// every [`FLUSH_SOON_DELAY`] until nothing new is asked, then ends.
+    async fn flush_soon_task(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(FLUSH_SOON_DELAY).await;
+            let target = self.soon.load(Ordering::SeqCst);
+            if let Err(e) = self.flush_to(target).await {
+                tracing::error!("store: a deferred group commit failed: {e}");
+            }
+            if self.soon.load(Ordering::SeqCst) != target {
+                continue;
+            }
+            self.soon_running.store(false, Ordering::SeqCst);
+            // A request that came in between the check and the store above
+            // saw the task still running: take it up again unless a new
+            // task was started for it.
+            if self.soon.load(Ordering::SeqCst) == target
+                || self.soon_running.swap(true, Ordering::SeqCst)
+            {
+                return;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -197,6 +295,8 @@ impl Store {
         tighten_permissions(data_dir, false);
         let blinder = ids::load_or_create(&db, &sealer)?;
         let records = db.open_tree(RECORDS_TREE)?;
+        let log = open_log_file(data_dir)?;
+        let flushes = Arc::new(FlushGroup::new(db.open_tree(META_TREE)?, Some(log)));
         let store = Self {
             inner: Arc::new(Inner {
                 db,
@@ -206,7 +306,7 @@ impl Store {
                 phones: Mutex::new(HashMap::new()),
                 data_dir: data_dir.to_path_buf(),
                 backends: Mutex::new(HashMap::new()),
-                flushes: FlushGroup::default(),
+                flushes,
                 probe_turn: Arc::default(),
             }),
         };
@@ -241,6 +341,7 @@ impl Store {
             tree,
             Arc::clone(&self.inner.sealer),
             self.inner.blinder.clone(),
+            Arc::clone(&self.inner.flushes),
         ));
         backends.insert(session_id.to_string(), Arc::downgrade(&backend));
         Ok(backend)
@@ -313,16 +414,39 @@ impl Store {
     /// Makes every write so far durable. Concurrent callers share one
     /// flush (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
+        self.inner.flushes.flush().await
+    }
+
+    /// Asks for the writes so far to be made durable soon (within
+    /// [`FLUSH_SOON_DELAY`] and one flush), by a group commit, without
+    /// waiting for it: for writes whose loss in a crash only repeats work
+    /// (removals of delivered outbox items). Returns the task that will do
+    /// it when none is running yet; the caller spawns it in its scope.
+    pub fn flush_soon(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let group = &self.inner.flushes;
-        let ticket = group.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut done = group.done.lock().await;
-        if *done >= ticket {
-            return Ok(());
+        let ticket = group.ticket();
+        group.soon.fetch_max(ticket, Ordering::SeqCst);
+        if group.soon_running.swap(true, Ordering::SeqCst) {
+            return None;
         }
-        let covered = group.requested.load(Ordering::Acquire);
-        flush_blocking(self.inner.db.open_tree(META_TREE)?).await?;
-        *done = covered;
+        Some(Arc::clone(group).flush_soon_task())
+    }
+
+    /// Turns the `fdatasync` after each group commit off (`false`) or on
+    /// (the default): benchmarks measure what power-loss durability costs.
+    #[doc(hidden)]
+    pub fn set_power_loss_durable(&self, on: bool) -> Result<(), StoreError> {
+        let log = if on {
+            Some(Arc::new(open_log_file(&self.inner.data_dir)?))
+        } else {
+            None
+        };
+        *self
+            .inner
+            .flushes
+            .log
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = log;
         Ok(())
     }
 
@@ -351,6 +475,12 @@ impl Store {
         tokio::time::timeout(within, asked)
             .await
             .unwrap_or(Err(StoreError::Task("the store did not answer in time")))
+    }
+
+    /// sled flushes (group commits) run since the store was opened.
+    #[doc(hidden)]
+    pub fn flush_count(&self) -> u64 {
+        self.inner.flushes.flushes.load(Ordering::Relaxed)
     }
 
     /// The id under which `session_id`'s device keyspace is stored: the hex
@@ -484,6 +614,22 @@ fn open_db_at(path: &Path) -> Result<sled::Db, StoreError> {
             result => return result.map_err(|source| StoreError::Open { path, source }),
         }
     }
+}
+
+/// sled's log file, for the `fdatasync` after each group commit; its
+/// directory entries are synced once here, so the file itself survives a
+/// power loss once the store exists.
+fn open_log_file(data_dir: &Path) -> Result<fs::File, StoreError> {
+    let io = |e| StoreError::from(sled::Error::Io(e));
+    let dir = data_dir.join(DB_DIR);
+    let log = fs::File::open(dir.join("db")).map_err(io)?;
+    log.sync_data().map_err(io)?;
+    for synced in [dir.join("conf"), dir.clone(), data_dir.to_path_buf()] {
+        if let Ok(f) = fs::File::open(&synced) {
+            f.sync_all().map_err(io)?;
+        }
+    }
+    Ok(log)
 }
 
 /// What [`check_master_key`] found.

@@ -80,6 +80,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
             Err(e) => {
                 tracing::error!("dropping an unreadable webhook outbox item: {e}");
                 let _ = inner.store.outbox_remove(&head.key);
+                commit_soon(&inner);
                 continue;
             }
         };
@@ -114,6 +115,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
                 pending.last_error.as_deref().unwrap_or("none")
             );
             inner.kill(&head.key, pending, reason);
+            commit_soon(&inner);
             continue;
         }
 
@@ -156,6 +158,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
                 if let Err(e) = inner.store.outbox_remove(&head.key) {
                     tracing::error!("webhook outbox: {e}");
                 }
+                commit_soon(&inner);
                 inner.adjust_depth(&pending.endpoint, -1);
             }
             Outcome::Retry {
@@ -178,6 +181,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
                 if let Err(e) = inner.store.outbox_update(&head.key, &value) {
                     tracing::error!("webhook outbox: {e}");
                 }
+                commit_soon(&inner);
                 // Sleep out this delay in-process, on tokio's clock.
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -192,8 +196,19 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
                     pending,
                     format!("refused by the receiver: {error}"),
                 );
+                commit_soon(&inner);
             }
         }
     }
     inner.finish_on_shutdown(&queue);
+}
+
+/// Delivered means forgotten: has the store commit this worker's last
+/// removal (or update, or move to the dead letters) within 100 ms, through
+/// a group commit, without waiting for it. A crash then repeats at most
+/// the deliveries of that last moment.
+fn commit_soon(inner: &Inner) {
+    if let Some(task) = inner.store.flush_soon() {
+        inner.scope.spawn(task);
+    }
 }

@@ -20,31 +20,73 @@
 //!
 //! # Durability
 //!
-//! sled only writes to disk every ~500 ms on its own. The methods below flush
-//! (`flush_blocking(..).await`) before returning `Ok`, so their data survives a
-//! `kill -9` the moment they return:
+//! sled writes nothing to disk on its own here (its periodic flusher is off,
+//! see `sled_gate`). A method listed below as durable writes its rows — one
+//! row as a plain insert or remove, several as one atomic sled batch; never
+//! a one-row batch — and then joins the store's one group commit
+//! (`FlushGroup`: [`DeviceBackend::flush`] and `Store::flush` share one
+//! sled flush across every session and the webhook outbox) before it
+//! returns `Ok`. sled's log is ordered, so the flush that covers a write
+//! also covers every write made before it, by anyone. What "durable" means
+//! (process crash vs power loss) is said in the README's storage section.
 //!
-//! - everything the library's durability contract names (whatsapp-rust
-//!   `agent_docs/signal_durability.md`): `put_sessions_batch`,
-//!   `put_sender_keys_batch`, `put_identities_batch`, `remove_prekey` and
-//!   every `delete_*`, plus the single-row Signal puts (`put_session`,
-//!   `put_identity`, `put_sender_key`);
-//! - key material that is uploaded or cannot be re-derived: `store_prekey`,
-//!   `store_prekeys_batch`, `mark_prekeys_uploaded`, `store_signed_prekey`,
-//!   `remove_signed_prekey`, `set_sync_key`, `DeviceStore::save`/`create`;
-//! - app-state sync bookkeeping that must stay consistent with the server's
-//!   ltHash: `set_version`, `put_mutation_macs`, `clear_mutation_macs`;
-//! - sender-key distribution status (`set_sender_key_status`, the clears):
-//!   losing a "forget" mark would leave group members unable to decrypt;
-//! - the inbound durability buffer: `store_pending_inbound(_batch)` and its
-//!   deletes (the ack waits for them);
+//! Which library writes must be durable follows from what whatsapp-rust
+//! 0.7.0 replays after a crash:
+//!
+//! - **Inbound messages.** A batch of decrypted messages is first written to
+//!   the pending-inbound buffer (`store_pending_inbound_batch`); only when
+//!   that returns `Ok` does the library run whatsd's durability hook
+//!   (`src/message/commit_batch.rs:779-788`, "fail closed: without a durable
+//!   buffered copy, do not run the hook and do not ack"). After the hook it
+//!   deletes the rows, ignoring a failure (`commit_batch.rs:822-829`:
+//!   "leftover rows replay as duplicates; the idempotent hook re-commits"),
+//!   then acks (`commit_batch.rs:844`). When WhatsApp redelivers a message
+//!   whose Signal ratchet already advanced, `ack_or_replay_to_hook`
+//!   (`src/message/durability.rs:35-75`) hands the buffered row to the hook
+//!   again; without a row it acks the message as a genuine duplicate
+//!   (`durability.rs:65-66`). So the buffered rows must be durable — a row
+//!   lost after its ratchet advance is a lost message — and
+//!   `store_pending_inbound(_batch)` joins the group commit. Their deletes
+//!   need not be: a row a crash brings back is replayed only if WhatsApp
+//!   redelivers (the ack was lost too), and then the hook commits the
+//!   message again, which at-least-once allows (same event id); rows never
+//!   redelivered are swept after 7 days (`delete_expired_pending_inbound`,
+//!   `src/keepalive.rs:269-274`). The next group commit, at the latest the
+//!   next message's, makes a delete durable anyway. WhatsApp's ack still
+//!   waits for the hook, and the hook (the webhook sink) returns only after
+//!   the group commit that covers the message's outbox item.
+//! - **Signal state** (`agent_docs/signal_durability.md`): a raised sender
+//!   chain lease must be durable before ciphertext derived from it reaches
+//!   the wire; deletes (session and sender-key tombstones, a consumed
+//!   one-time prekey, deleted only once its promoted session is durable)
+//!   are durable state; inbound rows must be durable before their ratchet
+//!   advances (the library orders that itself: an offline drain flushes
+//!   Signal state only after the rows are stored, `commit_batch.rs:796`;
+//!   and a flush here is the whole log's, so a durable Signal write makes
+//!   every row written before it durable too). The
+//!   library decides when to write Signal state and expects the write to be
+//!   durable on `Ok`, so `put_sessions_batch`, `put_sender_keys_batch`,
+//!   `put_identities_batch`, `remove_prekey`, every `delete_*` and the
+//!   single-row Signal puts (`put_session`, `put_identity`,
+//!   `put_sender_key`) join the group commit.
+//! - **Key material** that is uploaded or cannot be re-derived:
+//!   `store_prekey`, `store_prekeys_batch`, `mark_prekeys_uploaded`,
+//!   `store_signed_prekey`, `remove_signed_prekey`, `set_sync_key`,
+//!   `DeviceStore::save`/`create`.
+//! - **App-state sync bookkeeping** that must stay consistent with the
+//!   server's ltHash: `set_version`, `put_mutation_macs`,
+//!   `clear_mutation_macs`.
+//! - **Sender-key distribution status** (`set_sender_key_status`, the
+//!   clears): losing a "forget" mark would leave group members unable to
+//!   decrypt.
 //! - `put_msg_secrets` (a lost secret makes later reactions/poll votes
-//!   undecryptable) and `take_sent_message` (a consumed retry stays consumed).
+//!   undecryptable) and `take_sent_message` (a consumed retry stays
+//!   consumed).
 //!
-//! Not flushed (sled's periodic flush, a crash loses at most the last
-//! ~500 ms; all are caches the client re-learns from the server):
-//! LID↔PN mappings, device lists, base keys, group metadata, tc tokens
-//! (except deletes), and `store_sent_message`.
+//! Not flushed (the next group commit of anyone covers them; a crash before
+//! it loses them): the pending-inbound deletes (above), and caches the
+//! client re-learns from the server: LID↔PN mappings, device lists, base
+//! keys, group metadata, tc tokens (except deletes), `store_sent_message`.
 //!
 //! # Modules
 //!
@@ -78,6 +120,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use wacore::store::error::Result as WaResult;
 
+use super::FlushGroup;
 use super::crypto::Sealer;
 use super::error::StoreError;
 use super::ids::{BLIND_LEN, Blinder};
@@ -120,6 +163,8 @@ pub struct DeviceBackend {
     /// the read lock and the wipe under the write lock, so no call can touch
     /// a dropped tree.
     tree: RwLock<Option<sled::Tree>>,
+    /// The store's group commit, which every flush here joins.
+    flushes: Arc<FlushGroup>,
 }
 
 impl std::fmt::Debug for DeviceBackend {
@@ -137,6 +182,7 @@ impl DeviceBackend {
         tree: sled::Tree,
         sealer: Arc<Sealer>,
         blinder: Blinder,
+        flushes: Arc<FlushGroup>,
     ) -> Self {
         Self {
             session: Arc::from(session),
@@ -144,6 +190,7 @@ impl DeviceBackend {
             sealer,
             blinder,
             tree: RwLock::new(Some(tree)),
+            flushes,
         }
     }
 
@@ -169,12 +216,13 @@ impl DeviceBackend {
         stored_key(&self.blinder, natural)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, by joining the store's group
+    /// commit (one sled flush shared with every session and the outbox).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        // A tree's flush is the whole database's.
-        let tree = self.with_tree(|tree| Ok(tree.clone()))?;
-        super::flush_blocking(tree).await?;
-        Ok(())
+        if self.is_wiped() {
+            return Err(StoreError::Wiped(self.session.to_string()));
+        }
+        self.flushes.flush().await
     }
 
     /// Fences this handle off without touching the data: later calls fail
@@ -272,28 +320,55 @@ impl DeviceBackend {
         self.with_tree(|tree| Ok(tree.remove(key)?))
     }
 
-    /// Seals `rows` (natural keys) and writes them as one atomic sled batch.
+    /// Seals `rows` (natural keys) and writes them atomically: one row as
+    /// a plain insert, more as one sled batch (in sled 0.34 a batch, even
+    /// of one row, writes the log buffer out and takes sled's exclusive
+    /// lock; an insert does neither).
     fn put_batch<'a>(
         &self,
         rows: impl IntoIterator<Item = (Vec<u8>, &'a [u8])>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut sealed_rows = Vec::new();
         for (natural, plain) in rows {
             let key = self.k(&natural);
             let sealed = self.seal(&key, plain)?;
-            batch.insert(key, sealed);
+            sealed_rows.push((key, sealed));
         }
-        self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+        match sealed_rows.len() {
+            0 => Ok(()),
+            1 => {
+                let (key, sealed) = sealed_rows.pop().expect("one row");
+                self.with_tree(|tree| Ok(tree.insert(key, sealed).map(drop)?))
+            }
+            _ => {
+                let mut batch = sled::Batch::default();
+                for (key, sealed) in sealed_rows {
+                    batch.insert(key, sealed);
+                }
+                self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+            }
+        }
     }
 
     /// Removes stored keys (as a scan returns them, or mapped with
-    /// [`Self::k`]) in one atomic sled batch.
+    /// [`Self::k`]) atomically: one key as a plain remove, more as one
+    /// sled batch (see [`Self::put_batch`]).
     fn remove_batch(&self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in keys {
-            batch.remove(key);
+        let mut keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        match keys.len() {
+            0 => Ok(()),
+            1 => {
+                let key = keys.pop().expect("one key");
+                self.with_tree(|tree| Ok(tree.remove(key).map(drop)?))
+            }
+            _ => {
+                let mut batch = sled::Batch::default();
+                for key in keys {
+                    batch.remove(key);
+                }
+                self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+            }
         }
-        self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
     }
 
     /// Keys (not values) under `prefix`.

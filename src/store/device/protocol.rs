@@ -475,10 +475,12 @@ impl ProtocolStore for DeviceBackend {
         }
     }
 
+    /// Not flushed (see *Durability* in the parent module): a row that a
+    /// crash brings back is replayed to the idempotent hook at worst.
     async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> WaResult<()> {
         let key = Self::pending_key(chat, sender, id)?;
-        let result = self.remove(&key);
-        self.durably(result.map(drop)).await
+        self.remove(&key)?;
+        Ok(())
     }
 
     async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> WaResult<u32> {
@@ -512,6 +514,8 @@ impl ProtocolStore for DeviceBackend {
             .iter()
             .map(|key| Self::pending_key(key.chat, key.sender, key.id).map(|k| self.k(&k)))
             .collect::<Result<Vec<_>, _>>()?;
-        self.durably(self.remove_batch(keys)).await
+        // Not flushed, like `delete_pending_inbound`: the next group commit
+        // (the next message's, at the latest) covers it.
+        Ok(self.remove_batch(keys)?)
     }
 }
