@@ -104,13 +104,19 @@ struct Rig {
 }
 
 async fn rig(script: Vec<Outcome>) -> Rig {
+    rig_in(&TaskScope::root(), script).await
+}
+
+/// A [`rig`] whose webhook tasks run in `root`'s tree.
+async fn rig_in(root: &TaskScope, script: Vec<Outcome>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &crate::store::MasterKey::from_bytes([3; 32])).unwrap();
     let transport = Arc::new(Scripted::default());
     *lock(&transport.script) = script.into();
     let (tx, attempts) = tokio::sync::mpsc::unbounded_channel();
     *lock(&transport.seen_tx) = Some(tx);
-    let webhooks = Webhooks::start_with(
+    let webhooks = Webhooks::start_with_in(
+        root,
         store,
         open_settings(),
         transport.clone(),
@@ -550,34 +556,17 @@ async fn a_deleted_session_takes_its_endpoints_queues_and_dead_letters() {
 
 /// Webhooks in `root`'s tree with one worker sleeping out an hour's
 /// backoff after its first attempt (and the retention sweep waiting).
-async fn backing_off(root: &TaskScope) -> (tempfile::TempDir, Webhooks, Arc<Scripted>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &crate::store::MasterKey::from_bytes([3; 32])).unwrap();
-    let transport = Arc::new(Scripted::default());
-    *lock(&transport.script) = VecDeque::from([Outcome::Retry {
-        error: "HTTP 503".into(),
-        status: Some(503),
-        retry_after: Some(Duration::from_secs(3600)),
-    }]);
-    let (tx, mut attempts) = tokio::sync::mpsc::unbounded_channel();
-    *lock(&transport.seen_tx) = Some(tx);
-    let webhooks = Webhooks::start_with_in(
+async fn backing_off(root: &TaskScope) -> Rig {
+    let mut rig = rig_in(
         root,
-        store,
-        open_settings(),
-        transport.clone(),
-        Arc::new(AtomicBool::new(true)),
+        vec![Outcome::Retry {
+            error: "HTTP 503".into(),
+            status: Some(503),
+            retry_after: Some(Duration::from_secs(3600)),
+        }],
     )
-    .await
-    .unwrap();
-    webhooks
-        .put_endpoint(
-            EndpointId::new(Scope::Tenant("t1".into()), "crm"),
-            "t1",
-            spec("http://127.0.0.1:9/hook"),
-        )
-        .await
-        .unwrap();
+    .await;
+    let webhooks = &rig.webhooks;
     webhooks
         .messages(
             &owner("s1", "t1"),
@@ -586,13 +575,14 @@ async fn backing_off(root: &TaskScope) -> (tempfile::TempDir, Webhooks, Arc<Scri
         )
         .await
         .unwrap();
-    attempts.recv().await.unwrap();
+    rig.attempts.recv().await.unwrap();
+    let webhooks = &rig.webhooks;
     // The retry is stored just before the worker starts its wait.
-    wait_for(|| outbox_attempts(&webhooks) == vec![1]).await;
+    wait_for(|| outbox_attempts(webhooks) == vec![1]).await;
     // The backing-off worker and the retention sweep, counted in both
     // trees, once the retry's commit (a short-lived task) is done.
     wait_for(|| (webhooks.live_tasks(), root.live_tasks()) == (2, 2)).await;
-    (dir, webhooks, transport)
+    rig
 }
 
 /// The attempts of every item in the outbox.
@@ -614,7 +604,12 @@ fn outbox_attempts(webhooks: &Webhooks) -> Vec<u32> {
 #[tokio::test(start_paused = true)]
 async fn shutdown_ends_every_webhook_task_even_one_backing_off() {
     let root = TaskScope::root();
-    let (_dir, webhooks, transport) = backing_off(&root).await;
+    let Rig {
+        _dir,
+        webhooks,
+        transport,
+        ..
+    } = backing_off(&root).await;
     let started = Instant::now();
     webhooks.shutdown(Duration::from_secs(5)).await;
     assert!(
@@ -641,7 +636,12 @@ async fn shutdown_ends_every_webhook_task_even_one_backing_off() {
 #[tokio::test(start_paused = true)]
 async fn cancelling_the_parent_scope_stops_the_webhook_tasks() {
     let root = TaskScope::root();
-    let (_dir, webhooks, transport) = backing_off(&root).await;
+    let Rig {
+        _dir,
+        webhooks,
+        transport,
+        ..
+    } = backing_off(&root).await;
     root.cancel();
     assert!(root.wait(Duration::from_secs(5)).await);
     assert_eq!(webhooks.live_tasks(), 0);
