@@ -15,6 +15,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+mod stats;
+use stats::percentile;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -40,14 +43,6 @@ fn sent_ms(code: &str) -> Option<i64> {
     let reference = code.split(',').next()?;
     let digits = reference.get(reference.len().checked_sub(13)?..)?;
     digits.parse().ok()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 async fn qr_latency(daemon: &Daemon) -> Vec<f64> {

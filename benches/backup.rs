@@ -18,6 +18,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+mod stats;
+use stats::percentile;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -44,14 +47,6 @@ const PING_EVERY: Duration = Duration::from_millis(20);
 
 /// (sent at, latency in ms)
 type Samples = Arc<Mutex<Vec<(Instant, f64)>>>;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 fn summary(samples: &[(Instant, f64)], windows: &[(Instant, Instant)]) -> String {
     let mut picked: Vec<f64> = samples

@@ -28,6 +28,9 @@
 //! fakewa, the receiver and whatsd run on three runtimes with named threads,
 //! so the CPU each used is read per thread from `/proc/self/task`.
 
+mod stats;
+use stats::percentile as pct;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -643,15 +646,6 @@ fn now_us() -> i64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Percentile of a sorted slice (nearest rank).
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// utime + stime (clock ticks) per live thread, by thread name.
