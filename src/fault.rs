@@ -13,15 +13,33 @@
 /// The variable that arms fault points.
 pub const ENV: &str = "WHATSD_FAULTS";
 
+/// The armed (name, argument) pairs, read once per process: the test
+/// harness sets the variable when it spawns the daemon.
+#[cfg(debug_assertions)]
+fn armed_points() -> &'static [(String, String)] {
+    static ARMED: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    ARMED.get_or_init(|| {
+        std::env::var(ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(n, a)| (n.trim().to_owned(), a.trim().to_owned()))
+            .collect()
+    })
+}
+
+/// The arguments `name` is armed for.
+#[cfg(debug_assertions)]
+fn armed_for(name: &str) -> impl Iterator<Item = &'static str> {
+    armed_points()
+        .iter()
+        .filter(move |(n, _)| n == name)
+        .map(|(_, a)| a.as_str())
+}
+
 #[cfg(debug_assertions)]
 fn armed(name: &str, arg: &str) -> bool {
-    let Ok(armed) = std::env::var(ENV) else {
-        return false;
-    };
-    armed
-        .split(',')
-        .filter_map(|entry| entry.split_once('='))
-        .any(|(n, a)| n.trim() == name && a.trim() == arg)
+    armed_for(name).any(|a| a == arg)
 }
 
 /// Aborts the process if `name` is armed for `arg`.
@@ -33,10 +51,15 @@ pub fn point(name: &str, arg: &str) {
     }
 }
 
-/// Whether the caller should fail here: `name` is armed for `arg`.
+/// Whether the caller should fail here: `name` is armed for `arg`
+/// (`format_args!`, formatted only when `name` is armed at all).
 #[cfg(debug_assertions)]
-pub fn fails(name: &str, arg: &str) -> bool {
-    let hit = armed(name, arg);
+pub fn fails(name: &str, arg: std::fmt::Arguments<'_>) -> bool {
+    if armed_for(name).next().is_none() {
+        return false;
+    }
+    let arg = arg.to_string();
+    let hit = armed(name, &arg);
     if hit {
         eprintln!("fault {name} injected for {arg}");
     }
@@ -48,17 +71,7 @@ pub fn fails(name: &str, arg: &str) -> bool {
 /// hot paths.
 #[cfg(debug_assertions)]
 pub fn stall(name: &str) {
-    static STALLS: std::sync::OnceLock<Vec<(String, std::path::PathBuf)>> =
-        std::sync::OnceLock::new();
-    let stalls = STALLS.get_or_init(|| {
-        std::env::var(ENV)
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|entry| entry.split_once('='))
-            .map(|(n, a)| (n.trim().to_string(), a.trim().into()))
-            .collect()
-    });
-    for (_, path) in stalls.iter().filter(|(n, _)| n == name) {
+    for path in armed_for(name).map(std::path::Path::new) {
         let mut said = false;
         while path.exists() {
             if !said {
@@ -80,6 +93,6 @@ pub fn point(_name: &str, _arg: &str) {}
 
 #[cfg(not(debug_assertions))]
 #[inline(always)]
-pub fn fails(_name: &str, _arg: &str) -> bool {
+pub fn fails(_name: &str, _arg: std::fmt::Arguments<'_>) -> bool {
     false
 }

@@ -39,7 +39,7 @@ impl Store {
         validate_phone(&record.phone)?;
         if crate::fault::fails(
             "store.put_record",
-            &format!("{}:{}", record.id, record.state),
+            format_args!("{}:{}", record.id, record.state),
         ) {
             return Err(StoreError::Invalid("injected write failure".into()));
         }
