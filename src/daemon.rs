@@ -61,6 +61,9 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// The installed log subscriber, whose filter a reload replaces.
     pub log: Option<LogHandle>,
+    /// `serve --listen ADDR`: the listen address, over the file's and
+    /// `WHATSD_LISTEN`, at start and on every reload.
+    pub listen: Option<String>,
     /// `serve --demo`: the embedded fake WhatsApp server, applied to the
     /// configuration at start and on every reload.
     #[cfg(feature = "demo")]
@@ -72,19 +75,27 @@ impl Options {
         Self {
             config_path,
             log,
+            listen: None,
             #[cfg(feature = "demo")]
             demo: None,
         }
     }
 
+    /// Listens on `listen` (when given) whatever the configuration says.
+    pub fn listening_on(mut self, listen: Option<String>) -> Self {
+        self.listen = listen;
+        self
+    }
+
     /// What the options change in a configuration read from the file.
     fn adjust(&self, config: &mut Config) {
+        if let Some(listen) = &self.listen {
+            config.listen.clone_from(listen);
+        }
         #[cfg(feature = "demo")]
         if let Some(demo) = &self.demo {
             demo.apply(config);
         }
-        #[cfg(not(feature = "demo"))]
-        let _ = config;
     }
 }
 

@@ -57,6 +57,11 @@ enum Command {
         /// such builds must never talk to real WhatsApp).
         #[arg(long)]
         demo: bool,
+        /// Address the API listens on, e.g. `127.0.0.1:9090` (default
+        /// `127.0.0.1:8080`); overrides `listen` from the file and
+        /// `WHATSD_LISTEN`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Check a configuration file (and the `WHATSD_*` environment) and exit.
     ValidateConfig { file: PathBuf },
@@ -203,7 +208,11 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Serve { config, demo } => serve(config, demo),
+        Command::Serve {
+            config,
+            demo,
+            listen,
+        } => serve(config, demo, listen),
         Command::ValidateConfig { file } => match Config::load(Some(&file)) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -299,12 +308,20 @@ fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
 
-fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
+fn serve(path: Option<PathBuf>, demo: bool, listen: Option<String>) -> ExitCode {
     if let Err(message) = demo::check(demo) {
         eprintln!("whatsd: {message}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let config = match Config::load(path.as_deref()) {
+    // `--listen` is read as `WHATSD_LISTEN` would be, over the variable.
+    let env = std::env::vars()
+        .filter(|(k, _)| listen.is_none() || k != "WHATSD_LISTEN")
+        .chain(
+            listen
+                .clone()
+                .map(|addr| ("WHATSD_LISTEN".to_string(), addr)),
+        );
+    let config = match Config::load_with_env(path.as_deref(), env) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("whatsd: {e}");
@@ -313,7 +330,7 @@ fn serve(path: Option<PathBuf>, demo: bool) -> ExitCode {
     };
     let log = whatsd::telemetry::init(&config.log);
     whatsd::store::release::set_hook(release_free_memory);
-    let options = whatsd::Options::new(path, log);
+    let options = whatsd::Options::new(path, log).listening_on(listen);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

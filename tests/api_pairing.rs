@@ -11,11 +11,27 @@ use serde_json::json;
 
 const PHONE: &str = "15551234567";
 
+/// Decodes the QR code in `png` (any colour type, expanded to 8 bits).
 fn decode_png(png: &[u8]) -> String {
-    let image = image::load_from_memory_with_format(png, image::ImageFormat::Png)
-        .expect("a PNG")
-        .to_luma8();
-    let mut prepared = rqrr::PreparedImage::prepare(image);
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a sane size")];
+    let frame = reader.next_frame(&mut pixels).expect("PNG pixels");
+    let channels = frame.color_type.samples();
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| {
+        let at = y * frame.line_size + x * channels;
+        match channels {
+            // Grey, grey + alpha: the first sample is the grey level.
+            1 | 2 => pixels[at],
+            // RGB(A): its mean.
+            _ => {
+                ((u16::from(pixels[at]) + u16::from(pixels[at + 1]) + u16::from(pixels[at + 2]))
+                    / 3) as u8
+            }
+        }
+    });
     let grids = prepared.detect_grids();
     assert_eq!(grids.len(), 1, "exactly one QR code in the PNG");
     let (_, content) = grids[0].decode().expect("the QR decodes");

@@ -163,3 +163,57 @@ async fn a_refused_reload_logs_no_secret() {
     );
     assert!(daemon.terminate().await.success());
 }
+
+/// `serve --listen ADDR` wins over the file and `WHATSD_LISTEN`; a bad one
+/// is a configuration error (78) that names the key.
+#[test]
+fn serve_listen_overrides_the_file_and_the_environment() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("whatsd.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"not an address\"\ndata_dir = {:?}\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let serve = |listen: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_whatsd"));
+        command
+            .args(["serve", "--listen", listen, "--config"])
+            .arg(&path)
+            .env("WHATSD_LISTEN", "also not an address")
+            .env("WHATSD_ADMIN_TOKEN", common::ADMIN)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null());
+        command
+    };
+
+    let out = serve("nowhere").output().expect("run whatsd");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen = \"nowhere\""));
+
+    let mut child = serve("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn whatsd");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("listening on "));
+    child.kill().ok();
+    child.wait().ok();
+    let addr: std::net::SocketAddr = line
+        .expect("whatsd exited without listening")
+        .trim_start_matches("listening on ")
+        .parse()
+        .expect("an address");
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+}

@@ -13,7 +13,8 @@
 // dir; where that build requires `serve --demo`, it runs its own embedded
 // fakewa and the test uses that one's control API.
 //
-// Environment: WHATSD_BIN, FAKEWA_BIN (built binaries), CHROMIUM
+// Environment: WHATSD_BIN, FAKEWA_BIN (built binaries; fakewa only for a
+// build without the demo feature), CHROMIUM
 // (default /usr/bin/chromium), SCREENSHOTS (output directory).
 
 import { spawn, spawnSync } from 'node:child_process';
@@ -236,8 +237,9 @@ async function main() {
   rmSync(SHOTS, { recursive: true, force: true });
   mkdirSync(SHOTS, { recursive: true });
 
-  const fake = await startFakewa();
-  log(`fakewa at ${fake.wsUrl}, control ${fake.control}`);
+  // A demo build brings its own fakewa; any other build needs a separate one.
+  const fake = DEMO_FLAG ? { wsUrl: 'ws://127.0.0.1:9/ws/chat', control: null } : await startFakewa();
+  if (!DEMO_FLAG) log(`fakewa at ${fake.wsUrl}, control ${fake.control}`);
   let daemon = await startDaemon(writeConfig('127.0.0.1:0', fake.wsUrl), fake);
   const base = 'http://' + daemon.addr;
   log(`whatsd at ${base}; fake phone at ${daemon.control}`);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The admin page in a real browser: builds the daemon with the test-only
-# `demo` feature (so it accepts fakewa's unsigned certificate chain) and
-# fakewa, then drives Chromium through admin.mjs (playwright-core).
+# `demo` feature (so it accepts fakewa's unsigned certificate chain, and
+# embeds fakewa), then drives Chromium through admin.mjs (playwright-core).
 # Screenshots land in target/browser-screenshots/.
 #
 # Needs Node and Chromium at /usr/bin/chromium (or $CHROMIUM); `.ci/run`
@@ -16,21 +16,25 @@ if [[ ! -x $chromium ]]; then
   exit 1
 fi
 
-# Private copies: the test restarts the daemon, and another cargo run in
-# this tree may rebuild target/debug/whatsd without the demo feature
-# meanwhile. The copy must skip the chain check, or it cannot reach fakewa.
+# A private copy: the test restarts the daemon, and another cargo run in
+# this tree may rebuild the binary without the demo feature meanwhile. The
+# copy must skip the chain check, or it cannot reach the embedded fakewa.
+# $WHATSD_BIN, when set (CI), is a demo build to use as it is.
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
-cargo build --locked -p fakewa
-cp target/debug/fakewa "$bin/"
+target=${CARGO_TARGET_DIR:-$root/target}
 for attempt in 1 2 3; do
-  cargo build --locked -p whatsd --features demo --bin whatsd
-  cp target/debug/whatsd "$bin/"
+  if [[ -n ${WHATSD_BIN:-} ]]; then
+    cp "$WHATSD_BIN" "$bin/whatsd"
+  else
+    cargo build --locked -p whatsd --features demo --bin whatsd
+    cp "$target/debug/whatsd" "$bin/"
+  fi
   if ! "$bin/whatsd" build-info | grep -qx 'cert_chain_verification: enforced'; then
     break
   fi
-  if [[ $attempt == 3 ]]; then
-    echo "target/debug/whatsd keeps verifying the certificate chain (rebuilt without --features demo meanwhile?)" >&2
+  if [[ -n ${WHATSD_BIN:-} || $attempt == 3 ]]; then
+    echo "${WHATSD_BIN:-$target/debug/whatsd} verifies the certificate chain: not a demo build" >&2
     exit 1
   fi
 done
@@ -39,5 +43,5 @@ cd tests/browser
 if [[ ! -d node_modules/playwright-core ]]; then
   npm ci --no-audit --no-fund
 fi
-WHATSD_BIN="$bin/whatsd" FAKEWA_BIN="$bin/fakewa" CHROMIUM="$chromium" \
-  SCREENSHOTS="$root/target/browser-screenshots" node admin.mjs
+WHATSD_BIN="$bin/whatsd" CHROMIUM="$chromium" \
+  SCREENSHOTS="$target/browser-screenshots" node admin.mjs

@@ -1,7 +1,8 @@
 //! Storage benchmark: the same operation mix on whatsd's encrypted sled
 //! backend and on whatsapp-rust-sqlite-storage's `SqliteStore`.
 //!
-//! `cargo bench -p whatsd --bench store` (prints numbers; asserts nothing).
+//! `cargo bench --manifest-path benches/store-vs-sqlite/Cargo.toml` (prints
+//! numbers; asserts nothing).
 //! Durable paths on sled flush (fsync) before returning; SqliteStore runs
 //! WAL with `synchronous = NORMAL`, its default, which does not fsync each
 //! commit. Both go through the same `Backend` trait calls.
