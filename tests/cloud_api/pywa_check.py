@@ -221,6 +221,19 @@ def main() -> None:
     cases = [
         ("unknown phone_number_id", lambda: unknown.send_message(to=contact, text="x"), errors.WhatsAppError, 100),
         ("empty text body", lambda: wa.send_message(to=contact, text=""), errors.InvalidParameter, 131009),
+        (
+            "missing text body",
+            lambda: wa.api.send_message(
+                sender=args.session,
+                to=contact,
+                recipient=None,
+                recipient_type="individual",
+                typ="text",
+                msg={},
+            ),
+            errors.MissingRequiredParameter,
+            131008,
+        ),
         ("bad recipient", lambda: wa.send_message(to="12", text="x"), errors.InvalidParameter, 131009),
         ("image", lambda: wa.send_image(to=contact, image="https://example.com/a.png"), errors.UnsupportedMessageType, 131051),
     ]
