@@ -10,6 +10,7 @@ pub mod auth;
 mod demo;
 pub mod error;
 pub mod extract;
+pub mod graph;
 pub mod listener;
 pub mod openapi;
 pub mod operations;
@@ -177,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(operations::metrics))
         .nest("/v1", v1)
         .merge(admin::routes())
+        .merge(graph::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))

@@ -343,20 +343,34 @@ pub async fn send_message(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<SendText>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let info = visible_session(&state, &principal, &id).await?;
-    if req.text.is_empty() {
+    let message_id = send_text(&state, &principal, &id, &req.to, &req.text).await?;
+    Ok(Json(json!({ "id": message_id })))
+}
+
+/// Sends `text` to `to` (a phone number or a JID) through session `id` as
+/// `principal`; answers the WhatsApp message id. The one send path of
+/// `POST /v1/sessions/{id}/messages` and the Graph API's `/messages`.
+pub async fn send_text(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    to: &str,
+    text: &str,
+) -> Result<String, ApiError> {
+    let info = visible_session(state, principal, id).await?;
+    if text.is_empty() {
         return Err(ApiError::unprocessable(
             "invalid_body",
             "text must not be empty",
         ));
     }
-    if req.text.len() > MAX_TEXT_BYTES {
+    if text.len() > MAX_TEXT_BYTES {
         return Err(ApiError::unprocessable(
             "invalid_body",
             format!("text is longer than {MAX_TEXT_BYTES} bytes"),
         ));
     }
-    let to = req.to.trim();
+    let to = to.trim();
     if to.is_empty() || to.len() > 128 || to.contains(['\0', '/']) {
         return Err(ApiError::unprocessable(
             "invalid_body",
@@ -375,8 +389,7 @@ pub async fn send_message(
             format!("session {id:?} is {}, not connected", info.state),
         ));
     }
-    let message_id = state.supervisor.send_text(&id, &to, &req.text).await?;
-    Ok(Json(json!({ "id": message_id })))
+    Ok(state.supervisor.send_text(id, &to, text).await?)
 }
 
 pub async fn phone_sessions(

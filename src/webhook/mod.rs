@@ -14,6 +14,7 @@
 //! `registry` (endpoints), `outbox` (queues, depth and stats), `queue`
 //! (the delivery worker), `dead_letters`, `sink` (the sessions' side).
 
+pub mod bsuid;
 pub(crate) mod convert;
 mod dead_letters;
 pub mod delivery;

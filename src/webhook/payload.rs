@@ -5,8 +5,10 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::bsuid::{self, Contact};
 use super::endpoint::Format;
 use crate::session::{EventKind, Identity, SessionEvent};
+use crate::store::ids::Blinder;
 use crate::wa::InboundMessage;
 use crate::wa::inbound::hex;
 
@@ -151,19 +153,42 @@ pub fn session_event(event: &SessionEvent, me: &Me) -> Option<WebhookEvent> {
     })
 }
 
-/// The request body for an endpoint of format `format`.
-pub fn render(event: &WebhookEvent, format: Format) -> Vec<u8> {
-    let value = match format {
-        Format::Whatsd => return serde_json::to_vec(event).unwrap_or_default(),
-        Format::CloudApi => cloud_api(event),
-    };
-    serde_json::to_vec(&value).unwrap_or_default()
+/// The request body for an endpoint of format `format`; `blinder` is the
+/// store's, which keys the Cloud API's user ids (see [`bsuid`]).
+pub fn render(event: &WebhookEvent, format: Format, blinder: &Blinder) -> Vec<u8> {
+    match format {
+        Format::Whatsd => serde_json::to_vec(event).unwrap_or_default(),
+        Format::CloudApi => ascii_json(&cloud_api(event, blinder)),
+    }
+}
+
+/// JSON with every character past `~` written as `\uXXXX` (UTF-16, lower
+/// case), as Meta writes its webhooks: libraries that re-escape the raw
+/// body that way before checking `X-Hub-Signature-256` (whatsapp-api-js)
+/// then check the very bytes that were signed.
+fn ascii_json(value: &Value) -> Vec<u8> {
+    use std::fmt::Write;
+    let text = serde_json::to_string(value).unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if u32::from(c) < 0x7f {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    out.into_bytes()
 }
 
 /// Meta's WhatsApp Cloud API webhook shape (`object`, `entry[].changes[]
 /// .value` with `metadata`, `contacts`, `messages`). The tenant is the
 /// entry id (the "business account") and the session the phone number id.
-fn cloud_api(event: &WebhookEvent) -> Value {
+/// The sender's business-scoped user id (`contacts[].user_id`, `messages[]
+/// .from_user_id`) is made per (session, contact) by [`bsuid::user_id`].
+fn cloud_api(event: &WebhookEvent, blinder: &Blinder) -> Value {
     let d = &event.data;
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let from = {
@@ -178,8 +203,15 @@ fn cloud_api(event: &WebhookEvent) -> Value {
             phone
         }
     };
+    let user_id = Contact::of_sender(
+        d["sender"]["phone"].as_str().unwrap_or_default(),
+        d["sender"]["lid"].as_str().unwrap_or_default(),
+        d["sender"]["jid"].as_str().unwrap_or_default(),
+    )
+    .and_then(|contact| bsuid::user_id(blinder, &event.session, &contact));
     let mut message = json!({
         "from": from,
+        "from_user_id": user_id,
         "id": d["message_id"],
         "timestamp": d["timestamp"].as_i64().unwrap_or_default().to_string(),
     });
@@ -254,6 +286,7 @@ fn cloud_api(event: &WebhookEvent) -> Value {
                     "contacts": [{
                         "profile": { "name": d["sender"]["push_name"] },
                         "wa_id": from,
+                        "user_id": user_id,
                     }],
                     "messages": [message],
                 },
@@ -323,7 +356,7 @@ mod tests {
             lid: String::new(),
         };
         let e = message_event("s1", "t1", &me, &dm(), 0);
-        let v: Value = serde_json::from_slice(&render(&e, Format::Whatsd)).unwrap();
+        let v: Value = serde_json::from_slice(&render(&e, Format::Whatsd, &blinder())).unwrap();
         assert_eq!(v["type"], "message.received");
         assert_eq!(v["session"], "s1");
         assert_eq!(v["tenant"], "t1");
@@ -336,6 +369,12 @@ mod tests {
         assert_eq!(v["data"]["message_id"], "3EB0ABC");
     }
 
+    fn blinder() -> Blinder {
+        Blinder::from_bytes(&[5; 32])
+    }
+
+    /// The whole body, field by field, as Meta's text-message webhook
+    /// reference has it (with the 2026 business-scoped user id fields).
     #[test]
     fn cloud_api_shape() {
         let me = Me {
@@ -343,21 +382,90 @@ mod tests {
             ..Default::default()
         };
         let e = message_event("s1", "t1", &me, &dm(), 0);
-        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi)).unwrap();
-        assert_eq!(v["object"], "whatsapp_business_account");
+        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi, &blinder())).unwrap();
+        let user_id =
+            bsuid::user_id(&blinder(), "s1", &Contact::Phone("15550001111".into())).unwrap();
+        assert!(
+            user_id.starts_with("ZZ.") && user_id.len() == 42,
+            "{user_id}"
+        );
+        let expected = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{
+                "id": "t1",
+                "changes": [{
+                    "field": "messages",
+                    "value": {
+                        "messaging_product": "whatsapp",
+                        "metadata": {
+                            "display_phone_number": "15559990000",
+                            "phone_number_id": "s1",
+                        },
+                        "contacts": [{
+                            "profile": { "name": "Ada" },
+                            "wa_id": "15550001111",
+                            "user_id": user_id,
+                        }],
+                        "messages": [{
+                            "from": "15550001111",
+                            "from_user_id": user_id,
+                            "id": "3EB0ABC",
+                            "timestamp": "1790000000",
+                            "type": "text",
+                            "text": { "body": "hello" },
+                        }],
+                    },
+                }],
+            }],
+        });
+        assert_eq!(v, expected);
+    }
+
+    #[test]
+    fn cloud_api_bodies_are_ascii_like_meta_s() {
+        let mut m = dm();
+        m.content.text = Some("h\u{e9}llo \u{1f600} \u{7f}\"".into());
+        let e = message_event("s1", "t1", &Me::default(), &m, 0);
+        let body = render(&e, Format::CloudApi, &blinder());
+        assert!(body.is_ascii());
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(
+            text.contains(r#""body":"h\u00e9llo \ud83d\ude00 \u007f\"""#),
+            "{text}"
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
         let value = &v["entry"][0]["changes"][0]["value"];
-        assert_eq!(v["entry"][0]["changes"][0]["field"], "messages");
-        assert_eq!(value["messaging_product"], "whatsapp");
-        assert_eq!(value["metadata"]["display_phone_number"], "15559990000");
-        assert_eq!(value["metadata"]["phone_number_id"], "s1");
-        assert_eq!(value["contacts"][0]["wa_id"], "15550001111");
-        assert_eq!(value["contacts"][0]["profile"]["name"], "Ada");
-        let m = &value["messages"][0];
-        assert_eq!(m["from"], "15550001111");
-        assert_eq!(m["id"], "3EB0ABC");
-        assert_eq!(m["timestamp"], "1790000000");
-        assert_eq!(m["type"], "text");
-        assert_eq!(m["text"]["body"], "hello");
+        assert_eq!(
+            value["messages"][0]["text"]["body"],
+            "h\u{e9}llo \u{1f600} \u{7f}\""
+        );
+    }
+
+    #[test]
+    fn cloud_api_user_id_follows_what_is_known_of_the_sender() {
+        let mut lid_only = dm();
+        lid_only.sender = "100000011111@lid".into();
+        lid_only.sender_phone = String::new();
+        let e = message_event("s1", "t1", &Me::default(), &lid_only, 0);
+        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi, &blinder())).unwrap();
+        let value = &v["entry"][0]["changes"][0]["value"];
+        let by_lid = bsuid::user_id(&blinder(), "s1", &Contact::Lid("100000011111".into()));
+        assert_eq!(value["contacts"][0]["user_id"], json!(by_lid));
+        assert_eq!(value["messages"][0]["from_user_id"], json!(by_lid));
+        // Once the phone is known, the phone-derived id takes over.
+        let e = message_event("s1", "t1", &Me::default(), &dm(), 0);
+        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi, &blinder())).unwrap();
+        let by_phone = &v["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"];
+        assert_ne!(by_phone, &json!(by_lid));
+        // Another session, another id; the same session in another store
+        // (another index key), another id.
+        let other = message_event("s2", "t1", &Me::default(), &dm(), 0);
+        let v2: Value =
+            serde_json::from_slice(&render(&other, Format::CloudApi, &blinder())).unwrap();
+        assert_ne!(
+            &v2["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"],
+            by_phone
+        );
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
             continue;
         }
 
-        let body = render(&pending.event, endpoint.format);
+        let body = render(&pending.event, endpoint.format, inner.store.blinder());
         let unix = now.div_euclid(1000);
         let mut headers = vec![
             ("content-type", "application/json".to_string()),

@@ -1,0 +1,443 @@
+//! Sending as Meta's Graph API does, so code written for the WhatsApp Cloud
+//! API sends through whatsd after two changes: its base URL
+//! (`http://HOST:PORT/graph`) and its token (a whatsd tenant token).
+//!
+//! `POST /graph/{version}/{phone_number_id}/messages` takes Meta's request
+//! body for `type: "text"`, with the session id as the phone number id, and
+//! answers Meta's response; failures come in Meta's error shape with Meta's
+//! codes, so the libraries raise their own exceptions. The message goes out
+//! through the same path as `POST /v1/sessions/{id}/messages`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::{Principal, authenticate_parts};
+use super::error::ApiError;
+use super::sessions::{normalize_phone, send_text, visible_session};
+use crate::store::ids::hex;
+use crate::webhook::bsuid;
+
+/// Message types Meta's `/messages` takes that whatsd does not send yet.
+const OTHER_TYPES: &[&str] = &[
+    "audio",
+    "contacts",
+    "document",
+    "image",
+    "interactive",
+    "location",
+    "reaction",
+    "sticker",
+    "template",
+    "video",
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/graph/{version}/{phone_number_id}/messages", post(send))
+}
+
+/// A failure as Meta writes it:
+/// `{"error":{"message","type","code","error_subcode"?,"error_data"?,"fbtrace_id"}}`.
+/// `fbtrace_id` is random per answer and logged with the cause.
+#[derive(Debug)]
+struct GraphError {
+    status: StatusCode,
+    code: u32,
+    subcode: Option<u32>,
+    kind: &'static str,
+    message: String,
+    /// `error_data.details`, for the Cloud API's own (131xxx) codes.
+    details: Option<String>,
+    retry_after: Option<u64>,
+}
+
+impl GraphError {
+    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            subcode: None,
+            kind: "OAuthException",
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+
+    /// A Cloud API error: Meta's title in `message`, ours in the details.
+    fn cloud(status: StatusCode, code: u32, title: &str, details: impl Into<String>) -> Self {
+        Self {
+            details: Some(details.into()),
+            ..Self::new(status, code, format!("(#{code}) {title}"))
+        }
+    }
+
+    /// 131008: a required parameter is missing.
+    fn missing(details: impl Into<String>) -> Self {
+        Self::cloud(
+            StatusCode::BAD_REQUEST,
+            131_008,
+            "Required parameter is missing",
+            details,
+        )
+    }
+
+    /// 131009: a parameter has a value whatsd cannot use.
+    fn invalid(details: impl Into<String>) -> Self {
+        Self::cloud(
+            StatusCode::BAD_REQUEST,
+            131_009,
+            "Parameter value is not valid",
+            details,
+        )
+    }
+
+    /// What Meta answers for a phone number id that does not exist or is
+    /// not the caller's: the same words for both, so nothing leaks.
+    fn unknown_object(id: &str) -> Self {
+        Self {
+            subcode: Some(33),
+            kind: "GraphMethodException",
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                100,
+                format!(
+                    "Unsupported post request. Object with ID '{id}' does not exist, cannot be \
+                     loaded due to missing permissions, or does not support this operation"
+                ),
+            )
+        }
+    }
+
+    /// Maps an error of the shared send path (or of authentication).
+    fn from_api(err: ApiError, phone_number_id: &str) -> Self {
+        let status = err.status;
+        match err.code {
+            "unauthorized" => Self::new(
+                StatusCode::UNAUTHORIZED,
+                190,
+                format!("Invalid OAuth access token: {}", err.message),
+            ),
+            "too_many_auth_failures" => Self {
+                retry_after: err.retry_after,
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    4,
+                    "(#4) Application request limit reached: too many failed authentications",
+                )
+            },
+            "not_found" | "invalid_id" => Self::unknown_object(phone_number_id),
+            "invalid_body" | "invalid_phone" | "bad_request" => Self::invalid(err.message),
+            "not_connected" | "timeout" | "shutting_down" => Self::cloud(
+                StatusCode::SERVICE_UNAVAILABLE,
+                131_016,
+                "Service unavailable",
+                err.message,
+            ),
+            "send_failed" => Self::cloud(
+                StatusCode::BAD_GATEWAY,
+                131_000,
+                "Something went wrong",
+                err.message,
+            ),
+            _ => Self::cloud(
+                if status.is_server_error() {
+                    status
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                },
+                131_000,
+                "Something went wrong",
+                err.message,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for GraphError {
+    fn into_response(self) -> Response {
+        let mut bytes = [0u8; 12];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        let trace = hex(&bytes);
+        tracing::debug!(
+            fbtrace_id = %trace,
+            code = self.code,
+            status = self.status.as_u16(),
+            message = %self.message,
+            "graph API request refused"
+        );
+        let mut error = json!({
+            "message": self.message,
+            "type": self.kind,
+            "code": self.code,
+            "fbtrace_id": trace,
+        });
+        if let Some(subcode) = self.subcode {
+            error["error_subcode"] = json!(subcode);
+        }
+        if let Some(details) = self.details {
+            error["error_data"] = json!({ "messaging_product": "whatsapp", "details": details });
+        }
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `v` and a dotted number, as Meta writes its versions (`v23.0`). whatsd
+/// answers every version the same way.
+fn valid_version(version: &str) -> bool {
+    let Some((major, minor)) = version.strip_prefix('v').and_then(|v| v.split_once('.')) else {
+        return false;
+    };
+    [major, minor]
+        .iter()
+        .all(|n| (1..=3).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Who a request sends to: what the caller wrote, and the address the
+/// session's send path takes.
+struct Recipient {
+    input: String,
+    address: String,
+    /// `wa_id` (a phone number) or `user_id` (a BSUID) in the answer.
+    answer_key: &'static str,
+    answer_value: String,
+}
+
+/// The text request, checked field by field as Meta documents it.
+fn parse_body(
+    state: &AppState,
+    session: &str,
+    body: &[u8],
+) -> Result<(Recipient, String), GraphError> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| {
+        GraphError::new(
+            StatusCode::BAD_REQUEST,
+            100,
+            format!("(#100) The request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(body) = body.as_object() else {
+        return Err(GraphError::invalid(
+            "the request body must be a JSON object",
+        ));
+    };
+    match body.get("messaging_product") {
+        None => return Err(GraphError::missing("messaging_product is required")),
+        Some(Value::String(p)) if p.eq_ignore_ascii_case("whatsapp") => {}
+        Some(other) => {
+            return Err(GraphError::invalid(format!(
+                "messaging_product must be \"whatsapp\", not {other}"
+            )));
+        }
+    }
+    match body.get("recipient_type") {
+        None => {}
+        Some(Value::String(t)) if t == "individual" => {}
+        Some(other) => {
+            return Err(GraphError::invalid(format!(
+                "recipient_type {other} is not supported by whatsd yet; only \"individual\""
+            )));
+        }
+    }
+    let kind = match body.get("type") {
+        None => "text",
+        Some(Value::String(t)) => t.as_str(),
+        Some(other) => {
+            return Err(GraphError::invalid(format!(
+                "type must be a string, not {other}"
+            )));
+        }
+    };
+    if kind != "text" {
+        if OTHER_TYPES.contains(&kind) {
+            return Err(GraphError::cloud(
+                StatusCode::BAD_REQUEST,
+                131_051,
+                "Unsupported message type",
+                format!("whatsd does not send {kind} messages yet; only text"),
+            ));
+        }
+        return Err(GraphError::invalid(format!(
+            "type {kind:?} is not a message type; whatsd sends \"text\""
+        )));
+    }
+    for unsupported in ["context", "recipient_identity_key_hash"] {
+        if body.get(unsupported).is_some_and(|v| !v.is_null()) {
+            return Err(GraphError::invalid(format!(
+                "{unsupported} is not supported by whatsd yet"
+            )));
+        }
+    }
+    let text = match body.get("text") {
+        None | Some(Value::Null) => {
+            return Err(GraphError::missing("text is required for type text"));
+        }
+        Some(Value::Object(text)) => text,
+        Some(other) => {
+            return Err(GraphError::invalid(format!(
+                "text must be an object, not {other}"
+            )));
+        }
+    };
+    let text_body = match text.get("body") {
+        None | Some(Value::Null) => return Err(GraphError::missing("text.body is required")),
+        Some(Value::String(b)) if b.is_empty() => {
+            return Err(GraphError::invalid("text.body must not be empty"));
+        }
+        Some(Value::String(b)) => b.clone(),
+        Some(other) => {
+            return Err(GraphError::invalid(format!(
+                "text.body must be a string, not {other}"
+            )));
+        }
+    };
+    if let Some(preview) = text.get("preview_url")
+        && !preview.is_boolean()
+    {
+        return Err(GraphError::invalid(
+            "text.preview_url must be true or false",
+        ));
+    }
+    let recipient = recipient(state, session, body)?;
+    Ok((recipient, text_body))
+}
+
+/// `to` (a phone number) or `recipient` (a BSUID this session gave out).
+fn recipient(
+    state: &AppState,
+    session: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Result<Recipient, GraphError> {
+    let field = |name: &str| match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
+        Some(other) => Err(GraphError::invalid(format!(
+            "{name} must be a string, not {other}"
+        ))),
+    };
+    match (field("to")?, field("recipient")?) {
+        (None, None) => Err(GraphError::missing(
+            "to (a phone number) or recipient (a user id) is required",
+        )),
+        (Some(_), Some(_)) => Err(GraphError::invalid("give to or recipient, not both")),
+        (Some(to), None) => {
+            let address = if to.contains('@') {
+                to.clone()
+            } else {
+                normalize_phone(&to).map_err(|e| GraphError::invalid(e.message))?
+            };
+            let wa_id = address.split('@').next().unwrap_or_default().to_string();
+            Ok(Recipient {
+                input: to,
+                address,
+                answer_key: "wa_id",
+                answer_value: wa_id,
+            })
+        }
+        (None, Some(user_id)) => {
+            let Some(contact) = bsuid::contact(state.store.blinder(), session, &user_id) else {
+                return Err(GraphError::invalid(format!(
+                    "recipient {user_id:?} is not a user id this phone number id gave out"
+                )));
+            };
+            Ok(Recipient {
+                input: user_id.clone(),
+                address: contact.address(),
+                answer_key: "user_id",
+                answer_value: user_id,
+            })
+        }
+    }
+}
+
+/// `POST /graph/{version}/{phone_number_id}/messages`.
+async fn send(State(state): State<AppState>, request: Request) -> Response {
+    match sent(&state, request).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn sent(state: &AppState, request: Request) -> Result<Value, GraphError> {
+    let (mut parts, body) = request.into_parts();
+    let principal: Principal =
+        authenticate_parts(state, &parts).map_err(|e| GraphError::from_api(e, ""))?;
+    let Path((version, id)) = Path::<(String, String)>::from_request_parts(&mut parts, state)
+        .await
+        .map_err(|e| GraphError::invalid(e.body_text()))?;
+    if !valid_version(&version) {
+        return Err(GraphError::new(
+            StatusCode::BAD_REQUEST,
+            2500,
+            format!("Unknown path components: /{version}/{id}/messages (versions look like v23.0)"),
+        ));
+    }
+    visible_session(state, &principal, &id)
+        .await
+        .map_err(|e| GraphError::from_api(e, &id))?;
+    let request = Request::from_parts(parts, body);
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                GraphError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    ..GraphError::invalid("the request body is larger than the limit")
+                }
+            } else {
+                GraphError::invalid(rejection.body_text())
+            }
+        })?;
+    let (to, text) = parse_body(state, &id, &bytes)?;
+    let message_id = send_text(state, &principal, &id, &to.address, &text)
+        .await
+        .map_err(|e| GraphError::from_api(e, &id))?;
+    Ok(json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{ "input": to.input, to.answer_key: to.answer_value }],
+        "messages": [{ "id": message_id }],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_as_meta_writes_them() {
+        for ok in ["v21.0", "v23.0", "v1.0", "v100.10"] {
+            assert!(valid_version(ok), "{ok}");
+        }
+        for bad in [
+            "", "v", "21.0", "v21", "v21.", "v.0", "vx.0", "v1.0.0", "v1234.0",
+        ] {
+            assert!(!valid_version(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_have_meta_shape() {
+        let response = GraphError::unknown_object("shop-1").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let missing = GraphError::missing("text.body is required");
+        assert_eq!(missing.code, 131_008);
+        assert_eq!(missing.message, "(#131008) Required parameter is missing");
+    }
+}
