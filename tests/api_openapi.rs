@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{ADMIN, Daemon, request};
+use common::{ADMIN, Daemon, Options, request};
 use serde_json::Value;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
@@ -145,7 +145,17 @@ fn check_structure(doc: &Value) {
 async fn the_openapi_document_matches_the_routes() {
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    // A demo build serves only with --demo (its embedded fake then replaces
+    // this one).
+    let options = Options {
+        args: if cfg!(feature = "demo") {
+            vec!["--demo".into()]
+        } else {
+            Vec::new()
+        },
+        ..Options::default()
+    };
+    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
     let r = daemon.get("/v1/openapi.json", None).await;
     assert_eq!(r.status, 200);
     let doc = r.json();

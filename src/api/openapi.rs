@@ -29,7 +29,7 @@ use crate::session::SessionInfo;
 #[openapi(
     info(
         title = "whatsd",
-        description = "Self-hosted WhatsApp multi-device session daemon. Every route except /healthz, /readyz and this document needs `Authorization: Bearer <token>`: the admin token, or a tenant token (scoped to that tenant's sessions). Errors are always `{\"error\":{\"code\",\"message\"}}`."
+        description = "Self-hosted WhatsApp multi-device session daemon. Every route except /healthz, /readyz, this document and the admin page (/, /admin) needs `Authorization: Bearer <token>`: the admin token, or a tenant token (scoped to that tenant's sessions). Errors are always `{\"error\":{\"code\",\"message\"}}`."
     ),
     components(schemas(ErrorBody)),
     modifiers(&Bearer),
