@@ -39,7 +39,17 @@ if [[ ${1:-} != --in-namespace ]]; then
   exec unshare --net --map-root-user "$0" --in-namespace
 fi
 
-ip link set lo up
+# Loopback up: with iproute2 if the machine has it, else by ioctl.
+if command -v ip >/dev/null; then
+  ip link set lo up
+else
+  python3 -c '
+import fcntl, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))'
+fi
+command -v curl >/dev/null || { echo "FAIL: needs curl" >&2; exit 1; }
 # The daemon reads every WHATSD_* variable as configuration.
 bin=$WHATSD_BIN
 unset WHATSD_BIN
@@ -120,6 +130,13 @@ values = ["main"]
 # - tenant_put, session_put: the url must parse as a WHATWG URL with a host
 #   (422 invalid_webhook); the schema says "http(s)://" and a host-ish
 #   start, the parser's full grammar does not fit a pattern.
+# use_after_free is off for the two dead-letter collections: DELETE there
+# purges the letters, not the collection, which rightly answers 200 (an
+# empty list) afterwards.
+[[operations]]
+include-path-regex = "/webhooks/dead-letters\$"
+checks.use_after_free.enabled = false
+
 [[operations]]
 include-operation-id = "create_session"
 checks.positive_data_acceptance.expected-statuses = $accepted
