@@ -3,10 +3,10 @@
 //! CDN in front. The page talks to the REST API and the event WebSocket
 //! like any other client; it holds the token in `sessionStorage` only.
 
-use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
@@ -21,12 +21,12 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      form-action 'none'; frame-ancestors 'none'";
 
 /// The page at `/` and `/admin`, and its assets under `/admin/`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/admin", get(index))
-        .route("/admin/app.js", get(script))
-        .route("/admin/app.css", get(stylesheet))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(admin))
+        .routes(routes!(script))
+        .routes(routes!(stylesheet))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -45,14 +45,28 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     (headers, body).into_response()
 }
 
+/// The admin page (it asks for a token itself).
+#[utoipa::path(get, path = "/", tag = "admin page", security(()),
+    responses((status = 200, description = "the page", content_type = "text/html", body = String)))]
 async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
+/// The admin page, as at `/`.
+#[utoipa::path(get, path = "/admin", tag = "admin page", security(()),
+    responses((status = 200, description = "the page", content_type = "text/html", body = String)))]
+async fn admin() -> Response {
+    index().await
+}
+
+#[utoipa::path(get, path = "/admin/app.js", tag = "admin page", security(()),
+    responses((status = 200, description = "the page's script", content_type = "text/javascript", body = String)))]
 async fn script() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
+#[utoipa::path(get, path = "/admin/app.css", tag = "admin page", security(()),
+    responses((status = 200, description = "the page's stylesheet", content_type = "text/css", body = String)))]
 async fn stylesheet() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
 }

@@ -7,18 +7,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiJsonOrEmpty, ApiPath};
-use super::sessions::{MAX_TEXT_BYTES, no_qr, normalize_phone, visible_session};
+use super::openapi::{ErrorBody, SessionPath};
+use super::sessions::{MAX_TEXT_CHARS, no_qr, normalize_phone, visible_session};
 use crate::demo::{Demo, DemoError};
 use crate::session::SessionState;
 
@@ -29,11 +31,11 @@ const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// The contact demo messages come from when the request names none.
 const DEMO_CONTACT: &str = "15557654321";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/demo", get(info))
-        .route("/demo/sessions/{id}/scan", post(scan))
-        .route("/demo/sessions/{id}/messages", post(message))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(info))
+        .routes(routes!(scan))
+        .routes(routes!(message))
 }
 
 fn demo(state: &AppState) -> Result<&Arc<Demo>, ApiError> {
@@ -56,31 +58,70 @@ fn refused(e: DemoError) -> ApiError {
     )
 }
 
-/// `GET /v1/demo`: 200 in demo mode (the admin page shows its demo buttons).
-async fn info(State(state): State<AppState>, _: Principal) -> Result<Json<Value>, ApiError> {
-    let demo = demo(&state)?;
-    Ok(Json(json!({
-        "demo": true,
-        "control_url": demo.control_url(),
-        "default_contact": DEMO_CONTACT,
-    })))
+#[derive(Serialize, ToSchema)]
+struct DemoInfo {
+    demo: bool,
+    /// The embedded fake WhatsApp server's control API.
+    control_url: String,
+    /// The contact demo messages come from by default.
+    default_contact: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `GET /v1/demo`: 200 in demo mode (the admin page shows its demo buttons).
+#[utoipa::path(get, path = "/demo", tag = "demo",
+    responses(
+        (status = 200, description = "the daemon runs with `--demo`", body = DemoInfo),
+        (status = 404, description = "`demo_off`: the daemon runs without `--demo`", body = ErrorBody),
+    ))]
+async fn info(State(state): State<AppState>, _: Principal) -> Result<Json<DemoInfo>, ApiError> {
+    let demo = demo(&state)?;
+    Ok(Json(DemoInfo {
+        demo: true,
+        control_url: demo.control_url(),
+        default_contact: DEMO_CONTACT.to_string(),
+    }))
+}
+
+/// `null` for a field means the same as leaving it out.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScanRequest {
     /// The fake phone's number; one derived from the session id by default.
+    #[schema(pattern = r"^[ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}$")]
     phone: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct Scanned {
+    phone: String,
+    jid: String,
+    lid: Option<String>,
+    /// Where the session ended up (`connected` unless it failed).
+    state: SessionState,
+}
+
+const DEMO_REFUSED: &str = "`demo_phone_refused`: the fake phone refused";
+
 /// `POST /v1/demo/sessions/{id}/scan`: the fake phone scans the QR the
-/// session shows now.
+/// session shows now, and answers once the session is connected (or has
+/// stopped trying).
+#[utoipa::path(post, path = "/demo/sessions/{id}/scan", tag = "demo",
+    params(SessionPath),
+    request_body(content = Option<ScanRequest>, description = "optional"),
+    responses(
+        (status = 200, description = "paired", body = Scanned),
+        (status = 404, description = "`demo_off`; `not_found`: no such session; no live QR: `qr_pending`, `already_paired`, `pairing_by_code`, `not_started`", body = ErrorBody),
+        (status = 409, description = DEMO_REFUSED, body = ErrorBody),
+        (status = 422, description = "`invalid_phone`, or the fake phone refused the request", body = ErrorBody),
+        (status = 502, description = DEMO_REFUSED, body = ErrorBody),
+        (status = 503, description = "`timeout`: no QR or no connection in time", body = ErrorBody),
+    ))]
 async fn scan(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
     ApiJsonOrEmpty(req): ApiJsonOrEmpty<ScanRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Scanned>, ApiError> {
     let demo = demo(&state)?;
     visible_session(&state, &principal, &id).await?;
     let phone = match req.phone.as_deref() {
@@ -106,36 +147,58 @@ async fn scan(
             )
         })
         .await?;
-    Ok(Json(json!({
-        "phone": paired.phone,
-        "jid": paired.jid,
-        "lid": paired.lid,
-        "state": info.state,
-    })))
+    Ok(Json(Scanned {
+        phone: paired.phone,
+        jid: paired.jid,
+        lid: paired.lid,
+        state: info.state,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MessageRequest {
+    #[schema(min_length = 1, max_length = 65536)]
     text: String,
-    /// The contact's number (default 15557654321).
+    /// The contact's number (default 15557654321); `null` means the default.
+    #[schema(pattern = r"^[ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}$")]
     from: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct DemoSent {
+    /// The message id.
+    id: String,
+    /// The session's phone.
+    to: String,
+    /// The contact's phone.
+    from: String,
 }
 
 /// `POST /v1/demo/sessions/{id}/messages`: a fake contact sends the
 /// session's phone a text, which arrives like any WhatsApp message.
+#[utoipa::path(post, path = "/demo/sessions/{id}/messages", tag = "demo",
+    params(SessionPath),
+    request_body = MessageRequest,
+    responses(
+        (status = 200, description = "sent to the session", body = DemoSent),
+        (status = 404, description = "`demo_off`; `not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "`not_paired`: the session has no phone yet; or the fake phone refused", body = ErrorBody),
+        (status = 422, description = "`invalid_body`, `invalid_phone`; or the fake phone refused the request", body = ErrorBody),
+        (status = 502, description = DEMO_REFUSED, body = ErrorBody),
+    ))]
 async fn message(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<MessageRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DemoSent>, ApiError> {
     let demo = demo(&state)?;
     let info = visible_session(&state, &principal, &id).await?;
-    if req.text.is_empty() || req.text.len() > MAX_TEXT_BYTES {
+    if req.text.is_empty() || req.text.chars().count() > MAX_TEXT_CHARS {
         return Err(ApiError::unprocessable(
             "invalid_body",
-            format!("text must be 1 to {MAX_TEXT_BYTES} bytes"),
+            format!("text must be 1 to {MAX_TEXT_CHARS} characters"),
         ));
     }
     if info.phone.is_empty() {
@@ -150,9 +213,11 @@ async fn message(
         None => DEMO_CONTACT.to_string(),
     };
     let message_id = demo.send(&info.phone, &from, &req.text).map_err(refused)?;
-    Ok(Json(
-        json!({ "id": message_id, "to": info.phone, "from": from }),
-    ))
+    Ok(Json(DemoSent {
+        id: message_id,
+        to: info.phone,
+        from,
+    }))
 }
 
 /// A stable fake number per session id (`1555` and seven digits), so two

@@ -105,6 +105,9 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::PairCode { reason, .. } if reason.contains("rate") => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            SupervisorError::PairCode { reason, .. } if reason == "code_outstanding" => {
+                StatusCode::CONFLICT
+            }
             SupervisorError::PairCode { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             SupervisorError::BadRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             SupervisorError::Send(_) => StatusCode::BAD_GATEWAY,

@@ -8,13 +8,14 @@
 //! codes, so the libraries raise their own exceptions. The message goes out
 //! through the same path as `POST /v1/sessions/{id}/messages`.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::{Principal, authenticate_parts};
@@ -37,8 +38,76 @@ const OTHER_TYPES: &[&str] = &[
     "video",
 ];
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/graph/{version}/{phone_number_id}/messages", post(send))
+/// The Graph routes, documented (merged beside `/v1`, not under it).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(send))
+}
+
+/// `/graph/{version}/{phone_number_id}/messages`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documentation only: the handler reads the path itself
+struct GraphPath {
+    /// Graph API version as Meta writes it; every version is answered alike.
+    #[param(pattern = r"^v[0-9]{1,3}\.[0-9]{1,3}$", example = "v23.0")]
+    version: String,
+    /// The whatsd session id.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
+    phone_number_id: String,
+}
+
+/// Meta's `/messages` request for `type: "text"` (other types are refused
+/// with code 131051 until whatsd sends them).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only: the body is checked by `parse_body`
+struct GraphTextRequest {
+    /// `whatsapp`.
+    #[schema(pattern = "^whatsapp$")]
+    messaging_product: String,
+    /// `individual` (the default); groups are refused.
+    #[schema(nullable = false)]
+    recipient_type: Option<String>,
+    /// The recipient's phone number; this or `recipient`.
+    #[schema(nullable = false)]
+    to: Option<String>,
+    /// The recipient's business-scoped user id (`ZZ.` and 39 digits, as the
+    /// `cloud_api` webhooks carry it); this or `to`.
+    #[schema(nullable = false)]
+    recipient: Option<String>,
+    /// `text`.
+    #[schema(rename = "type", nullable = false)]
+    kind: Option<String>,
+    text: GraphText,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct GraphText {
+    /// 1 to 65,536 characters (Meta: 4,096).
+    #[schema(min_length = 1, max_length = 65536)]
+    body: String,
+    #[schema(nullable = false)]
+    preview_url: Option<bool>,
+}
+
+/// Meta's answer to a send.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct GraphSent {
+    /// `whatsapp`.
+    messaging_product: String,
+    /// `{input, wa_id}`, or `{input, user_id}` when sent to a user id.
+    contacts: Vec<Value>,
+    /// `[{id}]`: the WhatsApp message id.
+    messages: Vec<Value>,
+}
+
+/// A failure as Meta writes it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct GraphErrorBody {
+    /// `{message, type, code, error_subcode?, error_data?, fbtrace_id}`.
+    error: Value,
 }
 
 /// A failure as Meta writes it:
@@ -368,6 +437,19 @@ fn recipient(
 }
 
 /// `POST /graph/{version}/{phone_number_id}/messages`.
+#[utoipa::path(post, path = "/graph/{version}/{phone_number_id}/messages", tag = "graph",
+    params(GraphPath),
+    request_body = GraphTextRequest,
+    responses(
+        (status = 200, description = "sent", body = GraphSent),
+        (status = 400, description = "Meta codes 100 (bad or unknown parameter, unknown phone number id: subcode 33), 2500 (bad version), 131008 (required parameter missing), 131009 (parameter value not valid), 131051 (message type not supported yet)", body = GraphErrorBody),
+        (status = 401, description = "code 190: no valid bearer token", body = GraphErrorBody),
+        (status = 413, description = "code 100: the body is larger than `api.body_limit`", body = GraphErrorBody),
+        (status = 429, description = "code 4: too many failed authentications from this address", body = GraphErrorBody),
+        (status = 500, description = "code 131000: something went wrong", body = GraphErrorBody),
+        (status = 502, description = "code 131000: WhatsApp did not take the message", body = GraphErrorBody),
+        (status = 503, description = "code 131016: the session is not connected, or the daemon is stopping; whatsd's `timeout` error when the request outlives `api.request_timeout`", body = GraphErrorBody),
+    ))]
 async fn send(State(state): State<AppState>, request: Request) -> Response {
     match sent(&state, request).await {
         Ok(body) => axum::Json(body).into_response(),

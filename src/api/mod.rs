@@ -30,8 +30,10 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::auth::Auth;
 use self::error::ApiError;
@@ -98,87 +100,73 @@ impl AppState {
     }
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/sessions", get(sessions::list).post(sessions::create))
-        .route(
-            "/sessions/{id}",
-            get(sessions::show)
-                .patch(sessions::update)
-                .delete(sessions::delete),
-        )
-        .route("/sessions/{id}/start", post(sessions::start))
-        .route("/sessions/{id}/stop", post(sessions::stop))
-        .route("/sessions/{id}/reset", post(sessions::reset))
-        .route("/sessions/{id}/logout", post(sessions::logout))
-        .route("/sessions/{id}/qr", get(sessions::qr))
-        .route("/sessions/{id}/pair-code", post(sessions::pair_code))
-        .route("/sessions/{id}/messages", post(sessions::send_message))
-        .route("/phones/{phone}", get(sessions::phone_sessions))
-        .route("/tenants", get(tenants::list).post(tenants::create))
-        .route("/tenants/{id}", get(tenants::show).delete(tenants::delete))
-        .route("/tenants/{id}/token", post(tenants::rotate_token))
-        .route("/tenants/{id}/webhooks", get(webhooks::tenant_list))
-        .route(
-            "/tenants/{id}/webhooks/status",
-            get(webhooks::tenant_status),
-        )
-        .route(
-            "/tenants/{id}/webhooks/dead-letters",
-            get(webhooks::dead_list).delete(webhooks::dead_purge),
-        )
-        .route(
-            "/tenants/{id}/webhooks/dead-letters/redeliver",
-            post(webhooks::dead_redeliver_all),
-        )
-        .route(
-            "/tenants/{id}/webhooks/dead-letters/{dead}",
-            delete(webhooks::dead_delete),
-        )
-        .route(
-            "/tenants/{id}/webhooks/dead-letters/{dead}/redeliver",
-            post(webhooks::dead_redeliver),
-        )
-        .route(
-            "/tenants/{id}/webhooks/{name}",
-            get(webhooks::tenant_show)
-                .put(webhooks::tenant_put)
-                .delete(webhooks::tenant_delete),
-        )
-        .route("/sessions/{id}/webhooks", get(webhooks::session_list))
-        .route(
-            "/sessions/{id}/webhooks/{name}",
-            get(webhooks::session_show)
-                .put(webhooks::session_put)
-                .delete(webhooks::session_delete),
-        )
-        .route(
-            "/webhooks/dead-letters",
-            get(webhooks::admin_dead_list).delete(webhooks::admin_dead_purge),
-        )
-        .route(
-            "/webhooks/dead-letters/{dead}",
-            delete(webhooks::admin_dead_delete),
-        )
-        .route(
-            "/webhooks/dead-letters/{dead}/redeliver",
-            post(webhooks::admin_dead_redeliver),
-        )
-        .route("/ws-tickets", post(tenants::ws_ticket))
-        .route("/events", get(ws::events))
-        .route("/admin/backup", post(operations::backup))
-        .route("/openapi.json", get(openapi_document));
+/// Every documented route: the REST API under `/v1`, health, metrics and
+/// the admin page. Each handler carries its `#[utoipa::path]`, and
+/// `routes!()` takes the method and path from it, so nothing is served that
+/// [`openapi::document`] does not describe.
+///
+/// Another module adds its routes the same way: a `pub fn routes() ->
+/// OpenApiRouter<AppState>` built with `routes!()` over annotated handlers,
+/// merged below (`.merge(graph::routes())`); its paths are documented from
+/// its annotations, its schemas collected from their `body = …` types.
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(sessions::list, sessions::create))
+        .routes(routes!(sessions::show, sessions::update, sessions::delete))
+        .routes(routes!(sessions::start))
+        .routes(routes!(sessions::stop))
+        .routes(routes!(sessions::reset))
+        .routes(routes!(sessions::logout))
+        .routes(routes!(sessions::qr))
+        .routes(routes!(sessions::pair_code))
+        .routes(routes!(sessions::send_message))
+        .routes(routes!(sessions::phone_sessions))
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::show, tenants::delete))
+        .routes(routes!(tenants::rotate_token))
+        .routes(routes!(webhooks::tenant_list))
+        .routes(routes!(webhooks::tenant_status))
+        .routes(routes!(webhooks::dead_list, webhooks::dead_purge))
+        .routes(routes!(webhooks::dead_redeliver_all))
+        .routes(routes!(webhooks::dead_delete))
+        .routes(routes!(webhooks::dead_redeliver))
+        .routes(routes!(
+            webhooks::tenant_show,
+            webhooks::tenant_put,
+            webhooks::tenant_delete
+        ))
+        .routes(routes!(webhooks::session_list))
+        .routes(routes!(
+            webhooks::session_show,
+            webhooks::session_put,
+            webhooks::session_delete
+        ))
+        .routes(routes!(
+            webhooks::admin_dead_list,
+            webhooks::admin_dead_purge
+        ))
+        .routes(routes!(webhooks::admin_dead_delete))
+        .routes(routes!(webhooks::admin_dead_redeliver))
+        .routes(routes!(tenants::ws_ticket))
+        .routes(routes!(ws::events))
+        .routes(routes!(operations::backup))
+        .routes(routes!(openapi_document));
     #[cfg(feature = "demo")]
     let v1 = v1.merge(demo::routes());
-    let body_limit = usize::try_from(state.config.api.body_limit).unwrap_or(usize::MAX);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(operations::metrics))
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(operations::metrics))
         .nest("/v1", v1)
         .merge(admin::routes())
         .merge(graph::routes())
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let (routes, _) = api().split_for_parts();
+    let body_limit = usize::try_from(state.config.api.body_limit).unwrap_or(usize::MAX);
+    routes
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -220,6 +208,9 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "up", body = openapi::Status)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -230,6 +221,11 @@ const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// `GET /readyz`: ready while the store answers through its real path (the
 /// gate and sled, see [`Store::probe`]), the supervisor runs and the daemon
 /// is not stopping.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "ready", body = openapi::Status),
+        (status = 503, description = "`not_ready`: the store does not answer, the supervisor is not running, or the daemon is shutting down", body = openapi::ErrorBody),
+    ))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let store_ok = match state.store.probe(READY_PROBE_TIMEOUT).await {
         Ok(()) => true,
@@ -254,7 +250,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn openapi_document() -> Json<serde_json::Value> {
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = serde_json::Value)))]
+async fn openapi_document() -> Json<&'static serde_json::Value> {
     Json(openapi::document())
 }
 

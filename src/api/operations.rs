@@ -7,8 +7,14 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 
-/// `GET /metrics`: the Prometheus text exposition.
+/// `GET /metrics`: the Prometheus text exposition (admin).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "the metrics, text exposition format 0.0.4", content_type = "text/plain", body = String),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+    ))]
 pub async fn metrics(
     State(state): State<AppState>,
     principal: Principal,
@@ -27,6 +33,11 @@ pub async fn metrics(
 
 /// `POST /v1/admin/backup`: a consistent copy of the whole store, values
 /// still sealed with the master key (which is not included).
+#[utoipa::path(post, path = "/admin/backup", tag = "operations",
+    responses(
+        (status = 200, description = "the backup file (`whatsd store restore --in`)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+    ))]
 pub async fn backup(
     State(state): State<AppState>,
     principal: Principal,

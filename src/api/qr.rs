@@ -12,10 +12,12 @@ const PNG_SCALE: usize = 8;
 const QUIET_ZONE: usize = 4;
 
 /// A QR code as the API shows it. Holds a credential: never log it.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct QrView {
+    /// A credential: whoever sees it can link a device.
     pub code: String,
     /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     pub expires_at: String,
     pub expires_at_ms: i64,
     pub index: u32,

@@ -4,8 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::Principal;
@@ -13,54 +14,74 @@ use super::error::ApiError;
 use super::extract::{
     ApiJson, ApiJsonOrEmpty, ApiPath, ApiQuery, body_session_id, check_id, path_session_id,
 };
+use super::openapi::{
+    ErrorBody, PairCode, PhonePath, PhoneSessions, Sent, SessionList, SessionPath,
+};
 use super::qr::{QrView, render_png, rfc3339_ms};
 use crate::session::{SessionInfo, SessionState};
 
 /// The tenant sessions belong to when the admin names none.
 pub const DEFAULT_TENANT: &str = "default";
 
-#[derive(Debug, Default, Deserialize)]
+/// `null` for a field means the same as leaving it out.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
+    /// Generated when absent.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub id: Option<String>,
+    /// An existing tenant; default `default` (admin) or the caller's own tenant.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub tenant: Option<String>,
     /// Start right away (default `true`).
     pub start: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only sessions in this state.
+    #[param(value_type = Option<SessionState>)]
     pub state: Option<String>,
+    /// Only this tenant's sessions.
     pub tenant: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairCodeRequest {
+    /// International number, country code first: 7 to 15 digits; an
+    /// optional leading `+`, spaces and dashes are ignored.
+    #[schema(pattern = r"^[ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}$")]
     pub phone: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendText {
+    /// A phone number (as in `pair-code`) or a JID (`user@server`, e.g.
+    /// `15551234567@s.whatsapp.net`, `120363…@g.us`).
+    #[schema(
+        pattern = r"^([ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}|[0-9A-Za-z._:-]{1,64}@[0-9A-Za-z.-]{1,63})$"
+    )]
     pub to: String,
+    #[schema(min_length = 1, max_length = 65536)]
     pub text: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct QrQuery {
+    /// `json` (default), `svg` or `png`.
+    #[param(pattern = "^(json|svg|png)$")]
     pub format: Option<String>,
 }
 
-#[derive(Serialize)]
-struct SessionList {
-    sessions: Vec<SessionInfo>,
-}
-
-/// Longest text message accepted (WhatsApp's own limit is about 65 536 chars).
-pub(crate) const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Longest text message accepted, in characters (WhatsApp's own limit is
+/// about 65 536).
+pub(crate) const MAX_TEXT_CHARS: usize = 64 * 1024;
 
 /// The session, if the caller may see it; 404 otherwise (whether it
 /// exists or belongs to someone else is not revealed).
@@ -78,6 +99,15 @@ pub async fn visible_session(
     }
 }
 
+/// Create a session.
+#[utoipa::path(post, path = "/sessions", tag = "sessions", operation_id = "create_session",
+    request_body(content = Option<CreateSession>, description = "optional: an empty body creates a session with a generated id"),
+    responses(
+        (status = 201, description = "created", body = SessionInfo),
+        (status = 403, description = "`forbidden`: a tenant token named another tenant; `quota_exceeded`: the tenant holds `sessions.max_per_tenant` sessions", body = ErrorBody),
+        (status = 409, description = "`already_exists`: a session with that id exists", body = ErrorBody),
+        (status = 422, description = "`invalid_id`, `invalid_tenant`, `unknown_tenant`, or the body does not fit", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -114,6 +144,13 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
+/// List the sessions the caller may see.
+#[utoipa::path(get, path = "/sessions", tag = "sessions", operation_id = "list_sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "sessions", body = SessionList),
+        (status = 403, description = "a tenant token asked for another tenant", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -145,9 +182,16 @@ pub async fn list(
         .filter(|s| query.tenant.as_ref().is_none_or(|t| &s.tenant == t))
         .filter(|s| wanted_state.is_none_or(|w| s.state == w))
         .collect();
-    Ok(Json(json!(SessionList { sessions })))
+    Ok(Json(json!({ "sessions": sessions })))
 }
 
+/// Show a session.
+#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", operation_id = "show_session",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "the session", body = SessionInfo),
+        (status = 404, description = "`not_found`: no such session (or another tenant's)", body = ErrorBody),
+    ))]
 pub async fn show(
     State(state): State<AppState>,
     principal: Principal,
@@ -156,6 +200,14 @@ pub async fn show(
     visible_session(&state, &principal, &id).await.map(Json)
 }
 
+/// Start a session.
+#[utoipa::path(post, path = "/sessions/{id}/start", tag = "sessions",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "the session afterwards", body = SessionInfo),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: not possible in the session's state", body = ErrorBody),
+    ))]
 pub async fn start(
     State(state): State<AppState>,
     principal: Principal,
@@ -165,6 +217,14 @@ pub async fn start(
     Ok(Json(state.supervisor.start_session(&id).await?))
 }
 
+/// Stop a session.
+#[utoipa::path(post, path = "/sessions/{id}/stop", tag = "sessions",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "the session afterwards", body = SessionInfo),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: not possible in the session's state", body = ErrorBody),
+    ))]
 pub async fn stop(
     State(state): State<AppState>,
     principal: Principal,
@@ -174,6 +234,14 @@ pub async fn stop(
     Ok(Json(state.supervisor.stop(&id).await?))
 }
 
+/// Wipe the session's keys; it pairs again when started.
+#[utoipa::path(post, path = "/sessions/{id}/reset", tag = "sessions",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "the session afterwards", body = SessionInfo),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: not possible in the session's state", body = ErrorBody),
+    ))]
 pub async fn reset(
     State(state): State<AppState>,
     principal: Principal,
@@ -183,6 +251,14 @@ pub async fn reset(
     Ok(Json(state.supervisor.reset(&id).await?))
 }
 
+/// Unlink the device from the phone.
+#[utoipa::path(post, path = "/sessions/{id}/logout", tag = "sessions",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "the session afterwards", body = SessionInfo),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: not possible in the session's state", body = ErrorBody),
+    ))]
 pub async fn logout(
     State(state): State<AppState>,
     principal: Principal,
@@ -192,10 +268,11 @@ pub async fn logout(
     Ok(Json(state.supervisor.logout(&id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSession {
-    /// Move the session to this tenant (admin only).
+    /// Move the session to this tenant (admin only); it must exist.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub tenant: String,
 }
 
@@ -204,6 +281,16 @@ pub struct UpdateSession {
 /// session's events and messages reach only the new tenant's endpoints and
 /// sockets; its session-level endpoints are removed; deliveries already
 /// queued for the old tenant still go to the old tenant.
+#[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions", operation_id = "move_session",
+    params(SessionPath),
+    request_body = UpdateSession,
+    responses(
+        (status = 200, description = "the session afterwards", body = SessionInfo),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "not possible in the session's state", body = ErrorBody),
+        (status = 422, description = "`invalid_tenant`, `unknown_tenant`, or the body does not fit", body = ErrorBody),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -227,6 +314,14 @@ pub async fn update(
     Ok(Json(info))
 }
 
+/// Delete a session and everything attached to it (device keys, its
+/// webhook endpoints, queued deliveries, dead letters).
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", operation_id = "delete_session",
+    params(SessionPath),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -271,6 +366,17 @@ pub(crate) fn no_qr(info: &SessionInfo) -> ApiError {
     )
 }
 
+/// The live pairing QR.
+#[utoipa::path(get, path = "/sessions/{id}/qr", tag = "sessions",
+    params(SessionPath, QrQuery),
+    responses(
+        (status = 200, description = "the QR; holds a credential: whoever sees it can link a device", content(
+            (QrView = "application/json"),
+            (String = "image/svg+xml"),
+            (Vec<u8> = "image/png"),
+        )),
+        (status = 404, description = "`not_found`: no such session; or no live QR: `qr_pending`, `already_paired`, `pairing_by_code`, `not_started`", body = ErrorBody),
+    ))]
 pub async fn qr(
     State(state): State<AppState>,
     principal: Principal,
@@ -304,23 +410,53 @@ pub async fn qr(
     })
 }
 
-/// Digits only (a leading `+` and spaces or dashes are dropped), 7–15 of them.
+/// Digits only: spaces and dashes anywhere are dropped, then one leading
+/// `+`; 7–15 digits must remain, the first not 0 (a country code). The
+/// document's phone pattern says the same.
 pub fn normalize_phone(phone: &str) -> Result<String, ApiError> {
-    let trimmed = phone.trim();
-    let trimmed = trimmed.strip_prefix('+').unwrap_or(trimmed);
-    let digits: String = trimmed
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-'))
-        .collect();
-    if !(7..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
+    let kept: String = phone.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    let digits = kept.strip_prefix('+').unwrap_or(&kept);
+    if !(7..=15).contains(&digits.len())
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || digits.starts_with('0')
+    {
         return Err(ApiError::unprocessable(
             "invalid_phone",
-            "phone must be an international number: 7 to 15 digits, country code first",
+            "phone must be an international number: 7 to 15 digits, country code first (no leading 0)",
         ));
     }
-    Ok(digits)
+    Ok(digits.to_string())
 }
 
+/// A JID as `send_message` takes it: `user@server`, the user 1–64 of
+/// `0-9A-Za-z._:-` (a device suffix included), the server 1–63 of
+/// `0-9A-Za-z.-`.
+fn is_jid(to: &str) -> bool {
+    let Some((user, server)) = to.split_once('@') else {
+        return false;
+    };
+    let user_ok = (1..=64).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    let server_ok = (1..=63).contains(&server.len())
+        && server
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    user_ok && server_ok
+}
+
+/// Pair with a phone-number code instead of a QR.
+#[utoipa::path(post, path = "/sessions/{id}/pair-code", tag = "sessions",
+    params(SessionPath),
+    request_body = PairCodeRequest,
+    responses(
+        (status = 200, description = "the code to type on the phone", body = PairCode),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: not possible in the session's state; `pair_code_rejected`: an earlier code is still valid", body = ErrorBody),
+        (status = 422, description = "`invalid_phone`, or WhatsApp refused (`pair_code_rejected`)", body = ErrorBody),
+        (status = 429, description = "WhatsApp rate-limits pairing codes for this number", body = ErrorBody),
+    ))]
 pub async fn pair_code(
     State(state): State<AppState>,
     principal: Principal,
@@ -337,6 +473,17 @@ pub async fn pair_code(
     })))
 }
 
+/// Send a text message.
+#[utoipa::path(post, path = "/sessions/{id}/messages", tag = "sessions",
+    params(SessionPath),
+    request_body = SendText,
+    responses(
+        (status = 200, description = "sent", body = Sent),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 409, description = "`not_connected`: the session is not connected", body = ErrorBody),
+        (status = 422, description = "`invalid_body`, `invalid_phone`: bad recipient or text", body = ErrorBody),
+        (status = 502, description = "`send_failed`: WhatsApp did not take the message", body = ErrorBody),
+    ))]
 pub async fn send_message(
     State(state): State<AppState>,
     principal: Principal,
@@ -364,20 +511,19 @@ pub async fn send_text(
             "text must not be empty",
         ));
     }
-    if text.len() > MAX_TEXT_BYTES {
+    if text.chars().count() > MAX_TEXT_CHARS {
         return Err(ApiError::unprocessable(
             "invalid_body",
-            format!("text is longer than {MAX_TEXT_BYTES} bytes"),
-        ));
-    }
-    let to = to.trim();
-    if to.is_empty() || to.len() > 128 || to.contains(['\0', '/']) {
-        return Err(ApiError::unprocessable(
-            "invalid_body",
-            "to must be a phone number (digits) or a JID",
+            format!("text is longer than {MAX_TEXT_CHARS} characters"),
         ));
     }
     let to = if to.contains('@') {
+        if !is_jid(to) {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "to must be a phone number (digits) or a JID (user@server)",
+            ));
+        }
         to.to_string()
     } else {
         normalize_phone(to)?
@@ -392,6 +538,12 @@ pub async fn send_text(
     Ok(state.supervisor.send_text(id, &to, text).await?)
 }
 
+/// The sessions paired with a phone number.
+#[utoipa::path(get, path = "/phones/{phone}", tag = "sessions",
+    params(PhonePath),
+    responses(
+        (status = 200, description = "sessions", body = PhoneSessions),
+    ))]
 pub async fn phone_sessions(
     State(state): State<AppState>,
     principal: Principal,

@@ -6,18 +6,21 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Grant, Principal, hash_token, new_token};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, check_id};
+use super::openapi::{ErrorBody, Tenant, TenantList, TenantPath, TenantWithToken, WsTicket};
 use super::qr::{now_ms, rfc3339_ms};
 use super::sessions::DEFAULT_TENANT;
 use crate::store::tenants::TenantRecord;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub id: String,
 }
 
@@ -55,6 +58,14 @@ fn visible_tenant(
     state.store.get_tenant(id)?.ok_or_else(not_found)
 }
 
+/// Create a tenant (admin); its token is shown once.
+#[utoipa::path(post, path = "/tenants", tag = "tenants", operation_id = "create_tenant",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "created, with its `token`", body = TenantWithToken),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+        (status = 409, description = "`already_exists`", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -95,6 +106,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// The tenants the caller may see (a tenant token: its own).
+#[utoipa::path(get, path = "/tenants", tag = "tenants", operation_id = "list_tenants",
+    responses((status = 200, description = "tenants", body = TenantList)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -110,6 +124,13 @@ pub async fn list(
     Ok(Json(json!({ "tenants": tenants })))
 }
 
+/// Show a tenant.
+#[utoipa::path(get, path = "/tenants/{id}", tag = "tenants", operation_id = "show_tenant",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "the tenant", body = Tenant),
+        (status = 404, description = "`not_found`: no such tenant (or not the caller's)", body = ErrorBody),
+    ))]
 pub async fn show(
     State(state): State<AppState>,
     principal: Principal,
@@ -120,6 +141,16 @@ pub async fn show(
     Ok(Json(view(&record, count)))
 }
 
+/// Delete a tenant that owns no sessions (admin), with its webhook
+/// endpoints and dead letters.
+#[utoipa::path(delete, path = "/tenants/{id}", tag = "tenants", operation_id = "delete_tenant",
+    params(TenantPath),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+        (status = 409, description = "`tenant_not_empty`: the tenant still owns sessions; `default_tenant`: the default tenant cannot be deleted", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -158,6 +189,12 @@ pub async fn delete(
 
 /// Issues a new token for the tenant; the old one stops working at once.
 /// The admin may rotate any tenant's token, a tenant its own.
+#[utoipa::path(post, path = "/tenants/{id}/token", tag = "tenants",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "the tenant, with its new `token`", body = TenantWithToken),
+        (status = 404, description = "`not_found`: no such tenant (or not the caller's)", body = ErrorBody),
+    ))]
 pub async fn rotate_token(
     State(state): State<AppState>,
     principal: Principal,
@@ -179,6 +216,11 @@ pub async fn rotate_token(
 /// A one-time ticket for `GET /v1/events?ticket=…` (browsers cannot set
 /// headers on a WebSocket). It carries the generation of the token that
 /// asked for it: rotating that token or deleting the tenant voids it.
+#[utoipa::path(post, path = "/ws-tickets", tag = "events",
+    responses(
+        (status = 201, description = "the ticket", body = WsTicket),
+        (status = 429, description = "`too_many_tickets`: too many unused tickets for this token; or `too_many_auth_failures`", body = ErrorBody),
+    ))]
 pub async fn ws_ticket(State(state): State<AppState>, grant: Grant) -> Result<Response, ApiError> {
     let (ticket, ttl) = state.auth.issue_ticket(grant)?;
     let expires_at_ms = now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);

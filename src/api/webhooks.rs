@@ -7,11 +7,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, check_id};
+use super::openapi::{
+    DeadLetterPage, DeadPath, DeliveryStatus, Endpoint, EndpointList, ErrorBody, Purged,
+    Redelivering, SessionEndpointPath, SessionPath, TenantDeadPath, TenantEndpointPath, TenantPath,
+};
 use super::sessions::visible_session;
 use crate::webhook::{
     DeadLetter, DeadScope, EndpointId, EndpointSpec, InvalidEndpoint, Scope, SessionRef,
@@ -120,6 +125,13 @@ async fn delete(state: &AppState, id: EndpointId) -> Result<StatusCode, ApiError
 
 // ---- tenant level --------------------------------------------------------
 
+/// The tenant's webhook endpoints.
+#[utoipa::path(get, path = "/tenants/{id}/webhooks", tag = "webhooks",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "endpoints", body = EndpointList),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+    ))]
 pub async fn tenant_list(
     State(state): State<AppState>,
     principal: Principal,
@@ -129,6 +141,18 @@ pub async fn tenant_list(
     list(&state, Scope::Tenant(tenant))
 }
 
+/// Create or replace a tenant webhook endpoint.
+#[utoipa::path(put, path = "/tenants/{id}/webhooks/{name}", tag = "webhooks",
+    params(TenantEndpointPath),
+    request_body = EndpointSpec,
+    responses(
+        (status = 200, description = "replaced", body = Endpoint),
+        (status = 201, description = "created", body = Endpoint),
+        (status = 403, description = "`quota_exceeded`: `webhooks.max_endpoints_per_tenant` reached", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+        (status = 422, description = "`invalid_webhook`: bad url, secret or event type; `private_target`: a loopback, private or metadata address without `webhooks.allow_private_targets`; or the body does not fit", body = ErrorBody),
+        (status = 503, description = "`webhooks_unavailable`, `timeout`", body = ErrorBody),
+    ))]
 pub async fn tenant_put(
     State(state): State<AppState>,
     principal: Principal,
@@ -140,6 +164,13 @@ pub async fn tenant_put(
     put(&state, id, &tenant, spec).await
 }
 
+/// Show a tenant webhook endpoint.
+#[utoipa::path(get, path = "/tenants/{id}/webhooks/{name}", tag = "webhooks",
+    params(TenantEndpointPath),
+    responses(
+        (status = 200, description = "the endpoint", body = Endpoint),
+        (status = 404, description = "`not_found`: no such tenant or endpoint", body = ErrorBody),
+    ))]
 pub async fn tenant_show(
     State(state): State<AppState>,
     principal: Principal,
@@ -149,6 +180,13 @@ pub async fn tenant_show(
     show(&state, EndpointId::new(Scope::Tenant(tenant), name))
 }
 
+/// Delete a tenant webhook endpoint and its pending deliveries.
+#[utoipa::path(delete, path = "/tenants/{id}/webhooks/{name}", tag = "webhooks",
+    params(TenantEndpointPath),
+    responses(
+        (status = 204, description = "deleted, with its pending deliveries"),
+        (status = 404, description = "`not_found`: no such tenant or endpoint", body = ErrorBody),
+    ))]
 pub async fn tenant_delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -159,6 +197,12 @@ pub async fn tenant_delete(
 }
 
 /// Delivery status of every endpoint of the tenant and of its sessions.
+#[utoipa::path(get, path = "/tenants/{id}/webhooks/status", tag = "webhooks",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "per-endpoint status: queue depth, oldest pending age, attempts, last error, last success", body = DeliveryStatus),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+    ))]
 pub async fn tenant_status(
     State(state): State<AppState>,
     principal: Principal,
@@ -170,14 +214,18 @@ pub async fn tenant_status(
     Ok(Json(json!({ "endpoints": webhooks.status(&endpoints) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
-    /// Dead letters with an id above this one.
+    /// Dead letters with an id above this one (default 0).
     #[serde(default)]
-    pub after: u64,
+    #[param(required = false, minimum = 0)]
+    pub after: i64,
+    /// Page size (default 100).
     #[serde(default)]
-    pub limit: Option<usize>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
 }
 
 fn dead_view(id: u64, dead: &DeadLetter) -> serde_json::Value {
@@ -192,8 +240,10 @@ fn dead_view(id: u64, dead: &DeadLetter) -> serde_json::Value {
     })
 }
 
+/// 1 to 19 decimal digits (no sign), as the document's pattern says.
 fn dead_id(raw: &str) -> Result<u64, ApiError> {
-    raw.parse().map_err(|_| {
+    let digits = (1..=19).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| raw.parse().ok()).flatten().ok_or_else(|| {
         ApiError::bad_request("invalid_id", format!("{raw:?} is not a dead-letter id"))
     })
 }
@@ -206,8 +256,15 @@ fn list_dead(
     scope: DeadScope<'_>,
     page: Page,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let dead = webhooks(state)?.dead_letters(scope, page.after, limit)?;
+    let limit = page.limit.unwrap_or(100);
+    let (Ok(after), Ok(limit @ 1..=1000)) = (u64::try_from(page.after), usize::try_from(limit))
+    else {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "after must be at least 0, limit 1 to 1000",
+        ));
+    };
+    let dead = webhooks(state)?.dead_letters(scope, after, limit)?;
     let next = (dead.len() == limit).then(|| dead.last().map(|(id, _)| id.to_string()));
     let items: Vec<_> = dead.iter().map(|(id, d)| dead_view(*id, d)).collect();
     Ok(Json(
@@ -255,6 +312,13 @@ async fn purge_all(
     Ok(Json(json!({ "purged": purged })))
 }
 
+/// The tenant's dead letters, oldest first.
+#[utoipa::path(get, path = "/tenants/{id}/webhooks/dead-letters", tag = "webhooks",
+    params(TenantPath, Page),
+    responses(
+        (status = 200, description = "dead letters, oldest first, and `next_after`", body = DeadLetterPage),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+    ))]
 pub async fn dead_list(
     State(state): State<AppState>,
     principal: Principal,
@@ -265,6 +329,13 @@ pub async fn dead_list(
     list_dead(&state, DeadScope::Tenant(&tenant), page)
 }
 
+/// Redeliver one dead letter.
+#[utoipa::path(post, path = "/tenants/{id}/webhooks/dead-letters/{dead}/redeliver", tag = "webhooks",
+    params(TenantDeadPath),
+    responses(
+        (status = 200, description = "queued again", body = Redelivering),
+        (status = 404, description = "`not_found`: no such tenant or dead letter, or its endpoint is gone", body = ErrorBody),
+    ))]
 pub async fn dead_redeliver(
     State(state): State<AppState>,
     principal: Principal,
@@ -274,6 +345,13 @@ pub async fn dead_redeliver(
     redeliver_one(&state, DeadScope::Tenant(&tenant), &id).await
 }
 
+/// Redeliver all the tenant's dead letters (to the end of their queues).
+#[utoipa::path(post, path = "/tenants/{id}/webhooks/dead-letters/redeliver", tag = "webhooks",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "how many were queued again", body = Redelivering),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+    ))]
 pub async fn dead_redeliver_all(
     State(state): State<AppState>,
     principal: Principal,
@@ -291,6 +369,13 @@ pub async fn dead_redeliver_all(
     Ok(Json(json!({ "redelivering": count })))
 }
 
+/// Delete one dead letter.
+#[utoipa::path(delete, path = "/tenants/{id}/webhooks/dead-letters/{dead}", tag = "webhooks",
+    params(TenantDeadPath),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "`not_found`: no such tenant or dead letter", body = ErrorBody),
+    ))]
 pub async fn dead_delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -300,6 +385,13 @@ pub async fn dead_delete(
     delete_one(&state, DeadScope::Tenant(&tenant), &id).await
 }
 
+/// Purge the tenant's dead letters.
+#[utoipa::path(delete, path = "/tenants/{id}/webhooks/dead-letters", tag = "webhooks",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "how many were purged", body = Purged),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+    ))]
 pub async fn dead_purge(
     State(state): State<AppState>,
     principal: Principal,
@@ -311,6 +403,13 @@ pub async fn dead_purge(
 
 // ---- admin: every dead letter (global endpoints' too) ---------------------
 
+/// Every dead letter, global endpoints' and every tenant's, oldest first (admin).
+#[utoipa::path(get, path = "/webhooks/dead-letters", tag = "webhooks",
+    params(Page),
+    responses(
+        (status = 200, description = "dead letters, oldest first, and `next_after`", body = DeadLetterPage),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+    ))]
 pub async fn admin_dead_list(
     State(state): State<AppState>,
     principal: Principal,
@@ -320,6 +419,14 @@ pub async fn admin_dead_list(
     list_dead(&state, DeadScope::All, page)
 }
 
+/// Redeliver one dead letter (admin).
+#[utoipa::path(post, path = "/webhooks/dead-letters/{dead}/redeliver", tag = "webhooks",
+    params(DeadPath),
+    responses(
+        (status = 200, description = "queued again", body = Redelivering),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter, or its endpoint is gone", body = ErrorBody),
+    ))]
 pub async fn admin_dead_redeliver(
     State(state): State<AppState>,
     principal: Principal,
@@ -329,6 +436,14 @@ pub async fn admin_dead_redeliver(
     redeliver_one(&state, DeadScope::All, &id).await
 }
 
+/// Delete one dead letter (admin).
+#[utoipa::path(delete, path = "/webhooks/dead-letters/{dead}", tag = "webhooks",
+    params(DeadPath),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dead letter", body = ErrorBody),
+    ))]
 pub async fn admin_dead_delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -338,6 +453,12 @@ pub async fn admin_dead_delete(
     delete_one(&state, DeadScope::All, &id).await
 }
 
+/// Purge every dead letter (admin).
+#[utoipa::path(delete, path = "/webhooks/dead-letters", tag = "webhooks",
+    responses(
+        (status = 200, description = "how many were purged", body = Purged),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+    ))]
 pub async fn admin_dead_purge(
     State(state): State<AppState>,
     principal: Principal,
@@ -353,6 +474,13 @@ fn session_scope(info: &crate::session::SessionInfo) -> Scope {
     Scope::Session(SessionRef::new(&info.id, &info.incarnation))
 }
 
+/// The session's own webhook endpoints (they replace the tenant's for this session).
+#[utoipa::path(get, path = "/sessions/{id}/webhooks", tag = "webhooks",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "endpoints", body = EndpointList),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+    ))]
 pub async fn session_list(
     State(state): State<AppState>,
     principal: Principal,
@@ -362,6 +490,18 @@ pub async fn session_list(
     list(&state, session_scope(&info))
 }
 
+/// Create or replace a session webhook endpoint.
+#[utoipa::path(put, path = "/sessions/{id}/webhooks/{name}", tag = "webhooks",
+    params(SessionEndpointPath),
+    request_body = EndpointSpec,
+    responses(
+        (status = 200, description = "replaced", body = Endpoint),
+        (status = 201, description = "created", body = Endpoint),
+        (status = 403, description = "`quota_exceeded`: `webhooks.max_endpoints_per_tenant` reached", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 422, description = "`invalid_webhook`: bad url, secret or event type; `private_target`: a loopback, private or metadata address without `webhooks.allow_private_targets`; or the body does not fit", body = ErrorBody),
+        (status = 503, description = "`webhooks_unavailable`, `timeout`", body = ErrorBody),
+    ))]
 pub async fn session_put(
     State(state): State<AppState>,
     principal: Principal,
@@ -373,6 +513,13 @@ pub async fn session_put(
     put(&state, id, &info.tenant, spec).await
 }
 
+/// Show a session webhook endpoint.
+#[utoipa::path(get, path = "/sessions/{id}/webhooks/{name}", tag = "webhooks",
+    params(SessionEndpointPath),
+    responses(
+        (status = 200, description = "the endpoint", body = Endpoint),
+        (status = 404, description = "`not_found`: no such session or endpoint", body = ErrorBody),
+    ))]
 pub async fn session_show(
     State(state): State<AppState>,
     principal: Principal,
@@ -382,6 +529,13 @@ pub async fn session_show(
     show(&state, EndpointId::new(session_scope(&info), name))
 }
 
+/// Delete a session webhook endpoint and its pending deliveries.
+#[utoipa::path(delete, path = "/sessions/{id}/webhooks/{name}", tag = "webhooks",
+    params(SessionEndpointPath),
+    responses(
+        (status = 204, description = "deleted, with its pending deliveries"),
+        (status = 404, description = "`not_found`: no such session or endpoint", body = ErrorBody),
+    ))]
 pub async fn session_delete(
     State(state): State<AppState>,
     principal: Principal,

@@ -28,6 +28,7 @@ use super::AppState;
 use super::auth::{Grant, Principal, SocketSlot, grant_from_parts};
 use super::error::ApiError;
 use super::extract::{ApiQuery, check_id, path_session_id};
+use super::openapi::ErrorBody;
 use super::qr::{QrView, now_ms, rfc3339_ms};
 use crate::session::{EventKind, SessionEvent, SessionInfo};
 
@@ -42,15 +43,25 @@ pub const CLOSE_SESSION_GONE: u16 = 4404;
 /// Clients only send control frames; anything bigger is refused.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Follow one session.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
     pub session: Option<String>,
+    /// Follow one tenant's sessions.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
     pub tenant: Option<String>,
+    /// A one-time ticket from `POST /v1/ws-tickets` instead of the
+    /// `Authorization` header (browsers); refused once its token is rotated
+    /// or its tenant deleted.
     pub ticket: Option<String>,
     /// Refused: long-lived tokens never go in URLs.
+    #[param(ignore)]
     pub token: Option<String>,
     /// Refused, like `token`.
+    #[param(ignore)]
     pub access_token: Option<String>,
 }
 
@@ -92,6 +103,17 @@ impl Scope {
     }
 }
 
+/// A WebSocket of session events: a `snapshot` frame, then `session.*`
+/// and `message.*` frames.
+#[utoipa::path(get, path = "/events", tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "`not_a_websocket`: not a WebSocket upgrade request; `token_in_url`; `invalid_id`; `bad_query`: both `session` and `tenant`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a tenant token asked for another tenant", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 429, description = "`too_many_sockets`: this token holds as many WebSockets as it may; or `too_many_auth_failures`", body = ErrorBody),
+    ))]
 pub async fn events(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<EventsQuery>,

@@ -119,7 +119,7 @@ impl Default for SessionConfig {
 }
 
 /// What the API shows about a session.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     pub id: String,
     pub tenant: String,
@@ -142,7 +142,7 @@ pub struct SessionInfo {
     pub transitions: Vec<TransitionInfo>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct TransitionInfo {
     pub from: SessionState,
     pub to: SessionState,

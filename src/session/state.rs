@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a session is in its life. See the diagram in the README.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     /// Exists, never started (or reset and not yet restarted).
@@ -105,7 +105,7 @@ impl std::fmt::Display for SessionState {
 }
 
 /// Why a session is `failed` (or why a transition happened).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Pairing did not reach `connected` within the activation timeout.

@@ -167,10 +167,15 @@ impl Connection {
         match self.client.pair_with_code(options).await {
             Ok(code) => Ok(code),
             Err(e) => Err(WaError::PairCode {
-                reason: e
-                    .rejection()
-                    .map(|r| rejection_name(&r))
-                    .unwrap_or_else(|| "request_failed".into()),
+                // An earlier code is still valid (or a newer request took
+                // over): a conflict with the session's state, not a refusal.
+                reason: if e.lost_the_flow_to_another_request() {
+                    "code_outstanding".into()
+                } else {
+                    e.rejection()
+                        .map(|r| rejection_name(&r))
+                        .unwrap_or_else(|| "request_failed".into())
+                },
                 message: e.to_string(),
             }),
         }

@@ -27,7 +27,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "session.reassigned",
 ];
 
-/// Shortest accepted signing secret, in bytes.
+/// Shortest accepted signing secret, in characters.
 pub const MIN_SECRET_LEN: usize = 16;
 const MAX_SECRET_LEN: usize = 512;
 const MAX_URL_LEN: usize = 2048;
@@ -169,7 +169,7 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
 }
 
 /// The body shape an endpoint receives.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// whatsd's own JSON, signed with `X-Whatsd-Signature`.
@@ -181,13 +181,20 @@ pub enum Format {
 }
 
 /// What a client sends to create or replace an endpoint.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
+    /// An absolute http(s) URL without credentials, at most 2048
+    /// characters. Loopback, private, link-local and metadata addresses
+    /// need `webhooks.allow_private_targets`.
+    #[schema(pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+", max_length = 2048)]
     pub url: String,
+    /// The HMAC-SHA256 signing key; never shown again.
+    #[schema(min_length = 16, max_length = 512)]
     pub secret: String,
     /// Event types to receive; empty or absent means all of them.
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::event_types)]
     pub events: Vec<String>,
     #[serde(default)]
     pub format: Format,
@@ -267,7 +274,7 @@ pub enum InvalidEndpoint {
     #[error("url: {0}")]
     Url(String),
     #[error(
-        "secret must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} bytes (the HMAC key the receiver verifies with)"
+        "secret must be {MIN_SECRET_LEN}-{MAX_SECRET_LEN} characters (the HMAC key the receiver verifies with)"
     )]
     Secret,
     #[error("unknown event type {0:?}; known: {known}", known = EVENT_TYPES.join(", "))]
@@ -295,7 +302,9 @@ pub fn check_name(name: &str) -> Result<(), InvalidEndpoint> {
 /// is a name, is checked against private addresses when it is resolved.
 pub fn check_spec(spec: &EndpointSpec, allow_private: bool) -> Result<(), InvalidEndpoint> {
     check_url(&spec.url, allow_private)?;
-    if spec.secret.len() < MIN_SECRET_LEN || spec.secret.len() > MAX_SECRET_LEN {
+    // Counted in characters, as the API document's minLength/maxLength are.
+    let secret_len = spec.secret.chars().count();
+    if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&secret_len) {
         return Err(InvalidEndpoint::Secret);
     }
     for event in &spec.events {
@@ -307,7 +316,7 @@ pub fn check_spec(spec: &EndpointSpec, allow_private: bool) -> Result<(), Invali
 }
 
 pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, InvalidEndpoint> {
-    if url.len() > MAX_URL_LEN {
+    if url.chars().count() > MAX_URL_LEN {
         return Err(InvalidEndpoint::Url(format!(
             "longer than {MAX_URL_LEN} characters"
         )));
