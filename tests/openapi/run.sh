@@ -156,6 +156,14 @@ include-operation-id = "tenant_put"
 checks.positive_data_acceptance.expected-statuses = $accepted
 parameters = { "path.id" = { dictionary = "tenants", probability = 0.5 }, "path.name" = { dictionary = "names", probability = 0.5 } }
 
+# - the Graph API's send answers 400 where Meta does, and Cloud API
+#   libraries rely on it: an unknown (or another tenant's) phone number id
+#   is code 100 subcode 33, a recipient that is no phone number code 131009.
+[[operations]]
+include-path-regex = "^/graph/"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+parameters = { "path.phone_number_id" = { dictionary = "sessions", probability = 0.5 } }
+
 [[operations]]
 include-path-regex = "^/v1/sessions/\\\\{id\\\\}"
 parameters = { "path.id" = { dictionary = "sessions", probability = 0.5 } }
