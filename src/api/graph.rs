@@ -10,7 +10,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::{Principal, authenticate_parts};
-use super::error::ApiError;
+use super::error::{ApiError, error_response};
 use super::sessions::{normalize_phone, send_text, visible_session};
 use crate::store::ids::hex;
 use crate::webhook::bsuid;
@@ -252,18 +252,7 @@ impl IntoResponse for GraphError {
         if let Some(details) = self.details {
             error["error_data"] = json!({ "messaging_product": "whatsapp", "details": details });
         }
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(secs) = self.retry_after
-            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        error_response(self.status, json!({ "error": error }), self.retry_after)
     }
 }
 
