@@ -21,6 +21,7 @@ use super::AppState;
 use super::auth::{Principal, authenticate_parts};
 use super::error::{ApiError, error_response};
 use super::sessions::{normalize_phone, send_text, visible_session};
+use crate::session::SessionInfo;
 use crate::store::ids::hex;
 use crate::webhook::bsuid;
 
@@ -280,7 +281,7 @@ struct Recipient {
 /// The text request, checked field by field as Meta documents it.
 fn parse_body(
     state: &AppState,
-    session: &str,
+    session: &SessionInfo,
     body: &[u8],
 ) -> Result<(Recipient, String), GraphError> {
     let body: Value = serde_json::from_slice(body).map_err(|e| {
@@ -379,7 +380,7 @@ fn parse_body(
 /// `to` (a phone number) or `recipient` (a BSUID this session gave out).
 fn recipient(
     state: &AppState,
-    session: &str,
+    session: &SessionInfo,
     body: &serde_json::Map<String, Value>,
 ) -> Result<Recipient, GraphError> {
     let field = |name: &str| match body.get(name) {
@@ -410,7 +411,12 @@ fn recipient(
             })
         }
         (None, Some(user_id)) => {
-            let Some(contact) = bsuid::contact(state.store.blinder(), session, &user_id) else {
+            let Some(contact) = bsuid::contact(
+                state.store.blinder(),
+                &session.id,
+                &session.incarnation,
+                &user_id,
+            ) else {
                 return Err(GraphError::invalid(format!(
                     "recipient {user_id:?} is not a user id this phone number id gave out"
                 )));
@@ -460,7 +466,7 @@ async fn sent(state: &AppState, request: Request) -> Result<Value, GraphError> {
             format!("Unknown path components: /{version}/{id}/messages (versions look like v23.0)"),
         ));
     }
-    visible_session(state, &principal, &id)
+    let info = visible_session(state, &principal, &id)
         .await
         .map_err(|e| GraphError::from_api(e, &id))?;
     let request = Request::from_parts(parts, body);
@@ -476,7 +482,7 @@ async fn sent(state: &AppState, request: Request) -> Result<Value, GraphError> {
                 GraphError::invalid(rejection.body_text())
             }
         })?;
-    let (to, text) = parse_body(state, &id, &bytes)?;
+    let (to, text) = parse_body(state, &info, &bytes)?;
     let message_id = send_text(state, &principal, &id, &to.address, &text)
         .await
         .map_err(|e| GraphError::from_api(e, &id))?;

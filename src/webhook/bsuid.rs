@@ -5,15 +5,18 @@
 //! sending), formatted as a two-letter country code, a dot and digits
 //! (`US.13491208655302741918`); Cloud API libraries require it (pywa 4
 //! builds its `User` from it). whatsd has no Meta to ask, so it makes one
-//! per (session, contact) that:
+//! per (session incarnation, contact) that:
 //!
 //! - does not reveal the contact: the contact's canonical id (its phone
 //!   number when whatsd knows it, else its LID) is enciphered with a
-//!   pseudo-random permutation keyed by the store's index key and the
-//!   session id (HMAC-SHA256 under `blind("bsuid", session)`, four Feistel
-//!   rounds over one 128-bit block);
+//!   pseudo-random permutation keyed by the store's index key, the session
+//!   id and its incarnation (HMAC-SHA256 under
+//!   `blind("bsuid", session NUL incarnation)`, four Feistel rounds over one
+//!   128-bit block);
 //! - never changes across restarts, backups and key rotations (the index
-//!   key does not), and differs between sessions;
+//!   key does not), and differs between sessions, including a session id
+//!   deleted and created again (perhaps by another tenant): the new
+//!   session can neither read back nor reproduce the old one's ids;
 //! - is read back by whatsd alone, so the Graph send endpoint accepts it
 //!   as `recipient`, as Meta does.
 //!
@@ -111,10 +114,13 @@ impl Contact {
     }
 }
 
-fn session_key(blinder: &Blinder, session: &str) -> hmac::Key {
+/// Session ids cannot contain NUL, so (session, incarnation) pairs map to
+/// distinct inputs.
+fn session_key(blinder: &Blinder, session: &str, incarnation: &str) -> hmac::Key {
+    let scope = format!("{session}\0{incarnation}");
     hmac::Key::new(
         hmac::HMAC_SHA256,
-        &blinder.blind(b"bsuid", session.as_bytes()),
+        &blinder.blind(b"bsuid", scope.as_bytes()),
     )
 }
 
@@ -147,10 +153,15 @@ fn join(l: &[u8; 8], r: &[u8; 8]) -> [u8; 16] {
     block
 }
 
-/// The BSUID of `contact` in `session`; `None` when its id is not a
-/// number (never for phone numbers and LIDs).
-pub fn user_id(blinder: &Blinder, session: &str, contact: &Contact) -> Option<String> {
-    let key = session_key(blinder, session);
+/// The BSUID of `contact` in this incarnation of `session`; `None` when its
+/// id is not a number (never for phone numbers and LIDs).
+pub fn user_id(
+    blinder: &Blinder,
+    session: &str,
+    incarnation: &str,
+    contact: &Contact,
+) -> Option<String> {
+    let key = session_key(blinder, session, incarnation);
     let (mut l, mut r) = split(&contact.block()?);
     for i in 0..ROUNDS {
         (l, r) = (r, xor(&l, &round(&key, i, &r)));
@@ -159,15 +170,21 @@ pub fn user_id(blinder: &Blinder, session: &str, contact: &Contact) -> Option<St
     Some(format!("{COUNTRY}.{n:0DIGITS$}"))
 }
 
-/// The contact behind a BSUID this session gave out; `None` for anything
-/// else (another session's, Meta's, malformed).
-pub fn contact(blinder: &Blinder, session: &str, user_id: &str) -> Option<Contact> {
+/// The contact behind a BSUID this incarnation of `session` gave out;
+/// `None` for anything else (another session's, an earlier incarnation's,
+/// Meta's, malformed).
+pub fn contact(
+    blinder: &Blinder,
+    session: &str,
+    incarnation: &str,
+    user_id: &str,
+) -> Option<Contact> {
     let digits = user_id.strip_prefix(COUNTRY)?.strip_prefix('.')?;
     if digits.len() != DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let n: u128 = digits.parse().ok()?;
-    let key = session_key(blinder, session);
+    let key = session_key(blinder, session, incarnation);
     let (mut l, mut r) = split(&n.to_be_bytes());
     for i in (0..ROUNDS).rev() {
         (l, r) = (xor(&r, &round(&key, i, &l)), l);
@@ -187,38 +204,52 @@ mod tests {
     fn ids_are_stable_per_session_and_read_back() {
         let b = blinder();
         let ada = Contact::Phone("15550001111".into());
-        let id = user_id(&b, "s1", &ada).unwrap();
+        let id = user_id(&b, "s1", "i1", &ada).unwrap();
         assert_eq!(id.len(), 3 + DIGITS);
         assert!(id.starts_with("ZZ."), "{id}");
         assert!(!id.contains("15550001111"));
-        assert_eq!(user_id(&b, "s1", &ada).unwrap(), id, "stable");
+        assert_eq!(user_id(&b, "s1", "i1", &ada).unwrap(), id, "stable");
         assert_eq!(
-            user_id(&Blinder::from_bytes(&[9; 32]), "s1", &ada).unwrap(),
+            user_id(&Blinder::from_bytes(&[9; 32]), "s1", "i1", &ada).unwrap(),
             id,
             "the same index key (a restart) gives the same id"
         );
-        assert_ne!(user_id(&b, "s2", &ada).unwrap(), id, "per session");
+        assert_ne!(user_id(&b, "s2", "i1", &ada).unwrap(), id, "per session");
         assert_ne!(
-            user_id(&Blinder::from_bytes(&[8; 32]), "s1", &ada).unwrap(),
+            user_id(&Blinder::from_bytes(&[8; 32]), "s1", "i1", &ada).unwrap(),
             id,
             "per store"
         );
-        assert_eq!(contact(&b, "s1", &id), Some(ada.clone()));
-        assert_eq!(contact(&b, "s2", &id), None, "not another session's");
+        assert_eq!(contact(&b, "s1", "i1", &id), Some(ada.clone()));
+        assert_eq!(contact(&b, "s2", "i1", &id), None, "not another session's");
+        let again = user_id(&b, "s1", "i2", &ada).unwrap();
+        assert_ne!(again, id, "the id deleted and created again");
+        assert_eq!(
+            contact(&b, "s1", "i2", &id),
+            None,
+            "not an earlier incarnation's"
+        );
+        assert_eq!(contact(&b, "s1", "i2", &again), Some(ada.clone()));
         let lid = Contact::Lid("100000011111".into());
-        let lid_id = user_id(&b, "s1", &lid).unwrap();
+        let lid_id = user_id(&b, "s1", "i1", &lid).unwrap();
         assert_ne!(lid_id, id);
-        assert_eq!(contact(&b, "s1", &lid_id), Some(lid));
-        assert_eq!(contact(&b, "s1", "US.13491208655302741918"), None);
-        assert_eq!(contact(&b, "s1", "ZZ.123"), None);
-        assert_eq!(contact(&b, "s1", &format!("ZZ.{}", "9".repeat(39))), None);
+        assert_eq!(contact(&b, "s1", "i1", &lid_id), Some(lid));
+        assert_eq!(contact(&b, "s1", "i1", "US.13491208655302741918"), None);
+        assert_eq!(contact(&b, "s1", "i1", "ZZ.123"), None);
+        assert_eq!(
+            contact(&b, "s1", "i1", &format!("ZZ.{}", "9".repeat(39))),
+            None
+        );
     }
 
     #[test]
     fn leading_zeros_survive() {
         let b = blinder();
         let c = Contact::Lid("0012345".into());
-        assert_eq!(contact(&b, "s", &user_id(&b, "s", &c).unwrap()), Some(c));
+        assert_eq!(
+            contact(&b, "s", "i1", &user_id(&b, "s", "i1", &c).unwrap()),
+            Some(c)
+        );
     }
 
     #[test]

@@ -155,10 +155,17 @@ pub fn session_event(event: &SessionEvent, me: &Me) -> Option<WebhookEvent> {
 
 /// The request body for an endpoint of format `format`; `blinder` is the
 /// store's, which keys the Cloud API's user ids (see [`bsuid`]).
-pub fn render(event: &WebhookEvent, format: Format, blinder: &Blinder) -> Vec<u8> {
+/// `incarnation` is the event's session incarnation (keys the `cloud_api`
+/// format's user ids).
+pub fn render(
+    event: &WebhookEvent,
+    incarnation: &str,
+    format: Format,
+    blinder: &Blinder,
+) -> Vec<u8> {
     match format {
         Format::Whatsd => serde_json::to_vec(event).unwrap_or_default(),
-        Format::CloudApi => ascii_json(&cloud_api(event, blinder)),
+        Format::CloudApi => ascii_json(&cloud_api(event, incarnation, blinder)),
     }
 }
 
@@ -187,8 +194,9 @@ fn ascii_json(value: &Value) -> Vec<u8> {
 /// .value` with `metadata`, `contacts`, `messages`). The tenant is the
 /// entry id (the "business account") and the session the phone number id.
 /// The sender's business-scoped user id (`contacts[].user_id`, `messages[]
-/// .from_user_id`) is made per (session, contact) by [`bsuid::user_id`].
-fn cloud_api(event: &WebhookEvent, blinder: &Blinder) -> Value {
+/// .from_user_id`) is made per (session incarnation, contact) by
+/// [`bsuid::user_id`].
+fn cloud_api(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) -> Value {
     let d = &event.data;
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let from = {
@@ -208,7 +216,7 @@ fn cloud_api(event: &WebhookEvent, blinder: &Blinder) -> Value {
         d["sender"]["lid"].as_str().unwrap_or_default(),
         d["sender"]["jid"].as_str().unwrap_or_default(),
     )
-    .and_then(|contact| bsuid::user_id(blinder, &event.session, &contact));
+    .and_then(|contact| bsuid::user_id(blinder, &event.session, incarnation, &contact));
     let mut message = json!({
         "from": from,
         "from_user_id": user_id,
@@ -356,7 +364,7 @@ mod tests {
             lid: String::new(),
         };
         let e = message_event("s1", "t1", &me, &dm(), 0);
-        let v: Value = serde_json::from_slice(&render(&e, Format::Whatsd, &blinder())).unwrap();
+        let v: Value = serde_json::from_slice(&render(&e, "", Format::Whatsd, &blinder())).unwrap();
         assert_eq!(v["type"], "message.received");
         assert_eq!(v["session"], "s1");
         assert_eq!(v["tenant"], "t1");
@@ -382,9 +390,10 @@ mod tests {
             ..Default::default()
         };
         let e = message_event("s1", "t1", &me, &dm(), 0);
-        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi, &blinder())).unwrap();
+        let v: Value =
+            serde_json::from_slice(&render(&e, "", Format::CloudApi, &blinder())).unwrap();
         let user_id =
-            bsuid::user_id(&blinder(), "s1", &Contact::Phone("15550001111".into())).unwrap();
+            bsuid::user_id(&blinder(), "s1", "", &Contact::Phone("15550001111".into())).unwrap();
         assert!(
             user_id.starts_with("ZZ.") && user_id.len() == 42,
             "{user_id}"
@@ -426,7 +435,7 @@ mod tests {
         let mut m = dm();
         m.content.text = Some("h\u{e9}llo \u{1f600} \u{7f}\"".into());
         let e = message_event("s1", "t1", &Me::default(), &m, 0);
-        let body = render(&e, Format::CloudApi, &blinder());
+        let body = render(&e, "", Format::CloudApi, &blinder());
         assert!(body.is_ascii());
         let text = String::from_utf8(body.clone()).unwrap();
         assert!(
@@ -447,21 +456,23 @@ mod tests {
         lid_only.sender = "100000011111@lid".into();
         lid_only.sender_phone = String::new();
         let e = message_event("s1", "t1", &Me::default(), &lid_only, 0);
-        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi, &blinder())).unwrap();
+        let v: Value =
+            serde_json::from_slice(&render(&e, "", Format::CloudApi, &blinder())).unwrap();
         let value = &v["entry"][0]["changes"][0]["value"];
-        let by_lid = bsuid::user_id(&blinder(), "s1", &Contact::Lid("100000011111".into()));
+        let by_lid = bsuid::user_id(&blinder(), "s1", "", &Contact::Lid("100000011111".into()));
         assert_eq!(value["contacts"][0]["user_id"], json!(by_lid));
         assert_eq!(value["messages"][0]["from_user_id"], json!(by_lid));
         // Once the phone is known, the phone-derived id takes over.
         let e = message_event("s1", "t1", &Me::default(), &dm(), 0);
-        let v: Value = serde_json::from_slice(&render(&e, Format::CloudApi, &blinder())).unwrap();
+        let v: Value =
+            serde_json::from_slice(&render(&e, "", Format::CloudApi, &blinder())).unwrap();
         let by_phone = &v["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"];
         assert_ne!(by_phone, &json!(by_lid));
         // Another session, another id; the same session in another store
         // (another index key), another id.
         let other = message_event("s2", "t1", &Me::default(), &dm(), 0);
         let v2: Value =
-            serde_json::from_slice(&render(&other, Format::CloudApi, &blinder())).unwrap();
+            serde_json::from_slice(&render(&other, "", Format::CloudApi, &blinder())).unwrap();
         assert_ne!(
             &v2["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"],
             by_phone

@@ -119,7 +119,12 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
             continue;
         }
 
-        let body = render(&pending.event, endpoint.format, inner.store.blinder());
+        let body = render(
+            &pending.event,
+            &pending.incarnation,
+            endpoint.format,
+            inner.store.blinder(),
+        );
         let unix = now.div_euclid(1000);
         let mut headers = vec![
             ("content-type", "application/json".to_string()),
