@@ -596,7 +596,7 @@ async fn send_text_reaches_the_contact() {
         .unwrap();
     let sent = d
         .wait("tx", "message.sent", 5, |k| match k {
-            EventKind::MessageSent { id, to } => Some((id.clone(), to.clone())),
+            EventKind::MessageSent { id, to, .. } => Some((id.clone(), to.clone())),
             _ => None,
         })
         .await;

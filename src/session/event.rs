@@ -20,6 +20,35 @@ pub struct SessionEvent {
     pub kind: EventKind,
 }
 
+/// How far a sent message got, as its recipient reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    Delivered,
+    Read,
+    Played,
+}
+
+impl AckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Played => "played",
+        }
+    }
+}
+
+/// A WhatsApp user as far as whatsd knows them: `jid` always; `phone`
+/// (digits) when the JID is a phone number's or the LID's number is known;
+/// `lid` when WhatsApp gave one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Party {
+    pub jid: String,
+    pub phone: String,
+    pub lid: String,
+}
+
 /// The identity of the paired account.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Identity {
@@ -107,7 +136,27 @@ pub enum EventKind {
     #[serde(rename = "session.logged_out")]
     LoggedOut { reason: Reason },
     #[serde(rename = "message.sent")]
-    MessageSent { id: String, to: String },
+    MessageSent {
+        id: String,
+        to: String,
+        /// When WhatsApp took it (Unix seconds).
+        timestamp: i64,
+    },
+    /// A recipient's receipt for a message this session sent: delivered to
+    /// a device of theirs, read, or (voice notes) played. One event per
+    /// message id and recipient; a group message gets one per participant.
+    #[serde(rename = "message.ack")]
+    MessageAck {
+        /// The message id `message.sent` (and the send call) gave.
+        id: String,
+        status: AckStatus,
+        /// The chat the message went to: the recipient's JID, or the group's.
+        chat: String,
+        /// Who sent the receipt.
+        recipient: Party,
+        /// When the recipient's device sent it (Unix seconds).
+        timestamp: i64,
+    },
     /// The session and everything attached to it are gone; its id is free.
     #[serde(rename = "session.deleted")]
     Deleted {},
@@ -132,6 +181,7 @@ impl EventKind {
             Self::Connected { .. } => "session.connected",
             Self::LoggedOut { .. } => "session.logged_out",
             Self::MessageSent { .. } => "message.sent",
+            Self::MessageAck { .. } => "message.ack",
             Self::Deleted {} => "session.deleted",
             Self::Reassigned {} => "session.reassigned",
         }

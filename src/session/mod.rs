@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use event::{EventKind, Identity, PairingQr, SessionEvent};
+pub use event::{AckStatus, EventKind, Identity, PairingQr, Party, SessionEvent};
 pub use state::{Reason, SessionState};
 pub use supervisor::Supervisor;
 

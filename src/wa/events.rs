@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use whatsapp_rust::types::events::Event;
 
-use super::WaEvent;
-use crate::session::Identity;
+use whatsapp_rust::types::presence::ReceiptType;
+
+use super::{Receipt, WaEvent};
+use crate::session::{AckStatus, Identity, Party};
 
 pub(super) fn map(event: &Event) -> Option<WaEvent> {
     Some(match event {
@@ -70,6 +72,35 @@ pub(super) fn map(event: &Event) -> Option<WaEvent> {
             let mut message = super::inbound::from_info(&u.info);
             message.undecryptable = true;
             WaEvent::Undecryptable(Box::new(message))
+        }
+        Event::Receipt(r) => {
+            let status = match r.r#type {
+                ReceiptType::Delivered => AckStatus::Delivered,
+                ReceiptType::Read => AckStatus::Read,
+                ReceiptType::Played => AckStatus::Played,
+                // Retries, the account's own devices (`sender`, `read-self`,
+                // …), server errors: not a recipient's word on a message.
+                _ => return None,
+            };
+            let source = &r.source;
+            let mut recipient = Party {
+                jid: source.sender.to_non_ad_string(),
+                ..Default::default()
+            };
+            for jid in std::iter::once(&source.sender).chain(source.sender_alt.iter()) {
+                if jid.is_lid() && recipient.lid.is_empty() {
+                    recipient.lid = jid.to_non_ad_string();
+                } else if jid.is_pn() && recipient.phone.is_empty() {
+                    recipient.phone = jid.user_base().to_string();
+                }
+            }
+            WaEvent::Receipt(Box::new(Receipt {
+                message_ids: r.message_ids.iter().map(|id| id.to_string()).collect(),
+                status,
+                chat: source.chat.to_non_ad_string(),
+                recipient,
+                timestamp: r.timestamp.timestamp(),
+            }))
         }
         _ => return None,
     })

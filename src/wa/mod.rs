@@ -106,4 +106,21 @@ pub enum WaEvent {
     /// A message arrived that could not be decrypted (the library has
     /// already asked the sender to retry; a later copy may decrypt).
     Undecryptable(Box<InboundMessage>),
+    /// A recipient's delivery, read or played receipt for messages this
+    /// account sent (receipts of the account's own devices are left out).
+    Receipt(Box<Receipt>),
+}
+
+/// A receipt, reduced to what `message.ack` carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub message_ids: Vec<String>,
+    pub status: crate::session::AckStatus,
+    /// The chat: the recipient's JID or a group's.
+    pub chat: String,
+    /// The device's user that sent the receipt (phone filled in from the
+    /// receipt itself; [`Connection::phone_of_lid`] can resolve a LID).
+    pub recipient: crate::session::Party,
+    /// Unix seconds.
+    pub timestamp: i64,
 }

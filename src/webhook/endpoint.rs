@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::payload::WebhookEvent;
 use super::target::is_forbidden;
 use crate::store::ids::Blinder;
 
@@ -228,15 +229,12 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Whether this endpoint receives events of type `kind`.
-    pub fn wants(&self, kind: &str, from_me: bool) -> bool {
-        if self.format == Format::CloudApi {
-            // Cloud API webhooks carry messages to the business only.
-            return match kind {
-                "message.received" => !from_me,
-                "message.undecryptable" => true,
-                _ => false,
-            } && (self.events.is_empty() || self.events.iter().any(|e| e == kind));
+    /// Whether this endpoint receives `event` (`from_me`: a message the
+    /// account's owner sent from the phone).
+    pub fn wants(&self, event: &WebhookEvent, from_me: bool) -> bool {
+        let kind = event.kind.as_str();
+        if self.format == Format::CloudApi && !super::payload::cloud_api_carries(event, from_me) {
+            return false;
         }
         self.events.is_empty() || self.events.iter().any(|e| e == kind)
     }

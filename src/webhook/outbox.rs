@@ -107,7 +107,7 @@ impl Inner {
                 .into_iter()
                 .chain(all.get(&Scope::Global))
                 .flat_map(|m| m.values())
-                .filter(|e| e.wants(&event.kind, from_me));
+                .filter(|e| e.wants(&event, from_me));
             for endpoint in targets {
                 let pending = Pending {
                     endpoint: endpoint.id.clone(),

@@ -190,6 +190,25 @@ fn ascii_json(value: &Value) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Whether the `cloud_api` format has a shape for `event`: messages to the
+/// business in 1:1 chats, and the statuses of the 1:1 messages it sent.
+/// Meta has no groups, status posts or session events.
+pub fn cloud_api_carries(event: &WebhookEvent, from_me: bool) -> bool {
+    let d = &event.data;
+    let one_to_one = |jid: &Value| {
+        jid.as_str()
+            .is_some_and(|j| j.ends_with("@s.whatsapp.net") || j.ends_with("@lid"))
+    };
+    match event.kind.as_str() {
+        "message.received" | "message.undecryptable" => {
+            !from_me && d["is_group"].as_bool() != Some(true)
+        }
+        "message.sent" => one_to_one(&d["to"]),
+        "message.ack" => one_to_one(&d["chat"]),
+        _ => false,
+    }
+}
+
 /// Meta's WhatsApp Cloud API webhook shape (`object`, `entry[].changes[]
 /// .value` with `metadata`, `contacts`, `messages`). The tenant is the
 /// entry id (the "business account") and the session the phone number id.
@@ -197,6 +216,9 @@ fn ascii_json(value: &Value) -> Vec<u8> {
 /// .from_user_id`) is made per (session incarnation, contact) by
 /// [`bsuid::user_id`].
 fn cloud_api(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) -> Value {
+    if matches!(event.kind.as_str(), "message.sent" | "message.ack") {
+        return cloud_api_status(event, incarnation, blinder);
+    }
     let d = &event.data;
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let from = {
@@ -303,6 +325,62 @@ fn cloud_api(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) -> Valu
     })
 }
 
+/// A status of a message the business sent (`message.sent` → `sent`,
+/// `message.ack` → `delivered`, `read`, `played`), as Meta's status
+/// webhooks have it since 2026: `statuses[]` with `recipient_id` (the
+/// phone) and `recipient_user_id`, and the recipient in `contacts` (no
+/// profile: whatsd has no name for a recipient). No `conversation` or
+/// `pricing`: nothing is billed.
+fn cloud_api_status(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) -> Value {
+    let d = &event.data;
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let (status, jid, phone, lid) = if event.kind == "message.sent" {
+        let to = s(&d["to"]);
+        let (user, server) = to.split_once('@').unwrap_or((&to, ""));
+        let user = user.split(':').next().unwrap_or_default().to_string();
+        match server {
+            "lid" => ("sent".to_string(), to.clone(), String::new(), to.clone()),
+            _ => ("sent".to_string(), to.clone(), user, String::new()),
+        }
+    } else {
+        let r = &d["recipient"];
+        (s(&d["status"]), s(&r["jid"]), s(&r["phone"]), s(&r["lid"]))
+    };
+    let user_id = Contact::of_sender(&phone, &lid, &jid)
+        .and_then(|contact| bsuid::user_id(blinder, &event.session, incarnation, &contact));
+    let mut contact = json!({ "user_id": user_id });
+    let mut status = json!({
+        "id": d["id"],
+        "status": status,
+        "timestamp": d["timestamp"].as_i64().unwrap_or_default().to_string(),
+        "recipient_user_id": user_id,
+    });
+    // A recipient known only by LID has no phone to show: Meta, too, leaves
+    // `wa_id` and `recipient_id` out when it cannot show the number.
+    if !phone.is_empty() {
+        contact["wa_id"] = json!(phone);
+        status["recipient_id"] = json!(phone);
+    }
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": event.tenant,
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {
+                        "display_phone_number": event.me.phone,
+                        "phone_number_id": event.session,
+                    },
+                    "contacts": [contact],
+                    "statuses": [status],
+                },
+            }],
+        }],
+    })
+}
+
 /// `X-Whatsd-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub fn whatsd_signature(secret: &[u8], unix: i64, body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
@@ -322,6 +400,7 @@ pub fn hub_signature(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{AckStatus, Party};
     use crate::wa::inbound::Content;
 
     fn dm() -> InboundMessage {
@@ -516,5 +595,171 @@ mod tests {
         let e = session_event(&connected, &Me::default()).unwrap();
         assert_eq!(e.kind, "session.logged_out");
         assert!(e.data.get("type").is_none());
+    }
+
+    fn session(kind: EventKind) -> WebhookEvent {
+        let event = SessionEvent {
+            session: "s1".into(),
+            tenant: "t1".into(),
+            incarnation: "i1".into(),
+            at_ms: 0,
+            kind,
+        };
+        let me = Me {
+            phone: "15559990000".into(),
+            ..Default::default()
+        };
+        session_event(&event, &me).unwrap()
+    }
+
+    fn ack(status: AckStatus, chat: &str, recipient: Party) -> WebhookEvent {
+        session(EventKind::MessageAck {
+            id: "3EB0SENT".into(),
+            status,
+            chat: chat.into(),
+            recipient,
+            timestamp: 1_700_000_123,
+        })
+    }
+
+    /// `message.sent` and `message.ack` as Meta's status webhooks, field by
+    /// field; the recipient's user id is the one their messages carry.
+    #[test]
+    fn cloud_api_statuses_shape() {
+        let b = blinder();
+        let ada = Contact::Phone("15550001111".into());
+        let user_id = bsuid::user_id(&b, "s1", "i1", &ada).unwrap();
+        let status = |e: &WebhookEvent| -> Value {
+            assert!(cloud_api_carries(e, false), "{e:?}");
+            serde_json::from_slice(&render(e, "i1", Format::CloudApi, &b)).unwrap()
+        };
+        let expected = |status: &str, timestamp: &str| {
+            json!({
+                "object": "whatsapp_business_account",
+                "entry": [{
+                    "id": "t1",
+                    "changes": [{
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15559990000",
+                                "phone_number_id": "s1",
+                            },
+                            "contacts": [{ "wa_id": "15550001111", "user_id": user_id }],
+                            "statuses": [{
+                                "id": "3EB0SENT",
+                                "status": status,
+                                "timestamp": timestamp,
+                                "recipient_id": "15550001111",
+                                "recipient_user_id": user_id,
+                            }],
+                        },
+                    }],
+                }],
+            })
+        };
+        let sent = session(EventKind::MessageSent {
+            id: "3EB0SENT".into(),
+            to: "15550001111@s.whatsapp.net".into(),
+            timestamp: 1_700_000_100,
+        });
+        assert_eq!(status(&sent), expected("sent", "1700000100"));
+        let by_lid = Party {
+            jid: "100000011111@lid".into(),
+            phone: "15550001111".into(),
+            lid: "100000011111@lid".into(),
+        };
+        for (s, name) in [
+            (AckStatus::Delivered, "delivered"),
+            (AckStatus::Read, "read"),
+            (AckStatus::Played, "played"),
+        ] {
+            let e = ack(s, "100000011111@lid", by_lid.clone());
+            assert_eq!(status(&e), expected(name, "1700000123"), "{name}");
+        }
+    }
+
+    #[test]
+    fn cloud_api_status_of_a_lid_only_recipient_has_no_phone() {
+        let lid_only = Party {
+            jid: "100000011111@lid".into(),
+            phone: String::new(),
+            lid: "100000011111@lid".into(),
+        };
+        let e = ack(AckStatus::Read, "100000011111@lid", lid_only);
+        let v: Value =
+            serde_json::from_slice(&render(&e, "i1", Format::CloudApi, &blinder())).unwrap();
+        let value = &v["entry"][0]["changes"][0]["value"];
+        let by_lid = bsuid::user_id(&blinder(), "s1", "i1", &Contact::Lid("100000011111".into()));
+        assert_eq!(value["contacts"], json!([{ "user_id": by_lid }]));
+        assert_eq!(value["statuses"][0]["recipient_user_id"], json!(by_lid));
+        assert!(value["statuses"][0].get("recipient_id").is_none());
+    }
+
+    /// Groups, status posts and session events have no Cloud API shape.
+    #[test]
+    fn cloud_api_carries_one_to_one_messages_and_their_statuses_only() {
+        let ada = Party {
+            jid: "15550001111@s.whatsapp.net".into(),
+            phone: "15550001111".into(),
+            lid: String::new(),
+        };
+        assert!(!cloud_api_carries(
+            &ack(AckStatus::Read, "12345-678@g.us", ada.clone()),
+            false
+        ));
+        let to_group = session(EventKind::MessageSent {
+            id: "x".into(),
+            to: "12345-678@g.us".into(),
+            timestamp: 0,
+        });
+        assert!(!cloud_api_carries(&to_group, false));
+        assert!(!cloud_api_carries(
+            &session(EventKind::PushName {
+                push_name: "x".into()
+            }),
+            false
+        ));
+        let me = Me::default();
+        let mut group = dm();
+        group.is_group = true;
+        group.chat = "12345-678@g.us".into();
+        assert!(!cloud_api_carries(
+            &message_event("s1", "t1", &me, &group, 0),
+            false
+        ));
+        assert!(cloud_api_carries(
+            &message_event("s1", "t1", &me, &dm(), 0),
+            false
+        ));
+        assert!(!cloud_api_carries(
+            &message_event("s1", "t1", &me, &dm(), 0),
+            true
+        ));
+    }
+
+    #[test]
+    fn message_ack_in_the_whatsd_format() {
+        let e = ack(
+            AckStatus::Delivered,
+            "15550001111@s.whatsapp.net",
+            Party {
+                jid: "15550001111@s.whatsapp.net".into(),
+                phone: "15550001111".into(),
+                lid: String::new(),
+            },
+        );
+        assert_eq!(e.kind, "message.ack");
+        assert_eq!(
+            e.data,
+            json!({
+                "id": "3EB0SENT",
+                "status": "delivered",
+                "chat": "15550001111@s.whatsapp.net",
+                "recipient": { "jid": "15550001111@s.whatsapp.net", "phone": "15550001111", "lid": "" },
+                "timestamp": 1_700_000_123,
+            })
+        );
     }
 }

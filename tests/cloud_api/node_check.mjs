@@ -1,9 +1,10 @@
 // whatsapp-api-js (a maintained Node library for Meta's WhatsApp Cloud API)
-// parses the delivery pywa_check.py saved, as an app built on it would:
+// parses the deliveries pywa_check.py saved, as an app built on it would:
 // `WhatsAppAPI.post(body, rawBody, signature)` checks X-Hub-Signature-256
-// with the endpoint's secret as app secret, then calls `on.message`; its
-// fields must be exactly what whatsd sent. Usage: node node_check.mjs DIR
-// (DIR holds delivery.json, signature and expected.json).
+// with the endpoint's secret as app secret, then calls `on.message` (or
+// `on.status`); its fields must be exactly what whatsd sent. Usage: node
+// node_check.mjs DIR (DIR holds delivery.json, signature, status.json,
+// status_signature and expected.json).
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { WhatsAppAPI } from "whatsapp-api-js";
@@ -59,4 +60,31 @@ console.log(
   `OK whatsapp-api-js on.message: text=${JSON.stringify(seen.message.text.body)} ` +
     `from=${seen.recipient.phone} bsuid=${seen.recipient.bsuid} id=${seen.message.id} ` +
     `timestamp=${seen.message.timestamp}`,
+);
+
+// A status (the contact read what pywa sent).
+const statusRaw = readFileSync(join(dir, "status.json"), "utf8");
+const statusSignature = readFileSync(join(dir, "status_signature"), "utf8").trim();
+let status = null;
+Whatsapp.on.status = (args) => {
+  status = args;
+};
+await Whatsapp.post(JSON.parse(statusRaw), statusRaw, statusSignature);
+if (!status) fail("whatsapp-api-js did not call on.status");
+const statusChecks = {
+  status: [status.status, "read"],
+  id: [status.id, want.status_id],
+  type: [status.type, "individual"],
+  "recipient.phone": [status.recipient.phone, want.from],
+  "recipient.bsuid": [status.recipient.bsuid, want.user_id],
+  "contact.wa_id": [status.contact.wa_id, want.from],
+  "contact.user_id": [status.contact.user_id, want.user_id],
+  phoneID: [status.phoneID, want.phone_number_id],
+};
+for (const [field, [got, expected]] of Object.entries(statusChecks)) {
+  if (got !== expected) fail(`status ${field} is ${JSON.stringify(got)}, whatsd sent ${JSON.stringify(expected)}`);
+}
+console.log(
+  `OK whatsapp-api-js on.status: ${status.status} id=${status.id} to=${status.recipient.phone} ` +
+    `bsuid=${status.recipient.bsuid}`,
 );

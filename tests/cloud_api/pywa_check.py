@@ -9,8 +9,12 @@ text, sender, message id and timestamp (the timestamp whatsd's own format
 carries for the same message). Sending: pywa's `WhatsApp.send_message`
 with its httpx client's base URL at whatsd's /graph, and `Message.reply`
 (which pywa sends to the sender's business-scoped user id); the demo
-contact must receive exactly those texts. Bad requests raise pywa's own
-errors with whatsd's codes. The raw delivery is saved for the Node check.
+contact must receive exactly those texts. Statuses: pywa's
+`on_message_status` handler must see `sent` and `delivered` (the demo
+contact's phone confirms delivery by itself) and, once the contact reads
+it, `read`, for the message it sent, with the contact's phone and user id.
+Bad requests raise pywa's own errors with whatsd's codes. The raw message
+and status deliveries are saved for the Node check.
 Exits non-zero on any mismatch.
 """
 
@@ -102,6 +106,12 @@ def main() -> None:
         seen.append(msg)
         replies.append(msg.reply(REPLY_TEXT).id)
 
+    statuses: list[types.MessageStatus] = []
+
+    @wa.on_message_status()
+    def on_status(client: WhatsApp, status: types.MessageStatus) -> None:
+        statuses.append(status)
+
     whatsd_events: list[dict] = []
     raw: list[tuple[bytes, str]] = []
 
@@ -175,7 +185,7 @@ def main() -> None:
         f"OK pywa on_message: text={msg.text!r} from={msg.from_user.wa_id} "
         f"bsuid={bsuid} id={msg.id} timestamp={msg.timestamp.isoformat()}"
     )
-    body, signature = raw[0]
+    body, signature = next((b, sig) for b, sig in raw if b'"messages"' in b)
     (out / "delivery.json").write_bytes(body)
     (out / "signature").write_text(signature)
     (out / "expected.json").write_text(
@@ -211,6 +221,53 @@ def main() -> None:
         if entry["text"] != text or not entry["to"].startswith(contact):
             fail(f"{what}: the contact received {entry}, not {text!r} to {contact}")
         print(f"OK pywa {what}: id={message_id} received by {entry['to']}: {entry['text']!r}")
+
+    # Statuses of what pywa sent: sent and delivered by themselves, read
+    # once the contact reads it.
+    def statuses_of(message_id: str) -> list[str]:
+        return [str(s.status) for s in statuses if s.id == message_id]
+
+    wait(
+        "pywa's on_message_status handler: sent, delivered",
+        30,
+        lambda: statuses_of(sent.id) == ["sent", "delivered"],
+    )
+    read = urllib.request.Request(
+        f"{control}/control/receipts",
+        data=json.dumps(
+            {"to_phone": business_phone, "from_phone": contact, "message_id": sent.id, "status": "read"}
+        ).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(read, timeout=10) as response:
+        if response.status != 200:
+            fail(f"fakewa's read receipt: {response.status}")
+    wait(
+        "pywa's on_message_status handler: read",
+        30,
+        lambda: statuses_of(sent.id) == ["sent", "delivered", "read"],
+    )
+    for status in (s for s in statuses if s.id == sent.id):
+        checks = {
+            "from_user.wa_id": (status.from_user.wa_id, contact),
+            "from_user.bsuid": (status.from_user.bsuid, bsuid),
+            "metadata.phone_number_id": (status.metadata.phone_number_id, args.session),
+        }
+        for field, (got, want) in checks.items():
+            if got != want:
+                fail(f"pywa's MessageStatus({status.status}).{field} is {got!r}, not {want!r}")
+        if not (before - 5 <= int(status.timestamp.timestamp()) <= int(time.time()) + 5):
+            fail(f"status {status.status} timestamp {status.timestamp} is not now")
+    print(f"OK pywa on_message_status: {' → '.join(statuses_of(sent.id))} for {sent.id} to {contact}")
+    body, signature = next(
+        (b, sig) for b, sig in raw if b'"statuses"' in b and b'"read"' in b and sent.id.encode() in b
+    )
+    (out / "status.json").write_bytes(body)
+    (out / "status_signature").write_text(signature)
+    expected = json.loads((out / "expected.json").read_text())
+    expected["status_id"] = sent.id
+    (out / "expected.json").write_text(json.dumps(expected))
 
     # Bad requests: pywa's own exceptions, with whatsd's codes.
     other_http = httpx.Client(timeout=30)

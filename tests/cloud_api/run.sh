@@ -130,7 +130,7 @@ step "pywa: receive, send, errors" "$s"
 s=$SECONDS
 echo "==> whatsapp-api-js $(cd "$work" && node -p 'require("./node_modules/whatsapp-api-js/package.json").version')"
 (cd "$work" && node node_check.mjs "$work") || fail "whatsapp-api-js"
-step "whatsapp-api-js: receive" "$s"
+step "whatsapp-api-js: message, status" "$s"
 
 kill -TERM "$daemon"
 wait "$daemon" || fail "the daemon did not stop cleanly"

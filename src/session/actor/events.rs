@@ -11,7 +11,7 @@ use super::{Actor, lock};
 use crate::session::event::{EventKind, Identity, PairingQr};
 use crate::session::state::{Reason, SessionState};
 use crate::session::{Owner, now_ms};
-use crate::wa::{InboundMessage, WaEvent};
+use crate::wa::{InboundMessage, Receipt, WaEvent};
 
 impl Actor {
     pub(super) async fn on_wa_event(&mut self, event: WaEvent) {
@@ -45,6 +45,7 @@ impl Actor {
             WaEvent::Disconnected => self.on_disconnected().await,
             WaEvent::PushName(name) => self.on_push_name(name).await,
             WaEvent::Undecryptable(message) => self.on_undecryptable(*message).await,
+            WaEvent::Receipt(receipt) => self.on_receipt(*receipt).await,
             // Terminal.
             WaEvent::LoggedOut { on_connect } => self.on_unlinked(on_connect).await,
             WaEvent::StreamReplaced => {
@@ -252,6 +253,28 @@ impl Actor {
             if let Err(e) = sink.messages(&owner, me, vec![message]).await {
                 tracing::error!(session = %owner.session, "recording an undecryptable message: {e:#}");
             }
+        }
+    }
+
+    /// `message.ack`, one per message id, with the recipient's phone
+    /// resolved from their LID where the client knows it.
+    async fn on_receipt(&mut self, mut receipt: Receipt) {
+        let recipient = &mut receipt.recipient;
+        if recipient.phone.is_empty()
+            && !recipient.lid.is_empty()
+            && let Some(conn) = &self.conn
+            && let Some(phone) = conn.phone_of_lid(&recipient.lid).await
+        {
+            recipient.phone = phone;
+        }
+        for id in receipt.message_ids {
+            self.emit(EventKind::MessageAck {
+                id,
+                status: receipt.status,
+                chat: receipt.chat.clone(),
+                recipient: receipt.recipient.clone(),
+                timestamp: receipt.timestamp,
+            });
         }
     }
 

@@ -701,6 +701,7 @@ impl Actor {
                 self.emit(EventKind::MessageSent {
                     id: id.clone(),
                     to: jid.to_string(),
+                    timestamp: now_ms() / 1000,
                 });
                 Ok(id)
             }

@@ -19,7 +19,7 @@ use crate::phone;
 use crate::server::{
     self, ControlError, OutboxEntry, Paired, Reply, Server, lock, now_ms, now_secs,
 };
-use crate::state::{DeviceKey, DeviceRecord, MessageKind, QueuedMessage};
+use crate::state::{DeviceKey, DeviceRecord, MessageKind, QueuedMessage, ReceiptStatus};
 
 /// Commands other tasks send to a connection.
 pub(crate) enum ConnCmd {
@@ -619,7 +619,11 @@ impl Conn {
             "iq" => self.on_iq(cipher, node).await,
             "message" => self.on_message(cipher, node).await,
             "receipt" => self.on_receipt(cipher, &node).await,
-            "ib" | "presence" | "ack" | "chatstate" => Ok(()),
+            "ack" => {
+                self.on_ack(&node);
+                Ok(())
+            }
+            "ib" | "presence" | "chatstate" => Ok(()),
             other => {
                 tracing::debug!(conn = self.handle.id, tag = other, "ignoring stanza");
                 Ok(())
@@ -1023,6 +1027,21 @@ impl Conn {
         message: &crate::state::QueuedMessage,
         offline: bool,
     ) -> anyhow::Result<Node> {
+        if let Some(receipt) = &message.receipt {
+            // Receipts are not encrypted.
+            let mut stanza = NodeBuilder::new("receipt")
+                .attr("from", format!("{}@s.whatsapp.net", message.contact))
+                .attr("id", receipt.message_id.clone())
+                .attr("t", message.timestamp.to_string());
+            if let Some(kind) = receipt.status.wire_type() {
+                stanza = stanza.attr("type", kind);
+            }
+            let mut stanza = stanza.build();
+            if offline {
+                stanza.attrs.insert("offline", "1");
+            }
+            return Ok(stanza);
+        }
         let mut bundle = lock(&self.server.state)
             .devices
             .get(key)
@@ -1191,11 +1210,47 @@ impl Conn {
         });
         let ack = NodeBuilder::new("ack")
             .attr("class", "message")
-            .attr("id", id)
-            .attr("from", to)
+            .attr("id", id.clone())
+            .attr("from", to.clone())
             .attr("t", now_secs().to_string())
             .build();
-        self.send(cipher, &ack).await
+        self.send(cipher, &ack).await?;
+        // The contact's phone is online: it confirms delivery right away.
+        let contact = to.split(['@', ':']).next().unwrap_or_default();
+        if self.server.config.delivery_receipts
+            && to.ends_with("@s.whatsapp.net")
+            && contact != key.phone
+            && let Err(e) =
+                self.server
+                    .queue_receipt(&key.phone, contact, &id, ReceiptStatus::Delivered)
+        {
+            tracing::warn!(device = %key, %id, "cannot queue the delivery receipt: {e}");
+        }
+        Ok(())
+    }
+
+    /// The device acknowledged a receipt: it is no longer queued.
+    fn on_ack(&mut self, node: &Node) {
+        if attr(node, "class").as_deref() != Some("receipt") {
+            return;
+        }
+        let Some(key) = self.device_key().cloned() else {
+            return;
+        };
+        let id = attr(node, "id").unwrap_or_default();
+        let kind = attr(node, "type");
+        let mut state = lock(&self.server.state);
+        if let Some(record) = state.devices.get_mut(&key) {
+            let before = record.queue.len();
+            record.queue.retain(|m| {
+                !m.receipt
+                    .as_ref()
+                    .is_some_and(|r| r.message_id == id && r.status.wire_type() == kind.as_deref())
+            });
+            if record.queue.len() != before {
+                let _ = state.save_device(&key);
+            }
+        }
     }
 }
 

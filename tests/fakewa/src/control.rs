@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::server::{ControlError, Fault, Server};
-use crate::state::MessageKind;
+use crate::state::{MessageKind, ReceiptStatus};
 
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
@@ -22,6 +22,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/pair-code", post(pair_code))
         .route("/control/messages", post(messages))
         .route("/control/outbox", get(outbox))
+        .route("/control/receipts", post(receipts))
         .route("/control/unlink", post(unlink))
         .route("/control/drop", post(drop_conn))
         .route("/control/stall", post(stall))
@@ -124,6 +125,24 @@ fn default_kind() -> MessageKind {
 async fn messages(State(s): State<Arc<Server>>, Body(req): Body<MessageReq>) -> Response {
     match s.send_message(&req.to_phone, &req.from_phone, &req.text, req.kind) {
         Ok(id) => Json(json!({"id": id})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptReq {
+    /// The account whose device sent the message.
+    to_phone: String,
+    /// The contact that received it and now sends the receipt.
+    from_phone: String,
+    message_id: String,
+    status: ReceiptStatus,
+}
+
+async fn receipts(State(s): State<Arc<Server>>, Body(req): Body<ReceiptReq>) -> Response {
+    match s.send_receipt(&req.to_phone, &req.from_phone, &req.message_id, req.status) {
+        Ok(()) => Json(json!({})).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use server::{Config, ControlError, Delivery, DeviceInfo, Fault, OutboxEntry, Paired, Server};
-pub use state::MessageKind;
+pub use state::{MessageKind, ReceiptStatus};
 
 /// A running fake server: the WhatsApp WebSocket listener and the control API.
 /// Dropping it stops both.

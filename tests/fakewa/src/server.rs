@@ -17,7 +17,7 @@ use crate::conn::{self, ConnCmd, ConnHandle};
 use crate::noise::ServerIdentity;
 use crate::peer::Contact;
 use crate::phone::{self, AccountKey};
-use crate::state::{DeviceKey, MessageKind, QueuedMessage, State};
+use crate::state::{DeviceKey, MessageKind, QueuedMessage, ReceiptStatus, State};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -29,6 +29,9 @@ pub struct Config {
     pub assign_lid: bool,
     /// Whether `pair-success` carries `<biz name>` (which becomes the push name).
     pub push_name_in_pair_success: bool,
+    /// Whether a contact sends a delivery receipt as soon as it receives a
+    /// message from a linked device (as a phone that is online does).
+    pub delivery_receipts: bool,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             qr_refs: 6,
             assign_lid: true,
             push_name_in_pair_success: true,
+            delivery_receipts: true,
         }
     }
 }
@@ -324,6 +328,7 @@ impl Server {
                         text: text.to_owned(),
                         timestamp: now_secs(),
                         app_state_key: None,
+                        receipt: None,
                     });
                 }
                 state
@@ -339,6 +344,65 @@ impl Server {
             }
         }
         Ok(id)
+    }
+
+    /// Contact `contact` sends its `status` receipt for message
+    /// `message_id`, which a device of `account` sent it: queued for every
+    /// linked device of `account` and delivered to those that are connected.
+    pub fn send_receipt(
+        &self,
+        account: &str,
+        contact: &str,
+        message_id: &str,
+        status: ReceiptStatus,
+    ) -> Result<(), ControlError> {
+        validate_phone(account)?;
+        validate_phone(contact)?;
+        let sent = lock(&self.outbox).iter().any(|m| {
+            m.id == message_id
+                && m.from_phone == account
+                && m.to.split(['@', ':']).next() == Some(contact)
+        });
+        if !sent {
+            return Err(ControlError::NotFound(format!(
+                "{account} sent no message {message_id:?} to {contact}"
+            )));
+        }
+        self.queue_receipt(account, contact, message_id, status)
+    }
+
+    /// Queues `contact`'s receipt for every linked device of `account`.
+    pub(crate) fn queue_receipt(
+        &self,
+        account: &str,
+        contact: &str,
+        message_id: &str,
+        status: ReceiptStatus,
+    ) -> Result<(), ControlError> {
+        let receipt = QueuedMessage::receipt(contact, message_id, status, now_secs());
+        let devices = {
+            let mut state = lock(&self.state);
+            let devices = state.devices_of(account);
+            for key in &devices {
+                if let Some(record) = state.devices.get_mut(key) {
+                    if record.queue.iter().any(|m| m.id == receipt.id) {
+                        continue;
+                    }
+                    record.queue.push_back(receipt.clone());
+                }
+                state
+                    .save_device(key)
+                    .map_err(|e| ControlError::Failed(e.to_string()))?;
+            }
+            devices
+        };
+        let conns = lock(&self.conns);
+        for key in devices {
+            if let Some(handle) = conns.live.get(&key) {
+                handle.send(ConnCmd::Flush);
+            }
+        }
+        Ok(())
     }
 
     pub fn outbox(&self, from_phone: Option<&str>) -> Vec<OutboxEntry> {

@@ -103,6 +103,65 @@ pub struct QueuedMessage {
     /// resent on every login until the device acknowledges it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_state_key: Option<AppStateKey>,
+    /// Set when this entry is not a message but a contact's receipt for a
+    /// message the account sent (`contact` sent it). Queued like a message,
+    /// so a device offline when the contact read gets it on its next login,
+    /// until the device acknowledges it (`<ack class="receipt">`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<QueuedReceipt>,
+}
+
+/// A receipt a contact sends for a message the account sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedReceipt {
+    pub message_id: String,
+    pub status: ReceiptStatus,
+}
+
+/// What a receipt says about a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    Delivered,
+    Read,
+    Played,
+}
+
+impl ReceiptStatus {
+    /// The receipt's `type` attribute (a delivery receipt has none).
+    pub fn wire_type(self) -> Option<&'static str> {
+        match self {
+            Self::Delivered => None,
+            Self::Read => Some("read"),
+            Self::Played => Some("played"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Played => "played",
+        }
+    }
+}
+
+impl QueuedMessage {
+    /// `contact`'s receipt for message `message_id` of the account.
+    pub fn receipt(contact: &str, message_id: &str, status: ReceiptStatus, timestamp: u64) -> Self {
+        Self {
+            id: format!("receipt-{}-{message_id}", status.name()),
+            kind: MessageKind::Dm,
+            contact: contact.to_owned(),
+            text: String::new(),
+            timestamp,
+            app_state_key: None,
+            receipt: Some(QueuedReceipt {
+                message_id: message_id.to_owned(),
+                status,
+            }),
+        }
+    }
 }
 
 /// An app-state sync key, fixed when queued so every resend carries the same key.
@@ -125,6 +184,7 @@ impl QueuedMessage {
                 key_id: rand::random(),
                 key_data: rand::random(),
             }),
+            receipt: None,
         }
     }
 }
