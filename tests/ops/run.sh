@@ -53,7 +53,7 @@ if ! command -v promtool >/dev/null; then
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y --no-install-recommends prometheus >/dev/null
 fi
-promtool --version 2>&1 | head -n 1
+promtool --version 2>&1 | sed -n 1p
 step "promtool" "$s"
 
 s=$SECONDS
