@@ -24,13 +24,64 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Upper bounds (seconds) of the store's group-commit flush buckets: a sled
+/// flush plus one `fdatasync`, sub-millisecond on a fast disk, seconds on a
+/// stalled one.
+pub const FLUSH_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 /// Outbox gauges: (pending deliveries, age in seconds of the oldest one).
 pub type OutboxSource = Arc<dyn Fn() -> (u64, f64) + Send + Sync>;
 
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+/// Cumulative buckets over fixed upper bounds, as Prometheus reads them.
+struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    buckets: [AtomicU64; N],
     count: AtomicU64,
     sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    const fn new(bounds: &'static [f64; N]) -> Self {
+        Self {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; N],
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "histogram", help);
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 struct Registry {
@@ -43,7 +94,8 @@ struct Registry {
     messages_received: AtomicU64,
     messages_sent: AtomicU64,
     dead_letters_expired: AtomicU64,
-    latency: Histogram,
+    latency: Histogram<{ LATENCY_BUCKETS.len() }>,
+    store_flush: Histogram<{ FLUSH_BUCKETS.len() }>,
     outbox: RwLock<Option<OutboxSource>>,
 }
 
@@ -57,11 +109,8 @@ static REGISTRY: Registry = Registry {
     messages_received: AtomicU64::new(0),
     messages_sent: AtomicU64::new(0),
     dead_letters_expired: AtomicU64::new(0),
-    latency: Histogram {
-        buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len()],
-        count: AtomicU64::new(0),
-        sum_micros: AtomicU64::new(0),
-    },
+    latency: Histogram::new(&LATENCY_BUCKETS),
+    store_flush: Histogram::new(&FLUSH_BUCKETS),
     outbox: RwLock::new(None),
 };
 
@@ -124,16 +173,13 @@ pub fn dead_letters_expired_total() -> u64 {
 /// `retried` or `dead_lettered`) after `latency`.
 pub fn webhook_delivery(outcome: &'static str, latency: Duration) {
     bump(&REGISTRY.webhook_deliveries, outcome);
-    let h = &REGISTRY.latency;
-    let secs = latency.as_secs_f64();
-    for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-        if secs <= *bound {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    h.count.fetch_add(1, Ordering::Relaxed);
-    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-    h.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    REGISTRY.latency.observe(latency);
+}
+
+/// One group commit of the store (sled flush and `fdatasync`) took `took`,
+/// whether it succeeded or not.
+pub fn store_flush(took: Duration) {
+    REGISTRY.store_flush.observe(took);
 }
 
 /// Registers where the outbox gauges come from (the webhook dispatcher);
@@ -277,33 +323,15 @@ fn render_into(
     }
     drop(deliveries);
 
-    let h = &r.latency;
-    header(
+    r.latency.render(
         out,
         "whatsd_webhook_delivery_duration_seconds",
-        "histogram",
         "Time from a delivery attempt's start to its answer.",
     );
-    for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-        let _ = writeln!(
-            out,
-            "whatsd_webhook_delivery_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-            bucket.load(Ordering::Relaxed)
-        );
-    }
-    let count = h.count.load(Ordering::Relaxed);
-    let _ = writeln!(
+    r.store_flush.render(
         out,
-        "whatsd_webhook_delivery_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-    );
-    let _ = writeln!(
-        out,
-        "whatsd_webhook_delivery_duration_seconds_sum {}",
-        h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "whatsd_webhook_delivery_duration_seconds_count {count}"
+        "whatsd_store_flush_duration_seconds",
+        "Time a group commit of the store (sled flush and fdatasync) took.",
     );
 
     let source = r.outbox.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -388,6 +416,46 @@ mod tests {
     }
 
     #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&FLUSH_BUCKETS);
+        for ms in [3, 2_000, 10_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "X.");
+        for line in [
+            "# TYPE x_seconds histogram",
+            "x_seconds_bucket{le=\"0.0025\"} 0",
+            "x_seconds_bucket{le=\"0.005\"} 1",
+            "x_seconds_bucket{le=\"1\"} 1",
+            "x_seconds_bucket{le=\"2.5\"} 2",
+            "x_seconds_bucket{le=\"+Inf\"} 3",
+            "x_seconds_sum 12.003",
+            "x_seconds_count 3",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line}:\n{out}");
+        }
+    }
+
+    /// The store's group commit feeds the flush histogram.
+    #[tokio::test]
+    async fn store_flushes_are_timed() {
+        let count = || REGISTRY.store_flush.count.load(Ordering::Relaxed);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::store::MasterKey::from_bytes([5; 32])).unwrap();
+        let before = count();
+        store.flush().await.unwrap();
+        assert!(count() > before);
+        let mut out = String::new();
+        render_into(&mut out, &BTreeMap::new(), None, None);
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("whatsd_store_flush_duration_seconds_count ")),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn exposition_has_every_family_once() {
         webhook_delivery("delivered", Duration::from_millis(30));
         set_outbox_source(Arc::new(|| (3, 1.5)));
@@ -399,6 +467,7 @@ mod tests {
             "whatsd_session_transitions_total",
             "whatsd_webhook_deliveries_total",
             "whatsd_webhook_delivery_duration_seconds",
+            "whatsd_store_flush_duration_seconds",
             "whatsd_webhook_outbox_depth",
             "whatsd_store_size_bytes",
             "process_resident_memory_bytes",

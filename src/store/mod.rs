@@ -230,7 +230,10 @@ impl FlushGroup {
         let covered = self.requested.load(Ordering::Acquire);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         let log = self.log.read().unwrap_or_else(|p| p.into_inner()).clone();
-        flush_blocking(self.tree.clone(), log).await?;
+        let started = std::time::Instant::now();
+        let flushed = flush_blocking(self.tree.clone(), log).await;
+        crate::metrics::store_flush(started.elapsed());
+        flushed?;
         *done = covered;
         Ok(())
     }
