@@ -44,14 +44,25 @@ fail() {
   exit 1
 }
 
-# promtool (Debian 12 ships 2.42).
+# promtool (Debian 12 ships 2.42): only the binary, unpacked from Debian's
+# `prometheus` package into a cache. Installing the package would pull in
+# its web assets and, on a host running systemd, start a Prometheus server.
 s=$SECONDS
 if ! command -v promtool >/dev/null; then
-  sudo=()
-  [[ $(id -u) == 0 ]] || sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y --no-install-recommends prometheus >/dev/null
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/whatsd-ops
+  if [[ ! -x $cache/promtool ]]; then
+    mkdir -p "$cache"
+    if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
+      sudo=()
+      [[ $(id -u) == 0 ]] || sudo=(sudo)
+      "${sudo[@]}" apt-get update -qq
+      (cd "$work" && apt-get download prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$work"/prometheus_*.deb "$work/prometheus-deb"
+    install -m 0755 "$work/prometheus-deb/usr/bin/promtool" "$cache/promtool.new"
+    mv -f "$cache/promtool.new" "$cache/promtool"
+  fi
+  PATH=$cache:$PATH
 fi
 promtool --version 2>&1 | sed -n 1p
 step "promtool" "$s"
