@@ -52,11 +52,18 @@ fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::unprocessable("invalid_body", format!("the JSON body does not fit: {e}"))
+    // serde stops at the first error: a body whose start does not fit the
+    // type (`0\t0` for an object) may not be JSON at all further on.
+    serde_json::from_slice(bytes).map_err(|e| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => {
+                ApiError::unprocessable("invalid_body", format!("the JSON body does not fit: {e}"))
+            }
+            Err(syntax) => ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {syntax}"),
+            ),
         }
-        _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
     })
 }
 
