@@ -83,7 +83,8 @@ impl MasterKey {
             return Some(Self::from_bytes(raw));
         }
         let text = std::str::from_utf8(contents).ok()?.trim();
-        if text.len() != MASTER_KEY_LEN * 2 {
+        // `from_str_radix` alone would take a sign: "+f" reads as 15.
+        if text.len() != MASTER_KEY_LEN * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
