@@ -78,7 +78,7 @@ impl MasterKey {
         })
     }
 
-    fn parse(contents: &[u8]) -> Option<Self> {
+    pub(super) fn parse(contents: &[u8]) -> Option<Self> {
         if let Ok(raw) = <[u8; MASTER_KEY_LEN]>::try_from(contents) {
             return Some(Self::from_bytes(raw));
         }
@@ -152,7 +152,7 @@ impl MasterKey {
         Ok(())
     }
 
-    fn bytes(&self) -> &[u8; MASTER_KEY_LEN] {
+    pub(super) fn bytes(&self) -> &[u8; MASTER_KEY_LEN] {
         &self.0
     }
 }
