@@ -161,4 +161,24 @@ mod tests {
         }
         assert!(check_id("session", &"a".repeat(65)).is_err());
     }
+
+    #[test]
+    fn bodies_that_are_not_json_are_malformed_even_when_their_start_does_not_fit() {
+        let status = |body: &[u8]| {
+            parse::<std::collections::BTreeMap<String, u32>>(true, body)
+                .map_err(|e| (e.status, e.code))
+                .err()
+        };
+        let malformed = Some((StatusCode::BAD_REQUEST, "malformed_json"));
+        let unfit = Some((StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
+        assert_eq!(
+            status(b"0\t0"),
+            malformed,
+            "found by the body property test"
+        );
+        assert_eq!(status(b"0"), unfit);
+        assert_eq!(status(b"{\"a\": \"x\"} ]"), malformed);
+        assert_eq!(status(b"{\"a\": \"x\"}"), unfit);
+        assert_eq!(status(b"{\"a\": 1}"), None);
+    }
 }

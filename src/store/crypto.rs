@@ -363,6 +363,16 @@ mod tests {
     }
 
     #[test]
+    fn signs_are_not_hex_digits() {
+        // Found by the key-file property test: "+0" once read as 0.
+        let mut text = "0".repeat(64);
+        text.replace_range(8..9, "+");
+        assert!(MasterKey::parse(text.as_bytes()).is_none());
+        assert!(MasterKey::parse(format!("{}\n", "+f".repeat(32)).as_bytes()).is_none());
+        assert!(MasterKey::parse("0f".repeat(32).as_bytes()).is_some());
+    }
+
+    #[test]
     fn key_file_formats() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("raw");
