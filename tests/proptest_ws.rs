@@ -68,7 +68,7 @@ fn text_frame() -> impl Strategy<Value = String> {
 }
 
 #[test]
-fn client_frames_are_ignored_or_refused_as_documented() {
+fn proptest_client_frames_are_ignored_or_refused_as_documented() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
