@@ -1163,3 +1163,6 @@ mod tests {
         assert!(err.to_string().contains("webhooks."), "{err}");
     }
 }
+
+#[cfg(test)]
+mod proptests;

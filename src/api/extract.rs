@@ -52,11 +52,18 @@ fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::unprocessable("invalid_body", format!("the JSON body does not fit: {e}"))
+    // serde stops at the first error: a body whose start does not fit the
+    // type (`0\t0` for an object) may not be JSON at all further on.
+    serde_json::from_slice(bytes).map_err(|e| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => {
+                ApiError::unprocessable("invalid_body", format!("the JSON body does not fit: {e}"))
+            }
+            Err(syntax) => ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {syntax}"),
+            ),
         }
-        _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
     })
 }
 
@@ -153,5 +160,25 @@ mod tests {
             assert!(check_id("session", bad).is_err(), "{bad:?}");
         }
         assert!(check_id("session", &"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_are_malformed_even_when_their_start_does_not_fit() {
+        let status = |body: &[u8]| {
+            parse::<std::collections::BTreeMap<String, u32>>(true, body)
+                .map_err(|e| (e.status, e.code))
+                .err()
+        };
+        let malformed = Some((StatusCode::BAD_REQUEST, "malformed_json"));
+        let unfit = Some((StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
+        assert_eq!(
+            status(b"0\t0"),
+            malformed,
+            "found by the body property test"
+        );
+        assert_eq!(status(b"0"), unfit);
+        assert_eq!(status(b"{\"a\": \"x\"} ]"), malformed);
+        assert_eq!(status(b"{\"a\": \"x\"}"), unfit);
+        assert_eq!(status(b"{\"a\": 1}"), None);
     }
 }

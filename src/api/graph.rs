@@ -259,7 +259,7 @@ impl IntoResponse for GraphError {
 
 /// `v` and a dotted number, as Meta writes its versions (`v23.0`). whatsd
 /// answers every version the same way.
-fn valid_version(version: &str) -> bool {
+pub(super) fn valid_version(version: &str) -> bool {
     let Some((major, minor)) = version.strip_prefix('v').and_then(|v| v.split_once('.')) else {
         return false;
     };

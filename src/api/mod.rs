@@ -20,6 +20,9 @@ pub mod tenants;
 pub mod webhooks;
 pub mod ws;
 
+#[cfg(test)]
+mod proptests;
+
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;

@@ -431,7 +431,7 @@ pub fn normalize_phone(phone: &str) -> Result<String, ApiError> {
 /// A JID as `send_message` takes it: `user@server`, the user 1–64 of
 /// `0-9A-Za-z._:-` (a device suffix included), the server 1–63 of
 /// `0-9A-Za-z.-`.
-fn is_jid(to: &str) -> bool {
+pub(super) fn is_jid(to: &str) -> bool {
     let Some((user, server)) = to.split_once('@') else {
         return false;
     };

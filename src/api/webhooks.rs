@@ -241,7 +241,7 @@ fn dead_view(id: u64, dead: &DeadLetter) -> serde_json::Value {
 }
 
 /// 1 to 19 decimal digits (no sign), as the document's pattern says.
-fn dead_id(raw: &str) -> Result<u64, ApiError> {
+pub(super) fn dead_id(raw: &str) -> Result<u64, ApiError> {
     let digits = (1..=19).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit());
     digits.then(|| raw.parse().ok()).flatten().ok_or_else(|| {
         ApiError::bad_request("invalid_id", format!("{raw:?} is not a dead-letter id"))

@@ -383,16 +383,16 @@ fn export(db: &sled::Db) -> Result<Vec<u8>, StoreError> {
 }
 
 /// One tree of a parsed backup.
-struct Tree<'a> {
-    name: &'a [u8],
-    entries: Vec<(&'a [u8], &'a [u8])>,
+pub(super) struct Tree<'a> {
+    pub(super) name: &'a [u8],
+    pub(super) entries: Vec<(&'a [u8], &'a [u8])>,
 }
 
 fn corrupt(reason: &str) -> StoreError {
     StoreError::Invalid(format!("not a whatsd backup, or a damaged one: {reason}"))
 }
 
-fn parse(backup: &[u8]) -> Result<Vec<Tree<'_>>, StoreError> {
+pub(super) fn parse(backup: &[u8]) -> Result<Vec<Tree<'_>>, StoreError> {
     let body = backup
         .strip_prefix(MAGIC)
         .ok_or_else(|| corrupt("bad magic"))?;

@@ -78,12 +78,13 @@ impl MasterKey {
         })
     }
 
-    fn parse(contents: &[u8]) -> Option<Self> {
+    pub(super) fn parse(contents: &[u8]) -> Option<Self> {
         if let Ok(raw) = <[u8; MASTER_KEY_LEN]>::try_from(contents) {
             return Some(Self::from_bytes(raw));
         }
         let text = std::str::from_utf8(contents).ok()?.trim();
-        if text.len() != MASTER_KEY_LEN * 2 {
+        // `from_str_radix` alone would take a sign: "+f" reads as 15.
+        if text.len() != MASTER_KEY_LEN * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
@@ -151,7 +152,7 @@ impl MasterKey {
         Ok(())
     }
 
-    fn bytes(&self) -> &[u8; MASTER_KEY_LEN] {
+    pub(super) fn bytes(&self) -> &[u8; MASTER_KEY_LEN] {
         &self.0
     }
 }
@@ -359,6 +360,16 @@ mod tests {
             Err(OpenError)
         );
         assert_eq!(sealer(1).open(b"t", b"k", &[]), Err(OpenError));
+    }
+
+    #[test]
+    fn signs_are_not_hex_digits() {
+        // Found by the key-file property test: "+0" once read as 0.
+        let mut text = "0".repeat(64);
+        text.replace_range(8..9, "+");
+        assert!(MasterKey::parse(text.as_bytes()).is_none());
+        assert!(MasterKey::parse(format!("{}\n", "+f".repeat(32)).as_bytes()).is_none());
+        assert!(MasterKey::parse("0f".repeat(32).as_bytes()).is_some());
     }
 
     #[test]

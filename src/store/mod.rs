@@ -40,6 +40,9 @@ mod rekey;
 pub mod release;
 pub mod tenants;
 
+#[cfg(test)]
+mod proptests;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -28,7 +28,7 @@ pub const RECORD_VERSION: u32 = 1;
 pub type RecordEntry = (String, Result<SessionRecord, StoreError>);
 
 impl Store {
-    fn record_key(&self, session_id: &str) -> [u8; ids::BLIND_LEN] {
+    pub(super) fn record_key(&self, session_id: &str) -> [u8; ids::BLIND_LEN] {
         self.blinder().blind(SESSION_DOMAIN, session_id.as_bytes())
     }
 
@@ -147,7 +147,7 @@ impl Store {
     }
 
     /// `label` names the session in errors.
-    fn decode_record(
+    pub(super) fn decode_record(
         &self,
         label: &str,
         key: &[u8],

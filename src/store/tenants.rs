@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, TENANT_DOMAIN, ids};
 
-const TENANTS_TREE: &str = "tenants";
+pub(super) const TENANTS_TREE: &str = "tenants";
 const AUTH_META_TREE: &str = "auth_meta";
 const ADMIN_TOKEN_HASH: &[u8] = b"admin_token_hash";
 /// Layout version written into every tenant record.
@@ -47,13 +47,13 @@ impl Store {
         Ok(self.inner.db.open_tree(TENANTS_TREE)?)
     }
 
-    fn tenant_key(&self, id: &str) -> [u8; ids::BLIND_LEN] {
+    pub(super) fn tenant_key(&self, id: &str) -> [u8; ids::BLIND_LEN] {
         self.blinder().blind(TENANT_DOMAIN, id.as_bytes())
     }
 
     /// Checks the id, stamps the layout version and seals the record under
     /// its stored key.
-    fn seal_tenant(&self, record: &TenantRecord) -> Result<Vec<u8>, StoreError> {
+    pub(super) fn seal_tenant(&self, record: &TenantRecord) -> Result<Vec<u8>, StoreError> {
         if record.id.is_empty() || record.id.len() > 128 {
             return Err(StoreError::Invalid(format!("tenant id {:?}", record.id)));
         }
@@ -158,7 +158,7 @@ impl Store {
     }
 
     /// `id` names the tenant in errors; `key` is the stored key.
-    fn decode_tenant(
+    pub(super) fn decode_tenant(
         &self,
         id: &str,
         key: &[u8],

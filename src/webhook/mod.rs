@@ -290,4 +290,6 @@ impl Inner {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

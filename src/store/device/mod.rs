@@ -110,6 +110,8 @@
 mod app_sync;
 mod device_record;
 mod msg_secret;
+#[cfg(test)]
+mod proptests;
 mod protocol;
 mod signal;
 

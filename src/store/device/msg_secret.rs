@@ -14,17 +14,17 @@ use super::{DeviceBackend, ROW_FORMAT_V1, composite, kind};
 use crate::store::error::StoreError;
 use crate::store::records::abort;
 
-const MSG_SECRET_LEN: usize = wacore::reporting_token::MESSAGE_SECRET_SIZE;
+pub(super) const MSG_SECRET_LEN: usize = wacore::reporting_token::MESSAGE_SECRET_SIZE;
 
 /// Stored msg-secret row: secret, expires_at, message_ts.
-struct MsgSecretRow {
-    secret: [u8; MSG_SECRET_LEN],
-    expires_at: i64,
-    message_ts: i64,
+pub(super) struct MsgSecretRow {
+    pub(super) secret: [u8; MSG_SECRET_LEN],
+    pub(super) expires_at: i64,
+    pub(super) message_ts: i64,
 }
 
 impl MsgSecretRow {
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut row = Vec::with_capacity(1 + MSG_SECRET_LEN + 16);
         row.push(ROW_FORMAT_V1);
         row.extend_from_slice(&self.secret);
@@ -33,7 +33,7 @@ impl MsgSecretRow {
         row
     }
 
-    fn decode(row: &[u8]) -> Option<Self> {
+    pub(super) fn decode(row: &[u8]) -> Option<Self> {
         if row.len() != 1 + MSG_SECRET_LEN + 16 || row[0] != ROW_FORMAT_V1 {
             return None;
         }

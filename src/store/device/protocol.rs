@@ -23,7 +23,7 @@ use crate::store::ids::BLIND_LEN;
 use crate::store::records::abort;
 
 /// `ts (i64 BE) ‖ payload` rows (sent messages, pending inbound).
-fn timestamped(ts: i64, payload: &[u8]) -> Vec<u8> {
+pub(super) fn timestamped(ts: i64, payload: &[u8]) -> Vec<u8> {
     let mut row = Vec::with_capacity(9 + payload.len());
     row.push(ROW_FORMAT_V1);
     row.extend_from_slice(&ts.to_be_bytes());
@@ -31,7 +31,7 @@ fn timestamped(ts: i64, payload: &[u8]) -> Vec<u8> {
     row
 }
 
-fn split_timestamped(row: &[u8]) -> Option<(i64, &[u8])> {
+pub(super) fn split_timestamped(row: &[u8]) -> Option<(i64, &[u8])> {
     if *row.first()? != ROW_FORMAT_V1 {
         return None;
     }

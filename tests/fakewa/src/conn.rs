@@ -1384,6 +1384,9 @@ fn app_state_reply(id: &str, node: &Node) -> Node {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
