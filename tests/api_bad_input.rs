@@ -174,7 +174,7 @@ async fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
             Some(json!({ "to": "15550001111", "text": "hi" })),
         )
         .await;
-    expect(&send, 409, "not_connected");
+    expect(&send, 409, "not_paired");
     let send = daemon
         .post(
             "/v1/sessions/idle/messages",

@@ -141,7 +141,7 @@ async fn pairing_through_the_api_only() {
     // Send a text through REST; fakewa's outbox has it.
     let sent = daemon
         .post(
-            "/v1/sessions/shop-1/messages",
+            "/v1/sessions/shop-1/messages?wait=sent",
             Some(ADMIN),
             Some(json!({ "to": "15550009999", "text": "hello from whatsd" })),
         )

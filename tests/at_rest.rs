@@ -397,7 +397,7 @@ async fn no_id_is_readable_in_the_data_dir_or_a_backup() {
     .await;
     let sent = daemon
         .post(
-            &format!("/v1/sessions/{SESSION}/messages"),
+            &format!("/v1/sessions/{SESSION}/messages?wait=sent"),
             Some(ADMIN),
             Some(json!({ "to": PEER, "text": "hello peer" })),
         )

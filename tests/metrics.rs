@@ -244,7 +244,7 @@ async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
     }
     let sent = daemon
         .post(
-            "/v1/sessions/m1/messages",
+            "/v1/sessions/m1/messages?wait=sent",
             Some(ADMIN),
             Some(json!({ "to": "15550002222", "text": "hello" })),
         )

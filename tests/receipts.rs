@@ -114,7 +114,7 @@ async fn receipts_become_message_ack_in_order_everywhere() {
             Some(json!({ "to": ADA, "text": "your order shipped" })),
         )
         .await;
-    assert_eq!(sent.status, 200, "{}", sent.text());
+    assert_eq!(sent.status, 202, "{}", sent.text());
     let id = sent.json()["id"].as_str().expect("id").to_string();
 
     // Delivered by itself, then read and played on command, one at a time
@@ -223,7 +223,7 @@ async fn a_receipt_sent_while_stopped_arrives_after_the_restart() {
             Some(json!({ "to": ADA, "text": "see you tomorrow" })),
         )
         .await;
-    assert_eq!(sent.status, 200, "{}", sent.text());
+    assert_eq!(sent.status, 202, "{}", sent.text());
     let id = sent.json()["id"].as_str().unwrap().to_string();
     wait_for(&bodies, "the delivery receipt", |b| {
         (whatsd_statuses(b, &id) == ["sent", "delivered"]).then_some(())

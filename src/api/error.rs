@@ -109,9 +109,9 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::AlreadyExists(_) => StatusCode::CONFLICT,
             SupervisorError::Quota(_) => StatusCode::FORBIDDEN,
             SupervisorError::InvalidId(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            SupervisorError::InvalidState { .. } | SupervisorError::NotConnected(_) => {
-                StatusCode::CONFLICT
-            }
+            SupervisorError::InvalidState { .. }
+            | SupervisorError::NotConnected(_)
+            | SupervisorError::NotPaired(_) => StatusCode::CONFLICT,
             SupervisorError::PairCode { reason, .. } if reason.contains("rate") => {
                 StatusCode::TOO_MANY_REQUESTS
             }

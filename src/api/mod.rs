@@ -123,6 +123,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::qr))
         .routes(routes!(sessions::pair_code))
         .routes(routes!(sessions::send_message))
+        .routes(routes!(sessions::message_status, sessions::cancel_message))
         .routes(routes!(sessions::phone_sessions))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::show, tenants::delete))

@@ -195,6 +195,18 @@ pub struct SessionEndpointPath {
     pub name: String,
 }
 
+/// `/sessions/{id}/messages/{message_id}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SessionMessagePath {
+    /// Session id.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
+    pub id: String,
+    /// The message id the send answered.
+    #[param(pattern = "^[0-9A-Za-z._-]{1,128}$")]
+    pub message_id: String,
+}
+
 /// `/tenants/{id}/webhooks/{name}`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]

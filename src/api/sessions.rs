@@ -15,9 +15,10 @@ use super::extract::{
     ApiJson, ApiJsonOrEmpty, ApiPath, ApiQuery, body_session_id, check_id, path_session_id,
 };
 use super::openapi::{
-    ErrorBody, PairCode, PhonePath, PhoneSessions, Sent, SessionList, SessionPath,
+    ErrorBody, PairCode, PhonePath, PhoneSessions, SessionList, SessionMessagePath, SessionPath,
 };
 use super::qr::{QrView, render_png, rfc3339_ms};
+use crate::session::outbound::{SendState, SendStatus};
 use crate::session::{SessionInfo, SessionState};
 
 /// The tenant sessions belong to when the admin names none.
@@ -473,25 +474,185 @@ pub async fn pair_code(
     })))
 }
 
-/// Send a text message.
+/// `POST /sessions/{id}/messages` options.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SendQuery {
+    /// `sent`: send now and answer once WhatsApp took the message (409 if
+    /// the session is not connected), without the queue.
+    #[param(pattern = "^sent$")]
+    pub wait: Option<String>,
+}
+
+/// `POST /sessions/{id}/messages` headers.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyHeader {
+    /// The same key within 24 h answers the first send instead of sending
+    /// again (1 to 255 visible ASCII characters).
+    #[serde(rename = "Idempotency-Key")]
+    #[param(pattern = "^[!-~]{1,255}$")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The `Idempotency-Key` header, if any: 400 when malformed.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if crate::session::outbound::valid_idempotency_key(key) => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Send a text message: queued (durably) and sent in order once the
+/// session is connected; `?wait=sent` sends at once instead.
 #[utoipa::path(post, path = "/sessions/{id}/messages", tag = "sessions",
-    params(SessionPath),
+    params(SessionPath, SendQuery, IdempotencyHeader),
     request_body = SendText,
     responses(
-        (status = 200, description = "sent", body = Sent),
+        (status = 200, description = "`?wait=sent`: sent; or the send an `Idempotency-Key` already named", body = SendStatus),
+        (status = 202, description = "queued", body = SendStatus),
+        (status = 400, description = "`invalid_idempotency_key`, `bad_query`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such session", body = ErrorBody),
-        (status = 409, description = "`not_connected`: the session is not connected", body = ErrorBody),
+        (status = 409, description = "`not_paired`: the session has never been paired; with `?wait=sent`, `not_connected`", body = ErrorBody),
         (status = 422, description = "`invalid_body`, `invalid_phone`: bad recipient or text", body = ErrorBody),
-        (status = 502, description = "`send_failed`: WhatsApp did not take the message", body = ErrorBody),
+        (status = 502, description = "`?wait=sent`: `send_failed`: WhatsApp did not take the message", body = ErrorBody),
     ))]
 pub async fn send_message(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<SendQuery>,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<SendText>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let message_id = send_text(&state, &principal, &id, &req.to, &req.text).await?;
-    Ok(Json(json!({ "id": message_id })))
+) -> Result<(StatusCode, Json<SendStatus>), ApiError> {
+    let key = idempotency_key(&headers)?;
+    if query.wait.is_some() {
+        let message_id = send_text(&state, &principal, &id, &req.to, &req.text).await?;
+        let status = state
+            .supervisor
+            .send_status(&id, &message_id)
+            .await?
+            .ok_or_else(|| ApiError::internal(&"the send left no status"))?;
+        return Ok((StatusCode::OK, Json(status)));
+    }
+    visible_session(&state, &principal, &id).await?;
+    let to = check_send(&req.to, &req.text)?;
+    let (status, new) = state.supervisor.enqueue(&id, &to, &req.text, key).await?;
+    let code = if new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(status)))
+}
+
+/// A send's status.
+#[utoipa::path(get, path = "/sessions/{id}/messages/{message_id}", tag = "sessions",
+    params(SessionMessagePath),
+    responses(
+        (status = 200, description = "its status", body = SendStatus),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session, or it sent no such message", body = ErrorBody),
+    ))]
+pub async fn message_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((id, message_id)): ApiPath<(String, String)>,
+) -> Result<Json<SendStatus>, ApiError> {
+    visible_session(&state, &principal, &id).await?;
+    path_message_id(&message_id)?;
+    match state.supervisor.send_status(&id, &message_id).await? {
+        Some(status) => Ok(Json(status)),
+        None => Err(message_not_found(&id, &message_id)),
+    }
+}
+
+/// Cancel a queued send.
+#[utoipa::path(delete, path = "/sessions/{id}/messages/{message_id}", tag = "sessions",
+    params(SessionMessagePath),
+    responses(
+        (status = 200, description = "cancelled (`status: cancelled`)", body = SendStatus),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session, or it sent no such message", body = ErrorBody),
+        (status = 409, description = "`not_queued`: it has left the queue already", body = ErrorBody),
+    ))]
+pub async fn cancel_message(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((id, message_id)): ApiPath<(String, String)>,
+) -> Result<Json<SendStatus>, ApiError> {
+    visible_session(&state, &principal, &id).await?;
+    path_message_id(&message_id)?;
+    match state.supervisor.cancel_send(&id, &message_id).await? {
+        Some(status) if status.status == SendState::Cancelled => Ok(Json(status)),
+        Some(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_queued",
+            format!(
+                "message {message_id:?} is {:?}, no longer queued",
+                status.status
+            )
+            .to_lowercase(),
+        )),
+        None => Err(message_not_found(&id, &message_id)),
+    }
+}
+
+fn path_message_id(id: &str) -> Result<(), ApiError> {
+    if (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_id",
+            "a message id is 1 to 128 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+        ))
+    }
+}
+
+fn message_not_found(id: &str, message_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("session {id:?} sent no message {message_id:?}"),
+    )
+}
+
+/// Checks a send's text and recipient; answers the recipient as sent on.
+fn check_send(to: &str, text: &str) -> Result<String, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "text must not be empty",
+        ));
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!("text is longer than {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    if to.contains('@') {
+        if !is_jid(to) {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "to must be a phone number (digits) or a JID (user@server)",
+            ));
+        }
+        Ok(to.to_string())
+    } else {
+        normalize_phone(to)
+    }
 }
 
 /// Sends `text` to `to` (a phone number or a JID) through session `id` as
@@ -505,29 +666,7 @@ pub async fn send_text(
     text: &str,
 ) -> Result<String, ApiError> {
     let info = visible_session(state, principal, id).await?;
-    if text.is_empty() {
-        return Err(ApiError::unprocessable(
-            "invalid_body",
-            "text must not be empty",
-        ));
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::unprocessable(
-            "invalid_body",
-            format!("text is longer than {MAX_TEXT_CHARS} characters"),
-        ));
-    }
-    let to = if to.contains('@') {
-        if !is_jid(to) {
-            return Err(ApiError::unprocessable(
-                "invalid_body",
-                "to must be a phone number (digits) or a JID (user@server)",
-            ));
-        }
-        to.to_string()
-    } else {
-        normalize_phone(to)?
-    };
+    let to = check_send(to, text)?;
     if info.state != SessionState::Connected {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

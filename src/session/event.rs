@@ -142,6 +142,13 @@ pub enum EventKind {
         /// When WhatsApp took it (Unix seconds).
         timestamp: i64,
     },
+    /// A queued send WhatsApp did not take after the allowed attempts.
+    #[serde(rename = "message.failed")]
+    MessageFailed {
+        id: String,
+        to: String,
+        reason: String,
+    },
     /// A recipient's receipt for a message this session sent: delivered to
     /// a device of theirs, read, or (voice notes) played. One event per
     /// message id and recipient; a group message gets one per participant.
@@ -182,6 +189,7 @@ impl EventKind {
             Self::LoggedOut { .. } => "session.logged_out",
             Self::MessageSent { .. } => "message.sent",
             Self::MessageAck { .. } => "message.ack",
+            Self::MessageFailed { .. } => "message.failed",
             Self::Deleted {} => "session.deleted",
             Self::Reassigned {} => "session.reassigned",
         }

@@ -4,6 +4,7 @@
 
 mod actor;
 mod event;
+pub mod outbound;
 pub mod phone;
 mod state;
 mod supervisor;
@@ -215,6 +216,8 @@ pub enum SupervisorError {
     },
     #[error("session {0} is not connected")]
     NotConnected(String),
+    #[error("session {0} has never been paired: there is no account to send from")]
+    NotPaired(String),
     #[error("pairing code refused ({reason}): {message}")]
     PairCode { reason: String, message: String },
     #[error("{0}")]
@@ -238,6 +241,7 @@ impl SupervisorError {
             Self::InvalidId(_) => "invalid_id",
             Self::InvalidState { .. } => "invalid_state",
             Self::NotConnected(_) => "not_connected",
+            Self::NotPaired(_) => "not_paired",
             Self::PairCode { .. } => "pair_code_rejected",
             Self::BadRequest(_) => "bad_request",
             Self::Send(_) => "send_failed",

@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use super::actor::{Actor, Command, Reply, Shared};
 use super::event::{EventKind, PairingQr, SessionEvent};
+use super::outbound::SendStatus;
 use super::state::{Reason, SessionState};
 use super::{
     EventSink, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms,
@@ -445,6 +446,51 @@ impl Supervisor {
         }
         let (to, text) = (to.to_owned(), text.to_owned());
         self.call(id, move |reply| Command::SendText { to, text, reply })
+            .await
+    }
+
+    /// Queues a send on session `id` (durable on return); answers its
+    /// status and whether it is new (false: `idempotency_key` named an
+    /// earlier send of this session, whose status this is).
+    pub async fn enqueue(
+        &self,
+        id: &str,
+        to: &str,
+        text: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<(SendStatus, bool), SupervisorError> {
+        if text.is_empty() {
+            return Err(SupervisorError::BadRequest("text must not be empty".into()));
+        }
+        let (to, text) = (to.to_owned(), text.to_owned());
+        self.call(id, move |reply| Command::Enqueue {
+            to,
+            text,
+            idempotency_key,
+            reply,
+        })
+        .await
+    }
+
+    /// The status of send `message` of session `id`.
+    pub async fn send_status(
+        &self,
+        id: &str,
+        message: &str,
+    ) -> Result<Option<SendStatus>, SupervisorError> {
+        let message = message.to_owned();
+        self.call(id, move |reply| Command::SendStatus { id: message, reply })
+            .await
+    }
+
+    /// Cancels send `message` of session `id` if it is still queued.
+    pub async fn cancel_send(
+        &self,
+        id: &str,
+        message: &str,
+    ) -> Result<Option<SendStatus>, SupervisorError> {
+        let message = message.to_owned();
+        self.call(id, move |reply| Command::CancelSend { id: message, reply })
             .await
     }
 

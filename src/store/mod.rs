@@ -38,6 +38,7 @@ pub mod outbox;
 pub mod records;
 mod rekey;
 pub mod release;
+mod sends;
 pub mod tenants;
 
 #[cfg(test)]

@@ -182,11 +182,16 @@ impl Connection {
     }
 
     /// Sends a text; returns the message id once it is on the wire.
-    pub async fn send_text(&self, to: &str, text: &str) -> Result<String, WaError> {
+    /// Sends `text` to `to` as message `id` (reused on a retry, so the
+    /// recipient sees one message).
+    pub async fn send_text(&self, to: &str, text: &str, id: &str) -> Result<String, WaError> {
+        use whatsapp_rust::wacore::proto_helpers::MessageBuilderExt;
         let jid = parse_recipient(to)?;
+        let message = whatsapp_rust::waproto::whatsapp::Message::text(text);
+        let options = whatsapp_rust::SendOptions::default().with_message_id(id);
         let sent = self
             .client
-            .send_text(jid, text)
+            .send_message_with_options(jid, message, options)
             .await
             .map_err(|e| WaError::Send(e.to_string()))?;
         Ok(sent.message_id)

@@ -11,7 +11,9 @@ use super::bsuid::{self, Contact};
 use super::endpoint::{EndpointId, Format, Scope, SessionRef};
 use super::payload::{Me, WebhookEvent, message_event, render, session_event};
 use super::queue::{DeadLetter, Pending};
-use crate::session::{EventKind, Identity, PairingQr, Reason, SessionEvent, SessionState};
+use crate::session::{
+    AckStatus, EventKind, Identity, PairingQr, Party, Reason, SessionEvent, SessionState,
+};
 use crate::store::ids::Blinder;
 use crate::wa::InboundMessage;
 use crate::wa::inbound::{Content, Media};
@@ -196,7 +198,36 @@ fn event_kind() -> impl Strategy<Value = EventKind> {
             push_name
         }),
         select(REASONS).prop_map(|reason| EventKind::LoggedOut { reason }),
-        (text(), text()).prop_map(|(id, to)| EventKind::MessageSent { id, to }),
+        (text(), text(), any::<i64>()).prop_map(|(id, to, timestamp)| EventKind::MessageSent {
+            id,
+            to,
+            timestamp
+        }),
+        (text(), text(), text()).prop_map(|(id, to, reason)| EventKind::MessageFailed {
+            id,
+            to,
+            reason
+        }),
+        (
+            text(),
+            select(vec![
+                AckStatus::Delivered,
+                AckStatus::Read,
+                AckStatus::Played
+            ]),
+            text(),
+            (text(), text(), text()),
+            any::<i64>()
+        )
+            .prop_map(|(id, status, chat, (jid, phone, lid), timestamp)| {
+                EventKind::MessageAck {
+                    id,
+                    status,
+                    chat,
+                    recipient: Party { jid, phone, lid },
+                    timestamp,
+                }
+            }),
         Just(EventKind::Deleted {}),
         Just(EventKind::Reassigned {}),
     ]
@@ -221,7 +252,7 @@ fn session_event_of(kind: EventKind) -> impl Strategy<Value = SessionEvent> {
 /// the last bit of a shortest-form number (`30.994968967707102`), which
 /// is the reader's loss, not the body's.
 fn whatsd_round_trip(event: &WebhookEvent, blinder: &Blinder) -> Result<Value, TestCaseError> {
-    let body = render(event, Format::Whatsd, blinder);
+    let body = render(event, "", Format::Whatsd, blinder);
     let mut back: WebhookEvent = serde_json::from_slice(&body)
         .map_err(|e| TestCaseError::fail(format!("does not parse back: {e}")))?;
     let mut event = event.clone();
@@ -311,7 +342,7 @@ proptest! {
         blinder in blinder(),
     ) {
         let event = message_event(&session, &tenant, &me, &m, 0);
-        let body = render(&event, Format::CloudApi, &blinder);
+        let body = render(&event, "", Format::CloudApi, &blinder);
         prop_assert!(body.is_ascii(), "{}", String::from_utf8_lossy(&body));
         let v: Value = serde_json::from_slice(&body).unwrap();
         prop_assert_eq!(&v["entry"][0]["id"], &json!(tenant));
@@ -329,10 +360,10 @@ proptest! {
         match message["from_user_id"].as_str() {
             Some(user_id) => {
                 prop_assert_eq!(&value["contacts"][0]["user_id"], &json!(user_id));
-                prop_assert_eq!(bsuid::contact(&blinder, &session, user_id), sender);
+                prop_assert_eq!(bsuid::contact(&blinder, &session, "", user_id), sender);
             }
             None => {
-                let numeric = sender.as_ref().and_then(|c| bsuid::user_id(&blinder, &session, c));
+                let numeric = sender.as_ref().and_then(|c| bsuid::user_id(&blinder, &session, "", c));
                 prop_assert_eq!(numeric, None);
             }
         }
@@ -374,14 +405,14 @@ proptest! {
         lid in any::<bool>(),
     ) {
         let contact = if lid { Contact::Lid(number) } else { Contact::Phone(number) };
-        let id = bsuid::user_id(&blinder, &session, &contact).unwrap();
+        let id = bsuid::user_id(&blinder, &session, "", &contact).unwrap();
         let digits = id.strip_prefix("ZZ.").unwrap();
         prop_assert!(digits.len() == 39 && digits.bytes().all(|b| b.is_ascii_digit()), "{}", id);
-        prop_assert_eq!(bsuid::contact(&blinder, &session, &id), Some(contact.clone()));
+        prop_assert_eq!(bsuid::contact(&blinder, &session, "", &id), Some(contact.clone()));
         prop_assume!(other != session);
         // Another session's id decodes to nothing, or (rarely, by the
         // check bytes' chance) to another contact: never to this one.
-        prop_assert_ne!(bsuid::contact(&blinder, &other, &id), Some(contact));
+        prop_assert_ne!(bsuid::contact(&blinder, &other, "", &id), Some(contact));
     }
 
     /// Distinct contacts get distinct BSUIDs in one session.
@@ -395,7 +426,7 @@ proptest! {
             .iter()
             .map(|(lid, d)| {
                 let c = if *lid { Contact::Lid(d.clone()) } else { Contact::Phone(d.clone()) };
-                bsuid::user_id(&blinder, &session, &c).unwrap()
+                bsuid::user_id(&blinder, &session, "", &c).unwrap()
             })
             .collect();
         prop_assert_eq!(ids.len(), contacts.len());
@@ -410,12 +441,12 @@ proptest! {
         s in "ZZ\\.[0-9]{37,41}|[A-Z]{2}\\.[0-9]{1,40}|\\PC{0,44}",
         contact in proptest::option::of(("[0-9a-z@:]{0,24}", "[0-9a-z@:.]{0,24}", "[0-9a-z@:.]{0,24}")),
     ) {
-        if bsuid::contact(&blinder, &session, &s).is_some() {
+        if bsuid::contact(&blinder, &session, "", &s).is_some() {
             let digits = s.strip_prefix("ZZ.").unwrap_or_default();
             prop_assert!(digits.len() == 39 && digits.bytes().all(|b| b.is_ascii_digit()));
         }
         if let Some((phone, lid, jid)) = contact {
-            let _ = Contact::of_sender(&phone, &lid, &jid).map(|c| bsuid::user_id(&blinder, &session, &c));
+            let _ = Contact::of_sender(&phone, &lid, &jid).map(|c| bsuid::user_id(&blinder, &session, "", &c));
         }
     }
 

@@ -206,6 +206,7 @@ impl Actor {
         if !self.transition(SessionState::Connected, None, None).await {
             return;
         }
+        self.drain_at = Some(Instant::now());
         self.emit(EventKind::Connected {
             identity: self.identity(),
             push_name: self.record.push_name.clone(),
@@ -268,6 +269,7 @@ impl Actor {
             recipient.phone = phone;
         }
         for id in receipt.message_ids {
+            self.note_receipt(&id, receipt.status);
             self.emit(EventKind::MessageAck {
                 id,
                 status: receipt.status,

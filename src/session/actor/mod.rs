@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use whatsapp_rust::store::traits::DeviceStore;
 
 use super::event::{EventKind, Identity, PairingQr, SessionEvent};
+use super::outbound::SendStatus;
 use super::state::{Reason, SessionState};
 use super::supervisor::ActorExit;
 use super::{
@@ -24,6 +25,7 @@ use crate::task::TaskScope;
 use crate::wa::{Connection, InboundMessage, InboundSink, WaError, WaEvent};
 
 mod events;
+mod outbound;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
@@ -46,6 +48,22 @@ pub(super) enum Command {
         to: String,
         text: String,
         reply: Reply<String>,
+    },
+    /// Queue a send; answers its status and whether it is new (false: the
+    /// idempotency key named an earlier send).
+    Enqueue {
+        to: String,
+        text: String,
+        idempotency_key: Option<String>,
+        reply: Reply<(SendStatus, bool)>,
+    },
+    SendStatus {
+        id: String,
+        reply: Reply<Option<SendStatus>>,
+    },
+    CancelSend {
+        id: String,
+        reply: Reply<Option<SendStatus>>,
     },
     /// Daemon start: reconnect a session that was paired.
     Restore,
@@ -123,6 +141,9 @@ pub(super) struct Actor {
     /// A restore waiting for its turn to start (awaited in the loop, so a
     /// stop, delete or shutdown is not queued behind it).
     waiting_permit: Option<JoinHandle<Result<OwnedSemaphorePermit, AcquireError>>>,
+    /// When the outbound queue sends its next message (`None`: nothing to
+    /// send, or not connected).
+    drain_at: Option<Instant>,
     /// When the current state was entered (for the health sweep).
     state_since: Instant,
     /// The session's scope: cancelled at shutdown; its client's tasks run
@@ -165,6 +186,7 @@ impl Actor {
             phone_poll: None,
             start_permit: None,
             waiting_permit: None,
+            drain_at: None,
             state_since: Instant::now(),
             scope,
         }
@@ -217,6 +239,7 @@ impl Actor {
                 _ = client_finished(&mut self.conn) => self.on_client_exit().await,
                 _ = sleep_until(self.activation_deadline) => self.on_activation_timeout().await,
                 found = poll_result(&mut self.phone_poll) => self.on_phone_poll(found).await,
+                _ = sleep_until(self.drain_at) => self.drain_one().await,
                 _ = sleep_until(self.start_permit.as_ref().map(|(_, until)| *until)) => {
                     self.start_permit = None;
                 }
@@ -363,6 +386,20 @@ impl Actor {
             }
             Command::SendText { to, text, reply } => {
                 let _ = reply.send(self.send_text(&to, &text).await);
+            }
+            Command::Enqueue {
+                to,
+                text,
+                idempotency_key,
+                reply,
+            } => {
+                let _ = reply.send(self.enqueue(&to, &text, idempotency_key).await);
+            }
+            Command::SendStatus { id, reply } => {
+                let _ = reply.send(self.send_status(&id));
+            }
+            Command::CancelSend { id, reply } => {
+                let _ = reply.send(self.cancel_send(&id).await);
             }
             Command::Restore => {
                 let permits = self.shared.start_permits.clone();
@@ -568,6 +605,7 @@ impl Actor {
                 )))
             })?;
         }
+        self.purge_outbound(&owner.incarnation).await;
         crate::fault::point("session.delete.after_purge", &owner.session);
         self.shared.store.delete_record(&owner.session).await?;
         lock(&self.shared.live_qr).remove(&owner.session);
@@ -593,6 +631,8 @@ impl Actor {
         self.record = record;
         let new = Owner::of(&self.record);
         *lock(&self.owner) = new.clone();
+        // The old owner's queued sends are not the new owner's to make.
+        self.purge_outbound(&old.incarnation).await;
         if let Some(sink) = &self.shared.sink
             && let Err(e) = sink.session_reassigned(&old, &new).await
         {
@@ -691,12 +731,14 @@ impl Actor {
         let jid = crate::wa::parse_recipient(to)
             .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
         let to = jid.to_string();
+        let id = super::outbound::new_message_id();
         let sent = tokio::select! {
-            sent = tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&to, text)) => sent,
+            sent = tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&to, text, &id)) => sent,
             _ = self.scope.cancelled() => return Err(SupervisorError::ShuttingDown),
         };
         match sent {
             Ok(Ok(id)) => {
+                self.record_sent(&id, &to).await;
                 crate::metrics::inc_message_sent();
                 self.emit(EventKind::MessageSent {
                     id: id.clone(),

@@ -1,0 +1,293 @@
+//! The session's outbound queue: queue a send (durably, before the API
+//! answers), send the queue in order while connected, one send per turn of
+//! the actor's loop so commands are not held up, and keep each send's
+//! status (receipts move it on).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Actor, SEND_TIMEOUT};
+use crate::session::SupervisorError;
+use crate::session::outbound::{
+    self, IDEMPOTENCY_WINDOW_MS, IdempotencyRecord, MAX_ATTEMPTS, QueuedSend, SendState, SendStatus,
+};
+use crate::session::state::SessionState;
+use crate::session::{AckStatus, EventKind, now_ms};
+
+/// How long the queue waits after a failed attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl Actor {
+    fn outbound_prefix(&self) -> Vec<u8> {
+        outbound::prefix(self.shared.store.blinder(), &self.record.incarnation)
+    }
+
+    /// Queues `text` for `to`; with an idempotency key already used for
+    /// this session in the last 24 h, answers that send instead.
+    pub(super) async fn enqueue(
+        &mut self,
+        to: &str,
+        text: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<(SendStatus, bool), SupervisorError> {
+        if self.record.jid.is_empty() && self.record.phone.is_empty() {
+            return Err(SupervisorError::NotPaired(self.id().to_owned()));
+        }
+        let to = crate::wa::parse_recipient(to)
+            .map_err(|e| SupervisorError::BadRequest(e.to_string()))?
+            .to_string();
+        let prefix = self.outbound_prefix();
+        let store = &self.shared.store;
+        let now = now_ms();
+        let idem_key = idempotency_key.map(|k| outbound::idempotency_key(&prefix, &k));
+        if let Some(key) = &idem_key
+            && let Some(raw) = store.send_idempotency(key)?
+            && let Ok(used) = serde_json::from_slice::<IdempotencyRecord>(&raw)
+            && now - used.created_ms < IDEMPOTENCY_WINDOW_MS
+            && let Some(status) = self.status_of(&prefix, &used.id)?
+        {
+            return Ok((status, false));
+        }
+        let id = outbound::new_message_id();
+        let item = QueuedSend {
+            id: id.clone(),
+            to: to.clone(),
+            text: text.to_owned(),
+            created_ms: now,
+            attempts: 0,
+        };
+        let status = SendStatus {
+            id: id.clone(),
+            to,
+            status: SendState::Queued,
+            reason: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let idem_value = serde_json::to_vec(&IdempotencyRecord {
+            id: id.clone(),
+            created_ms: now,
+        })
+        .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
+        store
+            .send_enqueue(
+                &prefix,
+                &json(&item)?,
+                (&outbound::status_key(&prefix, &id), &json(&status)?),
+                idem_key.as_deref().map(|k| (k, idem_value.as_slice())),
+            )
+            .await?;
+        if self.state() == SessionState::Connected {
+            self.drain_at = Some(Instant::now());
+        }
+        Ok((status, true))
+    }
+
+    fn status_of(&self, prefix: &[u8], id: &str) -> Result<Option<SendStatus>, SupervisorError> {
+        let raw = self
+            .shared
+            .store
+            .send_status(&outbound::status_key(prefix, id))?;
+        Ok(raw.and_then(|r| serde_json::from_slice(&r).ok()))
+    }
+
+    pub(super) fn send_status(&self, id: &str) -> Result<Option<SendStatus>, SupervisorError> {
+        self.status_of(&self.outbound_prefix(), id)
+    }
+
+    /// Takes a still-queued send off the queue (`cancelled`); a send that
+    /// already left answers its status unchanged.
+    pub(super) async fn cancel_send(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<SendStatus>, SupervisorError> {
+        let prefix = self.outbound_prefix();
+        let Some(mut status) = self.status_of(&prefix, id)? else {
+            return Ok(None);
+        };
+        if status.status != SendState::Queued {
+            return Ok(Some(status));
+        }
+        let queued = self.shared.store.send_queue(&prefix)?;
+        let Some(item) = queued.iter().find(|item| {
+            serde_json::from_slice::<QueuedSend>(&item.value).is_ok_and(|q| q.id == id)
+        }) else {
+            return Ok(Some(status));
+        };
+        status.status = SendState::Cancelled;
+        status.updated_ms = now_ms();
+        self.shared
+            .store
+            .send_dequeue(
+                &item.key,
+                Some((&outbound::status_key(&prefix, id), &json(&status)?)),
+            )
+            .await?;
+        Ok(Some(status))
+    }
+
+    /// Sends the oldest queued message, if the session is connected; the
+    /// next one follows on the next turn of the loop.
+    pub(super) async fn drain_one(&mut self) {
+        self.drain_at = None;
+        if self.state() != SessionState::Connected {
+            return; // `on_connected` starts the queue again.
+        }
+        let prefix = self.outbound_prefix();
+        let head = match self.shared.store.send_queue_head(&prefix) {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(session = %self.record.id, "reading the outbound queue: {e}");
+                self.drain_at = Some(Instant::now() + RETRY_AFTER);
+                return;
+            }
+        };
+        let Ok(mut item) = serde_json::from_slice::<QueuedSend>(&head.value) else {
+            tracing::error!(session = %self.record.id, "an unreadable queued send; dropped");
+            let _ = self.shared.store.send_dequeue(&head.key, None).await;
+            self.drain_at = Some(Instant::now());
+            return;
+        };
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&item.to, &item.text, &item.id)) => sent,
+            _ = self.scope.cancelled() => return,
+        };
+        let now = now_ms();
+        let status_key = outbound::status_key(&prefix, &item.id);
+        let mut status = self
+            .status_of(&prefix, &item.id)
+            .ok()
+            .flatten()
+            .unwrap_or(SendStatus {
+                id: item.id.clone(),
+                to: item.to.clone(),
+                status: SendState::Queued,
+                reason: None,
+                created_ms: item.created_ms,
+                updated_ms: now,
+            });
+        let error = match sent {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("sending took too long".to_string()),
+        };
+        match error {
+            None => {
+                status.advance(SendState::Sent, now);
+                if let Err(e) = self.dequeue(&head.key, &status_key, &status).await {
+                    tracing::error!(session = %self.record.id, id = %item.id, "recording a send: {e}");
+                }
+                crate::metrics::inc_message_sent();
+                self.emit(EventKind::MessageSent {
+                    id: item.id,
+                    to: item.to,
+                    timestamp: now / 1000,
+                });
+                self.drain_at = Some(Instant::now());
+            }
+            Some(error) => {
+                item.attempts += 1;
+                tracing::warn!(session = %self.record.id, id = %item.id, attempts = item.attempts, "send failed: {error}");
+                if item.attempts >= MAX_ATTEMPTS {
+                    status.status = SendState::Failed;
+                    status.reason = Some(error.clone());
+                    status.updated_ms = now;
+                    if let Err(e) = self.dequeue(&head.key, &status_key, &status).await {
+                        tracing::error!(session = %self.record.id, id = %item.id, "recording a failed send: {e}");
+                    }
+                    self.emit(EventKind::MessageFailed {
+                        id: item.id,
+                        to: item.to,
+                        reason: error,
+                    });
+                    self.drain_at = Some(Instant::now());
+                } else {
+                    if let Ok(value) = serde_json::to_vec(&item) {
+                        let _ = self.shared.store.send_queue_update(&head.key, &value);
+                    }
+                    self.drain_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+        }
+    }
+
+    async fn dequeue(
+        &self,
+        queue_key: &[u8],
+        status_key: &[u8],
+        status: &SendStatus,
+    ) -> Result<bool, SupervisorError> {
+        Ok(self
+            .shared
+            .store
+            .send_dequeue(queue_key, Some((status_key, &json(status)?)))
+            .await?)
+    }
+
+    /// A receipt moves the send's status on (if whatsd sent it).
+    pub(super) fn note_receipt(&self, id: &str, ack: AckStatus) {
+        let prefix = self.outbound_prefix();
+        let Ok(Some(mut status)) = self.status_of(&prefix, id) else {
+            return;
+        };
+        let to = match ack {
+            AckStatus::Delivered => SendState::Delivered,
+            AckStatus::Read => SendState::Read,
+            AckStatus::Played => SendState::Played,
+        };
+        if status.advance(to, now_ms())
+            && let Ok(value) = serde_json::to_vec(&status)
+            && let Err(e) = self
+                .shared
+                .store
+                .send_status_put(&outbound::status_key(&prefix, id), &value)
+        {
+            tracing::warn!(session = %self.record.id, %id, "recording a receipt: {e}");
+        }
+    }
+
+    /// Records a send made outside the queue (`?wait=sent`) as sent.
+    pub(super) async fn record_sent(&self, id: &str, to: &str) {
+        let prefix = self.outbound_prefix();
+        let now = now_ms();
+        let status = SendStatus {
+            id: id.to_owned(),
+            to: to.to_owned(),
+            status: SendState::Sent,
+            reason: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        if let Ok(value) = serde_json::to_vec(&status)
+            && let Err(e) = self
+                .shared
+                .store
+                .send_status_put(&outbound::status_key(&prefix, id), &value)
+        {
+            tracing::warn!(session = %self.record.id, %id, "recording a send: {e}");
+        }
+    }
+
+    /// The queue of an incarnation that is gone (deleted, reassigned).
+    pub(super) async fn purge_outbound(&self, incarnation: &str) {
+        let prefix = outbound::prefix(self.shared.store.blinder(), incarnation);
+        match self.shared.store.send_purge(&prefix).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(session = %self.record.id, dropped = n, "queued sends dropped with their session")
+            }
+            Err(e) => {
+                tracing::error!(session = %self.record.id, "dropping the outbound queue: {e}")
+            }
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, SupervisorError> {
+    serde_json::to_vec(value).map_err(|e| SupervisorError::BadRequest(e.to_string()))
+}

@@ -1,0 +1,167 @@
+//! A session's outbound queue, as the session sees it: what a queued send
+//! holds, a send's status and how it moves, and the store keys (see
+//! `crate::store::sends` for the layout). The session's actor sends the
+//! queue in order while connected.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::store::ids::Blinder;
+
+/// How long an `Idempotency-Key` names its first send.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Attempts before a queued send is given up as `failed`.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// A send waiting in the queue. Its message id is fixed when it is queued
+/// and reused on every attempt, so WhatsApp sees one message however often
+/// a crash makes whatsd try again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedSend {
+    pub id: String,
+    /// The recipient as a JID.
+    pub to: String,
+    pub text: String,
+    pub created_ms: i64,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// Where a send is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SendState {
+    /// Accepted and stored; waits for the session to be connected.
+    Queued,
+    /// Given up before it was sent (`DELETE`).
+    Cancelled,
+    /// WhatsApp could not take it after the allowed attempts; see `reason`.
+    Failed,
+    /// WhatsApp took it.
+    Sent,
+    /// The recipient's device has it.
+    Delivered,
+    /// The recipient read it.
+    Read,
+    /// The recipient played it (voice notes).
+    Played,
+}
+
+/// A send as `GET /v1/sessions/{id}/messages/{message_id}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SendStatus {
+    /// The WhatsApp message id (fixed when queued).
+    pub id: String,
+    /// The recipient's JID.
+    pub to: String,
+    pub status: SendState,
+    /// Why it failed (only with `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl SendStatus {
+    /// Moves to `to` when that is progress (`delivered` after `read` is
+    /// not); returns whether it moved.
+    pub fn advance(&mut self, to: SendState, now_ms: i64) -> bool {
+        let progress = match (self.status, to) {
+            (SendState::Queued, _) => to != SendState::Queued,
+            (SendState::Sent | SendState::Delivered | SendState::Read, _) => to > self.status,
+            _ => false,
+        };
+        if progress {
+            self.status = to;
+            self.updated_ms = now_ms;
+        }
+        progress
+    }
+}
+
+/// What an idempotency key points at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub id: String,
+    pub created_ms: i64,
+}
+
+/// The store prefix of one session incarnation's queue, statuses and keys.
+pub fn prefix(blinder: &Blinder, incarnation: &str) -> Vec<u8> {
+    blinder.blind(b"outbound", incarnation.as_bytes()).to_vec()
+}
+
+pub fn status_key(prefix: &[u8], message_id: &str) -> Vec<u8> {
+    [prefix, message_id.as_bytes()].concat()
+}
+
+pub fn idempotency_key(prefix: &[u8], key: &str) -> Vec<u8> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    [prefix, digest.as_ref()].concat()
+}
+
+/// A new message id in WhatsApp Web's style: `3EB0` and 18 hex digits.
+pub fn new_message_id() -> String {
+    let mut bytes = [0u8; 9];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    format!("3EB0{hex}")
+}
+
+/// Whether `key` is an acceptable `Idempotency-Key`: 1 to 255 visible
+/// ASCII characters.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: SendState) -> SendStatus {
+        SendStatus {
+            id: "x".into(),
+            to: "1@s.whatsapp.net".into(),
+            status: s,
+            reason: None,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn statuses_only_move_forward() {
+        let mut s = status(SendState::Queued);
+        assert!(s.advance(SendState::Sent, 1));
+        assert!(s.advance(SendState::Read, 2));
+        assert!(
+            !s.advance(SendState::Delivered, 3),
+            "a late delivery receipt"
+        );
+        assert_eq!((s.status, s.updated_ms), (SendState::Read, 2));
+        assert!(s.advance(SendState::Played, 4));
+        let mut cancelled = status(SendState::Cancelled);
+        assert!(!cancelled.advance(SendState::Sent, 1));
+        let mut failed = status(SendState::Failed);
+        assert!(!failed.advance(SendState::Delivered, 1));
+    }
+
+    #[test]
+    fn ids_and_keys() {
+        let id = new_message_id();
+        assert_eq!(id.len(), 22);
+        assert!(id.starts_with("3EB0"));
+        assert_ne!(new_message_id(), id);
+        assert!(valid_idempotency_key("order-42"));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key("has space"));
+        assert!(!valid_idempotency_key(&"k".repeat(256)));
+        let b = Blinder::from_bytes(&[1; 32]);
+        let p = prefix(&b, "inc-1");
+        assert_eq!(p.len(), 32);
+        assert_ne!(p, prefix(&b, "inc-2"));
+        assert_ne!(idempotency_key(&p, "a"), idempotency_key(&p, "b"));
+    }
+}

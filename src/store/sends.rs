@@ -1,0 +1,225 @@
+//! The outbound queue: sends the API accepted and WhatsApp has not taken
+//! yet, the status of every send, and idempotency keys. Sealed opaque
+//! values in ordered queues; what they mean is `crate::session::outbound`'s
+//! business.
+//!
+//! | tree               | key                                 | value                     |
+//! |--------------------|-------------------------------------|---------------------------|
+//! | `send_queue`       | session prefix ‖ seq (u64 BE)       | sealed queued send        |
+//! | `send_status`      | session prefix ‖ message id         | sealed status             |
+//! | `send_idempotency` | session prefix ‖ SHA-256(key)       | sealed message id and time |
+//!
+//! The session prefix is 32 bytes (a keyed hash of the session's
+//! incarnation, fixed length, so prefix-free): a session id deleted and
+//! created again starts with an empty queue, and nothing names the session.
+//! A send is queued durably (flushed) before the API answers; taking it off
+//! the queue and marking it sent is one transaction, also flushed, so a
+//! crash between the two resends it with the same message id.
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+use super::outbox::QueueItem;
+use super::records::tx_error;
+use super::{Store, StoreError, sled_gate};
+
+pub(crate) const QUEUE_TREE: &str = "send_queue";
+pub(crate) const STATUS_TREE: &str = "send_status";
+pub(crate) const IDEMPOTENCY_TREE: &str = "send_idempotency";
+
+impl Store {
+    fn send_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
+    fn send_open(&self, tree: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.sealer()
+            .open(tree.as_bytes(), key, sealed)
+            .map_err(|_| StoreError::Undecryptable {
+                session: "<outbound>".to_string(),
+                what: "outbound queue value",
+            })
+    }
+
+    /// Queues a send under `prefix` with its status record (`status_key`
+    /// is the full key) and, when given, its idempotency key, all or
+    /// nothing; durable on return. Returns the queue item's key.
+    pub async fn send_enqueue(
+        &self,
+        prefix: &[u8],
+        item: &[u8],
+        status: (&[u8], &[u8]),
+        idempotency: Option<(&[u8], &[u8])>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let queue = self.send_tree(QUEUE_TREE)?;
+        let statuses = self.send_tree(STATUS_TREE)?;
+        let keys = self.send_tree(IDEMPOTENCY_TREE)?;
+        let key = {
+            let _gate = sled_gate();
+            let seq = self.inner.db.generate_id()?;
+            let mut key = Vec::with_capacity(prefix.len() + 8);
+            key.extend_from_slice(prefix);
+            key.extend_from_slice(&seq.to_be_bytes());
+            let sealed_item = self.sealer().seal(QUEUE_TREE.as_bytes(), &key, item)?;
+            let sealed_status = self
+                .sealer()
+                .seal(STATUS_TREE.as_bytes(), status.0, status.1)?;
+            let sealed_idem = match idempotency {
+                Some((k, v)) => Some((k, self.sealer().seal(IDEMPOTENCY_TREE.as_bytes(), k, v)?)),
+                None => None,
+            };
+            (&queue, &statuses, &keys)
+                .transaction(|(queue, statuses, keys)| {
+                    queue.insert(key.as_slice(), sealed_item.as_slice())?;
+                    statuses.insert(status.0, sealed_status.as_slice())?;
+                    if let Some((k, v)) = &sealed_idem {
+                        keys.insert(*k, v.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error)?;
+            key
+        };
+        self.flush().await?;
+        Ok(key)
+    }
+
+    /// The queued sends under `prefix`, oldest first.
+    pub fn send_queue(&self, prefix: &[u8]) -> Result<Vec<QueueItem>, StoreError> {
+        let tree = self.send_tree(QUEUE_TREE)?;
+        let raw: Vec<(sled::IVec, sled::IVec)> = {
+            let _gate = sled_gate();
+            tree.scan_prefix(prefix).collect::<Result<_, _>>()?
+        };
+        raw.into_iter()
+            .map(|(key, sealed)| {
+                Ok(QueueItem {
+                    value: self.send_open(QUEUE_TREE, &key, &sealed)?,
+                    key: key.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// The oldest queued send under `prefix`.
+    pub fn send_queue_head(&self, prefix: &[u8]) -> Result<Option<QueueItem>, StoreError> {
+        let tree = self.send_tree(QUEUE_TREE)?;
+        let first = {
+            let _gate = sled_gate();
+            tree.scan_prefix(prefix).next().transpose()?
+        };
+        first
+            .map(|(key, sealed)| {
+                Ok(QueueItem {
+                    value: self.send_open(QUEUE_TREE, &key, &sealed)?,
+                    key: key.to_vec(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Replaces a queued send's value (its attempts). False if it is gone.
+    pub fn send_queue_update(&self, key: &[u8], item: &[u8]) -> Result<bool, StoreError> {
+        let tree = self.send_tree(QUEUE_TREE)?;
+        let sealed = self.sealer().seal(QUEUE_TREE.as_bytes(), key, item)?;
+        let _gate = sled_gate();
+        if !tree.contains_key(key)? {
+            return Ok(false);
+        }
+        tree.insert(key, sealed)?;
+        Ok(true)
+    }
+
+    /// Takes a send off the queue and writes its new status (if given), in
+    /// one transaction; durable on return. False if it was no longer
+    /// queued (the status is then left alone).
+    pub async fn send_dequeue(
+        &self,
+        queue_key: &[u8],
+        status: Option<(&[u8], &[u8])>,
+    ) -> Result<bool, StoreError> {
+        let queue = self.send_tree(QUEUE_TREE)?;
+        let statuses = self.send_tree(STATUS_TREE)?;
+        let sealed = match status {
+            Some((key, value)) => {
+                Some((key, self.sealer().seal(STATUS_TREE.as_bytes(), key, value)?))
+            }
+            None => None,
+        };
+        let removed = {
+            let _gate = sled_gate();
+            (&queue, &statuses)
+                .transaction(|(queue, statuses)| {
+                    let was = queue.remove(queue_key)?.is_some();
+                    if was && let Some((key, value)) = &sealed {
+                        statuses.insert(*key, value.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(was)
+                })
+                .map_err(tx_error)?
+        };
+        self.flush().await?;
+        Ok(removed)
+    }
+
+    /// A send's status record.
+    pub fn send_status(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let tree = self.send_tree(STATUS_TREE)?;
+        let sealed = {
+            let _gate = sled_gate();
+            tree.get(key)?
+        };
+        sealed
+            .map(|s| self.send_open(STATUS_TREE, key, &s))
+            .transpose()
+    }
+
+    /// Writes a send's status record (a receipt's news). Committed by the
+    /// next group commit: a crash may lose the update, not the send.
+    pub fn send_status_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let tree = self.send_tree(STATUS_TREE)?;
+        let sealed = self.sealer().seal(STATUS_TREE.as_bytes(), key, value)?;
+        let _gate = sled_gate();
+        tree.insert(key, sealed)?;
+        Ok(())
+    }
+
+    /// What an idempotency key was used for.
+    pub fn send_idempotency(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let tree = self.send_tree(IDEMPOTENCY_TREE)?;
+        let sealed = {
+            let _gate = sled_gate();
+            tree.get(key)?
+        };
+        sealed
+            .map(|s| self.send_open(IDEMPOTENCY_TREE, key, &s))
+            .transpose()
+    }
+
+    /// Deletes everything under `prefix` in the three trees (the session
+    /// is deleted); durable on return. Returns how many sends were queued.
+    pub async fn send_purge(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        for name in [QUEUE_TREE, STATUS_TREE, IDEMPOTENCY_TREE] {
+            let tree = self.send_tree(name)?;
+            let keys: Vec<sled::IVec> = {
+                let _gate = sled_gate();
+                tree.scan_prefix(prefix).keys().collect::<Result<_, _>>()?
+            };
+            if name == QUEUE_TREE {
+                queued = keys.len();
+            }
+            if keys.is_empty() {
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            for key in &keys {
+                batch.remove(key);
+            }
+            let _gate = sled_gate();
+            tree.apply_batch(batch)?;
+        }
+        self.flush().await?;
+        Ok(queued)
+    }
+}
