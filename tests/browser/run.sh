@@ -2,7 +2,7 @@
 # The admin page in a real browser: builds the daemon with the test-only
 # `demo` feature (so it accepts fakewa's unsigned certificate chain, and
 # embeds fakewa), then drives Chromium through admin.mjs (playwright-core).
-# Screenshots land in target/browser-screenshots/.
+# Screenshots land in target/browser-screenshots/ (or $SCREENSHOTS).
 #
 # Needs Node and Chromium at /usr/bin/chromium (or $CHROMIUM); `.ci/run`
 # installs Chromium. Not part of `cargo test`.
@@ -44,4 +44,4 @@ if [[ ! -d node_modules/playwright-core ]]; then
   npm ci --no-audit --no-fund
 fi
 WHATSD_BIN="$bin/whatsd" CHROMIUM="$chromium" \
-  SCREENSHOTS="$target/browser-screenshots" node admin.mjs
+  SCREENSHOTS="${SCREENSHOTS:-$target/browser-screenshots}" node admin.mjs
