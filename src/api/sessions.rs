@@ -596,10 +596,12 @@ pub async fn cancel_message(
             StatusCode::CONFLICT,
             "not_queued",
             format!(
-                "message {message_id:?} is {:?}, no longer queued",
-                status.status
-            )
-            .to_lowercase(),
+                "message {message_id:?} is {}, no longer queued",
+                serde_json::to_value(status.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
         )),
         None => Err(message_not_found(&id, &message_id)),
     }
