@@ -8,7 +8,10 @@
 //! leaves out the `malloc_trim` hook `whatsd serve` installs,
 //! `WHATSD_BENCH_TRIM=1` trims again before each reading,
 //! `WHATSD_BENCH_MALLOC_STATS=1` prints glibc's per-arena report,
-//! `WHATSD_BENCH_SETTLE_MS` (3000) is the wait before each reading.
+//! `WHATSD_BENCH_SETTLE_MS` (3000) is the wait before each reading,
+//! `WHATSD_BENCH_EXIT=1` ends the process right after the last reading
+//! (nothing freed: under heaptrack, what it reports as leaked is what was
+//! live then).
 //! fakewa runs in a child process (this same binary, `FAKEWA_CHILD=1`), so
 //! the resident memory measured here is whatsd's alone. Prints numbers; it
 //! asserts nothing about speed.
@@ -30,6 +33,10 @@ const SEQUENTIAL: usize = 100;
 const PARALLEL: usize = 50;
 
 fn main() {
+    // The allocator settings `whatsd serve` runs with (see its main.rs).
+    if let Some(e) = whatsd::store::release::restart_with_allocator_settings() {
+        eprintln!("bench: cannot restart with the allocator settings: {e}");
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -46,6 +53,8 @@ fn main() {
         .unwrap_or(1000);
     let mut child = Command::new(std::env::current_exe().expect("own path"))
         .env("FAKEWA_CHILD", "1")
+        // A profiler preloaded into the bench (heaptrack) measures whatsd only.
+        .env_remove("LD_PRELOAD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -243,12 +252,13 @@ async fn churn(rounds: usize, per: usize, ws_url: String) {
         whatsd::store::release::set_hook(glibc::trim);
     }
     println!(
-        "malloc_trim after deletes: {}",
+        "malloc_trim after deletes: {}; GLIBC_TUNABLES={}",
         if release {
             "on"
         } else {
             "off (WHATSD_BENCH_NO_RELEASE)"
-        }
+        },
+        std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
     );
     // Warm-up round: code paths, pools and caches reach their steady size.
     churn_round(&supervisor, 0, per.min(20)).await;
@@ -265,6 +275,9 @@ async fn churn(rounds: usize, per: usize, ws_url: String) {
             (mem.rss as f64 / baseline.rss as f64 - 1.0) * 100.0,
             started.elapsed().as_secs_f64(),
         );
+    }
+    if std::env::var_os("WHATSD_BENCH_EXIT").is_some() {
+        std::process::exit(0);
     }
     supervisor.shutdown().await;
 }

@@ -309,6 +309,12 @@ fn release_free_memory() {
 fn release_free_memory() {}
 
 fn serve(path: Option<PathBuf>, demo: bool, listen: Option<String>) -> ExitCode {
+    // Runs again with glibc's per-thread cache off (see store::release),
+    // before anything else: reading the config and opening the log included.
+    let restart = whatsd::store::release::restart_with_allocator_settings();
+    if let Some(e) = restart {
+        eprintln!("whatsd: cannot restart with the allocator settings ({e}); going on without");
+    }
     if let Err(message) = demo::check(demo) {
         eprintln!("whatsd: {message}");
         return ExitCode::from(EXIT_USAGE);

@@ -358,30 +358,44 @@ impl Store {
     /// (reset, logout, unlink). A backend still held for the session fails
     /// every later call with [`StoreError::Wiped`]; `device_backend` then
     /// hands out a fresh, empty one. Returns whether a keyspace existed.
+    ///
+    /// The drop runs on the blocking pool, not on the caller's async worker:
+    /// sled keeps a small record for every page it frees (1,200 for 200
+    /// deleted sessions) until the page id is reused. Made on a worker,
+    /// these outlive everything the deleted sessions allocated around them
+    /// and keep thousands of the worker's otherwise free heap pages
+    /// resident (see BENCHMARKS.md, "Session churn").
     pub async fn wipe_device(&self, session_id: &str) -> Result<bool, StoreError> {
         validate_session_id(session_id)?;
-        let existed = {
-            let mut backends = self
-                .inner
-                .backends
-                .lock()
-                .map_err(|_| StoreError::Poisoned)?;
-            let name = self.device_tree_name(session_id);
-            let drop_tree = || {
-                let _gate = sled_gate();
-                backup::tree_dropped(name.as_bytes());
-                self.inner
-                    .db
-                    .drop_tree(name.as_bytes())
-                    .map_err(StoreError::from)
-            };
-            match backends.remove(session_id).and_then(|weak| weak.upgrade()) {
-                Some(live) => live.wipe_with(drop_tree)?,
-                None => drop_tree()?,
-            }
-        };
+        let store = self.clone();
+        let session_id = session_id.to_owned();
+        let existed = tokio::task::spawn_blocking(move || store.drop_device_tree(&session_id))
+            .await
+            .map_err(|_| StoreError::Task("wiping a device keyspace panicked"))??;
         self.flush().await?;
         Ok(existed)
+    }
+
+    /// [`Store::wipe_device`] without the flush, blocking.
+    fn drop_device_tree(&self, session_id: &str) -> Result<bool, StoreError> {
+        let mut backends = self
+            .inner
+            .backends
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
+        let name = self.device_tree_name(session_id);
+        let drop_tree = || {
+            let _gate = sled_gate();
+            backup::tree_dropped(name.as_bytes());
+            self.inner
+                .db
+                .drop_tree(name.as_bytes())
+                .map_err(StoreError::from)
+        };
+        match backends.remove(session_id).and_then(|weak| weak.upgrade()) {
+            Some(live) => live.wipe_with(drop_tree),
+            None => drop_tree(),
+        }
     }
 
     /// Closes the live backend of a session whose client has stopped (see

@@ -18,7 +18,16 @@
 //! Both run once removals have settled, once per burst, on the blocking
 //! pool, in a task of the scope the caller gives (the supervisor's, after a
 //! session's delete).
+//!
+//! `malloc_trim` cannot return a page that still holds a chunk in use, and
+//! glibc's per-thread cache (tcache) keeps up to 7 freed chunks of each
+//! small size per thread as in use: after a burst, the tokio workers'
+//! caches hold chunks of the deleted sessions spread over hundreds of
+//! otherwise free pages (~4.5 MB in the churn bench). The binary therefore
+//! runs with that cache off ([`GLIBC_TUNABLE`], set through
+//! [`restart_with_allocator_settings`]: glibc reads it only at start-up).
 
+use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -60,6 +69,53 @@ pub fn session_removed(store: &super::Store, scope: &TaskScope) {
             release();
         }
     });
+}
+
+/// The glibc tunable whatsd runs with: no per-thread cache of freed
+/// chunks, so that freed memory is in the arenas where `malloc_trim` finds
+/// it (see the module docs).
+pub const GLIBC_TUNABLE: &str = "glibc.malloc.tcache_count=0";
+
+/// The `GLIBC_TUNABLES` value to start the process with for
+/// [`GLIBC_TUNABLE`], given the current one; `None` when it is in effect
+/// already or the environment sets a `tcache_count` of its own (the
+/// operator's choice wins).
+pub fn glibc_tunables(current: Option<&OsStr>) -> Option<OsString> {
+    let current = current.map(OsStr::to_string_lossy).unwrap_or_default();
+    if current
+        .split(':')
+        .any(|setting| setting.starts_with("glibc.malloc.tcache_count="))
+    {
+        return None;
+    }
+    Some(if current.is_empty() {
+        GLIBC_TUNABLE.into()
+    } else {
+        format!("{current}:{GLIBC_TUNABLE}").into()
+    })
+}
+
+/// Runs this program again, in this process (same pid, arguments and
+/// environment), with [`GLIBC_TUNABLE`] in effect, unless it is already
+/// (see [`glibc_tunables`]). Call it first thing, before any thread or file
+/// is opened. Returns only when it did not restart: `Some` error when the
+/// exec failed (the program goes on with glibc's defaults).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn restart_with_allocator_settings() -> Option<std::io::Error> {
+    use std::os::unix::process::CommandExt;
+    let tunables = glibc_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref())?;
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    Some(command.args(args).env("GLIBC_TUNABLES", tunables).exec())
+}
+
+/// Other platforms: nothing to set.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn restart_with_allocator_settings() -> Option<std::io::Error> {
+    None
 }
 
 /// Pins sled's epoch [`DRAIN_PINS`] times (reads of a key that does not
@@ -119,6 +175,22 @@ mod tests {
 
     fn count() {
         CALLS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn the_tcache_setting_is_added_once_and_never_over_the_operators() {
+        assert_eq!(glibc_tunables(None), Some(GLIBC_TUNABLE.into()));
+        assert_eq!(
+            glibc_tunables(Some(OsStr::new("glibc.malloc.arena_max=2"))),
+            Some(format!("glibc.malloc.arena_max=2:{GLIBC_TUNABLE}").into())
+        );
+        assert_eq!(glibc_tunables(Some(OsStr::new(GLIBC_TUNABLE))), None);
+        assert_eq!(
+            glibc_tunables(Some(OsStr::new(
+                "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=7"
+            ))),
+            None
+        );
     }
 
     #[tokio::test]
