@@ -96,6 +96,27 @@ async fn pairing_through_the_api_only() {
     assert_eq!(png.status, 200);
     assert_eq!(png.header("content-type"), Some("image/png"));
     assert_eq!(decode_png(&png.body), code);
+    // Without `?format=`, the Accept header chooses.
+    let by_accept = common::request_with_headers(
+        daemon.addr,
+        "GET",
+        "/v1/sessions/shop-1/qr",
+        Some(ADMIN),
+        &[("Accept", "image/png, application/json;q=0.5")],
+    )
+    .await;
+    assert_eq!(by_accept.status, 200);
+    assert_eq!(by_accept.header("content-type"), Some("image/png"));
+    assert_eq!(decode_png(&by_accept.body), code);
+    let svg_by_accept = common::request_with_headers(
+        daemon.addr,
+        "GET",
+        "/v1/sessions/shop-1/qr",
+        Some(ADMIN),
+        &[("Accept", "image/svg+xml")],
+    )
+    .await;
+    assert_eq!(svg_by_accept.header("content-type"), Some("image/svg+xml"));
 
     // The phone scans it.
     let scanned = control(

@@ -75,7 +75,7 @@ pub struct SendText {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct QrQuery {
-    /// `json` (default), `svg` or `png`.
+    /// `json`, `svg` or `png`; without it the `Accept` header chooses (`image/png`, `image/svg+xml`), else `json`.
     #[param(pattern = "^(json|svg|png)$")]
     pub format: Option<String>,
 }
@@ -383,9 +383,13 @@ pub async fn qr(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<QrQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let info = visible_session(&state, &principal, &id).await?;
-    let format = query.format.as_deref().unwrap_or("json");
+    let format = match query.format.as_deref() {
+        Some(format) => format,
+        None => format_from_accept(&headers),
+    };
     if !matches!(format, "json" | "svg" | "png") {
         return Err(ApiError::bad_request(
             "bad_query",
@@ -409,6 +413,25 @@ pub async fn qr(
         }
         _ => ([no_store], Json(view)).into_response(),
     })
+}
+
+/// The QR format an `Accept` header asks for (without `?format=`): the
+/// first of `image/png`, `image/svg+xml` and `application/json` it names,
+/// in its order; JSON otherwise.
+fn format_from_accept(headers: &axum::http::HeaderMap) -> &'static str {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    for part in accept.split(',') {
+        match part.split(';').next().unwrap_or_default().trim() {
+            "image/png" => return "png",
+            "image/svg+xml" => return "svg",
+            "application/json" => return "json",
+            _ => {}
+        }
+    }
+    "json"
 }
 
 /// Digits only: spaces and dashes anywhere are dropped, then one leading
