@@ -2,7 +2,7 @@
 //! in-process fakewa, on loopback.
 //!
 //! `cargo bench -p whatsd --bench queue` (prints numbers; asserts nothing).
-//! `WHATSD_BENCH_QUEUE_N` sets how many sends (default 2,000).
+//! `BENCH_QUEUE_N` sets how many sends (default 2,000).
 //!
 //! 1. Enqueue latency: `N` sends queued one after another while the
 //!    session is stopped (each answer means stored and flushed); p50, p99,
@@ -54,7 +54,7 @@ async fn send(daemon: &Daemon, path: &str, text: &str) -> u16 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::var("WHATSD_BENCH_QUEUE_N")
+    let n: usize = std::env::var("BENCH_QUEUE_N")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);

@@ -8,7 +8,6 @@ use tokio::sync::mpsc;
 use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::store::traits::Backend;
-use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::{Event, EventHandler, EventInterest};
 use whatsapp_rust::{Client, Jid};
 
@@ -76,10 +75,7 @@ impl Connection {
         inbound: Option<Arc<dyn InboundSink>>,
     ) -> Result<Self, WaError> {
         let tasks = super::runtime::Tasks::new(session);
-        let mut transport = TokioWebSocketTransportFactory::new();
-        if let Some(url) = &config.ws_url {
-            transport = transport.with_url(url.clone());
-        }
+        let transport = super::transport::NoDelayTransportFactory::new(config.ws_url.as_deref());
         let mut builder = Bot::builder()
             .with_backend_arc(backend)
             .with_transport_factory(transport)

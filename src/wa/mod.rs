@@ -7,6 +7,7 @@ mod connection;
 mod events;
 pub mod inbound;
 mod runtime;
+mod transport;
 
 use std::time::Duration;
 
