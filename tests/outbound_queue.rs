@@ -277,3 +277,63 @@ async fn kill_9_with_500_queued_loses_none() {
         "only the send in flight at the kill may go twice: {repeated}"
     );
 }
+
+/// Sends queued by a session are its own: deleting it drops them, and the
+/// same id created again (by another tenant) sends none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_session_s_queue_goes_with_it() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    common::create_tenant(&daemon, "acme").await;
+    common::create_tenant(&daemon, "evil").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+    stop(&daemon).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = send(
+            &daemon,
+            &format!("acme's secret {i}"),
+            Some(&format!("k{i}")),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let deleted = request(
+        daemon.addr,
+        "DELETE",
+        "/v1/sessions/shop-1",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert!(
+        deleted.status == 200 || deleted.status == 204,
+        "{}",
+        deleted.text()
+    );
+
+    // The id again, another tenant, the same phone.
+    pair(&daemon, &fake, "shop-1", Some("evil"), PHONE).await;
+    for id in &ids {
+        let gone = daemon
+            .get(&format!("/v1/sessions/shop-1/messages/{id}"), Some(ADMIN))
+            .await;
+        assert_eq!(gone.status, 404, "{}", gone.text());
+    }
+    // The same idempotency key is a new send now, not acme's.
+    let fresh = send(&daemon, "evil's own", Some("k0")).await;
+    assert_eq!(fresh.status, 202, "{}", fresh.text());
+    let fresh_id = fresh.json()["id"].as_str().unwrap().to_string();
+    assert!(!ids.contains(&fresh_id));
+    until("evil's own send goes out", 30, async || {
+        received(&fake).iter().any(|(id, _)| *id == fresh_id)
+    })
+    .await;
+    let leaked: Vec<_> = received(&fake)
+        .into_iter()
+        .filter(|(_, text)| text.starts_with("acme's secret"))
+        .collect();
+    assert!(leaked.is_empty(), "the old queue was sent: {leaked:?}");
+}
