@@ -32,6 +32,10 @@ pub(crate) const OUTBOX_TREE: &str = "webhook_outbox";
 pub(crate) const DEAD_TREE: &str = "webhook_dead";
 pub(crate) const ENDPOINTS_TREE: &str = "webhook_endpoints";
 
+/// How an undecryptable webhook value is named in the error.
+const WEBHOOKS: &str = "<webhooks>";
+const WEBHOOK_VALUE: &str = "webhook outbox value";
+
 /// One stored item: its key and its opened value.
 #[derive(Clone, Debug)]
 pub struct QueueItem {
@@ -57,17 +61,48 @@ fn seq_of(key: &[u8]) -> u64 {
 }
 
 impl Store {
-    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+    pub(super) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.inner.db.open_tree(name)?)
     }
 
-    fn open_value(&self, tree: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// Opens a sealed value of `tree`; `owner` and `what` name it in the
+    /// error.
+    pub(super) fn open_sealed(
+        &self,
+        tree: &str,
+        key: &[u8],
+        sealed: &[u8],
+        owner: &str,
+        what: &'static str,
+    ) -> Result<Vec<u8>, StoreError> {
         self.sealer()
             .open(tree.as_bytes(), key, sealed)
             .map_err(|_| StoreError::Undecryptable {
-                session: "<webhooks>".to_string(),
-                what: "webhook outbox value",
+                session: owner.to_string(),
+                what,
             })
+    }
+
+    /// Opens scanned `(key, sealed)` pairs of `tree` (see [`Store::open_sealed`]).
+    pub(super) fn open_scanned(
+        &self,
+        tree: &str,
+        raw: Vec<(sled::IVec, sled::IVec)>,
+        owner: &str,
+        what: &'static str,
+    ) -> Result<Vec<QueueItem>, StoreError> {
+        raw.into_iter()
+            .map(|(key, sealed)| {
+                Ok(QueueItem {
+                    value: self.open_sealed(tree, &key, &sealed, owner, what)?,
+                    key: key.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    fn open_value(&self, tree: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.open_sealed(tree, key, sealed, WEBHOOKS, WEBHOOK_VALUE)
     }
 
     /// Opens scanned `(key, sealed)` pairs of `tree`.
@@ -76,14 +111,7 @@ impl Store {
         tree: &str,
         raw: Vec<(sled::IVec, sled::IVec)>,
     ) -> Result<Vec<QueueItem>, StoreError> {
-        raw.into_iter()
-            .map(|(key, sealed)| {
-                Ok(QueueItem {
-                    value: self.open_value(tree, &key, &sealed)?,
-                    key: key.to_vec(),
-                })
-            })
-            .collect()
+        self.open_scanned(tree, raw, WEBHOOKS, WEBHOOK_VALUE)
     }
 
     /// Appends items to their queues, all or nothing, and returns their keys

@@ -27,18 +27,13 @@ pub(crate) const QUEUE_TREE: &str = "send_queue";
 pub(crate) const STATUS_TREE: &str = "send_status";
 pub(crate) const IDEMPOTENCY_TREE: &str = "send_idempotency";
 
-impl Store {
-    fn send_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.inner.db.open_tree(name)?)
-    }
+/// How an undecryptable value is named in the error.
+const OUTBOUND: &str = "<outbound>";
+const QUEUE_VALUE: &str = "outbound queue value";
 
+impl Store {
     fn send_open(&self, tree: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.sealer()
-            .open(tree.as_bytes(), key, sealed)
-            .map_err(|_| StoreError::Undecryptable {
-                session: "<outbound>".to_string(),
-                what: "outbound queue value",
-            })
+        self.open_sealed(tree, key, sealed, OUTBOUND, QUEUE_VALUE)
     }
 
     /// Queues a send under `prefix` with its status record (`status_key`
@@ -51,9 +46,9 @@ impl Store {
         status: (&[u8], &[u8]),
         idempotency: Option<(&[u8], &[u8])>,
     ) -> Result<Vec<u8>, StoreError> {
-        let queue = self.send_tree(QUEUE_TREE)?;
-        let statuses = self.send_tree(STATUS_TREE)?;
-        let keys = self.send_tree(IDEMPOTENCY_TREE)?;
+        let queue = self.tree(QUEUE_TREE)?;
+        let statuses = self.tree(STATUS_TREE)?;
+        let keys = self.tree(IDEMPOTENCY_TREE)?;
         let key = {
             let _gate = sled_gate();
             let seq = self.inner.db.generate_id()?;
@@ -86,24 +81,17 @@ impl Store {
 
     /// The queued sends under `prefix`, oldest first.
     pub fn send_queue(&self, prefix: &[u8]) -> Result<Vec<QueueItem>, StoreError> {
-        let tree = self.send_tree(QUEUE_TREE)?;
+        let tree = self.tree(QUEUE_TREE)?;
         let raw: Vec<(sled::IVec, sled::IVec)> = {
             let _gate = sled_gate();
             tree.scan_prefix(prefix).collect::<Result<_, _>>()?
         };
-        raw.into_iter()
-            .map(|(key, sealed)| {
-                Ok(QueueItem {
-                    value: self.send_open(QUEUE_TREE, &key, &sealed)?,
-                    key: key.to_vec(),
-                })
-            })
-            .collect()
+        self.open_scanned(QUEUE_TREE, raw, OUTBOUND, QUEUE_VALUE)
     }
 
     /// The oldest queued send under `prefix`.
     pub fn send_queue_head(&self, prefix: &[u8]) -> Result<Option<QueueItem>, StoreError> {
-        let tree = self.send_tree(QUEUE_TREE)?;
+        let tree = self.tree(QUEUE_TREE)?;
         let first = {
             let _gate = sled_gate();
             tree.scan_prefix(prefix).next().transpose()?
@@ -120,7 +108,7 @@ impl Store {
 
     /// Replaces a queued send's value (its attempts). False if it is gone.
     pub fn send_queue_update(&self, key: &[u8], item: &[u8]) -> Result<bool, StoreError> {
-        let tree = self.send_tree(QUEUE_TREE)?;
+        let tree = self.tree(QUEUE_TREE)?;
         let sealed = self.sealer().seal(QUEUE_TREE.as_bytes(), key, item)?;
         let _gate = sled_gate();
         if !tree.contains_key(key)? {
@@ -138,8 +126,8 @@ impl Store {
         queue_key: &[u8],
         status: Option<(&[u8], &[u8])>,
     ) -> Result<bool, StoreError> {
-        let queue = self.send_tree(QUEUE_TREE)?;
-        let statuses = self.send_tree(STATUS_TREE)?;
+        let queue = self.tree(QUEUE_TREE)?;
+        let statuses = self.tree(STATUS_TREE)?;
         let sealed = match status {
             Some((key, value)) => {
                 Some((key, self.sealer().seal(STATUS_TREE.as_bytes(), key, value)?))
@@ -164,7 +152,7 @@ impl Store {
 
     /// A send's status record.
     pub fn send_status(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = self.send_tree(STATUS_TREE)?;
+        let tree = self.tree(STATUS_TREE)?;
         let sealed = {
             let _gate = sled_gate();
             tree.get(key)?
@@ -177,7 +165,7 @@ impl Store {
     /// Writes a send's status record (a receipt's news). Committed by the
     /// next group commit: a crash may lose the update, not the send.
     pub fn send_status_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let tree = self.send_tree(STATUS_TREE)?;
+        let tree = self.tree(STATUS_TREE)?;
         let sealed = self.sealer().seal(STATUS_TREE.as_bytes(), key, value)?;
         let _gate = sled_gate();
         tree.insert(key, sealed)?;
@@ -186,7 +174,7 @@ impl Store {
 
     /// What an idempotency key was used for.
     pub fn send_idempotency(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = self.send_tree(IDEMPOTENCY_TREE)?;
+        let tree = self.tree(IDEMPOTENCY_TREE)?;
         let sealed = {
             let _gate = sled_gate();
             tree.get(key)?
@@ -201,7 +189,7 @@ impl Store {
     pub async fn send_purge(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut queued = 0;
         for name in [QUEUE_TREE, STATUS_TREE, IDEMPOTENCY_TREE] {
-            let tree = self.send_tree(name)?;
+            let tree = self.tree(name)?;
             let keys: Vec<sled::IVec> = {
                 let _gate = sled_gate();
                 tree.scan_prefix(prefix).keys().collect::<Result<_, _>>()?
