@@ -301,26 +301,33 @@ fn cloud_api(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) -> Valu
     if !d["quoted_message_id"].is_null() && kind != "reaction" {
         message["context"] = json!({ "id": d["quoted_message_id"] });
     }
+    let contact = json!({
+        "profile": { "name": d["sender"]["push_name"] },
+        "wa_id": from,
+        "user_id": user_id,
+    });
+    cloud_api_envelope(event, contact, "messages", message)
+}
+
+/// Meta's envelope around one change of field `messages`: the tenant is the
+/// entry id (the "business account"), the session the phone number id;
+/// `contact` goes in `contacts`, `item` in the `list` array (`messages` or
+/// `statuses`).
+fn cloud_api_envelope(event: &WebhookEvent, contact: Value, list: &str, item: Value) -> Value {
+    let mut value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {
+            "display_phone_number": event.me.phone,
+            "phone_number_id": event.session,
+        },
+        "contacts": [contact],
+    });
+    value[list] = json!([item]);
     json!({
         "object": "whatsapp_business_account",
         "entry": [{
             "id": event.tenant,
-            "changes": [{
-                "field": "messages",
-                "value": {
-                    "messaging_product": "whatsapp",
-                    "metadata": {
-                        "display_phone_number": event.me.phone,
-                        "phone_number_id": event.session,
-                    },
-                    "contacts": [{
-                        "profile": { "name": d["sender"]["push_name"] },
-                        "wa_id": from,
-                        "user_id": user_id,
-                    }],
-                    "messages": [message],
-                },
-            }],
+            "changes": [{ "field": "messages", "value": value }],
         }],
     })
 }
@@ -361,24 +368,7 @@ fn cloud_api_status(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) 
         contact["wa_id"] = json!(phone);
         status["recipient_id"] = json!(phone);
     }
-    json!({
-        "object": "whatsapp_business_account",
-        "entry": [{
-            "id": event.tenant,
-            "changes": [{
-                "field": "messages",
-                "value": {
-                    "messaging_product": "whatsapp",
-                    "metadata": {
-                        "display_phone_number": event.me.phone,
-                        "phone_number_id": event.session,
-                    },
-                    "contacts": [contact],
-                    "statuses": [status],
-                },
-            }],
-        }],
-    })
+    cloud_api_envelope(event, contact, "statuses", status)
 }
 
 /// `X-Whatsd-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
