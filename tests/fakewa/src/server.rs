@@ -311,38 +311,23 @@ impl Server {
             ));
         }
         let id = self.new_message_id();
-        let devices = {
-            let mut state = lock(&self.state);
-            let devices = state.devices_of(to_phone);
-            if devices.is_empty() {
-                return Err(ControlError::NotFound(format!(
-                    "{to_phone} has no linked device"
-                )));
-            }
-            for key in &devices {
-                if let Some(record) = state.devices.get_mut(key) {
-                    record.queue.push_back(QueuedMessage {
-                        id: id.clone(),
-                        kind,
-                        contact: contact.to_owned(),
-                        text: text.to_owned(),
-                        timestamp: now_secs(),
-                        app_state_key: None,
-                        receipt: None,
-                    });
-                }
-                state
-                    .save_device(key)
-                    .map_err(|e| ControlError::Failed(e.to_string()))?;
-            }
-            devices
-        };
-        let conns = lock(&self.conns);
-        for key in devices {
-            if let Some(handle) = conns.live.get(&key) {
-                handle.send(ConnCmd::Flush);
-            }
+        if lock(&self.state).devices_of(to_phone).is_empty() {
+            return Err(ControlError::NotFound(format!(
+                "{to_phone} has no linked device"
+            )));
         }
+        self.queue_for_devices(
+            to_phone,
+            QueuedMessage {
+                id: id.clone(),
+                kind,
+                contact: contact.to_owned(),
+                text: text.to_owned(),
+                timestamp: now_secs(),
+                app_state_key: None,
+                receipt: None,
+            },
+        )?;
         Ok(id)
     }
 
@@ -380,15 +365,22 @@ impl Server {
         status: ReceiptStatus,
     ) -> Result<(), ControlError> {
         let receipt = QueuedMessage::receipt(contact, message_id, status, now_secs());
+        self.queue_for_devices(account, receipt)
+    }
+
+    /// Queues `entry` for every linked device of `phone` (once: an entry
+    /// with its id already queued is left alone) and delivers it to those
+    /// that are connected.
+    fn queue_for_devices(&self, phone: &str, entry: QueuedMessage) -> Result<(), ControlError> {
         let devices = {
             let mut state = lock(&self.state);
-            let devices = state.devices_of(account);
+            let devices = state.devices_of(phone);
             for key in &devices {
                 if let Some(record) = state.devices.get_mut(key) {
-                    if record.queue.iter().any(|m| m.id == receipt.id) {
+                    if record.queue.iter().any(|m| m.id == entry.id) {
                         continue;
                     }
-                    record.queue.push_back(receipt.clone());
+                    record.queue.push_back(entry.clone());
                 }
                 state
                     .save_device(key)
