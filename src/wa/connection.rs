@@ -197,13 +197,7 @@ impl Connection {
     /// client has learned the mapping.
     pub async fn phone_of_lid(&self, lid: &str) -> Option<String> {
         let jid = lid.parse::<Jid>().ok().filter(Jid::is_lid)?;
-        match self.client.get_lid_pn_entry(&jid).await {
-            Ok(entry) => entry.map(|e| e.phone_number.to_string()),
-            Err(e) => {
-                tracing::debug!("LID lookup failed: {e}");
-                None
-            }
-        }
+        super::inbound::phone_of_lid(&self.client, &jid).await
     }
 
     /// Phone, device JID and LID as the library knows them now.

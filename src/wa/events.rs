@@ -83,17 +83,14 @@ pub(super) fn map(event: &Event) -> Option<WaEvent> {
                 _ => return None,
             };
             let source = &r.source;
-            let mut recipient = Party {
+            let (lid, phone) = super::inbound::lid_and_phone(
+                std::iter::once(&source.sender).chain(source.sender_alt.iter()),
+            );
+            let recipient = Party {
                 jid: source.sender.to_non_ad_string(),
-                ..Default::default()
+                phone,
+                lid,
             };
-            for jid in std::iter::once(&source.sender).chain(source.sender_alt.iter()) {
-                if jid.is_lid() && recipient.lid.is_empty() {
-                    recipient.lid = jid.to_non_ad_string();
-                } else if jid.is_pn() && recipient.phone.is_empty() {
-                    recipient.phone = jid.user_base().to_string();
-                }
-            }
             WaEvent::Receipt(Box::new(Receipt {
                 message_ids: r.message_ids.iter().map(|id| id.to_string()).collect(),
                 status,

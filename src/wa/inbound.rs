@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use whatsapp_rust::Client;
 use whatsapp_rust::types::durability_hook::InboundMessage as LibInbound;
 use whatsapp_rust::wacore::proto_helpers::MessageExt;
 use whatsapp_rust::wacore::types::message::MessageInfo;
 use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::{Client, Jid};
 
 use crate::session::Identity;
 
@@ -122,16 +122,37 @@ pub(super) fn from_info(info: &MessageInfo) -> InboundMessage {
         is_group: source.is_group,
         ..Default::default()
     };
-    for jid in std::iter::once(&source.sender).chain(source.sender_alt.iter()) {
+    (message.sender_lid, message.sender_phone) =
+        lid_and_phone(std::iter::once(&source.sender).chain(source.sender_alt.iter()));
+    message
+}
+
+/// The first LID (as a JID) and the first phone number (digits) among one
+/// user's JIDs; empty when there is none.
+pub(super) fn lid_and_phone<'a>(jids: impl IntoIterator<Item = &'a Jid>) -> (String, String) {
+    let (mut lid, mut phone) = (String::new(), String::new());
+    for jid in jids {
         if jid.is_lid() {
-            if message.sender_lid.is_empty() {
-                message.sender_lid = jid.to_non_ad_string();
+            if lid.is_empty() {
+                lid = jid.to_non_ad_string();
             }
-        } else if jid.is_pn() && message.sender_phone.is_empty() {
-            message.sender_phone = jid.user_base().to_string();
+        } else if jid.is_pn() && phone.is_empty() {
+            phone = jid.user_base().to_string();
         }
     }
-    message
+    (lid, phone)
+}
+
+/// The phone number (digits) behind `lid`, when the client has learned the
+/// mapping.
+pub(super) async fn phone_of_lid(client: &Client, lid: &Jid) -> Option<String> {
+    match client.get_lid_pn_entry(lid).await {
+        Ok(entry) => entry.map(|e| e.phone_number.to_string()),
+        Err(e) => {
+            tracing::debug!("LID lookup failed: {e}");
+            None
+        }
+    }
 }
 
 /// Fills in the sender's phone from the client's LID↔PN mapping when the
@@ -140,10 +161,8 @@ async fn resolve_sender(client: &Client, message: &mut InboundMessage, info: &Me
     if !message.sender_phone.is_empty() || !info.source.sender.is_lid() {
         return;
     }
-    match client.get_lid_pn_entry(&info.source.sender).await {
-        Ok(Some(entry)) => message.sender_phone = entry.phone_number.to_string(),
-        Ok(None) => {}
-        Err(e) => tracing::debug!("LID lookup failed: {e}"),
+    if let Some(phone) = phone_of_lid(client, &info.source.sender).await {
+        message.sender_phone = phone;
     }
 }
 
