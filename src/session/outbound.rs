@@ -65,6 +65,18 @@ pub struct SendStatus {
 }
 
 impl SendStatus {
+    /// A send in state `status` since `at_ms`.
+    pub fn new(id: &str, to: &str, status: SendState, at_ms: i64) -> Self {
+        Self {
+            id: id.to_owned(),
+            to: to.to_owned(),
+            status,
+            reason: None,
+            created_ms: at_ms,
+            updated_ms: at_ms,
+        }
+    }
+
     /// Moves to `to` when that is progress (`delivered` after `read` is
     /// not); returns whether it moved.
     pub fn advance(&mut self, to: SendState, now_ms: i64) -> bool {
@@ -121,14 +133,7 @@ mod tests {
     use super::*;
 
     fn status(s: SendState) -> SendStatus {
-        SendStatus {
-            id: "x".into(),
-            to: "1@s.whatsapp.net".into(),
-            status: s,
-            reason: None,
-            created_ms: 0,
-            updated_ms: 0,
-        }
+        SendStatus::new("x", "1@s.whatsapp.net", s, 0)
     }
 
     #[test]

@@ -57,14 +57,7 @@ impl Actor {
             created_ms: now,
             attempts: 0,
         };
-        let status = SendStatus {
-            id: id.clone(),
-            to,
-            status: SendState::Queued,
-            reason: None,
-            created_ms: now,
-            updated_ms: now,
-        };
+        let status = SendStatus::new(&id, &to, SendState::Queued, now);
         let idem_value = serde_json::to_vec(&IdempotencyRecord {
             id: id.clone(),
             created_ms: now,
@@ -163,13 +156,8 @@ impl Actor {
             .status_of(&prefix, &item.id)
             .ok()
             .flatten()
-            .unwrap_or(SendStatus {
-                id: item.id.clone(),
-                to: item.to.clone(),
-                status: SendState::Queued,
-                reason: None,
-                created_ms: item.created_ms,
-                updated_ms: now,
+            .unwrap_or_else(|| {
+                SendStatus::new(&item.id, &item.to, SendState::Queued, item.created_ms)
             });
         let error = match sent {
             Ok(Ok(_)) => None,
@@ -255,14 +243,7 @@ impl Actor {
     pub(super) async fn record_sent(&self, id: &str, to: &str) {
         let prefix = self.outbound_prefix();
         let now = now_ms();
-        let status = SendStatus {
-            id: id.to_owned(),
-            to: to.to_owned(),
-            status: SendState::Sent,
-            reason: None,
-            created_ms: now,
-            updated_ms: now,
-        };
+        let status = SendStatus::new(id, to, SendState::Sent, now);
         if let Ok(value) = serde_json::to_vec(&status)
             && let Err(e) = self
                 .shared
