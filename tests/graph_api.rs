@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, Daemon, Options, control, create_tenant, pair, request, webhook_receiver};
+use common::{ADMIN, Daemon, control, create_tenant, pair, request, webhook_receiver};
 use serde_json::{Value, json};
 
 const PHONE: &str = "15551230001";
@@ -61,11 +61,7 @@ fn text(to_key: &str, to: &str, body: &str) -> Value {
 async fn a_tenant_sends_through_the_graph_endpoint() {
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let options = Options {
-        extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
-        ..Default::default()
-    };
-    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    let (_dir, daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
     let token = create_tenant(&daemon, "acme").await;
     pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
 

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{ADMIN, Daemon, Options};
+use common::{ADMIN, Daemon};
 use serde_json::json;
 
 /// One sample: family name, sorted labels, value.
@@ -167,11 +167,7 @@ fn the_parser_refuses_what_prometheus_would() {
 async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let options = Options {
-        extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
-        ..Options::default()
-    };
-    let (_dir, mut daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    let (_dir, mut daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
     let (hook_url, received) = common::webhook_receiver().await;
 
     assert_eq!(daemon.get("/metrics", None).await.status, 401);

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    ADMIN, Daemon, Options, control, create_tenant, next_json, pair, request, webhook_receiver,
-    ws_connect,
+    ADMIN, Daemon, control, create_tenant, next_json, pair, request, webhook_receiver, ws_connect,
 };
 use serde_json::{Value, json};
 
@@ -91,11 +90,7 @@ async fn receipt(fake: &fakewa::FakeWa, id: &str, status: &str) -> common::Respo
 async fn receipts_become_message_ack_in_order_everywhere() {
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let options = Options {
-        extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
-        ..Default::default()
-    };
-    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    let (_dir, daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
     let token = create_tenant(&daemon, "acme").await;
     let (whatsd_url, whatsd_bodies) = webhook_receiver().await;
     let (cloud_url, cloud_bodies) = webhook_receiver().await;
@@ -207,11 +202,7 @@ async fn receipts_become_message_ack_in_order_everywhere() {
 async fn a_receipt_sent_while_stopped_arrives_after_the_restart() {
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let options = Options {
-        extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
-        ..Default::default()
-    };
-    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    let (_dir, daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
     let token = create_tenant(&daemon, "acme").await;
     let (url, bodies) = webhook_receiver().await;
     put_webhook(&daemon, &token, "crm", &url, "whatsd").await;

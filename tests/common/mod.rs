@@ -62,6 +62,16 @@ impl Daemon {
         Self::start_with(ws_url, Options::default()).await
     }
 
+    /// Boots a daemon whose webhooks may target this machine (the tests'
+    /// receivers listen on loopback).
+    pub async fn start_with_local_webhooks(ws_url: &str) -> (tempfile::TempDir, Daemon) {
+        let options = Options {
+            extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
+            ..Options::default()
+        };
+        Self::start_with(ws_url, options).await
+    }
+
     pub async fn start_with(ws_url: &str, options: Options) -> (tempfile::TempDir, Daemon) {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("whatsd.toml");
