@@ -49,6 +49,9 @@ pub struct Config {
     pub api: ApiConfig,
     pub whatsapp: WhatsAppConfig,
     pub sessions: SessionsConfig,
+    /// Rate limits per session (tenants and sessions may be given their
+    /// own through the API).
+    pub limits: crate::session::limits::Limits,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
@@ -63,6 +66,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             whatsapp: WhatsAppConfig::default(),
             sessions: SessionsConfig::default(),
+            limits: crate::session::limits::Limits::default(),
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
         }
@@ -448,6 +452,12 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["sessions", "expiry"], EnvKind::Str),
     (&["sessions", "shutdown_timeout"], EnvKind::Str),
     (&["sessions", "max_per_tenant"], EnvKind::Int),
+    (&["limits", "sends_per_minute"], EnvKind::Int),
+    (&["limits", "sends_per_hour"], EnvKind::Int),
+    (&["limits", "sends_per_day"], EnvKind::Int),
+    (&["limits", "qr_per_hour"], EnvKind::Int),
+    (&["limits", "pair_codes_per_hour"], EnvKind::Int),
+    (&["limits", "resets_per_hour"], EnvKind::Int),
     (&["webhooks", "url"], EnvKind::Str),
     (&["webhooks", "secret"], EnvKind::Str),
     (&["webhooks", "secret_file"], EnvKind::Str),
@@ -634,6 +644,9 @@ impl Config {
                 return bad(format!("{name} must be at least 1"));
             }
         }
+        if let Err(message) = self.limits.check() {
+            return bad(format!("limits.{message}"));
+        }
         if self.auth.ticket_ttl > Duration::from_secs(300) {
             return bad("auth.ticket_ttl must be at most 5m: tickets travel in URLs".into());
         }
@@ -687,6 +700,7 @@ impl Config {
             expiry: s.expiry,
             shutdown_timeout: s.shutdown_timeout,
             max_per_tenant: s.max_per_tenant,
+            limits: self.limits,
         }
     }
 }
@@ -1111,6 +1125,8 @@ mod tests {
             ("[sessions]\nstart_concurrency = 0", "start_concurrency"),
             ("[api]\nrequest_timeout = \"0s\"", "request_timeout"),
             ("[log]\nformat = \"xml\"", "format"),
+            ("[limits]\nsends_per_minute = 0", "limits.sends_per_minute"),
+            ("[limits]\nsends_per_day = 2000000", "limits.sends_per_day"),
         ] {
             let err = load(text, &[]).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

@@ -7,7 +7,9 @@
 //! [`fails`] check makes its caller fail instead (e.g.
 //! `store.put_record=shop-1:qr`); a [`stall`] holds its caller while a
 //! file exists (e.g. `store.gate=/tmp/x/stuck`: every holder of the store's
-//! gate hangs while `/tmp/x/stuck` exists). Compiled in debug builds only
+//! gate hangs while `/tmp/x/stuck` exists); a [`skew_ms`] moves a clock by
+//! the milliseconds written in a file (e.g.
+//! `limits.clock_skew_file=/tmp/x/skew` for the rate limits' clock). Compiled in debug builds only
 //! (the test builds); a release binary has no fault points.
 
 /// The variable that arms fault points.
@@ -81,6 +83,23 @@ pub fn stall(name: &str) {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// Milliseconds to add to a clock: the number written in the file named
+/// by `name`'s argument (0 when unarmed, absent or unreadable). Read at
+/// every call, so a test moves the clock by rewriting the file.
+#[cfg(debug_assertions)]
+pub fn skew_ms(name: &str) -> i64 {
+    armed_for(name)
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .filter_map(|text| text.trim().parse::<i64>().ok())
+        .sum()
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn skew_ms(_name: &str) -> i64 {
+    0
 }
 
 #[cfg(not(debug_assertions))]

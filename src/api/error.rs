@@ -18,6 +18,38 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for 429 answers.
     pub retry_after: Option<u64>,
+    /// `RateLimit-Limit`, `-Remaining` and `-Reset` for a rate-limit refusal.
+    pub rate_limit: Option<RateLimitHeaders>,
+}
+
+/// The `RateLimit-*` headers of a refusal (IETF draft
+/// `ratelimit-headers`): the bucket's limit, what is left (0) and the
+/// seconds until it is full again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_secs: u64,
+}
+
+impl RateLimitHeaders {
+    pub fn of(exhausted: &crate::session::limits::Exhausted) -> Self {
+        Self {
+            limit: exhausted.limit,
+            remaining: 0,
+            reset_secs: exhausted.full_secs(),
+        }
+    }
+
+    pub(crate) fn apply(&self, headers: &mut axum::http::HeaderMap) {
+        for (name, value) in [
+            ("ratelimit-limit", u64::from(self.limit)),
+            ("ratelimit-remaining", u64::from(self.remaining)),
+            ("ratelimit-reset", self.reset_secs),
+        ] {
+            headers.insert(name, HeaderValue::from(value));
+        }
+    }
 }
 
 impl ApiError {
@@ -27,6 +59,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -76,7 +109,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        error_response(self.status, body, self.retry_after)
+        let mut response = error_response(self.status, body, self.retry_after);
+        if let Some(rate_limit) = &self.rate_limit {
+            rate_limit.apply(response.headers_mut());
+        }
+        response
     }
 }
 
@@ -104,6 +141,12 @@ pub(crate) fn error_response(
 impl From<SupervisorError> for ApiError {
     fn from(err: SupervisorError) -> Self {
         let code = err.code();
+        if let SupervisorError::RateLimited(exhausted) = &err {
+            return Self {
+                rate_limit: Some(RateLimitHeaders::of(exhausted)),
+                ..Self::too_many(code, err.to_string(), exhausted.retry_after_secs())
+            };
+        }
         let status = match &err {
             SupervisorError::NotFound(_) => StatusCode::NOT_FOUND,
             SupervisorError::AlreadyExists(_) => StatusCode::CONFLICT,
@@ -124,6 +167,7 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             SupervisorError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             SupervisorError::Store(_) => return Self::internal(&err),
+            SupervisorError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         Self::new(status, code, err.to_string())
     }

@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::{Principal, authenticate_parts};
-use super::error::{ApiError, error_response};
+use super::error::{ApiError, RateLimitHeaders, error_response};
 use super::sessions::{normalize_phone, send_text, visible_session};
 use crate::session::SessionInfo;
 use crate::store::ids::hex;
@@ -124,6 +124,7 @@ struct GraphError {
     /// `error_data.details`, for the Cloud API's own (131xxx) codes.
     details: Option<String>,
     retry_after: Option<u64>,
+    rate_limit: Option<RateLimitHeaders>,
 }
 
 impl GraphError {
@@ -136,6 +137,7 @@ impl GraphError {
             message: message.into(),
             details: None,
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -201,6 +203,18 @@ impl GraphError {
                     "(#4) Application request limit reached: too many failed authentications",
                 )
             },
+            // The session's send limit is what Meta calls the number's
+            // throughput: 130429, "Rate limit hit".
+            "rate_limited" => Self {
+                retry_after: err.retry_after,
+                rate_limit: err.rate_limit,
+                ..Self::cloud(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    130_429,
+                    "Rate limit hit",
+                    err.message,
+                )
+            },
             "not_found" | "invalid_id" => Self::unknown_object(phone_number_id),
             "invalid_body" | "invalid_phone" | "bad_request" => Self::invalid(err.message),
             "not_connected" | "timeout" | "shutting_down" => Self::cloud(
@@ -253,7 +267,11 @@ impl IntoResponse for GraphError {
         if let Some(details) = self.details {
             error["error_data"] = json!({ "messaging_product": "whatsapp", "details": details });
         }
-        error_response(self.status, json!({ "error": error }), self.retry_after)
+        let mut response = error_response(self.status, json!({ "error": error }), self.retry_after);
+        if let Some(rate_limit) = &self.rate_limit {
+            rate_limit.apply(response.headers_mut());
+        }
+        response
     }
 }
 

@@ -15,6 +15,7 @@ use super::extract::{ApiJson, ApiPath, check_id};
 use super::openapi::{ErrorBody, Tenant, TenantList, TenantPath, TenantWithToken, WsTicket};
 use super::qr::{now_ms, rfc3339_ms};
 use super::sessions::DEFAULT_TENANT;
+use crate::session::limits::{LimitOverride, Limits};
 use crate::store::tenants::TenantRecord;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -233,4 +234,79 @@ pub async fn ws_ticket(State(state): State<AppState>, grant: Grant) -> Result<Re
         })),
     )
         .into_response())
+}
+
+/// A tenant's rate limits: the config's with the tenant's override.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct TenantLimits {
+    pub tenant: String,
+    /// The limits its sessions get (unless a session has its own).
+    pub limits: Limits,
+    /// Set for the tenant; `null`: the config's apply.
+    #[serde(rename = "override")]
+    pub tenant_override: Option<LimitOverride>,
+}
+
+fn tenant_limits(state: &AppState, id: &str) -> Result<TenantLimits, ApiError> {
+    let tenant_override: Option<LimitOverride> = state
+        .store
+        .send_limits(&state.store.tenant_limits_key(id))?
+        .and_then(|raw| serde_json::from_slice(&raw).ok());
+    Ok(TenantLimits {
+        tenant: id.to_owned(),
+        limits: state
+            .config
+            .limits
+            .with(&tenant_override.unwrap_or_default()),
+        tenant_override,
+    })
+}
+
+/// A tenant's rate limits (a tenant token: its own).
+#[utoipa::path(get, path = "/tenants/{id}/limits", tag = "tenants", operation_id = "show_tenant_limits",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "the tenant's limits", body = TenantLimits),
+        (status = 404, description = "`not_found`: no such tenant (or not the caller's)", body = ErrorBody),
+    ))]
+pub async fn show_limits(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<TenantLimits>, ApiError> {
+    visible_tenant(&state, &principal, &id)?;
+    Ok(Json(tenant_limits(&state, &id)?))
+}
+
+/// Set a tenant's rate limits (admin); `{}` removes them. They apply to
+/// its sessions from their next send or pairing attempt.
+#[utoipa::path(put, path = "/tenants/{id}/limits", tag = "tenants", operation_id = "set_tenant_limits",
+    params(TenantPath),
+    request_body = LimitOverride,
+    responses(
+        (status = 200, description = "the tenant's limits now", body = TenantLimits),
+        (status = 403, description = "`forbidden`: needs the admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+        (status = 422, description = "`invalid_limits`: each limit is a whole number from 1 to 1000000; `invalid_body`", body = ErrorBody),
+    ))]
+pub async fn set_limits(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(over): ApiJson<LimitOverride>,
+) -> Result<Json<TenantLimits>, ApiError> {
+    principal.require_admin()?;
+    visible_tenant(&state, &principal, &id)?;
+    super::limits::check(&over)?;
+    let raw = if over.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_vec(&over).map_err(|e| ApiError::internal(&e))?)
+    };
+    state
+        .store
+        .send_limits_put(&state.store.tenant_limits_key(&id), raw.as_deref(), true)
+        .await?;
+    tracing::info!(tenant = %id, "rate limits set");
+    Ok(Json(tenant_limits(&state, &id)?))
 }

@@ -5,7 +5,9 @@
 //! wherever the event happens; gauges are read when scraped (sessions by
 //! state from the supervisor, the outbox from a registered source, the
 //! store's size, the process's memory). Labels only ever take values from
-//! fixed sets (`&'static str`): no per-session or per-message labels.
+//! fixed sets (`&'static str`): no per-session or per-message labels. The
+//! rate-limit buckets, kept per session, are exported by bucket: how many
+//! sessions have an empty one and how full the emptiest is.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::session::limits::{Bucket, Levels, Limits};
 use crate::session::{SessionState, Supervisor};
 use crate::store::Store;
 
@@ -113,6 +116,103 @@ static REGISTRY: Registry = Registry {
     store_flush: Histogram::new(&FLUSH_BUCKETS),
     outbox: RwLock::new(None),
 };
+
+/// Each session's rate-limit buckets as its actor last wrote them (the
+/// levels are computed at scrape time: buckets refill with no one looking).
+static BUCKETS: Mutex<BTreeMap<String, (Limits, Levels)>> = Mutex::new(BTreeMap::new());
+
+/// Rate-limit refusals and waits, by (bucket, outcome).
+static RATE_LIMITED: Mutex<BTreeMap<(&'static str, &'static str), u64>> =
+    Mutex::new(BTreeMap::new());
+
+/// Outcomes of a rate-limited request: refused (429) or delayed (a queued
+/// send waits for its token).
+pub const RATE_LIMIT_OUTCOMES: [&str; 2] = ["refused", "delayed"];
+
+/// Session `id`'s limits and buckets now.
+pub fn set_session_buckets(id: &str, limits: &Limits, levels: &Levels) {
+    let mut map = BUCKETS.lock().unwrap_or_else(|p| p.into_inner());
+    map.insert(id.to_owned(), (*limits, levels.clone()));
+}
+
+/// Session `id` is gone (or its buckets started again).
+pub fn forget_session_buckets(id: &str) {
+    BUCKETS.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+}
+
+/// A request hit an empty bucket (`outcome`: `refused` or `delayed`).
+pub fn inc_rate_limited(bucket: &'static str, outcome: &'static str) {
+    let mut map = RATE_LIMITED.lock().unwrap_or_else(|p| p.into_inner());
+    *map.entry((bucket, outcome)).or_insert(0) += 1;
+}
+
+fn render_rate_limits(out: &mut String) {
+    let now = crate::session::limits::now_ms();
+    let mut exhausted: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut lowest: BTreeMap<&'static str, f64> = BTreeMap::new();
+    {
+        let map = BUCKETS.lock().unwrap_or_else(|p| p.into_inner());
+        for (limits, levels) in map.values() {
+            for bucket in Bucket::ALL {
+                let limit = limits.get(bucket);
+                let ratio = levels.ratio(bucket, limit, now);
+                if levels.remaining(bucket, limit, now) == 0 {
+                    *exhausted.entry(bucket.as_str()).or_insert(0) += 1;
+                }
+                let low = lowest.entry(bucket.as_str()).or_insert(1.0);
+                *low = low.min(ratio);
+            }
+        }
+    }
+    header(
+        out,
+        "whatsd_rate_limit_exhausted_sessions",
+        "gauge",
+        "Sessions whose rate-limit bucket is empty, by bucket.",
+    );
+    for bucket in Bucket::ALL {
+        let n = exhausted.get(bucket.as_str()).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "whatsd_rate_limit_exhausted_sessions{{bucket=\"{}\"}} {n}",
+            bucket.as_str()
+        );
+    }
+    header(
+        out,
+        "whatsd_rate_limit_lowest_level_ratio",
+        "gauge",
+        "How full the emptiest session's bucket is (0 empty, 1 full), by bucket.",
+    );
+    for bucket in Bucket::ALL {
+        let v = lowest.get(bucket.as_str()).copied().unwrap_or(1.0);
+        let _ = writeln!(
+            out,
+            "whatsd_rate_limit_lowest_level_ratio{{bucket=\"{}\"}} {v}",
+            bucket.as_str()
+        );
+    }
+    header(
+        out,
+        "whatsd_rate_limited_total",
+        "counter",
+        "Requests that found a rate-limit bucket empty, by bucket and outcome (refused: 429; delayed: a queued send waited).",
+    );
+    let counts = RATE_LIMITED.lock().unwrap_or_else(|p| p.into_inner());
+    for bucket in Bucket::ALL {
+        for outcome in RATE_LIMIT_OUTCOMES {
+            let n = counts
+                .get(&(bucket.as_str(), outcome))
+                .copied()
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "whatsd_rate_limited_total{{bucket=\"{}\",outcome=\"{outcome}\"}} {n}",
+                bucket.as_str()
+            );
+        }
+    }
+}
 
 /// Webhook delivery outcomes, always exported (0 until they happen).
 pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retried", "dead_lettered"];
@@ -231,6 +331,8 @@ fn render_into(
         "whatsd_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
+
+    render_rate_limits(out);
 
     header(out, "whatsd_sessions", "gauge", "Sessions by state.");
     for (state, n) in sessions {
@@ -471,6 +573,9 @@ mod tests {
             "whatsd_webhook_outbox_depth",
             "whatsd_store_size_bytes",
             "process_resident_memory_bytes",
+            "whatsd_rate_limit_exhausted_sessions",
+            "whatsd_rate_limit_lowest_level_ratio",
+            "whatsd_rate_limited_total",
         ] {
             let types = out
                 .lines()
@@ -484,5 +589,32 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("whatsd_sessions{state=\"connected\"} 0\n"));
+    }
+
+    #[test]
+    fn rate_limits_are_exported_by_bucket_not_by_session() {
+        let limits = Limits {
+            sends_per_minute: 1,
+            ..Limits::default()
+        };
+        let mut levels = Levels::default();
+        let now = crate::session::limits::now_ms();
+        levels.take(&Bucket::SENDS, &limits, now).unwrap();
+        set_session_buckets("metrics-test-session", &limits, &levels);
+        inc_rate_limited("sends_per_minute", "refused");
+        let mut out = String::new();
+        render_rate_limits(&mut out);
+        forget_session_buckets("metrics-test-session");
+        assert!(!out.contains("metrics-test-session"), "{out}");
+        assert!(
+            out.contains("whatsd_rate_limit_lowest_level_ratio{bucket=\"sends_per_minute\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains(
+                "whatsd_rate_limited_total{bucket=\"sends_per_minute\",outcome=\"refused\"} 0\n"
+            ),
+            "{out}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 mod actor;
 mod event;
+pub mod limits;
 pub mod outbound;
 pub mod phone;
 mod state;
@@ -100,6 +101,8 @@ pub struct SessionConfig {
     pub shutdown_timeout: Duration,
     /// Sessions one tenant may hold.
     pub max_per_tenant: usize,
+    /// Rate limits before tenant and session overrides.
+    pub limits: limits::Limits,
 }
 
 impl Default for SessionConfig {
@@ -115,6 +118,7 @@ impl Default for SessionConfig {
             expiry: Duration::from_secs(14 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
             max_per_tenant: 100,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -230,6 +234,8 @@ pub enum SupervisorError {
     ShuttingDown,
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    #[error("{0}")]
+    RateLimited(limits::Exhausted),
 }
 
 impl SupervisorError {
@@ -248,6 +254,7 @@ impl SupervisorError {
             Self::Store(_) => "store_error",
             Self::ShuttingDown => "shutting_down",
             Self::Timeout(_) => "timeout",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use super::actor::{Actor, Command, Reply, Shared};
 use super::event::{EventKind, PairingQr, SessionEvent};
+use super::limits::{LimitOverride, LimitsView};
 use super::outbound::SendStatus;
 use super::state::{Reason, SessionState};
 use super::{
@@ -491,6 +492,21 @@ impl Supervisor {
     ) -> Result<Option<SendStatus>, SupervisorError> {
         let message = message.to_owned();
         self.call(id, move |reply| Command::CancelSend { id: message, reply })
+            .await
+    }
+
+    /// Session `id`'s rate limits and buckets.
+    pub async fn limits(&self, id: &str) -> Result<LimitsView, SupervisorError> {
+        self.call(id, Command::Limits).await
+    }
+
+    /// Sets (or with `None` removes) session `id`'s own limits.
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        limits: Option<LimitOverride>,
+    ) -> Result<LimitsView, SupervisorError> {
+        self.call(id, move |reply| Command::SetLimits { limits, reply })
             .await
     }
 

@@ -8,6 +8,8 @@
 //! | `send_queue`       | session prefix ‖ seq (u64 BE)       | sealed queued send        |
 //! | `send_status`      | session prefix ‖ message id         | sealed status             |
 //! | `send_idempotency` | session prefix ‖ SHA-256(key)       | sealed message id and time |
+//! | `send_limits`      | session prefix ‖ `override`/`levels` | sealed limits, bucket state |
+//! | `send_limits`      | H(tenant id) (33 bytes, `t` last)   | sealed tenant's limits    |
 //!
 //! The session prefix is 32 bytes (a keyed hash of the session's
 //! incarnation, fixed length, so prefix-free): a session id deleted and
@@ -26,6 +28,7 @@ use super::{Store, StoreError, sled_gate};
 pub(crate) const QUEUE_TREE: &str = "send_queue";
 pub(crate) const STATUS_TREE: &str = "send_status";
 pub(crate) const IDEMPOTENCY_TREE: &str = "send_idempotency";
+pub(crate) const LIMITS_TREE: &str = "send_limits";
 
 /// How an undecryptable value is named in the error.
 const OUTBOUND: &str = "<outbound>";
@@ -184,11 +187,60 @@ impl Store {
             .transpose()
     }
 
-    /// Deletes everything under `prefix` in the three trees (the session
+    /// A rate-limit value (a session's or tenant's limits, a session's
+    /// bucket state).
+    pub fn send_limits(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let tree = self.tree(LIMITS_TREE)?;
+        let sealed = {
+            let _gate = sled_gate();
+            tree.get(key)?
+        };
+        sealed
+            .map(|s| self.send_open(LIMITS_TREE, key, &s))
+            .transpose()
+    }
+
+    /// Writes (or with `None` removes) a rate-limit value; durable on
+    /// return when `durable` (limits set through the API), else with the
+    /// next group commit (bucket state: a crash may give back a few tokens).
+    pub async fn send_limits_put(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let tree = self.tree(LIMITS_TREE)?;
+        let sealed = value
+            .map(|v| self.sealer().seal(LIMITS_TREE.as_bytes(), key, v))
+            .transpose()?;
+        {
+            let _gate = sled_gate();
+            match sealed {
+                Some(sealed) => tree.insert(key, sealed)?,
+                None => tree.remove(key)?,
+            };
+        }
+        if durable {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The key of a tenant's limits (not a session prefix: 33 bytes).
+    pub fn tenant_limits_key(&self, tenant: &str) -> Vec<u8> {
+        let mut key = self
+            .blinder()
+            .blind(b"tenant-limits", tenant.as_bytes())
+            .to_vec();
+        key.push(b't');
+        key
+    }
+
+    /// Deletes everything under `prefix` in the four trees (the session
     /// is deleted); durable on return. Returns how many sends were queued.
     pub async fn send_purge(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut queued = 0;
-        for name in [QUEUE_TREE, STATUS_TREE, IDEMPOTENCY_TREE] {
+        for name in [QUEUE_TREE, STATUS_TREE, IDEMPOTENCY_TREE, LIMITS_TREE] {
             let tree = self.tree(name)?;
             let keys: Vec<sled::IVec> = {
                 let _gate = sled_gate();

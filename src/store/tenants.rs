@@ -116,6 +116,10 @@ impl Store {
     /// Returns whether a tenant existed.
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
         let tree = self.tenants_tree()?;
+        // Its rate limits first: a tenant created again with the id starts
+        // with the configured ones.
+        self.send_limits_put(&self.tenant_limits_key(id), None, false)
+            .await?;
         let existed = {
             let _gate = super::sled_gate();
             tree.remove(self.tenant_key(id))?.is_some()

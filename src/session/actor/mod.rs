@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use whatsapp_rust::store::traits::DeviceStore;
 
 use super::event::{EventKind, Identity, PairingQr, SessionEvent};
+use super::limits::{Bucket, Levels, LimitOverride, LimitsView};
 use super::outbound::SendStatus;
 use super::state::{Reason, SessionState};
 use super::supervisor::ActorExit;
@@ -25,6 +26,7 @@ use crate::task::TaskScope;
 use crate::wa::{Connection, InboundMessage, InboundSink, WaError, WaEvent};
 
 mod events;
+mod limits;
 mod outbound;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
@@ -64,6 +66,12 @@ pub(super) enum Command {
     CancelSend {
         id: String,
         reply: Reply<Option<SendStatus>>,
+    },
+    Limits(Reply<LimitsView>),
+    /// Sets (or with `None` removes) the session's own limits.
+    SetLimits {
+        limits: Option<LimitOverride>,
+        reply: Reply<LimitsView>,
     },
     /// Daemon start: reconnect a session that was paired.
     Restore,
@@ -144,6 +152,8 @@ pub(super) struct Actor {
     /// When the outbound queue sends its next message (`None`: nothing to
     /// send, or not connected).
     drain_at: Option<Instant>,
+    /// The rate-limit buckets (read from the store when first needed).
+    levels: Option<Levels>,
     /// When the current state was entered (for the health sweep).
     state_since: Instant,
     /// The session's scope: cancelled at shutdown; its client's tasks run
@@ -187,6 +197,7 @@ impl Actor {
             start_permit: None,
             waiting_permit: None,
             drain_at: None,
+            levels: None,
             state_since: Instant::now(),
             scope,
         }
@@ -362,7 +373,16 @@ impl Actor {
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::Start(reply) => {
-                let result = self.start().await.map(|()| self.info());
+                // Starting an unpaired session begins a QR pairing.
+                let result = if !self.is_paired() && self.conn.is_none() {
+                    self.take_tokens(&[Bucket::QrPerHour]).await
+                } else {
+                    Ok(())
+                };
+                let result = match result {
+                    Ok(()) => self.start().await.map(|()| self.info()),
+                    Err(e) => Err(e),
+                };
                 let _ = reply.send(result);
             }
             Command::Stop(reply) => {
@@ -374,7 +394,10 @@ impl Actor {
                 let _ = reply.send(Ok(self.info()));
             }
             Command::Reset(reply) => {
-                let result = self.reset().await.map(|()| self.info());
+                let result = match self.take_tokens(&[Bucket::ResetsPerHour]).await {
+                    Ok(()) => self.reset().await.map(|()| self.info()),
+                    Err(e) => Err(e),
+                };
                 let _ = reply.send(result);
             }
             Command::Logout(reply) => {
@@ -400,6 +423,12 @@ impl Actor {
             }
             Command::CancelSend { id, reply } => {
                 let _ = reply.send(self.cancel_send(&id).await);
+            }
+            Command::Limits(reply) => {
+                let _ = reply.send(self.limits_view());
+            }
+            Command::SetLimits { limits, reply } => {
+                let _ = reply.send(self.set_limits(limits).await);
             }
             Command::Restore => {
                 let permits = self.shared.start_permits.clone();
@@ -609,6 +638,7 @@ impl Actor {
         crate::fault::point("session.delete.after_purge", &owner.session);
         self.shared.store.delete_record(&owner.session).await?;
         lock(&self.shared.live_qr).remove(&owner.session);
+        crate::metrics::forget_session_buckets(&owner.session);
         // To the tenant's endpoints and sockets (the session's own are gone).
         self.emit(EventKind::Deleted {});
         tracing::info!(session = %owner.session, "deleted");
@@ -629,6 +659,9 @@ impl Actor {
         record.updated_at_ms = now_ms();
         self.shared.store.put_record(&record).await?;
         self.record = record;
+        // The buckets and limits were the old incarnation's.
+        self.levels = None;
+        crate::metrics::forget_session_buckets(&self.record.id);
         let new = Owner::of(&self.record);
         *lock(&self.owner) = new.clone();
         // The old owner's queued sends are not the new owner's to make.
@@ -675,22 +708,20 @@ impl Actor {
             )));
         }
         let state = self.state();
-        let conn = match &self.conn {
-            Some(conn)
-                if matches!(
-                    state,
-                    SessionState::Starting | SessionState::Qr | SessionState::PairCode
-                ) =>
-            {
-                conn
-            }
-            _ => {
-                return Err(SupervisorError::InvalidState {
-                    id: self.id().to_owned(),
-                    state,
-                    action: "request a pairing code",
-                });
-            }
+        let pairing = matches!(
+            state,
+            SessionState::Starting | SessionState::Qr | SessionState::PairCode
+        );
+        if !pairing || self.conn.is_none() {
+            return Err(SupervisorError::InvalidState {
+                id: self.id().to_owned(),
+                state,
+                action: "request a pairing code",
+            });
+        }
+        self.take_tokens(&[Bucket::PairCodesPerHour]).await?;
+        let Some(conn) = &self.conn else {
+            return Err(SupervisorError::ShuttingDown);
         };
         // Raced with the session's scope: a shutdown does not wait for WhatsApp.
         let asked = tokio::select! {
@@ -720,17 +751,16 @@ impl Actor {
     }
 
     async fn send_text(&mut self, to: &str, text: &str) -> Result<String, SupervisorError> {
-        let state = self.state();
-        let Some(conn) = self
-            .conn
-            .as_ref()
-            .filter(|_| state == SessionState::Connected)
-        else {
+        if self.conn.is_none() || self.state() != SessionState::Connected {
             return Err(SupervisorError::NotConnected(self.id().to_owned()));
-        };
+        }
         let jid = crate::wa::parse_recipient(to)
             .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
         let to = jid.to_string();
+        self.take_tokens(&Bucket::SENDS).await?;
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(SupervisorError::NotConnected(self.id().to_owned()));
+        };
         let id = super::outbound::new_message_id();
         let sent = tokio::select! {
             sent = tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&to, text, &id)) => sent,

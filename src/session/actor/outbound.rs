@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{Actor, SEND_TIMEOUT};
 use crate::session::SupervisorError;
+use crate::session::limits::Bucket;
 use crate::session::outbound::{
     self, IDEMPOTENCY_WINDOW_MS, IdempotencyRecord, MAX_ATTEMPTS, QueuedSend, SendState, SendStatus,
 };
@@ -19,7 +20,7 @@ use crate::session::{AckStatus, EventKind, now_ms};
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl Actor {
-    fn outbound_prefix(&self) -> Vec<u8> {
+    pub(super) fn outbound_prefix(&self) -> Vec<u8> {
         outbound::prefix(self.shared.store.blinder(), &self.record.incarnation)
     }
 
@@ -143,6 +144,22 @@ impl Actor {
             self.drain_at = Some(Instant::now());
             return;
         };
+        if self.conn.is_none() {
+            return;
+        }
+        // Queued sends wait for their tokens: the next turn is when one is back.
+        if let Err(exhausted) = self.check_tokens(&Bucket::SENDS) {
+            crate::metrics::inc_rate_limited(exhausted.bucket.as_str(), "delayed");
+            let wait = Duration::from_millis(exhausted.retry_after_ms.max(1) as u64);
+            tracing::debug!(session = %self.record.id, "queue waits {wait:?}: {exhausted}");
+            self.drain_at = Some(Instant::now() + wait);
+            return;
+        }
+        if let Err(e) = self.take_tokens(&Bucket::SENDS).await {
+            tracing::warn!(session = %self.record.id, "queue: {e}");
+            self.drain_at = Some(Instant::now() + RETRY_AFTER);
+            return;
+        }
         let Some(conn) = self.conn.as_ref() else {
             return;
         };

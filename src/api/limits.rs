@@ -1,0 +1,78 @@
+//! REST handlers for a session's rate limits: see each bucket, set the
+//! session's own limits. (A tenant's are under `/tenants/{id}/limits`.)
+
+use axum::Json;
+use axum::extract::State;
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath};
+use super::openapi::{ErrorBody, SessionPath};
+use super::sessions::visible_session;
+use crate::session::limits::{Bucket, LimitOverride, Limits, LimitsView};
+
+/// A session's rate limits and each bucket's level.
+#[utoipa::path(get, path = "/sessions/{id}/limits", tag = "sessions", operation_id = "show_session_limits",
+    params(SessionPath),
+    responses(
+        (status = 200, description = "the limits in force and each bucket now", body = LimitsView),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+    ))]
+pub async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<LimitsView>, ApiError> {
+    visible_session(&state, &principal, &id).await?;
+    Ok(Json(state.supervisor.limits(&id).await?))
+}
+
+/// Set a session's own limits (`{}` removes them). A tenant token may
+/// lower its session's limits, not raise them above the tenant's.
+#[utoipa::path(put, path = "/sessions/{id}/limits", tag = "sessions", operation_id = "set_session_limits",
+    params(SessionPath),
+    request_body = LimitOverride,
+    responses(
+        (status = 200, description = "the limits now", body = LimitsView),
+        (status = 403, description = "`forbidden`: a tenant token asked for more than its tenant's limits", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session", body = ErrorBody),
+        (status = 422, description = "`invalid_limits`: each limit is a whole number from 1 to 1000000; `invalid_body`", body = ErrorBody),
+    ))]
+pub async fn set(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(over): ApiJson<LimitOverride>,
+) -> Result<Json<LimitsView>, ApiError> {
+    visible_session(&state, &principal, &id).await?;
+    check(&over)?;
+    if !principal.is_admin() {
+        let now = state.supervisor.limits(&id).await?;
+        within(&over, &now.tenant_limits)?;
+    }
+    let over = (!over.is_empty()).then_some(over);
+    Ok(Json(state.supervisor.set_limits(&id, over).await?))
+}
+
+/// 422 unless every limit set is in range.
+pub(crate) fn check(over: &LimitOverride) -> Result<(), ApiError> {
+    over.check()
+        .map_err(|m| ApiError::unprocessable("invalid_limits", m))
+}
+
+/// 403 if `over` raises a limit above `ceiling`.
+fn within(over: &LimitOverride, ceiling: &Limits) -> Result<(), ApiError> {
+    let asked = ceiling.with(over);
+    for bucket in Bucket::ALL {
+        if asked.get(bucket) > ceiling.get(bucket) {
+            return Err(ApiError::forbidden(format!(
+                "{} = {} is above the tenant's limit of {}: only the admin may raise it",
+                bucket.as_str(),
+                asked.get(bucket),
+                ceiling.get(bucket)
+            )));
+        }
+    }
+    Ok(())
+}
