@@ -60,7 +60,12 @@ async fn main() {
         .unwrap_or(2_000);
     println!("queue bench: {n} sends; load average {}", load());
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    // The default rate limits (20 a minute) would measure the limiter.
+    let options = common::Options {
+        extra_toml: "[limits]\nsends_per_minute = 1000000\nsends_per_hour = 1000000\nsends_per_day = 1000000\n".into(),
+        ..common::Options::default()
+    };
+    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
     pair(&daemon, &fake, "shop-1", None, PHONE).await;
     let stopped = daemon
         .post("/v1/sessions/shop-1/stop", Some(ADMIN), None)

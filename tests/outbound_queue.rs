@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 const PHONE: &str = "15551250001";
 const ADA: &str = "15557790001";
+/// Rate limits out of the way (see tests/rate_limits.rs for them).
+const UNLIMITED: &str =
+    "[limits]\nsends_per_minute = 1000000\nsends_per_hour = 1000000\nsends_per_day = 1000000\n";
 
 async fn send(daemon: &Daemon, text: &str, key: Option<&str>) -> common::Response {
     let body = json!({ "to": ADA, "text": text }).to_string().into_bytes();
@@ -236,7 +239,12 @@ async fn kill_9_with_500_queued_loses_none() {
     const N: usize = 500;
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");
-    let (_dir, mut daemon) = Daemon::start(&fake.ws_url()).await;
+    // Far above the default rate limits, which would hold 480 back.
+    let options = common::Options {
+        extra_toml: UNLIMITED.into(),
+        ..common::Options::default()
+    };
+    let (_dir, mut daemon) = Daemon::start_with(&fake.ws_url(), options).await;
     pair(&daemon, &fake, "shop-1", None, PHONE).await;
     stop(&daemon).await;
     let mut queued = HashMap::new();
