@@ -31,6 +31,8 @@ const page = {
   demoScanned: null, // {session, code, phone}: the QR the demo phone scanned last
   demoSending: false,
   demoSent: null, // {session, id, from, to}: the last demo message
+  limits: null, // {session, at_ms, buckets}: GET /v1/sessions/{id}/limits, when it answered
+  limitsLoading: false,
 };
 
 // ---- API ------------------------------------------------------------------
@@ -230,7 +232,11 @@ function onFrame(frame) {
   }
   applyEvent(session, frame);
   renderList();
-  if (id === page.selected) renderDetail();
+  if (id === page.selected) {
+    renderDetail();
+    // A send or a pairing step may have taken a token.
+    if (frame.type === 'message.sent' || frame.type === 'session.state') loadLimits(id);
+  }
 }
 
 function applyEvent(session, frame) {
@@ -497,6 +503,7 @@ function renderPairCode(session) {
 function renderCountdowns() {
   const session = page.sessions.get(page.selected);
   if (!session) return;
+  renderLimits();
   const now = serverNow();
   const qr = session.qr;
   if (qr) {
@@ -534,6 +541,80 @@ async function loadDetail(id) {
   renderDetail();
   renderTransitions(session.transitions || []);
   loadWebhooks(session.tenant, seq);
+  loadLimits(id);
+}
+
+// ---- rate limits -------------------------------------------------------------
+
+const BUCKET_LABELS = {
+  sends_per_minute: 'Sends / minute',
+  sends_per_hour: 'Sends / hour',
+  sends_per_day: 'Sends / day',
+  qr_per_hour: 'QR pairings / hour',
+  pair_codes_per_hour: 'Pairing codes / hour',
+  resets_per_hour: 'Resets / hour',
+};
+
+async function loadLimits(id) {
+  if (page.limitsLoading) return;
+  page.limitsLoading = true;
+  let view;
+  try {
+    view = await api('GET', '/v1/sessions/' + encodeURIComponent(id) + '/limits');
+  } catch (e) {
+    if (page.selected === id) $('limits').hidden = true;
+    return;
+  } finally {
+    page.limitsLoading = false;
+  }
+  if (page.selected !== id || !view || !Array.isArray(view.buckets)) return;
+  page.limits = { session: id, at_ms: serverNow(), buckets: view.buckets };
+  renderLimits();
+}
+
+// Each bucket as remaining/limit, a bar, and the time to its next token
+// and to full, counted down between answers; a bucket due a token is
+// asked for again.
+function renderLimits() {
+  const limits = page.limits;
+  const panel = $('limits');
+  if (!limits || limits.session !== page.selected) {
+    panel.hidden = true;
+    return;
+  }
+  const elapsed = serverNow() - limits.at_ms;
+  let due = false;
+  const rows = limits.buckets.map((b) => {
+    const row = document.createElement('div');
+    row.className = 'bucket';
+    row.dataset.bucket = b.name;
+    row.dataset.testid = 'bucket';
+    const name = document.createElement('dt');
+    name.textContent = BUCKET_LABELS[b.name] || b.name;
+    const value = document.createElement('dd');
+    const level = document.createElement('meter');
+    level.min = 0;
+    level.max = b.limit;
+    level.low = Math.max(1, b.limit / 5);
+    level.optimum = b.limit;
+    level.value = b.remaining;
+    const count = document.createElement('span');
+    count.className = 'count';
+    count.textContent = b.remaining + ' / ' + b.limit;
+    const next = Math.max(0, b.next_token_seconds * 1000 - elapsed);
+    const full = Math.max(0, b.full_seconds * 1000 - elapsed);
+    if (b.next_token_seconds > 0 && next === 0) due = true;
+    const when = document.createElement('span');
+    when.className = 'why';
+    when.textContent = b.full_seconds === 0 ? 'full'
+      : (b.remaining === 0 ? 'empty; next in ' : 'next in ') + formatDuration(next) + ', full in ' + formatDuration(full);
+    value.append(level, ' ', count, ' ', when);
+    row.append(name, value);
+    return row;
+  });
+  $('limits-body').replaceChildren(...rows);
+  panel.hidden = false;
+  if (due) loadLimits(limits.session);
 }
 
 function renderTransitions(transitions) {
