@@ -21,6 +21,7 @@ declare -A guide_names=(
   [02-qr]=admin-pairing-qr
   [02-qr-phone]=admin-pairing-qr-phone
   [03-connected]=admin-connected
+  [03b-limits]=admin-rate-limits
   [04-reset-confirm]=admin-reset-confirm
   [05c-demo-message]=admin-demo-message
   [06-reconnecting]=admin-reconnecting

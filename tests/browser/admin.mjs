@@ -314,6 +314,15 @@ async function main() {
     await shot(desktop, '03-connected');
     await shot(phone, '03-connected-phone');
 
+    // 3b. A send takes a token: the page shows the buckets live.
+    await waitForText(desktop.locator('#limits-body [data-bucket="sends_per_minute"] .count'), '20 / 20', 10 * SECOND);
+    await adminApi(base, 'POST', '/v1/sessions/shop-1/messages', { to: '15557000001', text: 'limits' });
+    await waitForText(desktop.locator('#limits-body [data-bucket="sends_per_minute"] .count'), '19 / 20', 20 * SECOND);
+    await waitForText(desktop.locator('#limits-body [data-bucket="sends_per_day"] .count'), '999 / 1000', 5 * SECOND);
+    await waitForText(desktop.locator('#limits-body [data-bucket="sends_per_minute"] .why'), 'full in', 5 * SECOND);
+    log('page shows the rate-limit buckets');
+    await shot(desktop, '03b-limits');
+
     // An API error is shown with its code.
     await desktop.locator('#new-id').fill('shop-1');
     await desktop.getByRole('button', { name: 'Create and pair' }).click();

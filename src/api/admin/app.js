@@ -582,7 +582,8 @@ function renderLimits() {
     panel.hidden = true;
     return;
   }
-  const elapsed = serverNow() - limits.at_ms;
+  // The clock skew estimate moves with each frame: never count backwards.
+  const elapsed = Math.max(0, serverNow() - limits.at_ms);
   let due = false;
   const rows = limits.buckets.map((b) => {
     const row = document.createElement('div');
