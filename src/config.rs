@@ -458,6 +458,7 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["limits", "qr_per_hour"], EnvKind::Int),
     (&["limits", "pair_codes_per_hour"], EnvKind::Int),
     (&["limits", "resets_per_hour"], EnvKind::Int),
+    (&["limits", "human_pacing"], EnvKind::Bool),
     (&["webhooks", "url"], EnvKind::Str),
     (&["webhooks", "secret"], EnvKind::Str),
     (&["webhooks", "secret_file"], EnvKind::Str),

@@ -232,6 +232,37 @@ async fn queued_sends_wait_for_tokens_and_sync_sends_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn human_pacing_still_sends_the_queue_in_order() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    pair(&daemon, &fake, "paced", None, PHONE).await;
+    let set = daemon
+        .put("/v1/sessions/paced/limits", json!({ "human_pacing": true }))
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(set.json()["limits"]["human_pacing"], true);
+    assert_eq!(set.json()["tenant_limits"]["human_pacing"], false);
+    let texts = ["paced 1", "paced 2", "paced 3"];
+    for text in texts {
+        let queued = daemon
+            .post(
+                "/v1/sessions/paced/messages",
+                Some(ADMIN),
+                Some(json!({ "to": ADA, "text": text })),
+            )
+            .await;
+        assert_eq!(queued.status, 202, "{}", queued.text());
+    }
+    // Up to 3 s of typing and 2 s of gap each.
+    until("the paced sends reach fakewa", 30, async || {
+        received(&fake).len() >= 3
+    })
+    .await;
+    assert_eq!(received(&fake), texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pairing_attempts_are_limited() {
     common::init_tracing();
     let fake = fakewa::FakeWa::start().await.expect("fakewa");

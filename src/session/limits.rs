@@ -83,6 +83,9 @@ pub struct Limits {
     pub qr_per_hour: u32,
     pub pair_codes_per_hour: u32,
     pub resets_per_hour: u32,
+    /// Queued sends look typed by a person: "typing…" for a random 1–3 s
+    /// before each, and a random 0.5–2 s gap after.
+    pub human_pacing: bool,
 }
 
 impl Default for Limits {
@@ -95,6 +98,7 @@ impl Default for Limits {
             qr_per_hour: 10,
             pair_codes_per_hour: 5,
             resets_per_hour: 5,
+            human_pacing: false,
         }
     }
 }
@@ -120,6 +124,7 @@ impl Limits {
         self.qr_per_hour = pick(over.qr_per_hour, self.qr_per_hour);
         self.pair_codes_per_hour = pick(over.pair_codes_per_hour, self.pair_codes_per_hour);
         self.resets_per_hour = pick(over.resets_per_hour, self.resets_per_hour);
+        self.human_pacing = over.human_pacing.unwrap_or(self.human_pacing);
         self
     }
 
@@ -162,6 +167,8 @@ pub struct LimitOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub resets_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub human_pacing: Option<bool>,
 }
 
 impl LimitOverride {

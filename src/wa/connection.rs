@@ -193,6 +193,19 @@ impl Connection {
         Ok(sent.message_id)
     }
 
+    /// Shows "typing…" to `to` (`false`: stops it). Best effort: the
+    /// message that follows does not depend on it.
+    pub async fn send_typing(&self, to: &str, typing: bool) -> Result<(), WaError> {
+        let jid = parse_recipient(to)?;
+        let chatstate = self.client.chatstate();
+        let sent = if typing {
+            chatstate.send_composing(&jid).await
+        } else {
+            chatstate.send_paused(&jid).await
+        };
+        sent.map_err(|e| WaError::Send(e.to_string()))
+    }
+
     /// The phone number (digits) behind `lid` (`digits@lid`), when the
     /// client has learned the mapping.
     pub async fn phone_of_lid(&self, lid: &str) -> Option<String> {

@@ -154,6 +154,8 @@ pub(super) struct Actor {
     drain_at: Option<Instant>,
     /// The rate-limit buckets (read from the store when first needed).
     levels: Option<Levels>,
+    /// Human pacing: the queued send "typing…" was shown for.
+    typed_for: Option<String>,
     /// When the current state was entered (for the health sweep).
     state_since: Instant,
     /// The session's scope: cancelled at shutdown; its client's tasks run
@@ -198,6 +200,7 @@ impl Actor {
             waiting_permit: None,
             drain_at: None,
             levels: None,
+            typed_for: None,
             state_since: Instant::now(),
             scope,
         }

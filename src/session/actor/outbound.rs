@@ -155,6 +155,19 @@ impl Actor {
             self.drain_at = Some(Instant::now() + wait);
             return;
         }
+        let pacing = self.limits().human_pacing;
+        if pacing && self.typed_for.as_deref() != Some(item.id.as_str()) {
+            // Typed by a person: "typing…" first, the send after a while.
+            if let Some(conn) = self.conn.as_ref()
+                && let Err(e) = conn.send_typing(&item.to, true).await
+            {
+                tracing::debug!(session = %self.record.id, "typing indicator: {e}");
+            }
+            self.typed_for = Some(item.id.clone());
+            self.drain_at = Some(Instant::now() + random_between(1_000, 3_000));
+            return;
+        }
+        self.typed_for = None;
         if let Err(e) = self.take_tokens(&Bucket::SENDS).await {
             tracing::warn!(session = %self.record.id, "queue: {e}");
             self.drain_at = Some(Instant::now() + RETRY_AFTER);
@@ -193,7 +206,12 @@ impl Actor {
                     to: item.to,
                     timestamp: now / 1000,
                 });
-                self.drain_at = Some(Instant::now());
+                let gap = if pacing {
+                    random_between(500, 2_000)
+                } else {
+                    Duration::ZERO
+                };
+                self.drain_at = Some(Instant::now() + gap);
             }
             Some(error) => {
                 item.attempts += 1;
@@ -284,6 +302,14 @@ impl Actor {
             }
         }
     }
+}
+
+/// A random duration from `min_ms` to `max_ms` milliseconds.
+fn random_between(min_ms: u64, max_ms: u64) -> Duration {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    let span = max_ms.saturating_sub(min_ms).max(1);
+    Duration::from_millis(min_ms + u64::from_le_bytes(bytes) % span)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, SupervisorError> {
