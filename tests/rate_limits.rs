@@ -348,7 +348,9 @@ async fn overrides_persist_stay_with_their_owner_and_are_not_inherited() {
         json!({ "sends_per_day": -1 }),
         json!({ "sends_per_day": 1.5 }),
         json!({ "sends_per_dya": 3 }),
+        json!({ "human_pacing": "yes" }),
         json!("x"),
+        json!([1]),
     ] {
         let r = daemon.put("/v1/sessions/reuse/limits", bad.clone()).await;
         assert_eq!(r.status, 422, "{bad}: {}", r.text());

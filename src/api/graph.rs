@@ -458,7 +458,7 @@ fn recipient(
         (status = 400, description = "Meta codes 100 (bad or unknown parameter, unknown phone number id: subcode 33), 2500 (bad version), 131008 (required parameter missing), 131009 (parameter value not valid), 131051 (message type not supported yet)", body = GraphErrorBody),
         (status = 401, description = "code 190: no valid bearer token", body = GraphErrorBody),
         (status = 413, description = "code 100: the body is larger than `api.body_limit`", body = GraphErrorBody),
-        (status = 429, description = "code 4: too many failed authentications from this address", body = GraphErrorBody),
+        (status = 429, description = "code 4: too many failed authentications from this address; code 130429: the session's send rate limit (`Retry-After`, `RateLimit-*`)", body = GraphErrorBody),
         (status = 500, description = "code 131000: something went wrong", body = GraphErrorBody),
         (status = 502, description = "code 131000: WhatsApp did not take the message", body = GraphErrorBody),
         (status = 503, description = "code 131016: the session is not connected, or the daemon is stopping; whatsd's `timeout` error when the request outlives `api.request_timeout`", body = GraphErrorBody),

@@ -43,10 +43,10 @@ pub async fn set(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
-    ApiJson(over): ApiJson<LimitOverride>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<LimitsView>, ApiError> {
     visible_session(&state, &principal, &id).await?;
-    check(&over)?;
+    let over = parse(body)?;
     if !principal.is_admin() {
         let now = state.supervisor.limits(&id).await?;
         within(&over, &now.tenant_limits)?;
@@ -55,10 +55,22 @@ pub async fn set(
     Ok(Json(state.supervisor.set_limits(&id, over).await?))
 }
 
-/// 422 unless every limit set is in range.
-pub(crate) fn check(over: &LimitOverride) -> Result<(), ApiError> {
+/// The body as limits: an object of known fields (422 `invalid_body`
+/// otherwise; serde alone would take `[20]` for the first field), each
+/// limit in range (422 `invalid_limits`).
+pub(crate) fn parse(body: serde_json::Value) -> Result<LimitOverride, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "the body is a JSON object of limits, e.g. {\"sends_per_minute\": 10}",
+        ));
+    }
+    let over: LimitOverride = serde_json::from_value(body).map_err(|e| {
+        ApiError::unprocessable("invalid_body", format!("the JSON body does not fit: {e}"))
+    })?;
     over.check()
-        .map_err(|m| ApiError::unprocessable("invalid_limits", m))
+        .map_err(|m| ApiError::unprocessable("invalid_limits", m))?;
+    Ok(over)
 }
 
 /// 403 if `over` raises a limit above `ceiling`.

@@ -208,6 +208,7 @@ pub async fn show(
         (status = 200, description = "the session afterwards", body = SessionInfo),
         (status = 404, description = "`not_found`: no such session", body = ErrorBody),
         (status = 409, description = "`invalid_state`: not possible in the session's state", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the session's `qr_per_hour` bucket is empty; `Retry-After` and `RateLimit-*` headers say when", body = ErrorBody),
     ))]
 pub async fn start(
     State(state): State<AppState>,
@@ -242,6 +243,7 @@ pub async fn stop(
         (status = 200, description = "the session afterwards", body = SessionInfo),
         (status = 404, description = "`not_found`: no such session", body = ErrorBody),
         (status = 409, description = "`invalid_state`: not possible in the session's state", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the session's `resets_per_hour` bucket is empty; `Retry-After` and `RateLimit-*` headers say when", body = ErrorBody),
     ))]
 pub async fn reset(
     State(state): State<AppState>,
@@ -479,7 +481,7 @@ pub(super) fn is_jid(to: &str) -> bool {
         (status = 404, description = "`not_found`: no such session", body = ErrorBody),
         (status = 409, description = "`invalid_state`: not possible in the session's state; `pair_code_rejected`: an earlier code is still valid", body = ErrorBody),
         (status = 422, description = "`invalid_phone`, or WhatsApp refused (`pair_code_rejected`)", body = ErrorBody),
-        (status = 429, description = "WhatsApp rate-limits pairing codes for this number", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the session's `pair_codes_per_hour` bucket is empty (`Retry-After`, `RateLimit-*`); or WhatsApp rate-limits pairing codes for this number", body = ErrorBody),
     ))]
 pub async fn pair_code(
     State(state): State<AppState>,
@@ -545,6 +547,7 @@ fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Ap
         (status = 404, description = "`not_found`: no such session", body = ErrorBody),
         (status = 409, description = "`not_paired`: the session has never been paired; with `?wait=sent`, `not_connected`", body = ErrorBody),
         (status = 422, description = "`invalid_body`, `invalid_phone`: bad recipient or text", body = ErrorBody),
+        (status = 429, description = "`?wait=sent`: `rate_limited`: a send bucket is empty; `Retry-After` and `RateLimit-*` headers say when (queued sends wait instead)", body = ErrorBody),
         (status = 502, description = "`?wait=sent`: `send_failed`: WhatsApp did not take the message", body = ErrorBody),
     ))]
 pub async fn send_message(

@@ -293,11 +293,11 @@ pub async fn set_limits(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
-    ApiJson(over): ApiJson<LimitOverride>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<TenantLimits>, ApiError> {
     principal.require_admin()?;
     visible_tenant(&state, &principal, &id)?;
-    super::limits::check(&over)?;
+    let over = super::limits::parse(body)?;
     let raw = if over.is_empty() {
         None
     } else {
