@@ -365,6 +365,16 @@ async fn overrides_persist_stay_with_their_owner_and_are_not_inherited() {
     assert_eq!(r.error_code(), "invalid_limits");
     assert!(r.text().contains("sends_per_minute"), "{}", r.text());
 
+    // A whole number written as a float is a whole number.
+    let r = daemon
+        .put(
+            "/v1/sessions/reuse/limits",
+            json!({ "sends_per_hour": 150.0 }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["limits"]["sends_per_hour"], 150);
+
     // The admin sets the session's limits; they survive a restart.
     let set = daemon
         .put(

@@ -57,13 +57,23 @@ pub async fn set(
 
 /// The body as limits: an object of known fields (422 `invalid_body`
 /// otherwise; serde alone would take `[20]` for the first field), each
-/// limit in range (422 `invalid_limits`).
-pub(crate) fn parse(body: serde_json::Value) -> Result<LimitOverride, ApiError> {
-    if !body.is_object() {
+/// limit a whole number (`20.0` too) in range (422 `invalid_limits`).
+pub(crate) fn parse(mut body: serde_json::Value) -> Result<LimitOverride, ApiError> {
+    let Some(fields) = body.as_object_mut() else {
         return Err(ApiError::unprocessable(
             "invalid_body",
             "the body is a JSON object of limits, e.g. {\"sends_per_minute\": 10}",
         ));
+    };
+    // JSON Schema counts `20.0` as an integer; serde does not.
+    for value in fields.values_mut() {
+        if let Some(f) = value.as_f64()
+            && value.is_f64()
+            && f.fract() == 0.0
+            && (0.0..=f64::from(u32::MAX)).contains(&f)
+        {
+            *value = serde_json::Value::from(f as u64);
+        }
     }
     let over: LimitOverride = serde_json::from_value(body).map_err(|e| {
         ApiError::unprocessable("invalid_body", format!("the JSON body does not fit: {e}"))
