@@ -457,6 +457,32 @@ async fn overrides_persist_stay_with_their_owner_and_are_not_inherited() {
     assert_eq!(view["limits"]["sends_per_hour"], 90, "{view}");
     assert_eq!(view["tenant_override"]["sends_per_hour"], 90, "{view}");
 
+    // Moved to another tenant: its own limits stay behind with the old owner.
+    let moved = request(
+        daemon.addr,
+        "PATCH",
+        "/v1/sessions/reuse",
+        Some(ADMIN),
+        Some((
+            "application/json",
+            json!({ "tenant": "other" }).to_string().into_bytes(),
+        )),
+    )
+    .await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    assert_eq!(limits(&daemon, "reuse", &acme).await.status, 404);
+    let view = limits(&daemon, "reuse", &other).await.json();
+    assert_eq!(view["session_override"], Value::Null, "{view}");
+    assert_eq!(view["limits"]["sends_per_day"], 1000, "{view}");
+    let r = put_as(
+        &daemon,
+        "/v1/sessions/reuse/limits",
+        &other,
+        json!({ "sends_per_day": 7 }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
     // Deleted and created again by another tenant: the old limits stay behind.
     assert_eq!(
         daemon

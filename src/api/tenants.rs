@@ -279,7 +279,7 @@ pub async fn show_limits(
 }
 
 /// Set a tenant's rate limits (admin); `{}` removes them. They apply to
-/// its sessions from their next send or pairing attempt.
+/// its sessions at once (a queue waiting for tokens looks again).
 #[utoipa::path(put, path = "/tenants/{id}/limits", tag = "tenants", operation_id = "set_tenant_limits",
     params(TenantPath),
     request_body = LimitOverride,
@@ -307,6 +307,13 @@ pub async fn set_limits(
         .store
         .send_limits_put(&state.store.tenant_limits_key(&id), raw.as_deref(), true)
         .await?;
+    // A queue waiting for tokens under the old limits looks again now (a
+    // session re-plans its queue whenever its limits are read).
+    for session in state.supervisor.list().await {
+        if session.tenant == id {
+            let _ = state.supervisor.limits(&session.id).await;
+        }
+    }
     tracing::info!(tenant = %id, "rate limits set");
     Ok(Json(tenant_limits(&state, &id)?))
 }
