@@ -11,6 +11,7 @@ mod demo;
 pub mod error;
 pub mod extract;
 pub mod graph;
+pub mod groups;
 pub mod listener;
 pub mod openapi;
 pub mod operations;
@@ -125,6 +126,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::send_message))
         .routes(routes!(sessions::message_status, sessions::cancel_message))
         .routes(routes!(sessions::phone_sessions))
+        .routes(routes!(groups::list))
+        .routes(routes!(groups::show))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::show, tenants::delete))
         .routes(routes!(tenants::rotate_token))

@@ -5,6 +5,7 @@
 pub mod build_info;
 mod connection;
 mod events;
+pub mod groups;
 pub mod inbound;
 mod runtime;
 mod transport;
@@ -49,6 +50,12 @@ pub enum WaError {
     BadRecipient(String),
     #[error("send failed: {0}")]
     Send(String),
+    #[error("invalid group {0:?}: a group JID is <digits>@g.us")]
+    BadGroup(String),
+    #[error("no group {0} that this account is in")]
+    GroupNotFound(String),
+    #[error("WhatsApp did not answer as expected: {0}")]
+    Query(String),
 }
 
 /// What a session needs to know from its client, in the order it happened.

@@ -65,6 +65,9 @@ pub(super) enum Command {
         id: String,
         reply: Reply<Option<SendStatus>>,
     },
+    /// A handle for group queries, run by the caller (a query must not
+    /// hold up the session's events); only while connected.
+    Groups(Reply<crate::wa::groups::GroupsHandle>),
     /// Daemon start: reconnect a session that was paired.
     Restore,
     Health,
@@ -401,6 +404,9 @@ impl Actor {
             Command::CancelSend { id, reply } => {
                 let _ = reply.send(self.cancel_send(&id).await);
             }
+            Command::Groups(reply) => {
+                let _ = reply.send(self.connected().map(Connection::groups));
+            }
             Command::Restore => {
                 let permits = self.shared.start_permits.clone();
                 self.waiting_permit = Some(self.scope.spawn(permits.acquire_owned()));
@@ -719,15 +725,16 @@ impl Actor {
         }
     }
 
-    async fn send_text(&mut self, to: &str, text: &str) -> Result<String, SupervisorError> {
-        let state = self.state();
-        let Some(conn) = self
-            .conn
+    /// The client, while the session is connected.
+    fn connected(&self) -> Result<&Connection, SupervisorError> {
+        self.conn
             .as_ref()
-            .filter(|_| state == SessionState::Connected)
-        else {
-            return Err(SupervisorError::NotConnected(self.id().to_owned()));
-        };
+            .filter(|_| self.state() == SessionState::Connected)
+            .ok_or_else(|| SupervisorError::NotConnected(self.id().to_owned()))
+    }
+
+    async fn send_text(&mut self, to: &str, text: &str) -> Result<String, SupervisorError> {
+        let conn = self.connected()?;
         let jid = crate::wa::parse_recipient(to)
             .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
         let to = jid.to_string();

@@ -19,7 +19,7 @@ use crate::phone;
 use crate::server::{
     self, ControlError, OutboxEntry, Paired, Reply, Server, lock, now_ms, now_secs,
 };
-use crate::state::{DeviceKey, DeviceRecord, MessageKind, QueuedMessage, ReceiptStatus};
+use crate::state::{DeviceKey, DeviceRecord, Group, MessageKind, QueuedMessage, ReceiptStatus};
 
 /// Commands other tasks send to a connection.
 pub(crate) enum ConnCmd {
@@ -671,6 +671,8 @@ impl Conn {
             }
             ("w:sync:app:state", "set", _) => Some(app_state_reply(&id, &node)),
             ("usync", "get", _) => Some(self.usync_reply(&id, &node)),
+            ("w:g2", "get", "participating") => Some(self.participating_reply(&id)),
+            ("w:g2", "get", "query") => Some(self.group_reply(&id, &node)),
             ("w:p", "get", _) => Some(result(&id, vec![])),
             ("abt", "get", _) => Some(result(
                 &id,
@@ -912,6 +914,37 @@ impl Conn {
     }
 
     /// Answers usync queries: every user has exactly one device (0, the phone).
+    /// `<groups>` with every group the account is a member of.
+    fn participating_reply(&self, id: &str) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let groups = self.server.groups_of(&key.phone);
+        let groups = NodeBuilder::new("groups")
+            .children(groups.iter().map(group_node))
+            .build();
+        result(id, vec![groups])
+    }
+
+    /// One group's `<group>`, for a member only (403 otherwise, 404 when
+    /// there is no such group), as WhatsApp answers.
+    fn group_reply(&self, id: &str, node: &Node) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let to = attr(node, "to").unwrap_or_default();
+        let Some(group) = to
+            .strip_suffix("@g.us")
+            .and_then(|group| self.server.group(group))
+        else {
+            return iq_error(id, "404", "item-not-found");
+        };
+        if group.member(&key.phone).is_none() {
+            return iq_error(id, "403", "forbidden");
+        }
+        result(id, vec![group_node(&group)])
+    }
+
     fn usync_reply(&self, id: &str, node: &Node) -> Node {
         let Some(usync) = node.get_optional_child("usync") else {
             return iq_error(id, "400", "bad-request");
@@ -1090,6 +1123,25 @@ impl Conn {
                     &message.text,
                     message.timestamp,
                     "",
+                )
+                .await?
+            }
+            (None, MessageKind::Group) => {
+                let group = message
+                    .group
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("group message without a group"))?;
+                let contact = self.server.contact(&message.contact);
+                let mut contact = contact.lock().await;
+                peer::group_stanza(
+                    &mut contact,
+                    device,
+                    &mut bundle,
+                    &format!("{group}@g.us"),
+                    &message.id,
+                    &message.text,
+                    message.timestamp,
+                    &format!("Contact {}", message.contact),
                 )
                 .await?
             }
@@ -1350,6 +1402,67 @@ fn result(id: &str, children: Vec<Node>) -> Node {
     } else {
         b.children(children).build()
     }
+}
+
+/// A group as `w:g2` answers it. A LID-addressed group names members by
+/// LID, with `phone_number` unless the member hides it; a phone-addressed
+/// group names them by phone, with their `lid`.
+fn group_node(group: &Group) -> Node {
+    let lid_mode = group.lid_addressed();
+    let pn = |phone: &str| format!("{phone}@s.whatsapp.net");
+    let lid = |lid: &str| format!("{lid}@lid");
+    let mut children: Vec<Node> = group
+        .members
+        .iter()
+        .map(|m| {
+            let mut p = NodeBuilder::new("participant");
+            p = if lid_mode {
+                p = p.attr("jid", lid(&m.lid));
+                if m.lid_only {
+                    p
+                } else {
+                    p.attr("phone_number", pn(&m.phone))
+                }
+            } else {
+                p.attr("jid", pn(&m.phone)).attr("lid", lid(&m.lid))
+            };
+            if let Some(kind) = m.role.wire_type() {
+                p = p.attr("type", kind);
+            }
+            p.build()
+        })
+        .collect();
+    if let Some(description) = &group.description {
+        children.push(
+            NodeBuilder::new("description")
+                .attr("id", format!("{}{}", group.id, group.created))
+                .attr("t", group.created)
+                .children([NodeBuilder::new("body")
+                    .string_content(description.as_str())
+                    .build()])
+                .build(),
+        );
+    }
+    let creator = group.member(&group.creator);
+    let mut node = NodeBuilder::new("group")
+        .attr("id", group.id.clone())
+        .attr("subject", group.subject.clone())
+        .attr("s_t", group.created)
+        .attr("creation", group.created)
+        .attr("size", group.members.len() as u64)
+        .attr("addressing_mode", if lid_mode { "lid" } else { "pn" });
+    node = match creator {
+        Some(c) if lid_mode => {
+            let node = node.attr("creator", lid(&c.lid));
+            if c.lid_only {
+                node
+            } else {
+                node.attr("creator_pn", pn(&c.phone))
+            }
+        }
+        _ => node.attr("creator", pn(&group.creator)),
+    };
+    node.children(children).build()
 }
 
 fn iq_error(id: &str, code: &str, text: &str) -> Node {

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::server::{ControlError, Fault, Server};
+use crate::server::{ControlError, Fault, NewMember, Server};
 use crate::state::{MessageKind, ReceiptStatus};
 
 pub fn router(server: Arc<Server>) -> Router {
@@ -23,6 +23,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/messages", post(messages))
         .route("/control/outbox", get(outbox))
         .route("/control/receipts", post(receipts))
+        .route("/control/groups", post(create_group))
+        .route("/control/groups/messages", post(group_message))
         .route("/control/unlink", post(unlink))
         .route("/control/drop", post(drop_conn))
         .route("/control/stall", post(stall))
@@ -143,6 +145,46 @@ struct ReceiptReq {
 async fn receipts(State(s): State<Arc<Server>>, Body(req): Body<ReceiptReq>) -> Response {
     match s.send_receipt(&req.to_phone, &req.from_phone, &req.message_id, req.status) {
         Ok(()) => Json(json!({})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupReq {
+    subject: String,
+    description: Option<String>,
+    /// The first member creates the group.
+    members: Vec<NewMember>,
+}
+
+async fn create_group(State(s): State<Arc<Server>>, Body(req): Body<GroupReq>) -> Response {
+    match s.create_group(&req.subject, req.description.as_deref(), req.members) {
+        Ok(group) => Json(json!({
+            "jid": group.jid(),
+            "members": group.members.iter().map(|m| json!({
+                "phone": m.phone,
+                "lid": format!("{}@lid", m.lid),
+                "role": m.role,
+                "lid_only": m.lid_only,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupMessageReq {
+    group: String,
+    from_phone: String,
+    text: String,
+}
+
+async fn group_message(State(s): State<Arc<Server>>, Body(req): Body<GroupMessageReq>) -> Response {
+    match s.post_in_group(&req.group, &req.from_phone, &req.text) {
+        Ok(id) => Json(json!({"id": id})).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -692,25 +692,27 @@ impl Contact {
             .build()
     }
 
-    /// The two `<enc>` children of a status post to one device: a
-    /// `pkmsg|msg` carrying the SenderKeyDistributionMessage for
-    /// `status@broadcast`, then the `skmsg` with `message`.
+    /// The two `<enc>` children of a post to group `group` (a group JID or
+    /// `status@broadcast`) for one device: a `pkmsg|msg` carrying the
+    /// SenderKeyDistributionMessage for the group, then the `skmsg` with
+    /// `message`.
     ///
     /// The distribution message is sent with every post; the client keeps the
     /// existing chain when it sees the same one again.
-    pub async fn status_enc_nodes(
+    pub async fn group_enc_nodes(
         &mut self,
+        group: &str,
         device: (&str, u32),
         bundle: &mut DeviceBundle,
         message: &wa::Message,
     ) -> Result<[Node; 2], PeerError> {
-        let name = SenderKeyName::from_parts(STATUS_BROADCAST, &self.phone);
+        let name = SenderKeyName::from_parts(group, &self.phone);
         let distribution =
             create_sender_key_distribution_message(&name, &mut self.sender_keys, &mut rng())
                 .await?;
         let carrier = wa::Message {
             sender_key_distribution_message: wa::message::SenderKeyDistributionMessage {
-                group_id: Some(STATUS_BROADCAST.to_owned()),
+                group_id: Some(group.to_owned()),
                 axolotl_sender_key_distribution_message: Some(distribution.serialized().to_vec()),
             }
             .into(),
@@ -836,11 +838,40 @@ pub async fn status_stanza(
         ..Default::default()
     };
     let encs = contact
-        .status_enc_nodes(to_device, bundle, &message)
+        .group_enc_nodes(STATUS_BROADCAST, to_device, bundle, &message)
         .await?;
     Ok(message_node(
         vec![
             ("from", STATUS_BROADCAST.to_owned()),
+            ("participant", contact.jid()),
+        ],
+        msg_id,
+        ts,
+        push_name,
+        encs,
+    ))
+}
+
+/// A text `contact` posted in group `group_jid`:
+/// `<message from="<group>@g.us" participant="<contact>@s.whatsapp.net"
+///  id t type="text" notify><enc v="2" type="pkmsg|msg"/><enc v="2" type="skmsg"/></message>`.
+#[allow(clippy::too_many_arguments)]
+pub async fn group_stanza(
+    contact: &mut Contact,
+    to_device: (&str, u32),
+    bundle: &mut DeviceBundle,
+    group_jid: &str,
+    msg_id: &str,
+    text: &str,
+    ts: u64,
+    push_name: &str,
+) -> Result<Node, PeerError> {
+    let encs = contact
+        .group_enc_nodes(group_jid, to_device, bundle, &text_message(text))
+        .await?;
+    Ok(message_node(
+        vec![
+            ("from", group_jid.to_owned()),
             ("participant", contact.jid()),
         ],
         msg_id,

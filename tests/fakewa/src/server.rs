@@ -17,7 +17,21 @@ use crate::conn::{self, ConnCmd, ConnHandle};
 use crate::noise::ServerIdentity;
 use crate::peer::Contact;
 use crate::phone::{self, AccountKey};
-use crate::state::{DeviceKey, MessageKind, QueuedMessage, ReceiptStatus, State};
+use crate::state::{
+    DeviceKey, Group, MemberRole, MessageKind, QueuedMessage, ReceiptStatus, State,
+};
+
+/// A member of a group being created (control API).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    pub phone: String,
+    #[serde(default)]
+    pub admin: bool,
+    /// The group shows only this member's LID, not its phone number.
+    #[serde(default)]
+    pub lid_only: bool,
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -326,9 +340,125 @@ impl Server {
                 timestamp: now_secs(),
                 app_state_key: None,
                 receipt: None,
+                group: None,
             },
         )?;
         Ok(id)
+    }
+
+    /// Creates a group of `members` (phones; the first is the creator and
+    /// a super admin) and answers it.
+    pub fn create_group(
+        &self,
+        subject: &str,
+        description: Option<&str>,
+        members: Vec<NewMember>,
+    ) -> Result<Group, ControlError> {
+        if subject.is_empty() || subject.chars().count() > 100 {
+            return Err(ControlError::BadRequest(
+                "subject must have 1-100 characters".into(),
+            ));
+        }
+        let Some(creator) = members.first().map(|m| m.phone.clone()) else {
+            return Err(ControlError::BadRequest(
+                "a group needs at least one member".into(),
+            ));
+        };
+        let mut seen = HashSet::new();
+        for member in &members {
+            validate_phone(&member.phone)?;
+            if !seen.insert(member.phone.as_str()) {
+                return Err(ControlError::BadRequest(format!(
+                    "{} is listed twice",
+                    member.phone
+                )));
+            }
+        }
+        let members = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = if i == 0 {
+                    MemberRole::Superadmin
+                } else if m.admin {
+                    MemberRole::Admin
+                } else {
+                    MemberRole::Member
+                };
+                (m.phone, role, m.lid_only)
+            })
+            .collect();
+        lock(&self.state)
+            .create_group(
+                subject.to_owned(),
+                description.map(str::to_owned),
+                &creator,
+                members,
+                now_secs(),
+            )
+            .map_err(|e| ControlError::Failed(e.to_string()))
+    }
+
+    /// `from_phone`, a member of group `group`, posts `text` there: queued
+    /// for every linked device of every other member.
+    pub fn post_in_group(
+        &self,
+        group: &str,
+        from_phone: &str,
+        text: &str,
+    ) -> Result<String, ControlError> {
+        validate_phone(from_phone)?;
+        let group_id = group.strip_suffix("@g.us").unwrap_or(group);
+        let recipients: Vec<String> = {
+            let state = lock(&self.state);
+            let group = state
+                .server
+                .groups
+                .get(group_id)
+                .ok_or_else(|| ControlError::NotFound(format!("no group {group}")))?;
+            if group.member(from_phone).is_none() {
+                return Err(ControlError::BadRequest(format!(
+                    "{from_phone} is not a member of {group_id}"
+                )));
+            }
+            group
+                .members
+                .iter()
+                .filter(|m| m.phone != from_phone)
+                .map(|m| m.phone.clone())
+                .collect()
+        };
+        let id = self.new_message_id();
+        let entry = QueuedMessage {
+            id: id.clone(),
+            kind: MessageKind::Group,
+            contact: from_phone.to_owned(),
+            text: text.to_owned(),
+            timestamp: now_secs(),
+            app_state_key: None,
+            receipt: None,
+            group: Some(group_id.to_owned()),
+        };
+        for phone in recipients {
+            self.queue_for_devices(&phone, entry.clone())?;
+        }
+        Ok(id)
+    }
+
+    /// The groups `phone` is a member of.
+    pub fn groups_of(&self, phone: &str) -> Vec<Group> {
+        lock(&self.state)
+            .server
+            .groups
+            .values()
+            .filter(|g| g.member(phone).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Group `id` (the user part of its JID).
+    pub fn group(&self, id: &str) -> Option<Group> {
+        lock(&self.state).server.groups.get(id).cloned()
     }
 
     /// Contact `contact` sends its `status` receipt for message

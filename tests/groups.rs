@@ -1,0 +1,243 @@
+//! Groups against fakewa: the groups a session's account is in, each with
+//! its exact participants (phones hidden by a LID-addressed group stay
+//! unknown), and a participant's post arriving as a group message.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN, Daemon, control, create_tenant, pair, put_webhook, webhook_receiver};
+use serde_json::{Value, json};
+
+const PHONE: &str = "15551250001";
+const ADA: &str = "15557790001";
+const BOB: &str = "15557790002";
+const CARL: &str = "15557790003";
+const DAVE: &str = "15557790004";
+
+/// Creates a group at fakewa; the first member creates it. Answers its JID
+/// and fakewa's view of its members.
+async fn group(fake: &fakewa::FakeWa, subject: &str, members: Value) -> (String, Vec<Value>) {
+    let r = control(
+        fake.control_addr(),
+        "/control/groups",
+        json!({ "subject": subject, "description": format!("about {subject}"), "members": members }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let jid = body["jid"].as_str().expect("jid").to_string();
+    (jid, body["members"].as_array().expect("members").clone())
+}
+
+/// fakewa's LID of member `phone`.
+fn lid_of(members: &[Value], phone: &str) -> String {
+    members
+        .iter()
+        .find(|m| m["phone"] == phone)
+        .and_then(|m| m["lid"].as_str())
+        .expect("member")
+        .to_string()
+}
+
+/// Participants as `(jid, phone, lid, admin, super_admin)`, sorted.
+type Row = (String, Option<String>, Option<String>, bool, bool);
+
+fn participants(group: &Value) -> Vec<Row> {
+    let mut list: Vec<_> = group["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .map(|p| {
+            (
+                p["jid"].as_str().expect("jid").to_string(),
+                p["phone"].as_str().map(str::to_owned),
+                p["lid"].as_str().map(str::to_owned),
+                p["admin"].as_bool().expect("admin"),
+                p["super_admin"].as_bool().expect("super_admin"),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+fn pn(phone: &str) -> String {
+    format!("{phone}@s.whatsapp.net")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_list_their_exact_participants_to_their_tenant_only() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    let token = create_tenant(&daemon, "acme").await;
+    let other = create_tenant(&daemon, "other").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+
+    // Phone-addressed: every member by phone, with a LID.
+    let (team, team_members) = group(
+        &fake,
+        "Team",
+        json!([{ "phone": ADA }, { "phone": PHONE }, { "phone": BOB, "admin": true }]),
+    )
+    .await;
+    // LID-addressed, DAVE's phone hidden.
+    let (club, club_members) = group(
+        &fake,
+        "Club",
+        json!([{ "phone": BOB }, { "phone": PHONE }, { "phone": DAVE, "lid_only": true }]),
+    )
+    .await;
+    // The account is not in this one.
+    let (elsewhere, _) = group(
+        &fake,
+        "Elsewhere",
+        json!([{ "phone": ADA }, { "phone": CARL }]),
+    )
+    .await;
+
+    let listed = daemon.get("/v1/sessions/shop-1/groups", Some(&token)).await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let listed = listed.json();
+    let groups = listed["groups"].as_array().expect("groups");
+    let jids: Vec<&str> = groups.iter().filter_map(|g| g["jid"].as_str()).collect();
+    let mut expected = vec![team.as_str(), club.as_str()];
+    expected.sort();
+    assert_eq!(jids, expected, "exactly the account's groups, by JID");
+
+    let shown = daemon
+        .get(&format!("/v1/sessions/shop-1/groups/{team}"), Some(&token))
+        .await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    let shown = shown.json();
+    assert_eq!(shown["subject"], "Team");
+    assert_eq!(shown["description"], "about Team");
+    assert_eq!(shown["addressing_mode"], "pn");
+    assert_eq!(shown["size"], 3);
+    assert_eq!(shown["creator"]["phone"], ADA);
+    let lid = |phone: &str| Some(lid_of(&team_members, phone));
+    let some = |phone: &str| Some(phone.to_string());
+    let mut want: Vec<Row> = vec![
+        (pn(ADA), some(ADA), lid(ADA), true, true),
+        (pn(PHONE), some(PHONE), lid(PHONE), false, false),
+        (pn(BOB), some(BOB), lid(BOB), true, false),
+    ];
+    want.sort();
+    assert_eq!(participants(&shown), want);
+    let in_list = groups.iter().find(|g| g["jid"] == team.as_str()).unwrap();
+    assert_eq!(participants(in_list), want, "the list carries the same");
+
+    let shown = daemon
+        .get(&format!("/v1/sessions/shop-1/groups/{club}"), Some(&token))
+        .await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    let shown = shown.json();
+    assert_eq!(shown["addressing_mode"], "lid");
+    let lid = |phone: &str| lid_of(&club_members, phone);
+    let mut want: Vec<Row> = vec![
+        (lid(BOB), some(BOB), Some(lid(BOB)), true, true),
+        (lid(PHONE), some(PHONE), Some(lid(PHONE)), false, false),
+        (lid(DAVE), None, Some(lid(DAVE)), false, false),
+    ];
+    want.sort();
+    assert_eq!(participants(&shown), want, "a hidden phone stays unknown");
+
+    // Groups the account is not in, or that do not exist, are not found;
+    // a malformed JID is refused before WhatsApp is asked.
+    for jid in [elsewhere.as_str(), "120363999999999999@g.us"] {
+        let r = daemon
+            .get(&format!("/v1/sessions/shop-1/groups/{jid}"), Some(&token))
+            .await;
+        assert_eq!(r.status, 404, "{jid}: {}", r.text());
+        assert_eq!(r.error_code(), "group_not_found");
+    }
+    let r = daemon
+        .get(
+            "/v1/sessions/shop-1/groups/not-a-group@s.whatsapp.net",
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "invalid_group");
+
+    // Another tenant sees no such session; the admin sees it.
+    for path in [
+        "/v1/sessions/shop-1/groups".to_string(),
+        format!("/v1/sessions/shop-1/groups/{team}"),
+    ] {
+        let r = daemon.get(&path, Some(&other)).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+        assert_eq!(r.error_code(), "not_found");
+        assert_eq!(daemon.get(&path, Some(ADMIN)).await.status, 200, "{path}");
+    }
+
+    // Not connected: 409, not a hang.
+    let stopped = daemon
+        .post("/v1/sessions/shop-1/stop", Some(ADMIN), None)
+        .await;
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    let r = daemon.get("/v1/sessions/shop-1/groups", Some(&token)).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.error_code(), "not_connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participants_post_is_a_group_message_with_its_sender() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
+    let token = create_tenant(&daemon, "acme").await;
+    let (url, bodies) = webhook_receiver().await;
+    put_webhook(&daemon, &token, "acme", "crm", &url, "whatsd").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+    let (team, _) = group(
+        &fake,
+        "Team",
+        json!([{ "phone": ADA }, { "phone": PHONE }, { "phone": BOB }]),
+    )
+    .await;
+
+    let mut ids = Vec::new();
+    for (from, text) in [(BOB, "hello team ✓"), (ADA, "second post")] {
+        let posted = control(
+            fake.control_addr(),
+            "/control/groups/messages",
+            json!({ "group": team, "from_phone": from, "text": text }),
+        )
+        .await;
+        assert_eq!(posted.status, 200, "{}", posted.text());
+        ids.push(posted.json()["id"].as_str().expect("id").to_string());
+    }
+    let received = |bodies: &[Value]| -> Vec<Value> {
+        bodies
+            .iter()
+            .filter(|b| b["type"] == "message.received")
+            .map(|b| b["data"].clone())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while received(&bodies.lock().unwrap()).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "two group messages within 30 s; got {:#?}",
+            bodies.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = received(&bodies.lock().unwrap());
+    assert_eq!(received.len(), 2, "{received:#?}");
+    for ((data, id), (from, text)) in received
+        .iter()
+        .zip(&ids)
+        .zip([(BOB, "hello team ✓"), (ADA, "second post")])
+    {
+        assert_eq!(data["message_id"], id.as_str());
+        assert_eq!(data["text"], text);
+        assert_eq!(data["is_group"], true);
+        assert_eq!(data["chat"], team.as_str());
+        assert_eq!(data["participant"], pn(from));
+        assert_eq!(data["sender"]["phone"], from);
+        assert_eq!(data["from_me"], false);
+    }
+}
