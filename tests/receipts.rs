@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    ADMIN, Daemon, control, create_tenant, next_json, pair, put_webhook, request, webhook_receiver,
+    ADMIN, Daemon, control, create_tenant, next_json, pair, put_webhook, webhook_receiver,
     ws_connect,
 };
 use serde_json::{Value, json};
