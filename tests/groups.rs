@@ -241,3 +241,43 @@ async fn a_participants_post_is_a_group_message_with_its_sender() {
         assert_eq!(data["from_me"], false);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_group_reaches_its_members() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    let token = create_tenant(&daemon, "acme").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+    let (team, _) = group(
+        &fake,
+        "Team",
+        json!([{ "phone": ADA }, { "phone": PHONE }, { "phone": BOB }]),
+    )
+    .await;
+
+    let sent = daemon
+        .post(
+            "/v1/sessions/shop-1/messages?wait=sent",
+            Some(&token),
+            Some(json!({ "to": team, "text": "hello from the shop ✓" })),
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let id = sent.json()["id"].as_str().expect("id").to_string();
+    let outbox = common::request(fake.control_addr(), "GET", "/control/outbox", None, None).await;
+    let outbox = outbox.json();
+    let entry = outbox["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not at fakewa: {outbox:#}"))
+        .clone();
+    assert_eq!(entry["to"], team.as_str());
+    assert_eq!(entry["from_phone"], PHONE);
+    assert_eq!(
+        entry["text"], "hello from the shop ✓",
+        "a member decrypts the text with the sender key the session distributed"
+    );
+}

@@ -1225,7 +1225,26 @@ impl Conn {
         let id = attr(&node, "id").unwrap_or_default();
         let to = attr(&node, "to").unwrap_or_default();
         let mut text = None;
-        for part in peer::parse_outbound(&node) {
+        let sender = (key.phone.as_str(), key.device as u32);
+        // A group send: each member's copy carries the sender key, the
+        // text goes once as `skmsg`; the first member that took the key reads it.
+        let mut group_reader: Option<String> = None;
+        let mut parts = peer::parse_outbound(&node);
+        parts.sort_by_key(|part| part.enc_type == "skmsg");
+        for part in parts {
+            if part.enc_type == "skmsg" {
+                let Some(reader) = &group_reader else {
+                    tracing::warn!(device = %key, %to, "skmsg without a sender key");
+                    continue;
+                };
+                let contact = self.server.contact(reader);
+                let mut contact = contact.lock().await;
+                match contact.decrypt_group(&to, sender, &part.ciphertext).await {
+                    Ok(msg) => text = text.or_else(|| message_text(&msg)),
+                    Err(e) => tracing::warn!(device = %key, %to, "cannot decrypt skmsg: {e}"),
+                }
+                continue;
+            }
             let phone = part
                 .recipient
                 .split(['@', ':'])
@@ -1243,6 +1262,15 @@ impl Conn {
                 .await
             {
                 Ok(msg) => {
+                    if to.ends_with("@g.us") {
+                        match contact.accept_sender_key(&to, sender, &msg).await {
+                            Ok(true) if phone != key.phone && group_reader.is_none() => {
+                                group_reader = Some(phone.clone());
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(device = %key, %to, "bad sender key: {e}"),
+                        }
+                    }
                     if phone != key.phone || text.is_none() {
                         text = text.or_else(|| message_text(&msg));
                     }

@@ -24,11 +24,12 @@ use wacore_binary::{Jid, Node, NodeContent};
 use wacore_libsignal::protocol::{
     CiphertextMessage, Direction, GenericSignedPreKey as _, IdentityChange, IdentityKey,
     IdentityKeyPair, IdentityKeyStore, KeyPair, PreKeyBundle, PreKeyId, PreKeyRecord,
-    PreKeySignalMessage, PreKeyStore, PrivateKey, ProtocolAddress, SenderKeyName, SenderKeyRecord,
-    SenderKeyStore, SessionRecord, SessionStore, SignalMessage, SignalProtocolError,
-    SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, UsePQRatchet,
-    create_sender_key_distribution_message, group_encrypt, message_decrypt, message_encrypt,
-    process_prekey_bundle,
+    PreKeySignalMessage, PreKeyStore, PrivateKey, ProtocolAddress, SenderKeyDistributionMessage,
+    SenderKeyName, SenderKeyRecord, SenderKeyStore, SessionRecord, SessionStore, SignalMessage,
+    SignalProtocolError, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore, Timestamp,
+    UsePQRatchet, create_sender_key_distribution_message, group_decrypt, group_encrypt,
+    message_decrypt, message_encrypt, process_prekey_bundle,
+    process_sender_key_distribution_message,
 };
 use waproto::whatsapp as wa;
 
@@ -622,6 +623,43 @@ impl Contact {
         ciphertext: &[u8],
     ) -> Result<wa::Message, PeerError> {
         let padded = self.decrypt_padded(device, enc_type, ciphertext).await?;
+        wacore::messages::decode_plaintext(&padded, PADDING_VERSION)
+            .map_err(|e| PeerError::Plaintext(e.to_string()))
+    }
+
+    /// Takes the sender key a linked device distributed for `group` in
+    /// `message` (the payload of its `pkmsg|msg` to this contact); false
+    /// when the message carries none.
+    pub async fn accept_sender_key(
+        &mut self,
+        group: &str,
+        device: (&str, u32),
+        message: &wa::Message,
+    ) -> Result<bool, PeerError> {
+        let Some(bytes) = message
+            .sender_key_distribution_message
+            .as_option()
+            .and_then(|d| d.axolotl_sender_key_distribution_message.as_deref())
+        else {
+            return Ok(false);
+        };
+        let distribution = SenderKeyDistributionMessage::try_from(bytes)?;
+        let name = SenderKeyName::from_parts(group, &address(device).to_string());
+        process_sender_key_distribution_message(&name, &distribution, &mut self.sender_keys)
+            .await?;
+        Ok(true)
+    }
+
+    /// Decrypts a linked device's `skmsg` to `group` with the sender key
+    /// it distributed earlier ([`Contact::accept_sender_key`]).
+    pub async fn decrypt_group(
+        &mut self,
+        group: &str,
+        device: (&str, u32),
+        ciphertext: &[u8],
+    ) -> Result<wa::Message, PeerError> {
+        let name = SenderKeyName::from_parts(group, &address(device).to_string());
+        let padded = group_decrypt(ciphertext, &mut self.sender_keys, &name).await?;
         wacore::messages::decode_plaintext(&padded, PADDING_VERSION)
             .map_err(|e| PeerError::Plaintext(e.to_string()))
     }
