@@ -281,3 +281,159 @@ async fn a_send_to_a_group_reaches_its_members() {
         "a member decrypts the text with the sender key the session distributed"
     );
 }
+
+/// Waits (bounded) until `bodies` holds `n` events of a type starting with
+/// `prefix`; answers their `(type, data)` in arrival order.
+async fn events_of(
+    bodies: &std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    prefix: &str,
+    n: usize,
+) -> Vec<(String, Value)> {
+    let pick = |bodies: &[Value]| -> Vec<(String, Value)> {
+        bodies
+            .iter()
+            .filter(|b| b["type"].as_str().is_some_and(|t| t.starts_with(prefix)))
+            .map(|b| (b["type"].as_str().unwrap().to_string(), b["data"].clone()))
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = pick(&bodies.lock().unwrap());
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} {prefix} events within 30 s; got {got:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_and_subject_changes_become_group_events_in_order() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
+    let token = create_tenant(&daemon, "acme").await;
+    let (url, bodies) = webhook_receiver().await;
+    put_webhook(&daemon, &token, "acme", "crm", &url, "whatsd").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+    let (team, _) = group(
+        &fake,
+        "Team",
+        json!([{ "phone": ADA }, { "phone": PHONE }, { "phone": BOB }]),
+    )
+    .await;
+
+    let members = "/control/groups/participants";
+    let info = "/control/groups/info";
+    let s = |v: &str| v.to_string();
+    // One change at a time, each followed by its event: a burst of
+    // notifications is handled concurrently by the library, and its events
+    // may come in another order (README).
+    let steps = [
+        (
+            members,
+            json!({ "by_phone": ADA, "action": "add", "phones": [CARL, DAVE] }),
+            ("group.participants", s("add"), vec![s(CARL), s(DAVE)], ADA),
+        ),
+        (
+            members,
+            json!({ "by_phone": ADA, "action": "promote", "phones": [BOB] }),
+            ("group.participants", s("promote"), vec![s(BOB)], ADA),
+        ),
+        (
+            members,
+            json!({ "by_phone": BOB, "action": "remove", "phones": [CARL] }),
+            ("group.participants", s("remove"), vec![s(CARL)], BOB),
+        ),
+        (
+            info,
+            json!({ "by_phone": BOB, "subject": "Team ✓" }),
+            (
+                "group.updated",
+                s("subject=\"Team ✓\" description=null"),
+                vec![],
+                BOB,
+            ),
+        ),
+        (
+            info,
+            json!({ "by_phone": ADA, "description": "orders only" }),
+            (
+                "group.updated",
+                s("subject=null description=\"orders only\""),
+                vec![],
+                ADA,
+            ),
+        ),
+        (
+            info,
+            json!({ "by_phone": ADA, "description": null }),
+            (
+                "group.updated",
+                s("subject=null description=\"\""),
+                vec![],
+                ADA,
+            ),
+        ),
+    ];
+    for (i, (path, mut body, want)) in steps.into_iter().enumerate() {
+        body["group"] = team.clone().into();
+        let r = control(fake.control_addr(), path, body).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let events = events_of(&bodies, "group.", i + 1).await;
+        assert_eq!(events.len(), i + 1, "one event per change: {events:#?}");
+        let (kind, data) = &events[i];
+        assert_eq!(data["group"], team.as_str(), "{data}");
+        let what = match kind.as_str() {
+            "group.participants" => data["action"].as_str().unwrap().to_string(),
+            _ => format!(
+                "subject={} description={}",
+                data["subject"], data["description"]
+            ),
+        };
+        let phones: Vec<String> = data["participants"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|p| p["phone"].as_str().expect("phone").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let by = data["by"]["phone"].as_str().unwrap_or("?");
+        assert_eq!(
+            (kind.as_str(), what, phones, by),
+            (want.0, want.1, want.2, want.3),
+            "step {i}: {data}"
+        );
+    }
+    // The group as WhatsApp now has it.
+    let shown = daemon
+        .get(&format!("/v1/sessions/shop-1/groups/{team}"), Some(&token))
+        .await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    let shown = shown.json();
+    assert_eq!(shown["subject"], "Team ✓");
+    let mut now: Vec<(String, bool)> = shown["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["phone"].as_str().unwrap().to_string(),
+                p["admin"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    now.sort();
+    let mut want = vec![
+        (s(ADA), true),
+        (s(PHONE), false),
+        (s(BOB), true),
+        (s(DAVE), false),
+    ];
+    want.sort();
+    assert_eq!(now, want);
+}

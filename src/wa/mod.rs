@@ -117,6 +117,33 @@ pub enum WaEvent {
     /// A recipient's delivery, read or played receipt for messages this
     /// account sent (receipts of the account's own devices are left out).
     Receipt(Box<Receipt>),
+    /// Someone changed a group the account is in.
+    Group(Box<GroupChange>),
+}
+
+/// A change to a group, as a `w:gp2` notification tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupChange {
+    /// `<digits>@g.us`.
+    pub group: String,
+    /// Who made the change, when WhatsApp says.
+    pub by: Option<crate::session::Party>,
+    /// Unix seconds.
+    pub timestamp: i64,
+    pub what: GroupChangeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupChangeKind {
+    /// `add`, `remove`, `promote` or `demote`, with whom.
+    Participants {
+        action: &'static str,
+        participants: Vec<crate::session::Party>,
+    },
+    /// A new subject.
+    Subject(String),
+    /// A new description; `None`: deleted.
+    Description(Option<String>),
 }
 
 /// A receipt, reduced to what `message.ack` carries.

@@ -1060,6 +1060,14 @@ impl Conn {
         message: &crate::state::QueuedMessage,
         offline: bool,
     ) -> anyhow::Result<Node> {
+        if let Some(notice) = &message.notice {
+            // Notifications are not encrypted.
+            let mut stanza = notice_node(notice, &message.id, message.timestamp);
+            if offline {
+                stanza.attrs.insert("offline", "1");
+            }
+            return Ok(stanza);
+        }
         if let Some(receipt) = &message.receipt {
             // Receipts are not encrypted.
             let mut stanza = NodeBuilder::new("receipt")
@@ -1311,7 +1319,8 @@ impl Conn {
 
     /// The device acknowledged a receipt: it is no longer queued.
     fn on_ack(&mut self, node: &Node) {
-        if attr(node, "class").as_deref() != Some("receipt") {
+        let class = attr(node, "class");
+        if !matches!(class.as_deref(), Some("receipt" | "notification")) {
             return;
         }
         let Some(key) = self.device_key().cloned() else {
@@ -1323,9 +1332,12 @@ impl Conn {
         if let Some(record) = state.devices.get_mut(&key) {
             let before = record.queue.len();
             record.queue.retain(|m| {
-                !m.receipt
+                let acked_receipt = m
+                    .receipt
                     .as_ref()
-                    .is_some_and(|r| r.message_id == id && r.status.wire_type() == kind.as_deref())
+                    .is_some_and(|r| r.message_id == id && r.status.wire_type() == kind.as_deref());
+                let acked_notice = m.notice.is_some() && m.id == id;
+                !(acked_receipt || acked_notice)
             });
             if record.queue.len() != before {
                 let _ = state.save_device(&key);
@@ -1432,6 +1444,75 @@ fn result(id: &str, children: Vec<Node>) -> Node {
     }
 }
 
+/// How a group names a member: by LID in a LID-addressed group (with
+/// `phone_number` unless hidden), else by phone (with `lid`).
+fn member_attrs(lid_mode: bool, m: &crate::state::Member) -> Vec<(&'static str, String)> {
+    if lid_mode {
+        let mut attrs = vec![("jid", format!("{}@lid", m.lid))];
+        if !m.lid_only {
+            attrs.push(("phone_number", format!("{}@s.whatsapp.net", m.phone)));
+        }
+        attrs
+    } else {
+        vec![
+            ("jid", format!("{}@s.whatsapp.net", m.phone)),
+            ("lid", format!("{}@lid", m.lid)),
+        ]
+    }
+}
+
+/// `<notification type="w:gp2" from="<group>@g.us" participant="<by>" id t>`
+/// with one action child, as WhatsApp tells members of a change.
+fn notice_node(notice: &crate::state::GroupNotice, id: &str, ts: u64) -> Node {
+    use crate::state::GroupChange;
+    let lid_mode = notice.group.lid_addressed();
+    let by = member_attrs(lid_mode, &notice.by);
+    let action = match &notice.change {
+        GroupChange::Participants { action, members } => NodeBuilder::new(match action.as_str() {
+            "add" => "add",
+            "remove" => "remove",
+            "promote" => "promote",
+            _ => "demote",
+        })
+        .children(members.iter().map(|m| {
+            NodeBuilder::new("participant")
+                .attrs(member_attrs(lid_mode, m))
+                .build()
+        }))
+        .build(),
+        GroupChange::Subject(subject) => NodeBuilder::new("subject")
+            .attr("subject", subject.clone())
+            .attr("s_o", by[0].1.clone())
+            .attr("s_t", ts)
+            .build(),
+        GroupChange::Description(description) => {
+            let body = match description {
+                Some(text) => NodeBuilder::new("body")
+                    .string_content(text.as_str())
+                    .build(),
+                None => NodeBuilder::new("delete").build(),
+            };
+            NodeBuilder::new("description")
+                .attr("id", id.to_owned())
+                .children([body])
+                .build()
+        }
+    };
+    let mut node = NodeBuilder::new("notification")
+        .attr("type", "w:gp2")
+        .attr("from", notice.group.jid())
+        .attr("id", id.to_owned())
+        .attr("t", ts)
+        .attr("participant", by[0].1.clone());
+    if lid_mode && !notice.by.lid_only {
+        node = node.attr(
+            "participant_pn",
+            format!("{}@s.whatsapp.net", notice.by.phone),
+        );
+    }
+    node.children([action]).build()
+}
+
 /// A group as `w:g2` answers it. A LID-addressed group names members by
 /// LID, with `phone_number` unless the member hides it; a phone-addressed
 /// group names them by phone, with their `lid`.
@@ -1443,17 +1524,7 @@ fn group_node(group: &Group) -> Node {
         .members
         .iter()
         .map(|m| {
-            let mut p = NodeBuilder::new("participant");
-            p = if lid_mode {
-                p = p.attr("jid", lid(&m.lid));
-                if m.lid_only {
-                    p
-                } else {
-                    p.attr("phone_number", pn(&m.phone))
-                }
-            } else {
-                p.attr("jid", pn(&m.phone)).attr("lid", lid(&m.lid))
-            };
+            let mut p = NodeBuilder::new("participant").attrs(member_attrs(lid_mode, m));
             if let Some(kind) = m.role.wire_type() {
                 p = p.attr("type", kind);
             }

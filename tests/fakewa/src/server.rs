@@ -18,8 +18,17 @@ use crate::noise::ServerIdentity;
 use crate::peer::Contact;
 use crate::phone::{self, AccountKey};
 use crate::state::{
-    DeviceKey, Group, MemberRole, MessageKind, QueuedMessage, ReceiptStatus, State,
+    DeviceKey, Group, GroupChange, GroupNotice, Member, MemberRole, MessageKind, QueuedMessage,
+    ReceiptStatus, State,
 };
+
+/// A change to a group (control API).
+#[derive(Clone, Debug)]
+pub enum GroupEdit {
+    Participants { action: String, phones: Vec<String> },
+    Subject(String),
+    Description(Option<String>),
+}
 
 /// A member of a group being created (control API).
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -341,6 +350,7 @@ impl Server {
                 app_state_key: None,
                 receipt: None,
                 group: None,
+                notice: None,
             },
         )?;
         Ok(id)
@@ -438,8 +448,136 @@ impl Server {
             app_state_key: None,
             receipt: None,
             group: Some(group_id.to_owned()),
+            notice: None,
         };
         for phone in recipients {
+            self.queue_for_devices(&phone, entry.clone())?;
+        }
+        Ok(id)
+    }
+
+    /// Member `by` changes group `group` (`action` = `add`, `remove`,
+    /// `promote`, `demote` with `phones`; or a new `subject`/`description`),
+    /// and every member's devices (those removed included) are told.
+    pub fn change_group(
+        &self,
+        group: &str,
+        by: &str,
+        change: GroupEdit,
+    ) -> Result<String, ControlError> {
+        validate_phone(by)?;
+        let group_id = group.strip_suffix("@g.us").unwrap_or(group);
+        let (notice, told) = {
+            let mut state = lock(&self.state);
+            let mut members_to_add = Vec::new();
+            if let GroupEdit::Participants { action, phones } = &change {
+                for phone in phones {
+                    validate_phone(phone)?;
+                }
+                if action == "add" {
+                    for phone in phones {
+                        members_to_add.push(Member {
+                            phone: phone.clone(),
+                            lid: state.contact_lid(phone),
+                            role: MemberRole::Member,
+                            lid_only: false,
+                        });
+                    }
+                }
+            }
+            let group = state
+                .server
+                .groups
+                .get_mut(group_id)
+                .ok_or_else(|| ControlError::NotFound(format!("no group {group}")))?;
+            let by = group
+                .member(by)
+                .cloned()
+                .ok_or_else(|| ControlError::BadRequest(format!("{by} is not in {group_id}")))?;
+            let mut told: Vec<String> = group.members.iter().map(|m| m.phone.clone()).collect();
+            let change = match change {
+                GroupEdit::Participants { action, phones } => {
+                    let members = match action.as_str() {
+                        "add" => {
+                            if let Some(m) = members_to_add
+                                .iter()
+                                .find(|m| group.member(&m.phone).is_some())
+                            {
+                                return Err(ControlError::Conflict(format!(
+                                    "{} is in the group already",
+                                    m.phone
+                                )));
+                            }
+                            group.members.extend(members_to_add.iter().cloned());
+                            told.extend(phones.iter().cloned());
+                            members_to_add
+                        }
+                        "remove" | "promote" | "demote" => {
+                            let mut touched = Vec::new();
+                            for phone in &phones {
+                                let member = group.member(phone).cloned().ok_or_else(|| {
+                                    ControlError::BadRequest(format!(
+                                        "{phone} is not in {group_id}"
+                                    ))
+                                })?;
+                                touched.push(member);
+                            }
+                            match action.as_str() {
+                                "remove" => group.members.retain(|m| !phones.contains(&m.phone)),
+                                role => {
+                                    for m in &mut group.members {
+                                        if phones.contains(&m.phone) {
+                                            m.role = if role == "promote" {
+                                                MemberRole::Admin
+                                            } else {
+                                                MemberRole::Member
+                                            };
+                                        }
+                                    }
+                                }
+                            }
+                            touched
+                        }
+                        other => {
+                            return Err(ControlError::BadRequest(format!(
+                                "unknown action {other:?}: add, remove, promote or demote"
+                            )));
+                        }
+                    };
+                    GroupChange::Participants { action, members }
+                }
+                GroupEdit::Subject(subject) => {
+                    group.subject = subject.clone();
+                    GroupChange::Subject(subject)
+                }
+                GroupEdit::Description(description) => {
+                    group.description = description.clone();
+                    GroupChange::Description(description)
+                }
+            };
+            let notice = GroupNotice {
+                group: group.clone(),
+                by,
+                change,
+            };
+            state
+                .save_server()
+                .map_err(|e| ControlError::Failed(e.to_string()))?;
+            (notice, told)
+        };
+        let id = self.new_message_id();
+        let entry = QueuedMessage {
+            id: id.clone(),
+            kind: MessageKind::Group,
+            contact: notice.by.phone.clone(),
+            text: String::new(),
+            timestamp: now_secs(),
+            app_state_key: None,
+            receipt: None,
+            group: Some(group_id.to_owned()),
+            notice: Some(notice),
+        };
+        for phone in told {
             self.queue_for_devices(&phone, entry.clone())?;
         }
         Ok(id)

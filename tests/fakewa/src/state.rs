@@ -188,6 +188,32 @@ pub struct QueuedMessage {
     /// The group's id for a `group` message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Set when this entry is a `w:gp2` notification about a group (not
+    /// encrypted; dequeued by the device's `<ack class="notification">`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<GroupNotice>,
+}
+
+/// A change to a group, told to its members' devices.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupNotice {
+    /// The group as it is after the change (for its addressing mode).
+    pub group: Group,
+    /// Who made the change.
+    pub by: Member,
+    pub change: GroupChange,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupChange {
+    /// `add`, `remove`, `promote` or `demote`.
+    Participants {
+        action: String,
+        members: Vec<Member>,
+    },
+    Subject(String),
+    Description(Option<String>),
 }
 
 /// A receipt a contact sends for a message the account sent.
@@ -240,6 +266,7 @@ impl QueuedMessage {
                 status,
             }),
             group: None,
+            notice: None,
         }
     }
 }
@@ -266,6 +293,7 @@ impl QueuedMessage {
             }),
             receipt: None,
             group: None,
+            notice: None,
         }
     }
 }
