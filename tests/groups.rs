@@ -437,3 +437,163 @@ async fn member_and_subject_changes_become_group_events_in_order() {
     want.sort();
     assert_eq!(now, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_created_changed_and_left_through_the_api() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    let token = create_tenant(&daemon, "acme").await;
+    let other = create_tenant(&daemon, "other").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+    let s = |v: &str| v.to_string();
+    let members = |group: &Value| -> Vec<(String, bool)> {
+        let mut list: Vec<(String, bool)> = group["participants"]
+            .as_array()
+            .expect("participants")
+            .iter()
+            .map(|p| (s(p["phone"].as_str().expect("phone")), p["admin"] == true))
+            .collect();
+        list.sort();
+        list
+    };
+    let sorted = |mut v: Vec<(String, bool)>| {
+        v.sort();
+        v
+    };
+
+    let created = daemon
+        .post(
+            "/v1/sessions/shop-1/groups",
+            Some(&token),
+            Some(json!({ "subject": "Shop team ✓", "participants": [ADA, "+1 555-779-0002"] })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let created = created.json();
+    let jid = created["jid"].as_str().expect("jid").to_string();
+    assert!(jid.ends_with("@g.us"), "{jid}");
+    assert_eq!(created["subject"], "Shop team ✓");
+    let want = sorted(vec![(s(PHONE), true), (s(ADA), false), (s(BOB), false)]);
+    assert_eq!(members(&created), want);
+    let shown = daemon
+        .get(&format!("/v1/sessions/shop-1/groups/{jid}"), Some(&token))
+        .await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    assert_eq!(members(&shown.json()), want, "WhatsApp has it as created");
+
+    let change = |action: &str, phones: Vec<&str>, token: &str| {
+        let body = json!({ "action": action, "participants": phones });
+        let path = format!("/v1/sessions/shop-1/groups/{jid}/participants");
+        let daemon = &daemon;
+        let token = token.to_string();
+        async move { daemon.post(&path, Some(&token), Some(body)).await }
+    };
+    let outcomes = |r: &common::Response| -> Vec<(String, Value)> {
+        r.json()["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|o| (s(o["phone"].as_str().expect("phone")), o["error"].clone()))
+            .collect()
+    };
+    let r = change("add", vec![CARL, ADA], &token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        outcomes(&r),
+        vec![(s(CARL), Value::Null), (s(ADA), json!("409"))],
+        "a member cannot be added twice"
+    );
+    let r = change("promote", vec![CARL], &token).await;
+    assert_eq!(outcomes(&r), vec![(s(CARL), Value::Null)]);
+    let r = change("remove", vec![BOB, DAVE], &token).await;
+    assert_eq!(
+        outcomes(&r),
+        vec![(s(BOB), Value::Null), (s(DAVE), json!("404"))]
+    );
+    let shown = daemon
+        .get(&format!("/v1/sessions/shop-1/groups/{jid}"), Some(&token))
+        .await;
+    assert_eq!(
+        members(&shown.json()),
+        sorted(vec![(s(PHONE), true), (s(ADA), false), (s(CARL), true)])
+    );
+
+    // Another tenant cannot touch it; bad input is refused before WhatsApp.
+    let r = change("add", vec![DAVE], &other).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.error_code(), "not_found");
+    for (body, code) in [
+        (
+            json!({ "subject": "", "participants": [ADA] }),
+            "invalid_body",
+        ),
+        (
+            json!({ "subject": " ", "participants": [ADA] }),
+            "invalid_body",
+        ),
+        (
+            json!({ "subject": "x".repeat(101), "participants": [ADA] }),
+            "invalid_body",
+        ),
+        (
+            json!({ "subject": "x", "participants": [] }),
+            "invalid_body",
+        ),
+        (
+            json!({ "subject": "x", "participants": ["12ab"] }),
+            "invalid_phone",
+        ),
+    ] {
+        let r = daemon
+            .post(
+                "/v1/sessions/shop-1/groups",
+                Some(&token),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+        assert_eq!(r.error_code(), code, "{body}");
+    }
+    let r = change("ban", vec![DAVE], &token).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+
+    // Where the account is not an admin, WhatsApp refuses.
+    let (theirs, _) = group(
+        &fake,
+        "Theirs",
+        json!([{ "phone": ADA }, { "phone": PHONE }]),
+    )
+    .await;
+    let r = daemon
+        .post(
+            &format!("/v1/sessions/shop-1/groups/{theirs}/participants"),
+            Some(&token),
+            Some(json!({ "action": "add", "participants": [DAVE] })),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.error_code(), "not_admin");
+
+    // Leaving: the group is gone for the account.
+    let r = daemon
+        .post(
+            &format!("/v1/sessions/shop-1/groups/{jid}/leave"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["left"], true);
+    let r = daemon
+        .get(&format!("/v1/sessions/shop-1/groups/{jid}"), Some(&token))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.error_code(), "group_not_found");
+    let listed = daemon.get("/v1/sessions/shop-1/groups", Some(&token)).await;
+    let listed: Vec<Value> = listed.json()["groups"].as_array().unwrap().clone();
+    assert!(
+        listed.iter().all(|g| g["jid"] != jid.as_str()),
+        "{listed:#?}"
+    );
+}

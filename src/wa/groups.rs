@@ -6,7 +6,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use utoipa::ToSchema;
 use whatsapp_rust::wacore::types::message::AddressingMode;
-use whatsapp_rust::{Client, GroupError, GroupMetadata, GroupParticipant, Jid};
+use whatsapp_rust::{
+    Client, GroupCreateOptions, GroupError, GroupMetadata, GroupParticipant,
+    GroupParticipantOptions, Jid, ParticipantChangeResponse,
+};
 
 use super::WaError;
 use super::inbound::lid_and_phone;
@@ -84,6 +87,99 @@ impl GroupsHandle {
                 Some(404 | 403) => WaError::GroupNotFound(jid.to_owned()),
                 _ => query_error("reading the group", e),
             })
+    }
+}
+
+/// What to do to some of a group's members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberAction {
+    Add,
+    Remove,
+    Promote,
+    Demote,
+}
+
+/// How one person fared in a [`MemberAction`].
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MemberOutcome {
+    /// The JID WhatsApp answered for them.
+    pub jid: String,
+    pub phone: Option<String>,
+    /// `null` when done; else WhatsApp's error code (e.g. `403`: their
+    /// privacy settings do not allow it, `404`: not on WhatsApp or not in
+    /// the group, `409`: already in it).
+    pub error: Option<String>,
+}
+
+impl GroupsHandle {
+    /// Creates a group named `subject` with the account (as its super
+    /// admin) and `members` (phone-number JIDs).
+    pub async fn create(&self, subject: &str, members: &[Jid]) -> Result<Group, WaError> {
+        let options = GroupCreateOptions::builder()
+            .subject(subject)
+            .participants(
+                members
+                    .iter()
+                    .map(|jid| GroupParticipantOptions::new(jid.clone()))
+                    .collect(),
+            )
+            .build();
+        self.0
+            .groups()
+            .create_group(options)
+            .await
+            .map(|created| group(&created.metadata))
+            .map_err(|e| query_error("creating the group", e))
+    }
+
+    /// Adds, removes, promotes or demotes `members` of group `jid`.
+    pub async fn change(
+        &self,
+        jid: &str,
+        action: MemberAction,
+        members: &[Jid],
+    ) -> Result<Vec<MemberOutcome>, WaError> {
+        let group = parse_group_jid(jid)?;
+        let groups = self.0.groups();
+        let answered = match action {
+            MemberAction::Add => groups.add_participants(group, members).await,
+            MemberAction::Remove => groups.remove_participants(group, members).await,
+            MemberAction::Promote => groups.promote_participants(group, members).await,
+            MemberAction::Demote => groups.demote_participants(group, members).await,
+        };
+        match answered {
+            Ok(list) => Ok(list.iter().map(outcome).collect()),
+            Err(e) => Err(match iq_code(&e) {
+                Some(404) => WaError::GroupNotFound(jid.to_owned()),
+                Some(403 | 401) => WaError::NotAllowed(format!(
+                    "WhatsApp refused: the account is not an admin of {jid}"
+                )),
+                _ => query_error("changing members", e),
+            }),
+        }
+    }
+
+    /// The account leaves group `jid`.
+    pub async fn leave(&self, jid: &str) -> Result<(), WaError> {
+        let group = parse_group_jid(jid)?;
+        self.0
+            .groups()
+            .leave(group)
+            .await
+            .map_err(|e| match iq_code(&e) {
+                Some(404 | 403) => WaError::GroupNotFound(jid.to_owned()),
+                _ => query_error("leaving the group", e),
+            })
+    }
+}
+
+fn outcome(answer: &ParticipantChangeResponse) -> MemberOutcome {
+    let (_, phone) = lid_and_phone(std::iter::once(&answer.jid).chain(answer.phone_number.iter()));
+    MemberOutcome {
+        jid: answer.jid.to_non_ad_string(),
+        phone: (!phone.is_empty()).then_some(phone),
+        error: answer.error.clone(),
     }
 }
 

@@ -56,6 +56,8 @@ pub enum WaError {
     GroupNotFound(String),
     #[error("WhatsApp did not answer as expected: {0}")]
     Query(String),
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 /// What a session needs to know from its client, in the order it happened.

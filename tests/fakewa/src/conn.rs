@@ -17,7 +17,7 @@ use crate::noise::{self, Established, HelloOutcome, TransportCipher};
 use crate::peer;
 use crate::phone;
 use crate::server::{
-    self, ControlError, OutboxEntry, Paired, Reply, Server, lock, now_ms, now_secs,
+    self, ControlError, NewMember, OutboxEntry, Paired, Reply, Server, lock, now_ms, now_secs,
 };
 use crate::state::{DeviceKey, DeviceRecord, Group, MessageKind, QueuedMessage, ReceiptStatus};
 
@@ -673,6 +673,11 @@ impl Conn {
             ("usync", "get", _) => Some(self.usync_reply(&id, &node)),
             ("w:g2", "get", "participating") => Some(self.participating_reply(&id)),
             ("w:g2", "get", "query") => Some(self.group_reply(&id, &node)),
+            ("w:g2", "set", "create") => Some(self.group_create(&id, &node)),
+            ("w:g2", "set", "add" | "remove" | "promote" | "demote") => {
+                Some(self.group_members(&id, &node, &first))
+            }
+            ("w:g2", "set", "leave") => Some(self.group_leave(&id, &node)),
             ("w:p", "get", _) => Some(result(&id, vec![])),
             ("abt", "get", _) => Some(result(
                 &id,
@@ -943,6 +948,112 @@ impl Conn {
             return iq_error(id, "403", "forbidden");
         }
         result(id, vec![group_node(&group)])
+    }
+
+    /// `<create subject><participant jid/>…</create>`: a new group with the
+    /// account as creator; answered with the group.
+    fn group_create(&self, id: &str, node: &Node) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let Some(create) = node.get_optional_child("create") else {
+            return iq_error(id, "400", "bad-request");
+        };
+        let subject = attr(create, "subject").unwrap_or_default();
+        let mut members = vec![NewMember {
+            phone: key.phone.clone(),
+            admin: true,
+            lid_only: false,
+        }];
+        for p in create.get_children_by_tag("participant") {
+            let phone = attr(p, "phone_number")
+                .or_else(|| attr(p, "jid"))
+                .unwrap_or_default();
+            let phone = phone
+                .split(['@', ':'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if phone != key.phone && !members.iter().any(|m| m.phone == phone) {
+                members.push(NewMember {
+                    phone,
+                    admin: false,
+                    lid_only: false,
+                });
+            }
+        }
+        match self.server.create_group(&subject, None, members) {
+            Ok(group) => result(id, vec![group_node(&group)]),
+            Err(_) => iq_error(id, "400", "bad-request"),
+        }
+    }
+
+    /// `<add|remove|promote|demote><participant jid/>…</…>` to a group:
+    /// answered per participant (`error` when refused).
+    fn group_members(&self, id: &str, node: &Node, action: &str) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let to = attr(node, "to").unwrap_or_default();
+        let Some(list) = node.get_optional_child(action) else {
+            return iq_error(id, "400", "bad-request");
+        };
+        let jids: Vec<String> = list
+            .get_children_by_tag("participant")
+            .filter_map(|p| attr(p, "jid"))
+            .collect();
+        let phones: Vec<String> = jids
+            .iter()
+            .map(|j| j.split(['@', ':']).next().unwrap_or_default().to_owned())
+            .collect();
+        match self
+            .server
+            .change_group_from_device(&to, &key.phone, action, &phones)
+        {
+            Ok(outcomes) => {
+                let answer = NodeBuilder::new(match action {
+                    "add" => "add",
+                    "remove" => "remove",
+                    "promote" => "promote",
+                    _ => "demote",
+                })
+                .children(outcomes.iter().zip(&jids).map(|((_, error), jid)| {
+                    let p = NodeBuilder::new("participant").attr("jid", jid.clone());
+                    match error {
+                        Some(code) => p.attr("error", *code).build(),
+                        None => p.build(),
+                    }
+                }))
+                .build();
+                result(id, vec![answer])
+            }
+            Err(ControlError::NotFound(_)) => iq_error(id, "404", "item-not-found"),
+            Err(ControlError::Conflict(_)) => iq_error(id, "403", "forbidden"),
+            Err(_) => iq_error(id, "400", "bad-request"),
+        }
+    }
+
+    /// `<leave><group id/></leave>`: the account leaves the group.
+    fn group_leave(&self, id: &str, node: &Node) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let Some(group) = node
+            .get_optional_child("leave")
+            .and_then(|l| l.get_optional_child("group"))
+            .and_then(|g| attr(g, "id"))
+        else {
+            return iq_error(id, "400", "bad-request");
+        };
+        let edit = server::GroupEdit::Participants {
+            action: "remove".into(),
+            phones: vec![key.phone.clone()],
+        };
+        match self.server.change_group(&group, &key.phone, edit) {
+            Ok(_) => result(id, vec![]),
+            Err(ControlError::NotFound(_)) => iq_error(id, "404", "item-not-found"),
+            Err(_) => iq_error(id, "403", "forbidden"),
+        }
     }
 
     fn usync_reply(&self, id: &str, node: &Node) -> Node {

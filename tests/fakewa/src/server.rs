@@ -583,6 +583,56 @@ impl Server {
         Ok(id)
     }
 
+    /// A linked device of `by` asks to `action` (`add`, `remove`, `promote`,
+    /// `demote`) `phones` in group `group`, as WhatsApp checks it: only an
+    /// admin may, a member cannot be added twice, a non-member not removed.
+    /// Answers each phone's error code (`None`: done).
+    pub fn change_group_from_device(
+        &self,
+        group: &str,
+        by: &str,
+        action: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, Option<&'static str>)>, ControlError> {
+        let group_id = group.strip_suffix("@g.us").unwrap_or(group);
+        let Some(current) = self.group(group_id) else {
+            return Err(ControlError::NotFound(format!("no group {group}")));
+        };
+        match current.member(by) {
+            Some(m) if m.role != MemberRole::Member => {}
+            _ => return Err(ControlError::Conflict(format!("{by} is not an admin"))),
+        }
+        let outcomes: Vec<(String, Option<&'static str>)> = phones
+            .iter()
+            .map(|phone| {
+                let member = current.member(phone).is_some();
+                let error = if validate_phone(phone).is_err() {
+                    Some("400")
+                } else if action == "add" && member {
+                    Some("409")
+                } else if action != "add" && !member {
+                    Some("404")
+                } else {
+                    None
+                };
+                (phone.clone(), error)
+            })
+            .collect();
+        let done: Vec<String> = outcomes
+            .iter()
+            .filter(|(_, e)| e.is_none())
+            .map(|(p, _)| p.clone())
+            .collect();
+        if !done.is_empty() {
+            let edit = GroupEdit::Participants {
+                action: action.to_owned(),
+                phones: done,
+            };
+            self.change_group(group_id, by, edit)?;
+        }
+        Ok(outcomes)
+    }
+
     /// The groups `phone` is a member of.
     pub fn groups_of(&self, phone: &str) -> Vec<Group> {
         lock(&self.state)
