@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    ADMIN, Daemon, control, create_tenant, next_json, pair, request, webhook_receiver, ws_connect,
+    ADMIN, Daemon, control, create_tenant, next_json, pair, put_webhook, webhook_receiver,
+    ws_connect,
 };
 use serde_json::{Value, json};
 
@@ -60,23 +61,6 @@ fn cloud_statuses(bodies: &[Value], id: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn put_webhook(daemon: &Daemon, token: &str, name: &str, url: &str, format: &str) {
-    let put = request(
-        daemon.addr,
-        "PUT",
-        &format!("/v1/tenants/acme/webhooks/{name}"),
-        Some(token),
-        Some((
-            "application/json",
-            json!({ "url": url, "secret": "receipt-secret-0123456789", "format": format })
-                .to_string()
-                .into_bytes(),
-        )),
-    )
-    .await;
-    assert_eq!(put.status, 201, "{}", put.text());
-}
-
 async fn receipt(fake: &fakewa::FakeWa, id: &str, status: &str) -> common::Response {
     control(
         fake.control_addr(),
@@ -94,8 +78,8 @@ async fn receipts_become_message_ack_in_order_everywhere() {
     let token = create_tenant(&daemon, "acme").await;
     let (whatsd_url, whatsd_bodies) = webhook_receiver().await;
     let (cloud_url, cloud_bodies) = webhook_receiver().await;
-    put_webhook(&daemon, &token, "crm", &whatsd_url, "whatsd").await;
-    put_webhook(&daemon, &token, "cloud", &cloud_url, "cloud_api").await;
+    put_webhook(&daemon, &token, "acme", "crm", &whatsd_url, "whatsd").await;
+    put_webhook(&daemon, &token, "acme", "cloud", &cloud_url, "cloud_api").await;
     pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
     let mut ws = ws_connect(daemon.addr, "/v1/events?session=shop-1", Some(&token))
         .await
@@ -205,7 +189,7 @@ async fn a_receipt_sent_while_stopped_arrives_after_the_restart() {
     let (_dir, daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
     let token = create_tenant(&daemon, "acme").await;
     let (url, bodies) = webhook_receiver().await;
-    put_webhook(&daemon, &token, "crm", &url, "whatsd").await;
+    put_webhook(&daemon, &token, "acme", "crm", &url, "whatsd").await;
     pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
     let sent = daemon
         .post(

@@ -11,6 +11,7 @@ mod demo;
 pub mod error;
 pub mod extract;
 pub mod graph;
+pub mod groups;
 mod limits;
 pub mod listener;
 pub mod openapi;
@@ -128,6 +129,10 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::phone_sessions))
         .routes(routes!(limits::show, limits::set))
         .routes(routes!(tenants::show_limits, tenants::set_limits))
+        .routes(routes!(groups::list, groups::create))
+        .routes(routes!(groups::show))
+        .routes(routes!(groups::members))
+        .routes(routes!(groups::leave))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::show, tenants::delete))
         .routes(routes!(tenants::rotate_token))

@@ -164,6 +164,32 @@ pub enum EventKind {
         /// When the recipient's device sent it (Unix seconds).
         timestamp: i64,
     },
+    /// People were added to or removed from a group the account is in, or
+    /// promoted to or demoted from admin.
+    #[serde(rename = "group.participants")]
+    GroupParticipants {
+        /// The group's JID.
+        group: String,
+        /// `add`, `remove`, `promote` or `demote`.
+        action: String,
+        participants: Vec<Party>,
+        /// Who did it, when WhatsApp says.
+        by: Option<Party>,
+        /// Unix seconds.
+        timestamp: i64,
+    },
+    /// A group's subject or description changed (the field that did not
+    /// change is absent; a deleted description is `""`).
+    #[serde(rename = "group.updated")]
+    GroupUpdated {
+        group: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        by: Option<Party>,
+        timestamp: i64,
+    },
     /// The session and everything attached to it are gone; its id is free.
     #[serde(rename = "session.deleted")]
     Deleted {},
@@ -190,6 +216,8 @@ impl EventKind {
             Self::MessageSent { .. } => "message.sent",
             Self::MessageAck { .. } => "message.ack",
             Self::MessageFailed { .. } => "message.failed",
+            Self::GroupParticipants { .. } => "group.participants",
+            Self::GroupUpdated { .. } => "group.updated",
             Self::Deleted {} => "session.deleted",
             Self::Reassigned {} => "session.reassigned",
         }

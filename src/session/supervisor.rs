@@ -450,6 +450,14 @@ impl Supervisor {
             .await
     }
 
+    /// A handle for group queries on session `id`, which must be connected.
+    pub async fn groups(
+        &self,
+        id: &str,
+    ) -> Result<crate::wa::groups::GroupsHandle, SupervisorError> {
+        self.call(id, Command::Groups).await
+    }
+
     /// Queues a send on session `id` (durable on return); answers its
     /// status and whether it is new (false: `idempotency_key` named an
     /// earlier send of this session, whose status this is).

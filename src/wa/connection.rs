@@ -218,6 +218,11 @@ impl Connection {
         self.identity_probe().identity()
     }
 
+    /// A handle that queries groups from another task.
+    pub fn groups(&self) -> super::groups::GroupsHandle {
+        super::groups::GroupsHandle::new(self.client.clone())
+    }
+
     /// A handle that reads the identity later, from another task.
     pub fn identity_probe(&self) -> IdentityProbe {
         IdentityProbe(self.client.clone())

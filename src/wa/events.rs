@@ -7,7 +7,9 @@ use whatsapp_rust::types::events::Event;
 
 use whatsapp_rust::types::presence::ReceiptType;
 
-use super::{Receipt, WaEvent};
+use whatsapp_rust::wacore::stanza::groups::{GroupNotificationAction, GroupParticipantInfo};
+
+use super::{GroupChange, GroupChangeKind, Receipt, WaEvent};
 use crate::session::{AckStatus, Identity, Party};
 
 pub(super) fn map(event: &Event) -> Option<WaEvent> {
@@ -99,6 +101,62 @@ pub(super) fn map(event: &Event) -> Option<WaEvent> {
                 timestamp: r.timestamp.timestamp(),
             }))
         }
+        Event::GroupUpdate(u) => {
+            let what = match &u.action {
+                GroupNotificationAction::Add { participants, .. } => {
+                    participants_change("add", participants)
+                }
+                GroupNotificationAction::Remove { participants, .. } => {
+                    participants_change("remove", participants)
+                }
+                GroupNotificationAction::Promote { participants } => {
+                    participants_change("promote", participants)
+                }
+                GroupNotificationAction::Demote { participants } => {
+                    participants_change("demote", participants)
+                }
+                GroupNotificationAction::Subject { subject, .. } => {
+                    GroupChangeKind::Subject(subject.clone())
+                }
+                GroupNotificationAction::Description { description, .. } => {
+                    GroupChangeKind::Description(description.clone())
+                }
+                // Settings, invites, communities: not reported (yet).
+                _ => return None,
+            };
+            WaEvent::Group(Box::new(GroupChange {
+                group: u.group_jid.to_non_ad_string(),
+                by: u
+                    .participant
+                    .as_ref()
+                    .map(|by| party(by, u.participant_pn.iter())),
+                timestamp: u.timestamp.timestamp(),
+                what,
+            }))
+        }
         _ => return None,
     })
+}
+
+fn participants_change(action: &'static str, list: &[GroupParticipantInfo]) -> GroupChangeKind {
+    GroupChangeKind::Participants {
+        action,
+        participants: list
+            .iter()
+            .map(|p| party(&p.jid, p.phone_number.iter().chain(p.lid.iter())))
+            .collect(),
+    }
+}
+
+/// `jid` with the phone and LID among it and `alt`.
+fn party<'a>(
+    jid: &'a whatsapp_rust::Jid,
+    alt: impl Iterator<Item = &'a whatsapp_rust::Jid>,
+) -> Party {
+    let (lid, phone) = super::inbound::lid_and_phone(std::iter::once(jid).chain(alt));
+    Party {
+        jid: jid.to_non_ad_string(),
+        phone,
+        lid,
+    }
 }

@@ -5,6 +5,7 @@
 pub mod build_info;
 mod connection;
 mod events;
+pub mod groups;
 pub mod inbound;
 mod runtime;
 mod transport;
@@ -49,6 +50,14 @@ pub enum WaError {
     BadRecipient(String),
     #[error("send failed: {0}")]
     Send(String),
+    #[error("invalid group {0:?}: a group JID is <digits>@g.us")]
+    BadGroup(String),
+    #[error("no group {0} that this account is in")]
+    GroupNotFound(String),
+    #[error("WhatsApp did not answer as expected: {0}")]
+    Query(String),
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 /// What a session needs to know from its client, in the order it happened.
@@ -110,6 +119,33 @@ pub enum WaEvent {
     /// A recipient's delivery, read or played receipt for messages this
     /// account sent (receipts of the account's own devices are left out).
     Receipt(Box<Receipt>),
+    /// Someone changed a group the account is in.
+    Group(Box<GroupChange>),
+}
+
+/// A change to a group, as a `w:gp2` notification tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupChange {
+    /// `<digits>@g.us`.
+    pub group: String,
+    /// Who made the change, when WhatsApp says.
+    pub by: Option<crate::session::Party>,
+    /// Unix seconds.
+    pub timestamp: i64,
+    pub what: GroupChangeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupChangeKind {
+    /// `add`, `remove`, `promote` or `demote`, with whom.
+    Participants {
+        action: &'static str,
+        participants: Vec<crate::session::Party>,
+    },
+    /// A new subject.
+    Subject(String),
+    /// A new description; `None`: deleted.
+    Description(Option<String>),
 }
 
 /// A receipt, reduced to what `message.ack` carries.

@@ -228,9 +228,45 @@ fn event_kind() -> impl Strategy<Value = EventKind> {
                     timestamp,
                 }
             }),
+        (
+            text(),
+            select(vec!["add", "remove", "promote", "demote"]),
+            proptest::collection::vec(party(), 0..4),
+            proptest::option::of(party()),
+            any::<i64>()
+        )
+            .prop_map(|(group, action, participants, by, timestamp)| {
+                EventKind::GroupParticipants {
+                    group,
+                    action: action.to_owned(),
+                    participants,
+                    by,
+                    timestamp,
+                }
+            }),
+        (
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(party()),
+            any::<i64>()
+        )
+            .prop_map(|(group, subject, description, by, timestamp)| {
+                EventKind::GroupUpdated {
+                    group,
+                    subject,
+                    description,
+                    by,
+                    timestamp,
+                }
+            }),
         Just(EventKind::Deleted {}),
         Just(EventKind::Reassigned {}),
     ]
+}
+
+fn party() -> impl Strategy<Value = Party> {
+    (text(), text(), text()).prop_map(|(jid, phone, lid)| Party { jid, phone, lid })
 }
 
 fn session_event_of(kind: EventKind) -> impl Strategy<Value = SessionEvent> {

@@ -485,6 +485,32 @@ pub async fn pair(
     wait_event(&mut ws, "session.connected", 60).await;
 }
 
+/// Registers tenant `tenant`'s webhook `name` to `url` in `format`
+/// (`whatsd` or `cloud_api`), as `token`.
+pub async fn put_webhook(
+    daemon: &Daemon,
+    token: &str,
+    tenant: &str,
+    name: &str,
+    url: &str,
+    format: &str,
+) {
+    let put = request(
+        daemon.addr,
+        "PUT",
+        &format!("/v1/tenants/{tenant}/webhooks/{name}"),
+        Some(token),
+        Some((
+            "application/json",
+            serde_json::json!({ "url": url, "secret": "webhook-secret-0123456789", "format": format })
+                .to_string()
+                .into_bytes(),
+        )),
+    )
+    .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+}
+
 /// A webhook receiver on 127.0.0.1:0 answering 200 to every POST to
 /// `/hook`; keeps each body. Returns the URL to register and the bodies.
 pub async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {

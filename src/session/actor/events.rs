@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Actor, lock};
-use crate::session::event::{EventKind, Identity, PairingQr};
+use crate::session::event::{EventKind, Identity, PairingQr, Party};
 use crate::session::state::{Reason, SessionState};
 use crate::session::{Owner, now_ms};
-use crate::wa::{InboundMessage, Receipt, WaEvent};
+use crate::wa::{GroupChange, GroupChangeKind, InboundMessage, Receipt, WaEvent};
 
 impl Actor {
     pub(super) async fn on_wa_event(&mut self, event: WaEvent) {
@@ -46,6 +46,7 @@ impl Actor {
             WaEvent::PushName(name) => self.on_push_name(name).await,
             WaEvent::Undecryptable(message) => self.on_undecryptable(*message).await,
             WaEvent::Receipt(receipt) => self.on_receipt(*receipt).await,
+            WaEvent::Group(change) => self.on_group_change(*change).await,
             // Terminal.
             WaEvent::LoggedOut { on_connect } => self.on_unlinked(on_connect).await,
             WaEvent::StreamReplaced => {
@@ -259,15 +260,59 @@ impl Actor {
 
     /// `message.ack`, one per message id, with the recipient's phone
     /// resolved from their LID where the client knows it.
-    async fn on_receipt(&mut self, mut receipt: Receipt) {
-        let recipient = &mut receipt.recipient;
-        if recipient.phone.is_empty()
-            && !recipient.lid.is_empty()
+    /// Fills in the phone behind a LID-only party when the client knows it.
+    async fn resolve_phone(&self, party: &mut Party) {
+        if party.phone.is_empty()
+            && !party.lid.is_empty()
             && let Some(conn) = &self.conn
-            && let Some(phone) = conn.phone_of_lid(&recipient.lid).await
+            && let Some(phone) = conn.phone_of_lid(&party.lid).await
         {
-            recipient.phone = phone;
+            party.phone = phone;
         }
+    }
+
+    async fn on_group_change(&mut self, change: GroupChange) {
+        let mut by = change.by;
+        if let Some(by) = &mut by {
+            self.resolve_phone(by).await;
+        }
+        let (group, timestamp) = (change.group, change.timestamp);
+        let kind = match change.what {
+            GroupChangeKind::Participants {
+                action,
+                mut participants,
+            } => {
+                for party in &mut participants {
+                    self.resolve_phone(party).await;
+                }
+                EventKind::GroupParticipants {
+                    group,
+                    action: action.to_owned(),
+                    participants,
+                    by,
+                    timestamp,
+                }
+            }
+            GroupChangeKind::Subject(subject) => EventKind::GroupUpdated {
+                group,
+                subject: Some(subject),
+                description: None,
+                by,
+                timestamp,
+            },
+            GroupChangeKind::Description(description) => EventKind::GroupUpdated {
+                group,
+                subject: None,
+                description: Some(description.unwrap_or_default()),
+                by,
+                timestamp,
+            },
+        };
+        self.emit(kind);
+    }
+
+    async fn on_receipt(&mut self, mut receipt: Receipt) {
+        self.resolve_phone(&mut receipt.recipient).await;
         for id in receipt.message_ids {
             self.note_receipt(&id, receipt.status);
             self.emit(EventKind::MessageAck {

@@ -73,6 +73,9 @@ pub(super) enum Command {
         limits: Option<LimitOverride>,
         reply: Reply<LimitsView>,
     },
+    /// A handle for group queries, run by the caller (a query must not
+    /// hold up the session's events); only while connected.
+    Groups(Reply<crate::wa::groups::GroupsHandle>),
     /// Daemon start: reconnect a session that was paired.
     Restore,
     Health,
@@ -433,6 +436,9 @@ impl Actor {
             Command::SetLimits { limits, reply } => {
                 let _ = reply.send(self.set_limits(limits).await);
             }
+            Command::Groups(reply) => {
+                let _ = reply.send(self.connected().map(Connection::groups));
+            }
             Command::Restore => {
                 let permits = self.shared.start_permits.clone();
                 self.waiting_permit = Some(self.scope.spawn(permits.acquire_owned()));
@@ -753,10 +759,16 @@ impl Actor {
         }
     }
 
+    /// The client, while the session is connected.
+    fn connected(&self) -> Result<&Connection, SupervisorError> {
+        self.conn
+            .as_ref()
+            .filter(|_| self.state() == SessionState::Connected)
+            .ok_or_else(|| SupervisorError::NotConnected(self.id().to_owned()))
+    }
+
     async fn send_text(&mut self, to: &str, text: &str) -> Result<String, SupervisorError> {
-        if self.conn.is_none() || self.state() != SessionState::Connected {
-            return Err(SupervisorError::NotConnected(self.id().to_owned()));
-        }
+        self.connected()?;
         let jid = crate::wa::parse_recipient(to)
             .map_err(|e| SupervisorError::BadRequest(e.to_string()))?;
         let to = jid.to_string();

@@ -17,9 +17,9 @@ use crate::noise::{self, Established, HelloOutcome, TransportCipher};
 use crate::peer;
 use crate::phone;
 use crate::server::{
-    self, ControlError, OutboxEntry, Paired, Reply, Server, lock, now_ms, now_secs,
+    self, ControlError, NewMember, OutboxEntry, Paired, Reply, Server, lock, now_ms, now_secs,
 };
-use crate::state::{DeviceKey, DeviceRecord, MessageKind, QueuedMessage, ReceiptStatus};
+use crate::state::{DeviceKey, DeviceRecord, Group, MessageKind, QueuedMessage, ReceiptStatus};
 
 /// Commands other tasks send to a connection.
 pub(crate) enum ConnCmd {
@@ -671,6 +671,13 @@ impl Conn {
             }
             ("w:sync:app:state", "set", _) => Some(app_state_reply(&id, &node)),
             ("usync", "get", _) => Some(self.usync_reply(&id, &node)),
+            ("w:g2", "get", "participating") => Some(self.participating_reply(&id)),
+            ("w:g2", "get", "query") => Some(self.group_reply(&id, &node)),
+            ("w:g2", "set", "create") => Some(self.group_create(&id, &node)),
+            ("w:g2", "set", "add" | "remove" | "promote" | "demote") => {
+                Some(self.group_members(&id, &node, &first))
+            }
+            ("w:g2", "set", "leave") => Some(self.group_leave(&id, &node)),
             ("w:p", "get", _) => Some(result(&id, vec![])),
             ("abt", "get", _) => Some(result(
                 &id,
@@ -912,6 +919,143 @@ impl Conn {
     }
 
     /// Answers usync queries: every user has exactly one device (0, the phone).
+    /// `<groups>` with every group the account is a member of.
+    fn participating_reply(&self, id: &str) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let groups = self.server.groups_of(&key.phone);
+        let groups = NodeBuilder::new("groups")
+            .children(groups.iter().map(group_node))
+            .build();
+        result(id, vec![groups])
+    }
+
+    /// One group's `<group>`, for a member only (403 otherwise, 404 when
+    /// there is no such group), as WhatsApp answers.
+    fn group_reply(&self, id: &str, node: &Node) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let to = attr(node, "to").unwrap_or_default();
+        let Some(group) = to
+            .strip_suffix("@g.us")
+            .and_then(|group| self.server.group(group))
+        else {
+            return iq_error(id, "404", "item-not-found");
+        };
+        if group.member(&key.phone).is_none() {
+            return iq_error(id, "403", "forbidden");
+        }
+        result(id, vec![group_node(&group)])
+    }
+
+    /// `<create subject><participant jid/>…</create>`: a new group with the
+    /// account as creator; answered with the group.
+    fn group_create(&self, id: &str, node: &Node) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let Some(create) = node.get_optional_child("create") else {
+            return iq_error(id, "400", "bad-request");
+        };
+        let subject = attr(create, "subject").unwrap_or_default();
+        let mut members = vec![NewMember {
+            phone: key.phone.clone(),
+            admin: true,
+            lid_only: false,
+        }];
+        for p in create.get_children_by_tag("participant") {
+            let phone = attr(p, "phone_number")
+                .or_else(|| attr(p, "jid"))
+                .unwrap_or_default();
+            let phone = phone
+                .split(['@', ':'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if phone != key.phone && !members.iter().any(|m| m.phone == phone) {
+                members.push(NewMember {
+                    phone,
+                    admin: false,
+                    lid_only: false,
+                });
+            }
+        }
+        match self.server.create_group(&subject, None, members) {
+            Ok(group) => result(id, vec![group_node(&group)]),
+            Err(_) => iq_error(id, "400", "bad-request"),
+        }
+    }
+
+    /// `<add|remove|promote|demote><participant jid/>…</…>` to a group:
+    /// answered per participant (`error` when refused).
+    fn group_members(&self, id: &str, node: &Node, action: &str) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let to = attr(node, "to").unwrap_or_default();
+        let Some(list) = node.get_optional_child(action) else {
+            return iq_error(id, "400", "bad-request");
+        };
+        let jids: Vec<String> = list
+            .get_children_by_tag("participant")
+            .filter_map(|p| attr(p, "jid"))
+            .collect();
+        let phones: Vec<String> = jids
+            .iter()
+            .map(|j| j.split(['@', ':']).next().unwrap_or_default().to_owned())
+            .collect();
+        match self
+            .server
+            .change_group_from_device(&to, &key.phone, action, &phones)
+        {
+            Ok(outcomes) => {
+                let answer = NodeBuilder::new(match action {
+                    "add" => "add",
+                    "remove" => "remove",
+                    "promote" => "promote",
+                    _ => "demote",
+                })
+                .children(outcomes.iter().zip(&jids).map(|((_, error), jid)| {
+                    let p = NodeBuilder::new("participant").attr("jid", jid.clone());
+                    match error {
+                        Some(code) => p.attr("error", *code).build(),
+                        None => p.build(),
+                    }
+                }))
+                .build();
+                result(id, vec![answer])
+            }
+            Err(ControlError::NotFound(_)) => iq_error(id, "404", "item-not-found"),
+            Err(ControlError::Conflict(_)) => iq_error(id, "403", "forbidden"),
+            Err(_) => iq_error(id, "400", "bad-request"),
+        }
+    }
+
+    /// `<leave><group id/></leave>`: the account leaves the group.
+    fn group_leave(&self, id: &str, node: &Node) -> Node {
+        let Some(key) = self.device_key() else {
+            return iq_error(id, "401", "not-authorized");
+        };
+        let Some(group) = node
+            .get_optional_child("leave")
+            .and_then(|l| l.get_optional_child("group"))
+            .and_then(|g| attr(g, "id"))
+        else {
+            return iq_error(id, "400", "bad-request");
+        };
+        let edit = server::GroupEdit::Participants {
+            action: "remove".into(),
+            phones: vec![key.phone.clone()],
+        };
+        match self.server.change_group(&group, &key.phone, edit) {
+            Ok(_) => result(id, vec![]),
+            Err(ControlError::NotFound(_)) => iq_error(id, "404", "item-not-found"),
+            Err(_) => iq_error(id, "403", "forbidden"),
+        }
+    }
+
     fn usync_reply(&self, id: &str, node: &Node) -> Node {
         let Some(usync) = node.get_optional_child("usync") else {
             return iq_error(id, "400", "bad-request");
@@ -1027,6 +1171,14 @@ impl Conn {
         message: &crate::state::QueuedMessage,
         offline: bool,
     ) -> anyhow::Result<Node> {
+        if let Some(notice) = &message.notice {
+            // Notifications are not encrypted.
+            let mut stanza = notice_node(notice, &message.id, message.timestamp);
+            if offline {
+                stanza.attrs.insert("offline", "1");
+            }
+            return Ok(stanza);
+        }
         if let Some(receipt) = &message.receipt {
             // Receipts are not encrypted.
             let mut stanza = NodeBuilder::new("receipt")
@@ -1090,6 +1242,25 @@ impl Conn {
                     &message.text,
                     message.timestamp,
                     "",
+                )
+                .await?
+            }
+            (None, MessageKind::Group) => {
+                let group = message
+                    .group
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("group message without a group"))?;
+                let contact = self.server.contact(&message.contact);
+                let mut contact = contact.lock().await;
+                peer::group_stanza(
+                    &mut contact,
+                    device,
+                    &mut bundle,
+                    &format!("{group}@g.us"),
+                    &message.id,
+                    &message.text,
+                    message.timestamp,
+                    &format!("Contact {}", message.contact),
                 )
                 .await?
             }
@@ -1173,7 +1344,26 @@ impl Conn {
         let id = attr(&node, "id").unwrap_or_default();
         let to = attr(&node, "to").unwrap_or_default();
         let mut text = None;
-        for part in peer::parse_outbound(&node) {
+        let sender = (key.phone.as_str(), key.device as u32);
+        // A group send: each member's copy carries the sender key, the
+        // text goes once as `skmsg`; the first member that took the key reads it.
+        let mut group_reader: Option<String> = None;
+        let mut parts = peer::parse_outbound(&node);
+        parts.sort_by_key(|part| part.enc_type == "skmsg");
+        for part in parts {
+            if part.enc_type == "skmsg" {
+                let Some(reader) = &group_reader else {
+                    tracing::warn!(device = %key, %to, "skmsg without a sender key");
+                    continue;
+                };
+                let contact = self.server.contact(reader);
+                let mut contact = contact.lock().await;
+                match contact.decrypt_group(&to, sender, &part.ciphertext).await {
+                    Ok(msg) => text = text.or_else(|| message_text(&msg)),
+                    Err(e) => tracing::warn!(device = %key, %to, "cannot decrypt skmsg: {e}"),
+                }
+                continue;
+            }
             let phone = part
                 .recipient
                 .split(['@', ':'])
@@ -1191,6 +1381,15 @@ impl Conn {
                 .await
             {
                 Ok(msg) => {
+                    if to.ends_with("@g.us") {
+                        match contact.accept_sender_key(&to, sender, &msg).await {
+                            Ok(true) if phone != key.phone && group_reader.is_none() => {
+                                group_reader = Some(phone.clone());
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(device = %key, %to, "bad sender key: {e}"),
+                        }
+                    }
                     if phone != key.phone || text.is_none() {
                         text = text.or_else(|| message_text(&msg));
                     }
@@ -1231,7 +1430,8 @@ impl Conn {
 
     /// The device acknowledged a receipt: it is no longer queued.
     fn on_ack(&mut self, node: &Node) {
-        if attr(node, "class").as_deref() != Some("receipt") {
+        let class = attr(node, "class");
+        if !matches!(class.as_deref(), Some("receipt" | "notification")) {
             return;
         }
         let Some(key) = self.device_key().cloned() else {
@@ -1243,9 +1443,12 @@ impl Conn {
         if let Some(record) = state.devices.get_mut(&key) {
             let before = record.queue.len();
             record.queue.retain(|m| {
-                !m.receipt
+                let acked_receipt = m
+                    .receipt
                     .as_ref()
-                    .is_some_and(|r| r.message_id == id && r.status.wire_type() == kind.as_deref())
+                    .is_some_and(|r| r.message_id == id && r.status.wire_type() == kind.as_deref());
+                let acked_notice = m.notice.is_some() && m.id == id;
+                !(acked_receipt || acked_notice)
             });
             if record.queue.len() != before {
                 let _ = state.save_device(&key);
@@ -1350,6 +1553,126 @@ fn result(id: &str, children: Vec<Node>) -> Node {
     } else {
         b.children(children).build()
     }
+}
+
+/// How a group names a member: by LID in a LID-addressed group (with
+/// `phone_number` unless hidden), else by phone (with `lid`).
+fn member_attrs(lid_mode: bool, m: &crate::state::Member) -> Vec<(&'static str, String)> {
+    if lid_mode {
+        let mut attrs = vec![("jid", format!("{}@lid", m.lid))];
+        if !m.lid_only {
+            attrs.push(("phone_number", format!("{}@s.whatsapp.net", m.phone)));
+        }
+        attrs
+    } else {
+        vec![
+            ("jid", format!("{}@s.whatsapp.net", m.phone)),
+            ("lid", format!("{}@lid", m.lid)),
+        ]
+    }
+}
+
+/// `<notification type="w:gp2" from="<group>@g.us" participant="<by>" id t>`
+/// with one action child, as WhatsApp tells members of a change.
+fn notice_node(notice: &crate::state::GroupNotice, id: &str, ts: u64) -> Node {
+    use crate::state::GroupChange;
+    let lid_mode = notice.group.lid_addressed();
+    let by = member_attrs(lid_mode, &notice.by);
+    let action = match &notice.change {
+        GroupChange::Participants { action, members } => NodeBuilder::new(match action.as_str() {
+            "add" => "add",
+            "remove" => "remove",
+            "promote" => "promote",
+            _ => "demote",
+        })
+        .children(members.iter().map(|m| {
+            NodeBuilder::new("participant")
+                .attrs(member_attrs(lid_mode, m))
+                .build()
+        }))
+        .build(),
+        GroupChange::Subject(subject) => NodeBuilder::new("subject")
+            .attr("subject", subject.clone())
+            .attr("s_o", by[0].1.clone())
+            .attr("s_t", ts)
+            .build(),
+        GroupChange::Description(description) => {
+            let body = match description {
+                Some(text) => NodeBuilder::new("body")
+                    .string_content(text.as_str())
+                    .build(),
+                None => NodeBuilder::new("delete").build(),
+            };
+            NodeBuilder::new("description")
+                .attr("id", id.to_owned())
+                .children([body])
+                .build()
+        }
+    };
+    let mut node = NodeBuilder::new("notification")
+        .attr("type", "w:gp2")
+        .attr("from", notice.group.jid())
+        .attr("id", id.to_owned())
+        .attr("t", ts)
+        .attr("participant", by[0].1.clone());
+    if lid_mode && !notice.by.lid_only {
+        node = node.attr(
+            "participant_pn",
+            format!("{}@s.whatsapp.net", notice.by.phone),
+        );
+    }
+    node.children([action]).build()
+}
+
+/// A group as `w:g2` answers it. A LID-addressed group names members by
+/// LID, with `phone_number` unless the member hides it; a phone-addressed
+/// group names them by phone, with their `lid`.
+fn group_node(group: &Group) -> Node {
+    let lid_mode = group.lid_addressed();
+    let pn = |phone: &str| format!("{phone}@s.whatsapp.net");
+    let lid = |lid: &str| format!("{lid}@lid");
+    let mut children: Vec<Node> = group
+        .members
+        .iter()
+        .map(|m| {
+            let mut p = NodeBuilder::new("participant").attrs(member_attrs(lid_mode, m));
+            if let Some(kind) = m.role.wire_type() {
+                p = p.attr("type", kind);
+            }
+            p.build()
+        })
+        .collect();
+    if let Some(description) = &group.description {
+        children.push(
+            NodeBuilder::new("description")
+                .attr("id", format!("{}{}", group.id, group.created))
+                .attr("t", group.created)
+                .children([NodeBuilder::new("body")
+                    .string_content(description.as_str())
+                    .build()])
+                .build(),
+        );
+    }
+    let creator = group.member(&group.creator);
+    let mut node = NodeBuilder::new("group")
+        .attr("id", group.id.clone())
+        .attr("subject", group.subject.clone())
+        .attr("s_t", group.created)
+        .attr("creation", group.created)
+        .attr("size", group.members.len() as u64)
+        .attr("addressing_mode", if lid_mode { "lid" } else { "pn" });
+    node = match creator {
+        Some(c) if lid_mode => {
+            let node = node.attr("creator", lid(&c.lid));
+            if c.lid_only {
+                node
+            } else {
+                node.attr("creator_pn", pn(&c.phone))
+            }
+        }
+        _ => node.attr("creator", pn(&group.creator)),
+    };
+    node.children(children).build()
 }
 
 fn iq_error(id: &str, code: &str, text: &str) -> Node {

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::server::{ControlError, Fault, Server};
+use crate::server::{ControlError, Fault, GroupEdit, NewMember, Server};
 use crate::state::{MessageKind, ReceiptStatus};
 
 pub fn router(server: Arc<Server>) -> Router {
@@ -23,6 +23,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/messages", post(messages))
         .route("/control/outbox", get(outbox))
         .route("/control/receipts", post(receipts))
+        .route("/control/groups", post(create_group))
+        .route("/control/groups/messages", post(group_message))
+        .route("/control/groups/participants", post(group_participants))
+        .route("/control/groups/info", post(group_info))
         .route("/control/unlink", post(unlink))
         .route("/control/drop", post(drop_conn))
         .route("/control/stall", post(stall))
@@ -143,6 +147,104 @@ struct ReceiptReq {
 async fn receipts(State(s): State<Arc<Server>>, Body(req): Body<ReceiptReq>) -> Response {
     match s.send_receipt(&req.to_phone, &req.from_phone, &req.message_id, req.status) {
         Ok(()) => Json(json!({})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupReq {
+    subject: String,
+    description: Option<String>,
+    /// The first member creates the group.
+    members: Vec<NewMember>,
+}
+
+async fn create_group(State(s): State<Arc<Server>>, Body(req): Body<GroupReq>) -> Response {
+    match s.create_group(&req.subject, req.description.as_deref(), req.members) {
+        Ok(group) => Json(json!({
+            "jid": group.jid(),
+            "members": group.members.iter().map(|m| json!({
+                "phone": m.phone,
+                "lid": format!("{}@lid", m.lid),
+                "role": m.role,
+                "lid_only": m.lid_only,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupMessageReq {
+    group: String,
+    from_phone: String,
+    text: String,
+}
+
+async fn group_message(State(s): State<Arc<Server>>, Body(req): Body<GroupMessageReq>) -> Response {
+    match s.post_in_group(&req.group, &req.from_phone, &req.text) {
+        Ok(id) => Json(json!({"id": id})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupParticipantsReq {
+    group: String,
+    by_phone: String,
+    /// `add`, `remove`, `promote` or `demote`.
+    action: String,
+    phones: Vec<String>,
+}
+
+async fn group_participants(
+    State(s): State<Arc<Server>>,
+    Body(req): Body<GroupParticipantsReq>,
+) -> Response {
+    let edit = GroupEdit::Participants {
+        action: req.action,
+        phones: req.phones,
+    };
+    match s.change_group(&req.group, &req.by_phone, edit) {
+        Ok(id) => Json(json!({"id": id})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A new subject, or a new (or, with `null`, deleted) description.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupInfoReq {
+    group: String,
+    by_phone: String,
+    subject: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+}
+
+/// Tells a `null` field from a missing one.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+async fn group_info(State(s): State<Arc<Server>>, Body(req): Body<GroupInfoReq>) -> Response {
+    let edit = match (req.subject, req.description) {
+        (Some(subject), None) => GroupEdit::Subject(subject),
+        (None, Some(description)) => GroupEdit::Description(description),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give either subject or description",
+            );
+        }
+    };
+    match s.change_group(&req.group, &req.by_phone, edit) {
+        Ok(id) => Json(json!({"id": id})).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -24,11 +24,12 @@ use wacore_binary::{Jid, Node, NodeContent};
 use wacore_libsignal::protocol::{
     CiphertextMessage, Direction, GenericSignedPreKey as _, IdentityChange, IdentityKey,
     IdentityKeyPair, IdentityKeyStore, KeyPair, PreKeyBundle, PreKeyId, PreKeyRecord,
-    PreKeySignalMessage, PreKeyStore, PrivateKey, ProtocolAddress, SenderKeyName, SenderKeyRecord,
-    SenderKeyStore, SessionRecord, SessionStore, SignalMessage, SignalProtocolError,
-    SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, UsePQRatchet,
-    create_sender_key_distribution_message, group_encrypt, message_decrypt, message_encrypt,
-    process_prekey_bundle,
+    PreKeySignalMessage, PreKeyStore, PrivateKey, ProtocolAddress, SenderKeyDistributionMessage,
+    SenderKeyName, SenderKeyRecord, SenderKeyStore, SessionRecord, SessionStore, SignalMessage,
+    SignalProtocolError, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore, Timestamp,
+    UsePQRatchet, create_sender_key_distribution_message, group_decrypt, group_encrypt,
+    message_decrypt, message_encrypt, process_prekey_bundle,
+    process_sender_key_distribution_message,
 };
 use waproto::whatsapp as wa;
 
@@ -626,6 +627,43 @@ impl Contact {
             .map_err(|e| PeerError::Plaintext(e.to_string()))
     }
 
+    /// Takes the sender key a linked device distributed for `group` in
+    /// `message` (the payload of its `pkmsg|msg` to this contact); false
+    /// when the message carries none.
+    pub async fn accept_sender_key(
+        &mut self,
+        group: &str,
+        device: (&str, u32),
+        message: &wa::Message,
+    ) -> Result<bool, PeerError> {
+        let Some(bytes) = message
+            .sender_key_distribution_message
+            .as_option()
+            .and_then(|d| d.axolotl_sender_key_distribution_message.as_deref())
+        else {
+            return Ok(false);
+        };
+        let distribution = SenderKeyDistributionMessage::try_from(bytes)?;
+        let name = SenderKeyName::from_parts(group, &address(device).to_string());
+        process_sender_key_distribution_message(&name, &distribution, &mut self.sender_keys)
+            .await?;
+        Ok(true)
+    }
+
+    /// Decrypts a linked device's `skmsg` to `group` with the sender key
+    /// it distributed earlier ([`Contact::accept_sender_key`]).
+    pub async fn decrypt_group(
+        &mut self,
+        group: &str,
+        device: (&str, u32),
+        ciphertext: &[u8],
+    ) -> Result<wa::Message, PeerError> {
+        let name = SenderKeyName::from_parts(group, &address(device).to_string());
+        let padded = group_decrypt(ciphertext, &mut self.sender_keys, &name).await?;
+        wacore::messages::decode_plaintext(&padded, PADDING_VERSION)
+            .map_err(|e| PeerError::Plaintext(e.to_string()))
+    }
+
     async fn decrypt_padded(
         &mut self,
         device: (&str, u32),
@@ -692,25 +730,27 @@ impl Contact {
             .build()
     }
 
-    /// The two `<enc>` children of a status post to one device: a
-    /// `pkmsg|msg` carrying the SenderKeyDistributionMessage for
-    /// `status@broadcast`, then the `skmsg` with `message`.
+    /// The two `<enc>` children of a post to group `group` (a group JID or
+    /// `status@broadcast`) for one device: a `pkmsg|msg` carrying the
+    /// SenderKeyDistributionMessage for the group, then the `skmsg` with
+    /// `message`.
     ///
     /// The distribution message is sent with every post; the client keeps the
     /// existing chain when it sees the same one again.
-    pub async fn status_enc_nodes(
+    pub async fn group_enc_nodes(
         &mut self,
+        group: &str,
         device: (&str, u32),
         bundle: &mut DeviceBundle,
         message: &wa::Message,
     ) -> Result<[Node; 2], PeerError> {
-        let name = SenderKeyName::from_parts(STATUS_BROADCAST, &self.phone);
+        let name = SenderKeyName::from_parts(group, &self.phone);
         let distribution =
             create_sender_key_distribution_message(&name, &mut self.sender_keys, &mut rng())
                 .await?;
         let carrier = wa::Message {
             sender_key_distribution_message: wa::message::SenderKeyDistributionMessage {
-                group_id: Some(STATUS_BROADCAST.to_owned()),
+                group_id: Some(group.to_owned()),
                 axolotl_sender_key_distribution_message: Some(distribution.serialized().to_vec()),
             }
             .into(),
@@ -836,11 +876,40 @@ pub async fn status_stanza(
         ..Default::default()
     };
     let encs = contact
-        .status_enc_nodes(to_device, bundle, &message)
+        .group_enc_nodes(STATUS_BROADCAST, to_device, bundle, &message)
         .await?;
     Ok(message_node(
         vec![
             ("from", STATUS_BROADCAST.to_owned()),
+            ("participant", contact.jid()),
+        ],
+        msg_id,
+        ts,
+        push_name,
+        encs,
+    ))
+}
+
+/// A text `contact` posted in group `group_jid`:
+/// `<message from="<group>@g.us" participant="<contact>@s.whatsapp.net"
+///  id t type="text" notify><enc v="2" type="pkmsg|msg"/><enc v="2" type="skmsg"/></message>`.
+#[allow(clippy::too_many_arguments)]
+pub async fn group_stanza(
+    contact: &mut Contact,
+    to_device: (&str, u32),
+    bundle: &mut DeviceBundle,
+    group_jid: &str,
+    msg_id: &str,
+    text: &str,
+    ts: u64,
+    push_name: &str,
+) -> Result<Node, PeerError> {
+    let encs = contact
+        .group_enc_nodes(group_jid, to_device, bundle, &text_message(text))
+        .await?;
+    Ok(message_node(
+        vec![
+            ("from", group_jid.to_owned()),
             ("participant", contact.jid()),
         ],
         msg_id,

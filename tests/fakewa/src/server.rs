@@ -17,7 +17,30 @@ use crate::conn::{self, ConnCmd, ConnHandle};
 use crate::noise::ServerIdentity;
 use crate::peer::Contact;
 use crate::phone::{self, AccountKey};
-use crate::state::{DeviceKey, MessageKind, QueuedMessage, ReceiptStatus, State};
+use crate::state::{
+    DeviceKey, Group, GroupChange, GroupNotice, Member, MemberRole, MessageKind, QueuedMessage,
+    ReceiptStatus, State,
+};
+
+/// A change to a group (control API).
+#[derive(Clone, Debug)]
+pub enum GroupEdit {
+    Participants { action: String, phones: Vec<String> },
+    Subject(String),
+    Description(Option<String>),
+}
+
+/// A member of a group being created (control API).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    pub phone: String,
+    #[serde(default)]
+    pub admin: bool,
+    /// The group shows only this member's LID, not its phone number.
+    #[serde(default)]
+    pub lid_only: bool,
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -326,9 +349,304 @@ impl Server {
                 timestamp: now_secs(),
                 app_state_key: None,
                 receipt: None,
+                group: None,
+                notice: None,
             },
         )?;
         Ok(id)
+    }
+
+    /// Creates a group of `members` (phones; the first is the creator and
+    /// a super admin) and answers it.
+    pub fn create_group(
+        &self,
+        subject: &str,
+        description: Option<&str>,
+        members: Vec<NewMember>,
+    ) -> Result<Group, ControlError> {
+        if subject.is_empty() || subject.chars().count() > 100 {
+            return Err(ControlError::BadRequest(
+                "subject must have 1-100 characters".into(),
+            ));
+        }
+        let Some(creator) = members.first().map(|m| m.phone.clone()) else {
+            return Err(ControlError::BadRequest(
+                "a group needs at least one member".into(),
+            ));
+        };
+        let mut seen = HashSet::new();
+        for member in &members {
+            validate_phone(&member.phone)?;
+            if !seen.insert(member.phone.as_str()) {
+                return Err(ControlError::BadRequest(format!(
+                    "{} is listed twice",
+                    member.phone
+                )));
+            }
+        }
+        let members = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = if i == 0 {
+                    MemberRole::Superadmin
+                } else if m.admin {
+                    MemberRole::Admin
+                } else {
+                    MemberRole::Member
+                };
+                (m.phone, role, m.lid_only)
+            })
+            .collect();
+        lock(&self.state)
+            .create_group(
+                subject.to_owned(),
+                description.map(str::to_owned),
+                &creator,
+                members,
+                now_secs(),
+            )
+            .map_err(|e| ControlError::Failed(e.to_string()))
+    }
+
+    /// `from_phone`, a member of group `group`, posts `text` there: queued
+    /// for every linked device of every other member.
+    pub fn post_in_group(
+        &self,
+        group: &str,
+        from_phone: &str,
+        text: &str,
+    ) -> Result<String, ControlError> {
+        validate_phone(from_phone)?;
+        let group_id = group.strip_suffix("@g.us").unwrap_or(group);
+        let recipients: Vec<String> = {
+            let state = lock(&self.state);
+            let group = state
+                .server
+                .groups
+                .get(group_id)
+                .ok_or_else(|| ControlError::NotFound(format!("no group {group}")))?;
+            if group.member(from_phone).is_none() {
+                return Err(ControlError::BadRequest(format!(
+                    "{from_phone} is not a member of {group_id}"
+                )));
+            }
+            group
+                .members
+                .iter()
+                .filter(|m| m.phone != from_phone)
+                .map(|m| m.phone.clone())
+                .collect()
+        };
+        let id = self.new_message_id();
+        let entry = QueuedMessage {
+            id: id.clone(),
+            kind: MessageKind::Group,
+            contact: from_phone.to_owned(),
+            text: text.to_owned(),
+            timestamp: now_secs(),
+            app_state_key: None,
+            receipt: None,
+            group: Some(group_id.to_owned()),
+            notice: None,
+        };
+        for phone in recipients {
+            self.queue_for_devices(&phone, entry.clone())?;
+        }
+        Ok(id)
+    }
+
+    /// Member `by` changes group `group` (`action` = `add`, `remove`,
+    /// `promote`, `demote` with `phones`; or a new `subject`/`description`),
+    /// and every member's devices (those removed included) are told.
+    pub fn change_group(
+        &self,
+        group: &str,
+        by: &str,
+        change: GroupEdit,
+    ) -> Result<String, ControlError> {
+        validate_phone(by)?;
+        let group_id = group.strip_suffix("@g.us").unwrap_or(group);
+        let (notice, told) = {
+            let mut state = lock(&self.state);
+            let mut members_to_add = Vec::new();
+            if let GroupEdit::Participants { action, phones } = &change {
+                for phone in phones {
+                    validate_phone(phone)?;
+                }
+                if action == "add" {
+                    for phone in phones {
+                        members_to_add.push(Member {
+                            phone: phone.clone(),
+                            lid: state.contact_lid(phone),
+                            role: MemberRole::Member,
+                            lid_only: false,
+                        });
+                    }
+                }
+            }
+            let group = state
+                .server
+                .groups
+                .get_mut(group_id)
+                .ok_or_else(|| ControlError::NotFound(format!("no group {group}")))?;
+            let by = group
+                .member(by)
+                .cloned()
+                .ok_or_else(|| ControlError::BadRequest(format!("{by} is not in {group_id}")))?;
+            let mut told: Vec<String> = group.members.iter().map(|m| m.phone.clone()).collect();
+            let change = match change {
+                GroupEdit::Participants { action, phones } => {
+                    let members = match action.as_str() {
+                        "add" => {
+                            if let Some(m) = members_to_add
+                                .iter()
+                                .find(|m| group.member(&m.phone).is_some())
+                            {
+                                return Err(ControlError::Conflict(format!(
+                                    "{} is in the group already",
+                                    m.phone
+                                )));
+                            }
+                            group.members.extend(members_to_add.iter().cloned());
+                            told.extend(phones.iter().cloned());
+                            members_to_add
+                        }
+                        "remove" | "promote" | "demote" => {
+                            let mut touched = Vec::new();
+                            for phone in &phones {
+                                let member = group.member(phone).cloned().ok_or_else(|| {
+                                    ControlError::BadRequest(format!(
+                                        "{phone} is not in {group_id}"
+                                    ))
+                                })?;
+                                touched.push(member);
+                            }
+                            match action.as_str() {
+                                "remove" => group.members.retain(|m| !phones.contains(&m.phone)),
+                                role => {
+                                    for m in &mut group.members {
+                                        if phones.contains(&m.phone) {
+                                            m.role = if role == "promote" {
+                                                MemberRole::Admin
+                                            } else {
+                                                MemberRole::Member
+                                            };
+                                        }
+                                    }
+                                }
+                            }
+                            touched
+                        }
+                        other => {
+                            return Err(ControlError::BadRequest(format!(
+                                "unknown action {other:?}: add, remove, promote or demote"
+                            )));
+                        }
+                    };
+                    GroupChange::Participants { action, members }
+                }
+                GroupEdit::Subject(subject) => {
+                    group.subject = subject.clone();
+                    GroupChange::Subject(subject)
+                }
+                GroupEdit::Description(description) => {
+                    group.description = description.clone();
+                    GroupChange::Description(description)
+                }
+            };
+            let notice = GroupNotice {
+                group: group.clone(),
+                by,
+                change,
+            };
+            state
+                .save_server()
+                .map_err(|e| ControlError::Failed(e.to_string()))?;
+            (notice, told)
+        };
+        let id = self.new_message_id();
+        let entry = QueuedMessage {
+            id: id.clone(),
+            kind: MessageKind::Group,
+            contact: notice.by.phone.clone(),
+            text: String::new(),
+            timestamp: now_secs(),
+            app_state_key: None,
+            receipt: None,
+            group: Some(group_id.to_owned()),
+            notice: Some(notice),
+        };
+        for phone in told {
+            self.queue_for_devices(&phone, entry.clone())?;
+        }
+        Ok(id)
+    }
+
+    /// A linked device of `by` asks to `action` (`add`, `remove`, `promote`,
+    /// `demote`) `phones` in group `group`, as WhatsApp checks it: only an
+    /// admin may, a member cannot be added twice, a non-member not removed.
+    /// Answers each phone's error code (`None`: done).
+    pub fn change_group_from_device(
+        &self,
+        group: &str,
+        by: &str,
+        action: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, Option<&'static str>)>, ControlError> {
+        let group_id = group.strip_suffix("@g.us").unwrap_or(group);
+        let Some(current) = self.group(group_id) else {
+            return Err(ControlError::NotFound(format!("no group {group}")));
+        };
+        match current.member(by) {
+            Some(m) if m.role != MemberRole::Member => {}
+            _ => return Err(ControlError::Conflict(format!("{by} is not an admin"))),
+        }
+        let outcomes: Vec<(String, Option<&'static str>)> = phones
+            .iter()
+            .map(|phone| {
+                let member = current.member(phone).is_some();
+                let error = if validate_phone(phone).is_err() {
+                    Some("400")
+                } else if action == "add" && member {
+                    Some("409")
+                } else if action != "add" && !member {
+                    Some("404")
+                } else {
+                    None
+                };
+                (phone.clone(), error)
+            })
+            .collect();
+        let done: Vec<String> = outcomes
+            .iter()
+            .filter(|(_, e)| e.is_none())
+            .map(|(p, _)| p.clone())
+            .collect();
+        if !done.is_empty() {
+            let edit = GroupEdit::Participants {
+                action: action.to_owned(),
+                phones: done,
+            };
+            self.change_group(group_id, by, edit)?;
+        }
+        Ok(outcomes)
+    }
+
+    /// The groups `phone` is a member of.
+    pub fn groups_of(&self, phone: &str) -> Vec<Group> {
+        lock(&self.state)
+            .server
+            .groups
+            .values()
+            .filter(|g| g.member(phone).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Group `id` (the user part of its JID).
+    pub fn group(&self, id: &str) -> Option<Group> {
+        lock(&self.state).server.groups.get(id).cloned()
     }
 
     /// Contact `contact` sends its `status` receipt for message

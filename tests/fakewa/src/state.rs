@@ -25,6 +25,80 @@ pub struct ServerState {
     pub next_phone: u64,
     pub next_lid: u64,
     pub accounts: BTreeMap<String, Account>,
+    /// Groups by their id (the user part of `<id>@g.us`).
+    #[serde(default)]
+    pub groups: BTreeMap<String, Group>,
+    #[serde(default = "first_group")]
+    pub next_group: u64,
+    /// LIDs handed to contacts that are not accounts (group members).
+    #[serde(default)]
+    pub contact_lids: BTreeMap<String, String>,
+}
+
+/// First group id handed out (real ones look like `120363…`).
+const FIRST_GROUP: u64 = 120_363_000_000_000_001;
+
+fn first_group() -> u64 {
+    FIRST_GROUP
+}
+
+/// A group chat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Group {
+    /// The user part of the group's JID (`<id>@g.us`).
+    pub id: String,
+    pub subject: String,
+    pub description: Option<String>,
+    /// The creator's phone.
+    pub creator: String,
+    pub created: u64,
+    pub members: Vec<Member>,
+}
+
+impl Group {
+    pub fn jid(&self) -> String {
+        format!("{}@g.us", self.id)
+    }
+
+    /// A group with a member known only by LID is LID-addressed, as real
+    /// groups with hidden phone numbers are.
+    pub fn lid_addressed(&self) -> bool {
+        self.members.iter().any(|m| m.lid_only)
+    }
+
+    pub fn member(&self, phone: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.phone == phone)
+    }
+}
+
+/// A group member: a fakewa contact or account, by phone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Member {
+    pub phone: String,
+    pub lid: String,
+    pub role: MemberRole,
+    /// The group shows this member's LID but not its phone number.
+    #[serde(default)]
+    pub lid_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Member,
+    Admin,
+    Superadmin,
+}
+
+impl MemberRole {
+    /// The participant's `type` attribute (a plain member has none).
+    pub fn wire_type(self) -> Option<&'static str> {
+        match self {
+            Self::Member => None,
+            Self::Admin => Some("admin"),
+            Self::Superadmin => Some("superadmin"),
+        }
+    }
 }
 
 /// A WhatsApp account: the primary phone and its identity.
@@ -87,6 +161,8 @@ pub enum MessageKind {
     FromMe,
     /// A `status@broadcast` post by a contact.
     Status,
+    /// A message a contact posted in a group (`QueuedMessage::group`).
+    Group,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +185,35 @@ pub struct QueuedMessage {
     /// until the device acknowledges it (`<ack class="receipt">`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<QueuedReceipt>,
+    /// The group's id for a `group` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Set when this entry is a `w:gp2` notification about a group (not
+    /// encrypted; dequeued by the device's `<ack class="notification">`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<GroupNotice>,
+}
+
+/// A change to a group, told to its members' devices.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupNotice {
+    /// The group as it is after the change (for its addressing mode).
+    pub group: Group,
+    /// Who made the change.
+    pub by: Member,
+    pub change: GroupChange,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupChange {
+    /// `add`, `remove`, `promote` or `demote`.
+    Participants {
+        action: String,
+        members: Vec<Member>,
+    },
+    Subject(String),
+    Description(Option<String>),
 }
 
 /// A receipt a contact sends for a message the account sent.
@@ -160,6 +265,8 @@ impl QueuedMessage {
                 message_id: message_id.to_owned(),
                 status,
             }),
+            group: None,
+            notice: None,
         }
     }
 }
@@ -185,6 +292,8 @@ impl QueuedMessage {
                 key_data: rand::random(),
             }),
             receipt: None,
+            group: None,
+            notice: None,
         }
     }
 }
@@ -204,6 +313,9 @@ impl State {
             next_phone: FIRST_PHONE,
             next_lid: FIRST_LID,
             accounts: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            next_group: FIRST_GROUP,
+            contact_lids: BTreeMap::new(),
         };
         let Some(dir) = dir else {
             return Ok(Self {
@@ -304,6 +416,55 @@ impl State {
 
     pub fn lid_of(&self, phone: &str) -> Option<String> {
         self.server.accounts.get(phone).map(|a| a.lid.clone())
+    }
+
+    /// `phone`'s LID: the account's, or one handed to the contact once.
+    pub fn contact_lid(&mut self, phone: &str) -> String {
+        if let Some(lid) = self.lid_of(phone) {
+            return lid;
+        }
+        if let Some(lid) = self.server.contact_lids.get(phone) {
+            return lid.clone();
+        }
+        let lid = self.server.next_lid.to_string();
+        self.server.next_lid += 1;
+        self.server
+            .contact_lids
+            .insert(phone.to_owned(), lid.clone());
+        lid
+    }
+
+    /// Creates a group and saves the server state.
+    pub fn create_group(
+        &mut self,
+        subject: String,
+        description: Option<String>,
+        creator: &str,
+        members: Vec<(String, MemberRole, bool)>,
+        created: u64,
+    ) -> io::Result<Group> {
+        let id = self.server.next_group.to_string();
+        self.server.next_group += 1;
+        let members = members
+            .into_iter()
+            .map(|(phone, role, lid_only)| Member {
+                lid: self.contact_lid(&phone),
+                phone,
+                role,
+                lid_only,
+            })
+            .collect();
+        let group = Group {
+            id: id.clone(),
+            subject,
+            description,
+            creator: creator.to_owned(),
+            created,
+            members,
+        };
+        self.server.groups.insert(id, group.clone());
+        self.save_server()?;
+        Ok(group)
     }
 
     /// The live (not unlinked) devices of an account.
