@@ -597,3 +597,99 @@ async fn groups_are_created_changed_and_left_through_the_api() {
         "{listed:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_50_lists_hidden_phones_once_the_mapping_is_learned() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start_with_local_webhooks(&fake.ws_url()).await;
+    let token = create_tenant(&daemon, "acme").await;
+    let (url, bodies) = webhook_receiver().await;
+    put_webhook(&daemon, &token, "acme", "crm", &url, "whatsd").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+    // ADA creates it; the account and 48 others join; 10 of them show
+    // only their LID.
+    let others: Vec<String> = (0..48).map(|i| format!("1555780{i:04}")).collect();
+    let hidden: Vec<&String> = others.iter().take(10).collect();
+    let mut list = vec![json!({ "phone": ADA }), json!({ "phone": PHONE })];
+    list.extend(
+        others
+            .iter()
+            .enumerate()
+            .map(|(i, phone)| json!({ "phone": phone, "lid_only": i < 10, "admin": i == 47 })),
+    );
+    let (big, members) = group(&fake, "Fifty", Value::Array(list)).await;
+    assert_eq!(members.len(), 50);
+
+    let read = || {
+        let daemon = &daemon;
+        let path = format!("/v1/sessions/shop-1/groups/{big}");
+        let token = token.clone();
+        async move {
+            let r = daemon.get(&path, Some(&token)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    // The exact list: every member by LID; a phone for all but the hidden.
+    let want = |known: &[&str]| -> Vec<Row> {
+        let mut rows: Vec<Row> = members
+            .iter()
+            .map(|m| {
+                let phone = m["phone"].as_str().unwrap();
+                let lid = m["lid"].as_str().unwrap().to_string();
+                let shown = m["lid_only"] == false || known.contains(&phone);
+                let role = m["role"].as_str().unwrap();
+                (
+                    lid.clone(),
+                    shown.then(|| phone.to_string()),
+                    Some(lid),
+                    role != "member",
+                    role == "superadmin",
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let group = read().await;
+    assert_eq!(group["size"], 50);
+    assert_eq!(participants(&group), want(&[]));
+    let unknown = group["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["phone"].is_null())
+        .count();
+    assert_eq!(unknown, 10);
+
+    // One hidden member writes to the account directly: the DM carries
+    // their LID, the session learns the mapping, the list shows the phone.
+    let dm = control(
+        fake.control_addr(),
+        "/control/messages",
+        json!({ "to_phone": PHONE, "from_phone": hidden[0], "text": "hi, it's me" }),
+    )
+    .await;
+    assert_eq!(dm.status, 200, "{}", dm.text());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let received = loop {
+        let found = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "message.received")
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no DM in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(received["data"]["sender"]["phone"], hidden[0].as_str());
+    assert_eq!(
+        received["data"]["sender"]["lid"].as_str(),
+        Some(lid_of(&members, hidden[0]).as_str())
+    );
+    assert_eq!(participants(&read().await), want(&[hidden[0].as_str()]));
+}

@@ -1219,7 +1219,7 @@ impl Conn {
             (None, MessageKind::Dm) => {
                 let contact = self.server.contact(&message.contact);
                 let mut contact = contact.lock().await;
-                peer::dm_stanza(
+                let mut stanza = peer::dm_stanza(
                     &mut contact,
                     device,
                     &mut bundle,
@@ -1228,7 +1228,14 @@ impl Conn {
                     message.timestamp,
                     &format!("Contact {}", message.contact),
                 )
-                .await?
+                .await?;
+                // A contact with a LID (every group member has one) names
+                // it, as WhatsApp does: that is how a device learns which
+                // phone a LID-only group member has.
+                if let Some(lid) = self.server.known_lid(&message.contact) {
+                    stanza.attrs.insert("sender_lid", format!("{lid}@lid"));
+                }
+                stanza
             }
             (None, MessageKind::FromMe) => {
                 let own_phone = self.server.contact(&key.phone);

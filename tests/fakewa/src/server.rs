@@ -644,6 +644,14 @@ impl Server {
             .collect()
     }
 
+    /// `phone`'s LID if it has one (an account, or a group member).
+    pub fn known_lid(&self, phone: &str) -> Option<String> {
+        let state = lock(&self.state);
+        state
+            .lid_of(phone)
+            .or_else(|| state.server.contact_lids.get(phone).cloned())
+    }
+
     /// Group `id` (the user part of its JID).
     pub fn group(&self, id: &str) -> Option<Group> {
         lock(&self.state).server.groups.get(id).cloned()
