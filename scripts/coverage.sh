@@ -13,9 +13,9 @@
 # build, and the instrumented workspace crates get file names of their own, so
 # a plain `cargo test` afterwards compiles nothing again.
 #
-# Needs llvm-profdata and llvm-cov of rustc's LLVM major version (Debian's
-# llvm-N, installed here when missing; or rustup's llvm-tools component, or
-# LLVM_PROFDATA / LLVM_COV). Output: $COVERAGE_DIR (default
+# Needs llvm-profdata and llvm-cov of rustc's LLVM major version: rustup's
+# llvm-tools component or Debian's llvm-N, installed here when neither is
+# (or LLVM_PROFDATA / LLVM_COV). Output: $COVERAGE_DIR (default
 # <target dir>/coverage): profiles/, merged.profdata, summary.json,
 # files.txt (every file of src/, least covered first) and, with
 # COVERAGE_HTML=1, html/ (every line of src/ with its count).
@@ -31,9 +31,9 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 sysroot=$(rustc --print sysroot)
 find_tool() {
   local name=$1 candidate
-  for candidate in "$(command -v "$name-$llvm_major" || true)" \
-    "/usr/lib/llvm-$llvm_major/bin/$name" \
-    "$sysroot/lib/rustlib/$host/bin/$name"; do
+  for candidate in "$sysroot/lib/rustlib/$host/bin/$name" \
+    "$(command -v "$name-$llvm_major" || true)" \
+    "/usr/lib/llvm-$llvm_major/bin/$name"; do
     if [[ -x $candidate ]] && "$candidate" --version 2>/dev/null | grep -q "LLVM version $llvm_major\."; then
       echo "$candidate"
       return 0
@@ -44,13 +44,19 @@ find_tool() {
 profdata=${LLVM_PROFDATA:-$(find_tool llvm-profdata || true)}
 llvm_cov=${LLVM_COV:-$(find_tool llvm-cov || true)}
 if [[ -z $profdata || -z $llvm_cov ]]; then
-  echo "coverage: installing llvm-$llvm_major (llvm-profdata, llvm-cov of rustc's LLVM $llvm_major)"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "llvm-$llvm_major"; then
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "llvm-$llvm_major"
+  # rustup's component is rustc's own LLVM (7 s here); Debian's llvm-N
+  # (116 MB) where rustup cannot fetch it.
+  if ! { command -v rustup >/dev/null && rustup component add llvm-tools; }; then
+    echo "coverage: installing Debian's llvm-$llvm_major"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "llvm-$llvm_major"; then
+      apt-get update
+      DEBIAN_FRONTEND=noninteractive apt-get install -y "llvm-$llvm_major"
+    fi
   fi
-  profdata=$(find_tool llvm-profdata)
-  llvm_cov=$(find_tool llvm-cov)
+  profdata=$(find_tool llvm-profdata) && llvm_cov=$(find_tool llvm-cov) || {
+    echo "coverage: no llvm-profdata/llvm-cov of LLVM $llvm_major" >&2
+    exit 1
+  }
 fi
 echo "coverage: $profdata, $llvm_cov (LLVM $llvm_major)"
 
