@@ -1,0 +1,16 @@
+#!/bin/sh
+# RUSTC_WORKSPACE_WRAPPER of scripts/coverage.sh: cargo calls it as
+# `coverage-rustc.sh RUSTC ARGS...` for the workspace's own crates only, so
+# the dependencies keep the artifacts of a plain build. Instruments whatsd;
+# build scripts (they would write profiles at build time) and fakewa (not
+# measured) are compiled as they are, only under file names of their own.
+#
+# Counter relocation lets the profile runtime keep the counters in the
+# profile file itself (continuous mode, `%c` in LLVM_PROFILE_FILE): a daemon
+# the tests end with SIGKILL, as most of them do, leaves its profile too.
+rustc=$1
+shift
+case " $* " in
+*" --crate-name build_script_"* | *" --crate-name fakewa "*) exec "$rustc" "$@" ;;
+esac
+exec "$rustc" "$@" -C instrument-coverage -C llvm-args=-runtime-counter-relocation
