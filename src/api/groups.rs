@@ -91,7 +91,7 @@ pub async fn list(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<GroupList>, ApiError> {
     visible_session(&state, &principal, &id).await?;
-    let groups = state.supervisor.groups(&id).await?;
+    let groups = state.supervisor.queries(&id).await?;
     let groups = answered(groups.list()).await?;
     Ok(Json(GroupList { groups }))
 }
@@ -114,7 +114,7 @@ pub async fn show(
 ) -> Result<Json<Group>, ApiError> {
     visible_session(&state, &principal, &id).await?;
     parse_group_jid(&jid).map_err(wa_error)?;
-    let groups = state.supervisor.groups(&id).await?;
+    let groups = state.supervisor.queries(&id).await?;
     answered(groups.get(&jid)).await.map(Json)
 }
 
@@ -148,7 +148,7 @@ pub async fn create(
         ));
     }
     let members = member_jids(&req.participants)?;
-    let groups = state.supervisor.groups(&id).await?;
+    let groups = state.supervisor.queries(&id).await?;
     let group = answered(groups.create(&req.subject, &members)).await?;
     tracing::info!(session = %id, group = %group.jid, "group created");
     Ok((StatusCode::CREATED, Json(group)))
@@ -180,7 +180,7 @@ pub async fn members(
     visible_session(&state, &principal, &id).await?;
     parse_group_jid(&jid).map_err(wa_error)?;
     let members = member_jids(&req.participants)?;
-    let groups = state.supervisor.groups(&id).await?;
+    let groups = state.supervisor.queries(&id).await?;
     let results = answered(groups.change(&jid, req.action, &members)).await?;
     Ok(Json(MemberOutcomes { results }))
 }
@@ -203,7 +203,7 @@ pub async fn leave(
 ) -> Result<Json<LeftGroup>, ApiError> {
     visible_session(&state, &principal, &id).await?;
     parse_group_jid(&jid).map_err(wa_error)?;
-    let groups = state.supervisor.groups(&id).await?;
+    let groups = state.supervisor.queries(&id).await?;
     answered(groups.leave(&jid)).await?;
     tracing::info!(session = %id, group = %jid, "left the group");
     Ok(Json(LeftGroup {
@@ -231,7 +231,9 @@ fn member_jids(phones: &[String]) -> Result<Vec<whatsapp_rust::Jid>, ApiError> {
     Ok(jids)
 }
 
-async fn answered<T>(query: impl Future<Output = Result<T, WaError>>) -> Result<T, ApiError> {
+pub(super) async fn answered<T>(
+    query: impl Future<Output = Result<T, WaError>>,
+) -> Result<T, ApiError> {
     match tokio::time::timeout(QUERY_TIMEOUT, query).await {
         Ok(answer) => answer.map_err(wa_error),
         Err(_) => Err(ApiError::new(
@@ -242,7 +244,7 @@ async fn answered<T>(query: impl Future<Output = Result<T, WaError>>) -> Result<
     }
 }
 
-fn wa_error(e: WaError) -> ApiError {
+pub(super) fn wa_error(e: WaError) -> ApiError {
     match e {
         WaError::BadGroup(_) => ApiError::bad_request("invalid_group", e.to_string()),
         WaError::GroupNotFound(_) => ApiError::not_found("group_not_found", e.to_string()),

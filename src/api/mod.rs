@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod contacts;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod error;
@@ -133,6 +134,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::show))
         .routes(routes!(groups::members))
         .routes(routes!(groups::leave))
+        .routes(routes!(contacts::check))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::show, tenants::delete))
         .routes(routes!(tenants::rotate_token))

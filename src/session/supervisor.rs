@@ -450,12 +450,10 @@ impl Supervisor {
             .await
     }
 
-    /// A handle for group queries on session `id`, which must be connected.
-    pub async fn groups(
-        &self,
-        id: &str,
-    ) -> Result<crate::wa::groups::GroupsHandle, SupervisorError> {
-        self.call(id, Command::Groups).await
+    /// A handle for queries to WhatsApp (groups, numbers) on session `id`,
+    /// which must be connected.
+    pub async fn queries(&self, id: &str) -> Result<crate::wa::Queries, SupervisorError> {
+        self.call(id, Command::Queries).await
     }
 
     /// Queues a send on session `id` (durable on return); answers its

@@ -218,9 +218,9 @@ impl Connection {
         self.identity_probe().identity()
     }
 
-    /// A handle that queries groups from another task.
-    pub fn groups(&self) -> super::groups::GroupsHandle {
-        super::groups::GroupsHandle::new(self.client.clone())
+    /// A handle that queries WhatsApp (groups, numbers) from another task.
+    pub fn queries(&self) -> super::Queries {
+        super::Queries(self.client.clone())
     }
 
     /// A handle that reads the identity later, from another task.

@@ -1,18 +1,16 @@
 //! The groups a session's account is in, in whatsd's terms: who is in them,
 //! with each member's phone number whenever the client knows it.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use utoipa::ToSchema;
 use whatsapp_rust::wacore::types::message::AddressingMode;
 use whatsapp_rust::{
-    Client, GroupCreateOptions, GroupError, GroupMetadata, GroupParticipant,
-    GroupParticipantOptions, Jid, ParticipantChangeResponse,
+    GroupCreateOptions, GroupError, GroupMetadata, GroupParticipant, GroupParticipantOptions, Jid,
+    ParticipantChangeResponse,
 };
 
-use super::WaError;
 use super::inbound::lid_and_phone;
+use super::{Queries, WaError};
 
 /// A group chat.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -54,14 +52,7 @@ pub struct Participant {
     pub super_admin: bool,
 }
 
-/// Runs group queries for one client, from any task.
-pub struct GroupsHandle(Arc<Client>);
-
-impl GroupsHandle {
-    pub(super) fn new(client: Arc<Client>) -> Self {
-        Self(client)
-    }
-
+impl Queries {
     /// Every group the account is in, by JID.
     pub async fn list(&self) -> Result<Vec<Group>, WaError> {
         let groups = self
@@ -112,7 +103,7 @@ pub struct MemberOutcome {
     pub error: Option<String>,
 }
 
-impl GroupsHandle {
+impl Queries {
     /// Creates a group named `subject` with the account (as its super
     /// admin) and `members` (phone-number JIDs).
     pub async fn create(&self, subject: &str, members: &[Jid]) -> Result<Group, WaError> {

@@ -4,6 +4,7 @@
 
 pub mod build_info;
 mod connection;
+pub mod contacts;
 mod events;
 pub mod groups;
 pub mod inbound;
@@ -17,6 +18,11 @@ pub use inbound::{InboundMessage, InboundSink};
 pub use runtime::live_library_tasks;
 
 use crate::session::Identity;
+
+/// Runs queries to WhatsApp for one client from any task (groups in
+/// [`groups`], numbers in [`contacts`]): a query must not hold up the
+/// session's own loop.
+pub struct Queries(std::sync::Arc<whatsapp_rust::Client>);
 
 /// How clients reach WhatsApp.
 #[derive(Clone, Debug)]

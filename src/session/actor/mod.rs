@@ -73,9 +73,10 @@ pub(super) enum Command {
         limits: Option<LimitOverride>,
         reply: Reply<LimitsView>,
     },
-    /// A handle for group queries, run by the caller (a query must not
-    /// hold up the session's events); only while connected.
-    Groups(Reply<crate::wa::groups::GroupsHandle>),
+    /// A handle for queries to WhatsApp (groups, numbers), run by the
+    /// caller (a query must not hold up the session's events); only while
+    /// connected.
+    Queries(Reply<crate::wa::Queries>),
     /// Daemon start: reconnect a session that was paired.
     Restore,
     Health,
@@ -436,8 +437,8 @@ impl Actor {
             Command::SetLimits { limits, reply } => {
                 let _ = reply.send(self.set_limits(limits).await);
             }
-            Command::Groups(reply) => {
-                let _ = reply.send(self.connected().map(Connection::groups));
+            Command::Queries(reply) => {
+                let _ = reply.send(self.connected().map(Connection::queries));
             }
             Command::Restore => {
                 let permits = self.shared.start_permits.clone();

@@ -1070,8 +1070,18 @@ impl Conn {
             .map(|l| l.get_children_by_tag("user").collect::<Vec<_>>())
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|u| attr(u, "jid"))
+            .filter_map(|u| {
+                // By JID, or (an is-on-WhatsApp query) by `<contact>+digits</contact>`.
+                attr(u, "jid").or_else(|| {
+                    let number = child_bytes(u, "contact")?;
+                    let number = String::from_utf8(number).ok()?;
+                    Some(format!("{}@s.whatsapp.net", number.trim_start_matches('+')))
+                })
+            })
             .map(|jid| {
+                let phone = jid.split(['@', ':']).next().unwrap_or_default().to_owned();
+                let is_pn = jid.ends_with("@s.whatsapp.net");
+                let registered = !is_pn || self.server.is_registered(&phone);
                 let children = queries.iter().filter_map(|q| match q.as_str() {
                     "devices" => Some(
                         NodeBuilder::new("devices")
@@ -1080,7 +1090,16 @@ impl Conn {
                                 .build()])
                             .build(),
                     ),
-                    "contact" => Some(NodeBuilder::new("contact").attr("type", "in").build()),
+                    "contact" => Some(
+                        NodeBuilder::new("contact")
+                            .attr("type", if registered { "in" } else { "out" })
+                            .build(),
+                    ),
+                    "lid" if registered && is_pn => self.server.known_lid(&phone).map(|lid| {
+                        NodeBuilder::new("lid")
+                            .attr("val", format!("{lid}@lid"))
+                            .build()
+                    }),
                     _ => None,
                 });
                 NodeBuilder::new("user")

@@ -24,6 +24,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/outbox", get(outbox))
         .route("/control/receipts", post(receipts))
         .route("/control/groups", post(create_group))
+        .route("/control/unregistered", post(unregistered))
         .route("/control/groups/messages", post(group_message))
         .route("/control/groups/participants", post(group_participants))
         .route("/control/groups/info", post(group_info))
@@ -245,6 +246,19 @@ async fn group_info(State(s): State<Arc<Server>>, Body(req): Body<GroupInfoReq>)
     };
     match s.change_group(&req.group, &req.by_phone, edit) {
         Ok(id) => Json(json!({"id": id})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhonesReq {
+    phones: Vec<String>,
+}
+
+async fn unregistered(State(s): State<Arc<Server>>, Body(req): Body<PhonesReq>) -> Response {
+    match s.set_unregistered(&req.phones) {
+        Ok(()) => Json(json!({"unregistered": req.phones})).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -155,6 +155,8 @@ pub struct Server {
     /// Phones whose device connection is dropped right after its next
     /// delivery of queued stanzas, before any receipt can come back.
     drop_after_delivery: Mutex<HashSet<String>>,
+    /// Numbers that are not on WhatsApp (every other number is).
+    unregistered: Mutex<HashSet<String>>,
     next_conn_id: AtomicU64,
     edge_routed: AtomicU64,
     next_msg_id: AtomicU64,
@@ -196,6 +198,7 @@ impl Server {
             deliveries: Mutex::new(Vec::new()),
             refuse_until: Mutex::new(None),
             drop_after_delivery: Mutex::new(HashSet::new()),
+            unregistered: Mutex::default(),
             next_conn_id: AtomicU64::new(1),
             edge_routed: AtomicU64::new(0),
             next_msg_id: AtomicU64::new(1),
@@ -642,6 +645,22 @@ impl Server {
             .filter(|g| g.member(phone).is_some())
             .cloned()
             .collect()
+    }
+
+    /// Makes `phones` numbers that are not on WhatsApp.
+    pub fn set_unregistered(&self, phones: &[String]) -> Result<(), ControlError> {
+        for phone in phones {
+            validate_phone(phone)?;
+        }
+        lock(&self.unregistered).extend(phones.iter().cloned());
+        Ok(())
+    }
+
+    /// Whether `phone` is on WhatsApp: accounts always, others unless
+    /// made unregistered.
+    pub fn is_registered(&self, phone: &str) -> bool {
+        lock(&self.state).server.accounts.contains_key(phone)
+            || !lock(&self.unregistered).contains(phone)
     }
 
     /// `phone`'s LID if it has one (an account, or a group member).
