@@ -23,7 +23,7 @@ impl Queries {
     /// Asks WhatsApp which of `phones` (digits with country code) are on it;
     /// one answer per phone, in the order asked.
     pub async fn on_whatsapp(&self, phones: &[String]) -> Result<Vec<NumberCheck>, WaError> {
-        let jids: Vec<Jid> = phones.iter().map(|p| Jid::pn(p)).collect();
+        let jids: Vec<Jid> = phones.iter().map(Jid::pn).collect();
         let answers = self
             .0
             .contacts()
