@@ -110,6 +110,7 @@
 mod app_sync;
 mod device_record;
 mod msg_secret;
+mod prekeys;
 #[cfg(test)]
 mod proptests;
 mod protocol;
@@ -128,6 +129,10 @@ use super::error::StoreError;
 use super::ids::{BLIND_LEN, Blinder};
 use super::records::tx_error;
 
+pub(crate) use prekeys::compact_keyspace;
+#[cfg(test)]
+pub(crate) use prekeys::decode_bucket as decode_prekey_bucket;
+
 /// The first byte of every key in a device keyspace.
 mod kind {
     pub const IDENTITY: u8 = 0x01;
@@ -135,6 +140,9 @@ mod kind {
     pub const PREKEY: u8 = 0x03;
     pub const SIGNED_PREKEY: u8 = 0x04;
     pub const SENDER_KEY: u8 = 0x05;
+    /// One-time prekeys, 64 ids to a row (see `prekeys`); replaces
+    /// `PREKEY` rows since store format 3.
+    pub const PREKEY_BUCKET: u8 = 0x06;
     pub const SYNC_KEY: u8 = 0x10;
     pub const APP_STATE_VERSION: u8 = 0x11;
     pub const MUTATION_MAC: u8 = 0x12;
@@ -149,6 +157,12 @@ mod kind {
     pub const PENDING_INBOUND: u8 = 0x28;
     pub const MSG_SECRET: u8 = 0x30;
     pub const DEVICE: u8 = 0x40;
+}
+
+/// Whether rows whose key starts with `kind` hold one-time prekeys (for
+/// the size figures of the benches).
+pub fn is_prekey_kind(kind: u8) -> bool {
+    kind == kind::PREKEY || kind == kind::PREKEY_BUCKET
 }
 
 /// Format byte of the fixed-layout rows whatsd defines itself.
