@@ -2,6 +2,9 @@
 //! JIDs and LIDs readable in sled keys and tree names) to format 2 (keyed
 //! hashes, see [`super::ids`]) the first time the new code opens it.
 //!
+//! A format-2 store is then converted to format 3 (compact versioned
+//! values) in place, resumably: see [`compact`].
+//!
 //! Copy and swap, never in place: sled's log keeps overwritten and removed
 //! keys until it happens to reuse their segments, so rewriting keys in the
 //! old database would leave the plain-text ones on disk. The conversion

@@ -15,8 +15,10 @@
 //! Every value is sealed (see [`super::crypto`]) with the AAD bound to this
 //! tree's name and the full key. Values of the library's serde types are
 //! JSON (self-describing: wacore keeps adding `#[serde(default)]` fields);
-//! Signal records are opaque blobs stored as given; small fixed rows of our
-//! own start with a format byte.
+//! Signal records are opaque blobs stored as given, except one-time
+//! prekeys, which are stored compact, 64 to a row (version byte ‖ prost
+//! `PreKeyBucket`, see `prekeys`; since store format 3); small fixed rows
+//! of our own start with a format byte.
 //!
 //! # Durability
 //!
@@ -96,7 +98,8 @@
 //! the key encoding, natural and blinded. One module per wacore trait:
 //!
 //! - `signal`: [`SignalStore`](wacore::store::traits::SignalStore)
-//!   (identities, sessions, prekeys, signed prekeys, sender keys);
+//!   (identities, sessions, prekeys, signed prekeys, sender keys), with
+//!   `prekeys` (the compact prekey rows and their conversion from format 2);
 //! - `app_sync`: [`AppSyncStore`](wacore::store::traits::AppSyncStore)
 //!   (sync keys, versions, mutation MACs);
 //! - `protocol`: [`ProtocolStore`](wacore::store::traits::ProtocolStore)
