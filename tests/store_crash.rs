@@ -56,7 +56,7 @@ fn prekey_id(n: u64, row: u64) -> u32 {
 
 /// Batches alternate the uploaded flag.
 fn uploaded(n: u64) -> bool {
-    n % 2 == 0
+    n.is_multiple_of(2)
 }
 
 /// Batch `n` uses one of the durable write paths, in rotation.
