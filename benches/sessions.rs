@@ -140,7 +140,8 @@ async fn open_store(dir: &Path) -> Store {
 async fn run(n: usize, ws_url: String, control: SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
     let rss_start = rss_kib();
-    let supervisor = Supervisor::start(open_store(dir.path()).await, config(&ws_url))
+    let store = open_store(dir.path()).await;
+    let supervisor = Supervisor::start(store.clone(), config(&ws_url))
         .await
         .expect("supervisor");
     let rss_empty = rss_kib();
@@ -170,6 +171,7 @@ async fn run(n: usize, ws_url: String, control: SocketAddr) {
     let connected = count_connected(&supervisor).await;
     assert_eq!(connected, n, "every session connected");
     let rss_all = rss_kib();
+    let keyspaces = keyspace_bytes(&store, n);
 
     // Idle: all sessions connected, nothing happening but keepalives.
     let cpu_before = cpu_ticks();
@@ -180,6 +182,7 @@ async fn run(n: usize, ws_url: String, control: SocketAddr) {
     // Restart: a new supervisor on the same data dir reconnects everything.
     supervisor.shutdown().await;
     drop(supervisor);
+    drop(store);
     // The clock starts before the store opens: process start to all connected.
     let restart_began = Instant::now();
     let restart_began_ms = unix_ms();
@@ -226,6 +229,7 @@ async fn run(n: usize, ws_url: String, control: SocketAddr) {
         per_session_kib,
         per_session_kib / 1024.0
     );
+    println!("{keyspaces}");
     println!(
         "idle CPU, {n} connected       {cpu_idle:.1} % of one core (over {} s)",
         idle.as_secs()
@@ -234,6 +238,32 @@ async fn run(n: usize, ws_url: String, control: SocketAddr) {
         "restart -> all connected      {:.1} s",
         restart_time.as_secs_f64()
     );
+}
+
+/// Bytes per paired device: keys and stored (sealed) values of every
+/// session's device keyspace, averaged, with the prekeys' share.
+fn keyspace_bytes(store: &Store, n: usize) -> String {
+    let (mut bytes, mut rows, mut prekeys) = (0u64, 0u64, 0u64);
+    for i in 0..n {
+        let usage = store
+            .device_keyspace_usage(&format!("bench-{i}"))
+            .expect("keyspace usage");
+        bytes += usage.bytes();
+        rows += usage.rows();
+        prekeys += usage
+            .by_kind
+            .iter()
+            .filter(|(kind, _)| whatsd::store::device::is_prekey_kind(**kind))
+            .map(|(_, k)| k.key_bytes + k.value_bytes)
+            .sum::<u64>();
+    }
+    let n = n.max(1) as f64;
+    format!(
+        "bytes per paired device       {:.0} B in {:.0} rows (prekeys {:.0} B)",
+        bytes as f64 / n,
+        rows as f64 / n,
+        prekeys as f64 / n
+    )
 }
 
 /// Creates `per` sessions, waits for each one's QR code, deletes them all;

@@ -48,10 +48,21 @@ fn identity(batch: u64, row: u64) -> [u8; 32] {
     key
 }
 
+/// Prekey ids: batch `n`'s rows, 8 consecutive ids (u32: rounds start at
+/// multiples of 1,000,000, well below 2^32 / 8).
+fn prekey_id(n: u64, row: u64) -> u32 {
+    u32::try_from(n * ROWS_PER_BATCH + row).expect("prekey id fits u32")
+}
+
+/// Batches alternate the uploaded flag.
+fn uploaded(n: u64) -> bool {
+    n.is_multiple_of(2)
+}
+
 /// Batch `n` uses one of the durable write paths, in rotation.
 async fn write_batch(b: &whatsd::store::DeviceBackend, n: u64) {
     let rows: Vec<u64> = (0..ROWS_PER_BATCH).collect();
-    match n % 4 {
+    match n % 5 {
         0 => {
             let batch: Vec<(Arc<str>, Bytes)> = rows
                 .iter()
@@ -77,6 +88,17 @@ async fn write_batch(b: &whatsd::store::DeviceBackend, n: u64) {
                 .await
                 .expect("identities batch");
         }
+        3 => {
+            // Consecutive prekey batches share buckets (64 ids to a row),
+            // so a later batch rewrites a row holding acknowledged ones.
+            let batch: Vec<(u32, Bytes)> = rows
+                .iter()
+                .map(|&r| (prekey_id(n, r), Bytes::from(payload(n, r))))
+                .collect();
+            b.store_prekeys_batch(&batch, uploaded(n))
+                .await
+                .expect("prekeys batch");
+        }
         _ => {
             let ids: Vec<String> = rows.iter().map(|&r| address(n, r)).collect();
             let bodies: Vec<Vec<u8>> = rows.iter().map(|&r| payload(n, r)).collect();
@@ -101,7 +123,7 @@ async fn assert_batch_present(b: &whatsd::store::DeviceBackend, n: u64) {
     for r in 0..ROWS_PER_BATCH {
         let a = address(n, r);
         let what = format!("acknowledged batch {n} row {r}");
-        match n % 4 {
+        match n % 5 {
             0 => assert_eq!(
                 b.get_session(&a).await.expect(&what).as_deref(),
                 Some(&payload(n, r)[..]),
@@ -116,6 +138,14 @@ async fn assert_batch_present(b: &whatsd::store::DeviceBackend, n: u64) {
                 b.load_identity(&a).await.expect(&what),
                 Some(identity(n, r)),
                 "{what} (identity)"
+            ),
+            3 => assert_eq!(
+                b.load_prekey(prekey_id(n, r))
+                    .await
+                    .expect(&what)
+                    .as_deref(),
+                Some(&payload(n, r)[..]),
+                "{what} (prekey)"
             ),
             _ => assert_eq!(
                 b.get_pending_inbound("chat@g.us", "sender@lid", &a)

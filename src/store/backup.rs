@@ -97,7 +97,7 @@ pub fn backup_offline(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
     let lock = super::migrate::prepare(data_dir)?;
     let db = open_db(data_dir)?;
     drop(lock);
-    if !super::migrate::is_current(&db)? {
+    if super::migrate::format(&db)? == super::migrate::Format::Plain {
         return Err(StoreError::Invalid(format!(
             "the store in {} is in format 1 (ids in plain text in its keys); \
              start whatsd once to convert it, then take the backup",

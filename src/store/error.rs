@@ -87,6 +87,21 @@ pub enum StoreError {
         supported: u32,
     },
 
+    #[error(
+        "session {session}: a stored {what} has value version {found}; this build reads up to {supported} (written by a newer whatsd?)"
+    )]
+    UnsupportedValueVersion {
+        session: String,
+        what: &'static str,
+        found: u8,
+        supported: u8,
+    },
+
+    #[error(
+        "the store at {path} is in format {found}; this build reads formats 1 to 3 (written by a newer whatsd?)"
+    )]
+    NewerFormat { path: PathBuf, found: String },
+
     #[error("session {0}: its device keyspace was wiped; open a new backend")]
     Wiped(String),
 
@@ -106,7 +121,8 @@ impl From<StoreError> for wacore::store::error::StoreError {
         match err {
             StoreError::Undecryptable { .. }
             | StoreError::Corrupt { .. }
-            | StoreError::UnsupportedRecordVersion { .. } => Wa::Serialization(Box::new(err)),
+            | StoreError::UnsupportedRecordVersion { .. }
+            | StoreError::UnsupportedValueVersion { .. } => Wa::Serialization(Box::new(err)),
             StoreError::Invalid(msg) => Wa::Validation(msg),
             other => Wa::Database(Box::new(other)),
         }

@@ -2,6 +2,9 @@
 //! JIDs and LIDs readable in sled keys and tree names) to format 2 (keyed
 //! hashes, see [`super::ids`]) the first time the new code opens it.
 //!
+//! A format-2 store is then converted to format 3 (compact versioned
+//! values) in place, resumably: see [`compact`].
+//!
 //! Copy and swap, never in place: sled's log keeps overwritten and removed
 //! keys until it happens to reuse their segments, so rewriting keys in the
 //! old database would leave the plain-text ones on disk. The conversion
@@ -40,10 +43,10 @@ use std::time::Instant;
 use prost::Message;
 
 use super::crypto::Sealer;
-use super::device::{stored_key, upgrade_plain};
+use super::device::{compact_keyspace, stored_key, upgrade_plain};
 use super::error::StoreError;
 use super::ids::{self, INDEX_KEY};
-use super::outbox::{ENDPOINTS_TREE, OUTBOX_TREE};
+use super::outbox::{DEAD_TREE, ENDPOINTS_TREE, OUTBOX_TREE, version_queue_values};
 use super::{
     DB_DIR, DEVICE_TREE_PREFIX, KEY_CHECK, META_TREE, PHONE_INDEX_TREE, RECORDS_TREE,
     SESSION_DOMAIN, SLED_DEFAULT_TREE, TENANT_DOMAIN, open_db_at, sled_gate,
@@ -54,7 +57,10 @@ use crate::webhook::convert::{LegacySession, LegacySessions, Renamed};
 
 /// Meta key of the store format; absent in format 1.
 const FORMAT: &[u8] = b"format";
-const CURRENT: &[u8] = b"2";
+/// Keyed hashes instead of ids in keys (see the top of this file).
+const BLINDED: &[u8] = b"2";
+/// Compact versioned values (see [`compact`]).
+const CURRENT: &[u8] = b"3";
 const WORK_DIR: &str = "db.migrating";
 const DONE_DIR: &str = "db.new";
 const OLD_DIR: &str = "db.old";
@@ -105,17 +111,44 @@ enum Stop {
     BetweenRenames,
 }
 
+/// A store's format, as its `store_meta/format` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Format {
+    /// Ids in plain text in keys: converted by copy and swap ([`run`]).
+    Plain,
+    /// Keyed hashes, values as wacore and JSON gave them: converted in
+    /// place ([`compact`]).
+    Blinded,
+    Current,
+    /// Written by a newer whatsd.
+    Newer(String),
+}
+
+pub(super) fn format(db: &sled::Db) -> Result<Format, StoreError> {
+    Ok(match db.open_tree(META_TREE)?.get(FORMAT)?.as_deref() {
+        None => Format::Plain,
+        Some(BLINDED) => Format::Blinded,
+        Some(CURRENT) => Format::Current,
+        Some(other) => Format::Newer(String::from_utf8_lossy(other).into_owned()),
+    })
+}
+
 /// Whether the store is in the current format.
+#[cfg(test)]
 pub(super) fn is_current(db: &sled::Db) -> Result<bool, StoreError> {
-    Ok(db.open_tree(META_TREE)?.get(FORMAT)?.as_deref() == Some(CURRENT))
+    Ok(format(db)? == Format::Current)
 }
 
 /// Marks a store (a new one, or a converted one) as in the current format.
 pub(super) fn mark_current(db: &sled::Db) -> Result<(), StoreError> {
+    mark(db, CURRENT)
+}
+
+fn mark(db: &sled::Db, format: &[u8]) -> Result<(), StoreError> {
     let meta = db.open_tree(META_TREE)?;
     {
         let _gate = sled_gate();
-        meta.insert(FORMAT, CURRENT)?;
+        meta.insert(FORMAT, format)?;
     }
     db.flush()?;
     Ok(())
@@ -204,7 +237,8 @@ fn run_until(
     let report = {
         let new = open_db_at(&work)?;
         let report = convert(&old, &new, sealer, stop)?;
-        mark_current(&new)?;
+        // Format 2: the values are converted in place next ([`compact`]).
+        mark(&new, BLINDED)?;
         report
     };
     drop(old);
@@ -230,6 +264,81 @@ fn run_until(
         tracing::warn!(
             unreadable = report.unreadable,
             "the conversion kept values the master key does not open; they still read as errors"
+        );
+    }
+    Ok(report)
+}
+
+/// What a conversion to format 3 did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompactReport {
+    pub keyspaces: u64,
+    /// Prekey rows folded into buckets.
+    pub prekeys: u64,
+    /// Outbox items and dead letters given their version byte.
+    pub webhook_entries: u64,
+    /// Prekey rows, outbox items and dead letters left as they were (they
+    /// do not open or parse).
+    pub unreadable: u64,
+}
+
+/// Converts a format-2 store to format 3 in place: every device keyspace's
+/// prekey rows become compact buckets (see `device::prekeys`), each
+/// keyspace in one atomic sled batch; the outbox items and dead letters get
+/// their version byte (see [`super::outbox`]), each tree in one batch;
+/// then `store_meta/format = 3` is written and flushed (covering every
+/// batch before it).
+///
+/// In place, unlike [`run`]: nothing readable is left behind (old and new
+/// values are sealed alike, and the keys hold prekey ids only). A crash
+/// leaves each keyspace either untouched or converted, and the format at 2;
+/// the next open runs this again, which finds nothing to do in the
+/// converted keyspaces and finishes the others.
+pub(super) fn compact(db: &sled::Db, sealer: &Sealer) -> Result<CompactReport, StoreError> {
+    compact_until(db, sealer, None)
+}
+
+fn compact_until(
+    db: &sled::Db,
+    sealer: &Sealer,
+    stop_after_keyspaces: Option<u64>,
+) -> Result<CompactReport, StoreError> {
+    let started = Instant::now();
+    tracing::info!("converting the store to format 3 (compact prekeys); in place, resumable");
+    let mut report = CompactReport::default();
+    for name in db.tree_names() {
+        let Some(keyspace) = name.strip_prefix(DEVICE_TREE_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let tree = db.open_tree(&name)?;
+        let label = format!("(keyspace {})", String::from_utf8_lossy(keyspace));
+        let done = compact_keyspace(&tree, sealer, &label)?;
+        report.keyspaces += 1;
+        report.prekeys += done.prekeys;
+        report.unreadable += done.unreadable;
+        if stop_after_keyspaces == Some(report.keyspaces) {
+            db.flush()?;
+            return Err(StoreError::Task("conversion stopped by a test"));
+        }
+    }
+    for name in [OUTBOX_TREE, DEAD_TREE] {
+        let (converted, unreadable) = version_queue_values(&db.open_tree(name)?, sealer)?;
+        report.webhook_entries += converted;
+        report.unreadable += unreadable;
+    }
+    mark(db, CURRENT)?;
+    tracing::info!(
+        device_keyspaces = report.keyspaces,
+        webhook_entries = report.webhook_entries,
+        prekeys = report.prekeys,
+        unreadable = report.unreadable,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store converted to format 3"
+    );
+    if report.unreadable > 0 {
+        tracing::warn!(
+            unreadable = report.unreadable,
+            "the conversion left values that do not open; they still read as errors or not at all"
         );
     }
     Ok(report)
@@ -672,5 +781,215 @@ mod tests {
         ));
         assert!(!data.join(WORK_DIR).exists() && !data.join(DONE_DIR).exists());
         assert!(!is_current(&open_db(&data).unwrap()).unwrap());
+    }
+}
+
+/// Format 2 → 3, against `tests/fixtures/store-v2` (written by whatsd at
+/// commit 0173315, the last one before compact values; see its README) and
+/// against format-2 prekey rows written by [`format_2_prekeys`], a copy of
+/// that commit's writer.
+#[cfg(test)]
+mod format_3_tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::store::device::is_prekey_kind;
+    use crate::store::{MasterKey, Store, backup, open_db};
+    use wacore::store::traits::{DeviceStore, SignalStore};
+
+    const SESSION: &str = "desk-r7m2x";
+    const OLD_PREKEY: u8 = 0x03;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2")
+    }
+
+    fn format_2_store() -> (tempfile::TempDir, PathBuf, MasterKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let key = MasterKey::from_file(&fixture().join("master.key")).unwrap();
+        let bytes = fs::read(fixture().join("store.backup")).unwrap();
+        backup::restore(&data, &bytes, Some(&key)).unwrap();
+        (dir, data, key)
+    }
+
+    /// Tree name → prekey id → (uploaded, record).
+    type OldPrekeys = BTreeMap<Vec<u8>, BTreeMap<u32, (bool, Vec<u8>)>>;
+
+    /// Every format-2 prekey row of every device keyspace, opened with the
+    /// master key.
+    fn old_prekeys(db: &sled::Db, key: &MasterKey) -> OldPrekeys {
+        let sealer = Sealer::new(key);
+        let mut out = BTreeMap::new();
+        for name in db.tree_names() {
+            if !name.starts_with(DEVICE_TREE_PREFIX.as_bytes()) {
+                continue;
+            }
+            let mut rows = BTreeMap::new();
+            for entry in db.open_tree(&name).unwrap().scan_prefix([OLD_PREKEY]) {
+                let (k, v) = entry.unwrap();
+                let plain = sealer.open(&name, &k, &v).unwrap();
+                let id = u32::from_be_bytes(k[1..].try_into().unwrap());
+                rows.insert(id, (plain[0] == 1, plain[1..].to_vec()));
+            }
+            out.insert(name.to_vec(), rows);
+        }
+        out
+    }
+
+    /// Format-2 prekey rows (`0x03 ‖ id BE` → sealed `uploaded ‖ record`),
+    /// as whatsd wrote them up to commit 0173315, in a new keyspace.
+    fn format_2_prekeys(db: &sled::Db, key: &MasterKey, tree: &str, ids: std::ops::Range<u32>) {
+        let sealer = Sealer::new(key);
+        let tree = db.open_tree(tree).unwrap();
+        for id in ids {
+            let private =
+                wacore::libsignal::protocol::PrivateKey::deserialize(&[id as u8 | 1; 32]).unwrap();
+            let pair = wacore::libsignal::protocol::KeyPair {
+                public_key: private.public_key().unwrap(),
+                private_key: private,
+            };
+            let mut row = vec![u8::from(id % 2 == 0)];
+            wacore::libsignal::store::record_helpers::encode_pre_key_record_to(id, &pair, &mut row);
+            let k = [&[OLD_PREKEY][..], &id.to_be_bytes()].concat();
+            tree.insert(&k, sealer.seal(tree.name().as_ref(), &k, &row).unwrap())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    /// What a converted store must say: the current format, no format-2
+    /// prekey row left, every old prekey loading byte for byte with its
+    /// uploaded flag, and the rest of the fixture as it was.
+    async fn assert_compacted(data: &Path, key: &MasterKey, old: &OldPrekeys) {
+        let store = Store::open(data, key).unwrap();
+        assert!(is_current(&store.inner.db).unwrap());
+        let sealer = Sealer::new(key);
+        for (name, rows) in old {
+            let tree = store.inner.db.open_tree(name).unwrap();
+            assert_eq!(
+                tree.scan_prefix([OLD_PREKEY]).count(),
+                0,
+                "format-2 prekey rows left"
+            );
+            let mut seen = BTreeMap::new();
+            for entry in tree.iter() {
+                let (k, v) = entry.unwrap();
+                if !is_prekey_kind(k[0]) {
+                    continue;
+                }
+                let plain = sealer.open(name, &k, &v).unwrap();
+                let bucket = crate::store::device::decode_prekey_bucket("test", &plain).unwrap();
+                for p in bucket.prekeys {
+                    assert!(p.record.is_empty(), "prekey {} kept verbatim", p.id);
+                    seen.insert(p.id, p.uploaded);
+                }
+            }
+            let expected: BTreeMap<u32, bool> =
+                rows.iter().map(|(id, (up, _))| (*id, *up)).collect();
+            assert_eq!(seen, expected, "uploaded flags");
+        }
+        let records = store.list_records().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].1.as_ref().unwrap().id, SESSION);
+        let device = store.device_backend(SESSION).unwrap();
+        assert!(device.load().await.unwrap().is_some(), "paired device");
+        let name = format!("{DEVICE_TREE_PREFIX}{}", store.keyspace_id(SESSION)).into_bytes();
+        let rows = &old[&name];
+        assert!(rows.len() > 800, "{} prekeys in the fixture", rows.len());
+        for (id, (_, record)) in rows {
+            let loaded = device.load_prekey(*id).await.unwrap().expect("prekey kept");
+            assert_eq!(&loaded[..], &record[..], "prekey {id}");
+        }
+        assert_eq!(
+            device.get_max_prekey_id().await.unwrap(),
+            *rows.keys().max().unwrap()
+        );
+        assert!(
+            !store.outbox_all().unwrap().is_empty(),
+            "queued webhook item"
+        );
+        assert!(
+            !store.dead_letters(0, 100).unwrap().is_empty(),
+            "dead letters"
+        );
+    }
+
+    /// Keys and stored values of every device keyspace.
+    fn keyspace_bytes(db: &sled::Db) -> usize {
+        db.tree_names()
+            .iter()
+            .filter(|name| name.starts_with(DEVICE_TREE_PREFIX.as_bytes()))
+            .flat_map(|name| db.open_tree(name).unwrap().iter())
+            .map(|entry| entry.map(|(k, v)| k.len() + v.len()).unwrap())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_format_2_store_converts_on_open() {
+        let (_dir, data, key) = format_2_store();
+        let (old, before) = {
+            let db = open_db(&data).unwrap();
+            assert_eq!(format(&db).unwrap(), Format::Blinded);
+            (old_prekeys(&db, &key), keyspace_bytes(&db))
+        };
+        assert_compacted(&data, &key, &old).await;
+        let after = keyspace_bytes(&open_db(&data).unwrap());
+        println!("paired device keyspace: {before} B in format 2, {after} B in format 3");
+        assert!(
+            after * 2 <= before,
+            "{after} B is more than half of {before} B"
+        );
+        // And once more: nothing left to do.
+        assert_compacted(&data, &key, &old).await;
+    }
+
+    #[tokio::test]
+    async fn a_conversion_to_format_3_stopped_between_keyspaces_finishes_on_the_next_open() {
+        for stop in [1, 2] {
+            let (_dir, data, key) = format_2_store();
+            let old = {
+                let db = open_db(&data).unwrap();
+                format_2_prekeys(&db, &key, "device/0123456789abcdef", 0..200);
+                let old = old_prekeys(&db, &key);
+                assert_eq!(old.len(), 2);
+                let err = compact_until(&db, &Sealer::new(&key), Some(stop)).unwrap_err();
+                assert!(matches!(err, StoreError::Task(_)), "{err:?}");
+                assert_eq!(
+                    format(&db).unwrap(),
+                    Format::Blinded,
+                    "not marked before the end"
+                );
+                let left: usize = old
+                    .keys()
+                    .map(|name| {
+                        db.open_tree(name)
+                            .unwrap()
+                            .scan_prefix([OLD_PREKEY])
+                            .count()
+                    })
+                    .filter(|&n| n > 0)
+                    .count();
+                assert_eq!(left, 2 - stop as usize, "keyspaces still in format 2");
+                old
+            };
+            assert_compacted(&data, &key, &old).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_in_a_newer_format_is_refused() {
+        let (_dir, data, key) = format_2_store();
+        {
+            let db = open_db(&data).unwrap();
+            mark(&db, b"4").unwrap();
+        }
+        let err = Store::open(&data, &key).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NewerFormat { found, .. } if found == "4"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("newer whatsd"), "{err}");
     }
 }

@@ -282,8 +282,10 @@ impl Store {
     /// with another key, and with [`StoreError::RekeyInterrupted`] if a key
     /// rotation did not finish; in both cases nothing is written.
     ///
-    /// A format-1 store (plain-text ids in its keys) is converted first
-    /// (see [`migrate`]); an interrupted conversion is finished.
+    /// An older store is converted first (see [`migrate`]): format 1
+    /// (plain-text ids in its keys) by copy and swap, format 2 (values as
+    /// JSON and library records) in place; an interrupted conversion is
+    /// finished.
     pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, StoreError> {
         create_data_dir(data_dir)?;
         tighten_permissions(data_dir, true);
@@ -292,11 +294,24 @@ impl Store {
         let sealer = Arc::new(Sealer::new(key));
         match check_master_key(&db, &sealer, data_dir)? {
             KeyCheck::Created => migrate::mark_current(&db)?,
-            KeyCheck::Proven if !migrate::is_current(&db)? => {
-                migrate::run(db, data_dir, &sealer)?;
-                db = open_db(data_dir)?;
+            KeyCheck::Proven => {
+                if migrate::format(&db)? == migrate::Format::Plain {
+                    migrate::run(db, data_dir, &sealer)?;
+                    db = open_db(data_dir)?;
+                }
+                match migrate::format(&db)? {
+                    migrate::Format::Blinded => {
+                        migrate::compact(&db, &sealer)?;
+                    }
+                    migrate::Format::Newer(found) => {
+                        return Err(StoreError::NewerFormat {
+                            path: data_dir.to_path_buf(),
+                            found,
+                        });
+                    }
+                    migrate::Format::Plain | migrate::Format::Current => {}
+                }
             }
-            KeyCheck::Proven => {}
         }
         // sled made its files with the process umask.
         tighten_permissions(data_dir, false);
@@ -430,6 +445,36 @@ impl Store {
             .filter_map(|name| name.strip_prefix(DEVICE_TREE_PREFIX))
             .map(str::to_string)
             .collect()
+    }
+
+    /// What one session's device keyspace holds on disk, by kind of row
+    /// (the first byte of the key): rows, key bytes, stored (sealed) value
+    /// bytes. For the benches and the size figures in BENCHMARKS.md.
+    pub fn device_keyspace_usage(&self, session_id: &str) -> Result<KeyspaceUsage, StoreError> {
+        let name = format!("{DEVICE_TREE_PREFIX}{}", self.keyspace_id(session_id));
+        let mut usage = KeyspaceUsage::default();
+        if !self
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n == name.as_bytes())
+        {
+            return Ok(usage);
+        }
+        let tree = self.inner.db.open_tree(name)?;
+        let entries = {
+            let _gate = sled_gate();
+            tree.iter().collect::<Result<Vec<_>, _>>()?
+        };
+        for (key, value) in entries {
+            let kind = key.first().copied().unwrap_or(0);
+            let row = usage.by_kind.entry(kind).or_default();
+            row.rows += 1;
+            row.key_bytes += key.len() as u64;
+            row.value_bytes += value.len() as u64;
+        }
+        Ok(usage)
     }
 
     /// Makes every write so far durable. Concurrent callers share one
@@ -717,5 +762,34 @@ pub fn validate_session_id(session_id: &str) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::InvalidSessionId(session_id.to_string()))
+    }
+}
+
+/// See [`Store::device_keyspace_usage`].
+#[derive(Debug, Default, Clone)]
+pub struct KeyspaceUsage {
+    /// Key kind byte → its rows.
+    pub by_kind: std::collections::BTreeMap<u8, KindUsage>,
+}
+
+/// Rows of one kind in a device keyspace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KindUsage {
+    pub rows: u64,
+    pub key_bytes: u64,
+    pub value_bytes: u64,
+}
+
+impl KeyspaceUsage {
+    /// Keys and stored values, every kind.
+    pub fn bytes(&self) -> u64 {
+        self.by_kind
+            .values()
+            .map(|k| k.key_bytes + k.value_bytes)
+            .sum()
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.by_kind.values().map(|k| k.rows).sum()
     }
 }

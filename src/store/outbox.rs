@@ -8,6 +8,12 @@
 //! | `webhook_dead`      | seq (u64 BE)                 | sealed dead letter             |
 //! | `webhook_endpoints` | endpoint key                 | sealed endpoint (with secret)  |
 //!
+//! Outbox items and dead letters are stored as a version byte
+//! ([`QUEUE_VALUE_VERSION`]) followed by the caller's bytes (store format
+//! 3; format 2 stored the caller's bytes alone and is converted on the
+//! first start, see [`version_queue_values`]). A reader refuses any other
+//! version byte. Endpoints are stored as given.
+//!
 //! A queue prefix is chosen by the caller and must be prefix-free (no
 //! queue's prefix may start with another's); `crate::webhook` length-prefixes
 //! its parts. Sequence numbers come from sled's `generate_id`, which stays
@@ -35,6 +41,9 @@ pub(crate) const ENDPOINTS_TREE: &str = "webhook_endpoints";
 /// How an undecryptable webhook value is named in the error.
 const WEBHOOKS: &str = "<webhooks>";
 const WEBHOOK_VALUE: &str = "webhook outbox value";
+
+/// The first byte of every stored outbox item and dead letter.
+pub(crate) const QUEUE_VALUE_VERSION: u8 = 1;
 
 /// One stored item: its key and its opened value.
 #[derive(Clone, Debug)]
@@ -101,17 +110,45 @@ impl Store {
             .collect()
     }
 
+    /// Opens an outbox item or dead letter and strips its version byte.
     fn open_value(&self, tree: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.open_sealed(tree, key, sealed, WEBHOOKS, WEBHOOK_VALUE)
+        let mut plain = self.open_sealed(tree, key, sealed, WEBHOOKS, WEBHOOK_VALUE)?;
+        match plain.first() {
+            Some(&QUEUE_VALUE_VERSION) => {
+                plain.remove(0);
+                Ok(plain)
+            }
+            found => Err(StoreError::UnsupportedValueVersion {
+                session: WEBHOOKS.to_string(),
+                what: WEBHOOK_VALUE,
+                found: found.copied().unwrap_or(0),
+                supported: QUEUE_VALUE_VERSION,
+            }),
+        }
     }
 
-    /// Opens scanned `(key, sealed)` pairs of `tree`.
+    /// Seals an outbox item or dead letter behind its version byte.
+    fn seal_value(&self, tree: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut versioned = Vec::with_capacity(1 + plain.len());
+        versioned.push(QUEUE_VALUE_VERSION);
+        versioned.extend_from_slice(plain);
+        self.sealer().seal(tree.as_bytes(), key, &versioned)
+    }
+
+    /// Opens scanned `(key, sealed)` outbox items or dead letters.
     fn open_items(
         &self,
         tree: &str,
         raw: Vec<(sled::IVec, sled::IVec)>,
     ) -> Result<Vec<QueueItem>, StoreError> {
-        self.open_scanned(tree, raw, WEBHOOKS, WEBHOOK_VALUE)
+        raw.into_iter()
+            .map(|(key, sealed)| {
+                Ok(QueueItem {
+                    value: self.open_value(tree, &key, &sealed)?,
+                    key: key.to_vec(),
+                })
+            })
+            .collect()
     }
 
     /// Appends items to their queues, all or nothing, and returns their keys
@@ -127,7 +164,7 @@ impl Store {
             let mut key = Vec::with_capacity(prefix.len() + 8);
             key.extend_from_slice(prefix);
             key.extend_from_slice(&seq.to_be_bytes());
-            let sealed = self.sealer().seal(OUTBOX_TREE.as_bytes(), &key, plain)?;
+            let sealed = self.seal_value(OUTBOX_TREE, &key, plain)?;
             rows.push((key, sealed));
         }
         // One item as a plain insert: a sled 0.34 batch, even of one row,
@@ -164,7 +201,7 @@ impl Store {
     /// false if the item is gone (purged meanwhile).
     pub fn outbox_update(&self, key: &[u8], plain: &[u8]) -> Result<bool, StoreError> {
         let tree = self.tree(OUTBOX_TREE)?;
-        let sealed = self.sealer().seal(OUTBOX_TREE.as_bytes(), key, plain)?;
+        let sealed = self.seal_value(OUTBOX_TREE, key, plain)?;
         let _gate = sled_gate();
         if !tree.contains_key(key)? {
             return Ok(false);
@@ -227,7 +264,7 @@ impl Store {
         // Ids start at 1 (sequence numbers at 0), so "after 0" lists all.
         let id = seq_of(key) + 1;
         let dead_key = id.to_be_bytes();
-        let sealed = self.sealer().seal(DEAD_TREE.as_bytes(), &dead_key, plain)?;
+        let sealed = self.seal_value(DEAD_TREE, &dead_key, plain)?;
         (&outbox, &dead)
             .transaction(|(outbox, dead)| {
                 outbox.remove(key)?;
@@ -292,7 +329,7 @@ impl Store {
             let seq = self.inner.db.generate_id()?;
             let mut key = prefix.to_vec();
             key.extend_from_slice(&seq.to_be_bytes());
-            let sealed = self.sealer().seal(OUTBOX_TREE.as_bytes(), &key, plain)?;
+            let sealed = self.seal_value(OUTBOX_TREE, &key, plain)?;
             let moved = (&outbox, &dead)
                 .transaction(|(outbox, dead)| {
                     if dead.remove(&dead_key)?.is_none() {
@@ -337,8 +374,41 @@ impl Store {
             let _gate = sled_gate();
             tree.iter().collect::<Result<_, _>>()?
         };
-        self.open_items(ENDPOINTS_TREE, raw)
+        self.open_scanned(ENDPOINTS_TREE, raw, WEBHOOKS, WEBHOOK_VALUE)
     }
+}
+
+/// Puts the version byte in front of every format-2 value of the outbox or
+/// dead-letter tree (`crate::webhook`'s JSON, which starts with `{`), in
+/// one atomic sled batch; values that already carry it are left alone, so
+/// running it again changes nothing. Returns (converted, unreadable).
+pub(crate) fn version_queue_values(
+    tree: &sled::Tree,
+    sealer: &super::Sealer,
+) -> Result<(u64, u64), StoreError> {
+    let name = tree.name();
+    let rows = {
+        let _gate = sled_gate();
+        tree.iter().collect::<Result<Vec<_>, _>>()?
+    };
+    let (mut converted, mut unreadable) = (0, 0);
+    let mut batch = sled::Batch::default();
+    for (key, sealed) in rows {
+        match sealer.open(&name, &key, &sealed) {
+            Ok(plain) if plain.first() == Some(&b'{') => {
+                let mut versioned = Vec::with_capacity(1 + plain.len());
+                versioned.push(QUEUE_VALUE_VERSION);
+                versioned.extend_from_slice(&plain);
+                batch.insert(key.as_ref(), sealer.seal(&name, &key, &versioned)?);
+                converted += 1;
+            }
+            Ok(plain) if plain.first() == Some(&QUEUE_VALUE_VERSION) => {}
+            _ => unreadable += 1,
+        }
+    }
+    let _gate = sled_gate();
+    tree.apply_batch(batch)?;
+    Ok((converted, unreadable))
 }
 
 #[cfg(test)]

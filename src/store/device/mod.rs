@@ -15,8 +15,10 @@
 //! Every value is sealed (see [`super::crypto`]) with the AAD bound to this
 //! tree's name and the full key. Values of the library's serde types are
 //! JSON (self-describing: wacore keeps adding `#[serde(default)]` fields);
-//! Signal records are opaque blobs stored as given; small fixed rows of our
-//! own start with a format byte.
+//! Signal records are opaque blobs stored as given, except one-time
+//! prekeys, which are stored compact, 64 to a row (version byte ‖ prost
+//! `PreKeyBucket`, see `prekeys`; since store format 3); small fixed rows
+//! of our own start with a format byte.
 //!
 //! # Durability
 //!
@@ -96,7 +98,8 @@
 //! the key encoding, natural and blinded. One module per wacore trait:
 //!
 //! - `signal`: [`SignalStore`](wacore::store::traits::SignalStore)
-//!   (identities, sessions, prekeys, signed prekeys, sender keys);
+//!   (identities, sessions, prekeys, signed prekeys, sender keys), with
+//!   `prekeys` (the compact prekey rows and their conversion from format 2);
 //! - `app_sync`: [`AppSyncStore`](wacore::store::traits::AppSyncStore)
 //!   (sync keys, versions, mutation MACs);
 //! - `protocol`: [`ProtocolStore`](wacore::store::traits::ProtocolStore)
@@ -110,6 +113,7 @@
 mod app_sync;
 mod device_record;
 mod msg_secret;
+mod prekeys;
 #[cfg(test)]
 mod proptests;
 mod protocol;
@@ -128,6 +132,10 @@ use super::error::StoreError;
 use super::ids::{BLIND_LEN, Blinder};
 use super::records::tx_error;
 
+pub(crate) use prekeys::compact_keyspace;
+#[cfg(test)]
+pub(crate) use prekeys::decode_bucket as decode_prekey_bucket;
+
 /// The first byte of every key in a device keyspace.
 mod kind {
     pub const IDENTITY: u8 = 0x01;
@@ -135,6 +143,9 @@ mod kind {
     pub const PREKEY: u8 = 0x03;
     pub const SIGNED_PREKEY: u8 = 0x04;
     pub const SENDER_KEY: u8 = 0x05;
+    /// One-time prekeys, 64 ids to a row (see `prekeys`); replaces
+    /// `PREKEY` rows since store format 3.
+    pub const PREKEY_BUCKET: u8 = 0x06;
     pub const SYNC_KEY: u8 = 0x10;
     pub const APP_STATE_VERSION: u8 = 0x11;
     pub const MUTATION_MAC: u8 = 0x12;
@@ -149,6 +160,12 @@ mod kind {
     pub const PENDING_INBOUND: u8 = 0x28;
     pub const MSG_SECRET: u8 = 0x30;
     pub const DEVICE: u8 = 0x40;
+}
+
+/// Whether rows whose key starts with `kind` hold one-time prekeys (for
+/// the size figures of the benches).
+pub fn is_prekey_kind(kind: u8) -> bool {
+    kind == kind::PREKEY || kind == kind::PREKEY_BUCKET
 }
 
 /// Format byte of the fixed-layout rows whatsd defines itself.

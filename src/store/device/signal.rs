@@ -1,6 +1,6 @@
 //! wacore's `SignalStore` over the device keyspace: identity keys, Signal
-//! sessions, prekeys (`uploaded flag ‖ record` rows), signed prekeys and
-//! sender keys.
+//! sessions, prekeys (compact, 64 to a row: see `prekeys`), signed prekeys
+//! and sender keys.
 //!
 //! Which writes flush before returning `Ok` is listed under *Durability* in
 //! the parent module.
@@ -9,20 +9,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sled::transaction::ConflictableTransactionError;
 use wacore::store::error::Result as WaResult;
 use wacore::store::traits::SignalStore;
 
 use super::{DeviceBackend, domain, id_key, key, kind, part};
-use crate::store::records::abort;
-
-/// Prekey rows: `uploaded flag ‖ record`.
-fn prekey_row(record: &[u8], uploaded: bool) -> Vec<u8> {
-    let mut row = Vec::with_capacity(1 + record.len());
-    row.push(u8::from(uploaded));
-    row.extend_from_slice(record);
-    row
-}
 
 #[async_trait]
 impl SignalStore for DeviceBackend {
@@ -116,7 +106,7 @@ impl SignalStore for DeviceBackend {
     }
 
     async fn store_prekey(&self, id: u32, record: &[u8], uploaded: bool) -> WaResult<()> {
-        self.durably(self.put(&id_key(kind::PREKEY, id), &prekey_row(record, uploaded)))
+        self.durably(self.store_prekeys(&[(id, record)], uploaded))
             .await
     }
 
@@ -124,23 +114,12 @@ impl SignalStore for DeviceBackend {
         if keys.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = keys
-            .iter()
-            .map(|(id, record)| (id_key(kind::PREKEY, *id), prekey_row(record, uploaded)))
-            .collect();
-        let rows = rows.iter().map(|(key, row)| (key.clone(), row.as_slice()));
-        self.durably(self.put_batch(rows)).await
+        let keys: Vec<(u32, &[u8])> = keys.iter().map(|(id, r)| (*id, r.as_ref())).collect();
+        self.durably(self.store_prekeys(&keys, uploaded)).await
     }
 
     async fn load_prekey(&self, id: u32) -> WaResult<Option<Bytes>> {
-        match self.get(&id_key(kind::PREKEY, id), "prekey")? {
-            Some(mut row) if !row.is_empty() => {
-                row.remove(0);
-                Ok(Some(Bytes::from(row)))
-            }
-            Some(_) => Err(self.corrupt("prekey", "empty row").into()),
-            None => Ok(None),
-        }
+        Ok(self.load_prekey_record(id)?.map(Bytes::from))
     }
 
     async fn load_prekeys_batch(&self, ids: &[u32]) -> WaResult<Vec<(u32, Bytes)>> {
@@ -153,57 +132,21 @@ impl SignalStore for DeviceBackend {
         Ok(out)
     }
 
+    /// UPDATE-only inside one transaction: a key consumed (removed) before
+    /// or during this call is never written back.
     async fn mark_prekeys_uploaded(&self, ids: &[u32]) -> WaResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        // UPDATE-only inside one transaction: a key consumed (removed) before
-        // or during this call is never written back.
-        let result = self.transact(|tx| {
-            for &id in ids {
-                let key = id_key(kind::PREKEY, id);
-                let Some(sealed) = tx.get(&key)? else {
-                    continue;
-                };
-                let mut row = abort(self.open(&key, &sealed, "prekey"))?;
-                match row.first_mut() {
-                    Some(1) => continue,
-                    Some(flag) => *flag = 1,
-                    None => {
-                        return Err(ConflictableTransactionError::Abort(
-                            self.corrupt("prekey", "empty row"),
-                        ));
-                    }
-                }
-                tx.insert(key.as_slice(), abort(self.seal(&key, &row))?)?;
-            }
-            Ok(())
-        });
-        self.durably(result).await
+        self.durably(self.mark_uploaded(ids)).await
     }
 
     async fn remove_prekey(&self, id: u32) -> WaResult<()> {
-        let result = self.remove(&id_key(kind::PREKEY, id));
-        self.durably(result.map(drop)).await
+        self.durably(self.remove_prekey_row(id)).await
     }
 
     async fn get_max_prekey_id(&self) -> WaResult<u32> {
-        let last = self.with_tree(|tree| {
-            Ok(tree
-                .scan_prefix([kind::PREKEY])
-                .keys()
-                .next_back()
-                .transpose()?)
-        })?;
-        match last {
-            Some(key) => {
-                let id: [u8; 4] = key[1..]
-                    .try_into()
-                    .map_err(|_| self.corrupt("prekey id", format!("{}-byte key", key.len())))?;
-                Ok(u32::from_be_bytes(id))
-            }
-            None => Ok(0),
-        }
+        Ok(self.max_prekey_id()?)
     }
 
     async fn store_signed_prekey(&self, id: u32, record: &[u8]) -> WaResult<()> {
