@@ -82,3 +82,248 @@ async fn numbers_are_checked_against_whatsapp_for_their_tenant_only() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.error_code(), "not_connected");
 }
+
+/// Polls (bounded) the directory until `done` holds; answers its entries.
+async fn directory_until(
+    daemon: &Daemon,
+    token: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = daemon
+            .get("/v1/sessions/shop-1/contacts", Some(token))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let contacts = r.json()["contacts"].as_array().unwrap().clone();
+        if done(&contacts) {
+            return contacts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within 30 s; directory: {contacts:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn by_phone<'a>(contacts: &'a [Value], phone: &str) -> Vec<&'a Value> {
+    contacts.iter().filter(|c| c["phone"] == phone).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_holds_each_person_once_merging_phone_and_lid() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let (_dir, daemon) = Daemon::start(&fake.ws_url()).await;
+    let token = create_tenant(&daemon, "acme").await;
+    let other = create_tenant(&daemon, "other").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+    const CARL: &str = "15557800003";
+    const DAVE: &str = "15557800004";
+    let r = control(
+        fake.control_addr(),
+        "/control/groups",
+        json!({ "subject": "Team", "members": [{ "phone": ADA }, { "phone": PHONE }, { "phone": BOB }] }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let team = r.json()["jid"].as_str().unwrap().to_string();
+    let lid = |r: &Value, phone: &str| -> String {
+        r["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["phone"] == phone)
+            .map(|m| m["lid"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let members = r.json();
+    let dm = |from: &'static str, text: &'static str| {
+        let fake = &fake;
+        async move {
+            let r = control(
+                fake.control_addr(),
+                "/control/messages",
+                json!({ "to_phone": PHONE, "from_phone": from, "text": text }),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    };
+    // BOB posts in the group first: known by phone only (a group post
+    // names no LID) ...
+    let r = control(
+        fake.control_addr(),
+        "/control/groups/messages",
+        json!({ "group": team, "from_phone": BOB, "text": "hello team" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    directory_until(&daemon, &token, "BOB by phone", |c| {
+        by_phone(c, BOB).len() == 1 && by_phone(c, BOB)[0]["lid"].is_null()
+    })
+    .await;
+    // ... then writes directly, which names his LID: the two merge.
+    dm(BOB, "it's Bob").await;
+    dm(ADA, "it's Ada").await;
+    dm(CARL, "it's Carl").await;
+    let r = control(
+        fake.control_addr(),
+        "/control/groups/participants",
+        json!({ "group": team, "by_phone": ADA, "action": "add", "phones": [DAVE] }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all = directory_until(&daemon, &token, "four people", |c| {
+        c.len() == 4
+            && by_phone(c, BOB)
+                .first()
+                .is_some_and(|b| !b["lid"].is_null())
+    })
+    .await;
+    for phone in [ADA, BOB, CARL, DAVE] {
+        assert_eq!(by_phone(&all, phone).len(), 1, "{phone} once: {all:#?}");
+    }
+    let bob = by_phone(&all, BOB)[0];
+    assert_eq!(bob["lid"], lid(&members, BOB).as_str());
+    assert_eq!(
+        bob["groups"],
+        json!([team]),
+        "the group sighting survives the merge"
+    );
+    assert_eq!(bob["push_name"], format!("Contact {BOB}"));
+    assert_eq!(by_phone(&all, ADA)[0]["lid"], lid(&members, ADA).as_str());
+    assert!(
+        by_phone(&all, CARL)[0]["lid"].is_null(),
+        "no LID was ever named"
+    );
+    assert_eq!(by_phone(&all, DAVE)[0]["groups"], json!([team]));
+    assert!(
+        all.iter().all(|c| c["phone"] != PHONE),
+        "the account itself is not a contact"
+    );
+
+    // Pages of one walk the same four, once each; a query filters.
+    let mut walked = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &next {
+            Some(after) => format!("/v1/sessions/shop-1/contacts?limit=1&after={after}"),
+            None => "/v1/sessions/shop-1/contacts?limit=1".to_string(),
+        };
+        let r = daemon.get(&path, Some(&token)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        walked.extend(page["contacts"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(after) => next = Some(after.to_string()),
+            None => break,
+        }
+    }
+    let mut phones: Vec<String> = walked
+        .iter()
+        .map(|c| c["phone"].as_str().unwrap().to_string())
+        .collect();
+    phones.sort();
+    assert_eq!(phones, [ADA, BOB, CARL, DAVE]);
+    let r = daemon
+        .get("/v1/sessions/shop-1/contacts?q=800003", Some(&token))
+        .await;
+    let found = r.json()["contacts"].as_array().unwrap().clone();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["phone"], CARL);
+    for bad in ["?limit=0", "?limit=501", "?after=zz", "?after=00"] {
+        let r = daemon
+            .get(&format!("/v1/sessions/shop-1/contacts{bad}"), Some(&token))
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+
+    // CSV: Python's csv module reads the same rows.
+    let r = daemon
+        .get("/v1/sessions/shop-1/contacts.csv", Some(&token))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("content-type").unwrap().starts_with("text/csv"));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r.text()).unwrap();
+    let parsed = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import csv, json, sys; print(json.dumps(list(csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8')))))",
+        ])
+        .arg(file.path())
+        .output()
+        .expect("python3");
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&parsed.stdout).unwrap();
+    let mut csv_rows: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["phone"].as_str().unwrap().to_string(),
+                r["lid"].as_str().unwrap().to_string(),
+                r["push_name"].as_str().unwrap().to_string(),
+                r["groups"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    csv_rows.sort();
+    let mut json_rows: Vec<(String, String, String, String)> = all
+        .iter()
+        .map(|c| {
+            (
+                c["phone"].as_str().unwrap_or("").to_string(),
+                c["lid"].as_str().unwrap_or("").to_string(),
+                c["push_name"].as_str().unwrap_or("").to_string(),
+                c["groups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|g| g.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        })
+        .collect();
+    json_rows.sort();
+    assert_eq!(csv_rows, json_rows);
+
+    // Another tenant sees nothing; the same id re-created elsewhere starts empty.
+    let r = daemon
+        .get("/v1/sessions/shop-1/contacts", Some(&other))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = daemon.delete("/v1/sessions/shop-1", Some(ADMIN)).await;
+    assert!(r.status == 200 || r.status == 204, "{}", r.text());
+    let r = daemon
+        .post(
+            "/v1/sessions",
+            Some(&other),
+            Some(json!({ "id": "shop-1", "start": false })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = daemon
+        .get("/v1/sessions/shop-1/contacts", Some(&other))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["contacts"],
+        json!([]),
+        "nothing of the old session"
+    );
+    let r = daemon
+        .get("/v1/sessions/shop-1/contacts.csv", Some(&other))
+        .await;
+    assert_eq!(
+        r.text(),
+        "phone,lid,push_name,groups,first_seen_ms,last_seen_ms\r\n"
+    );
+}

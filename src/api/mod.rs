@@ -135,6 +135,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::members))
         .routes(routes!(groups::leave))
         .routes(routes!(contacts::check))
+        .routes(routes!(contacts::list))
+        .routes(routes!(contacts::csv))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::show, tenants::delete))
         .routes(routes!(tenants::rotate_token))

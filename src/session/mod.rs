@@ -3,6 +3,7 @@
 //! persisted to the store first, then broadcast as a [`SessionEvent`].
 
 mod actor;
+pub mod contacts;
 mod event;
 pub mod limits;
 pub mod outbound;

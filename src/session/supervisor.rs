@@ -450,6 +450,11 @@ impl Supervisor {
             .await
     }
 
+    /// Where session `id`'s contacts directory lives in the store.
+    pub async fn contacts_prefix(&self, id: &str) -> Result<Vec<u8>, SupervisorError> {
+        self.call(id, Command::ContactsPrefix).await
+    }
+
     /// A handle for queries to WhatsApp (groups, numbers) on session `id`,
     /// which must be connected.
     pub async fn queries(&self, id: &str) -> Result<crate::wa::Queries, SupervisorError> {

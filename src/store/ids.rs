@@ -80,6 +80,17 @@ pub(crate) fn load_or_create(db: &sled::Db, sealer: &Sealer) -> Result<Blinder, 
 }
 
 /// Lower-case hex of a blinded id (for sled tree names).
+/// The bytes of lower- or upper-case hex `text`; `None` if it is not hex.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes

@@ -29,6 +29,7 @@
 //! warning naming each path group or others could reach.
 
 pub mod backup;
+pub mod contacts;
 pub mod crypto;
 pub mod device;
 pub mod error;

@@ -236,11 +236,18 @@ impl Store {
         key
     }
 
-    /// Deletes everything under `prefix` in the four trees (the session
+    /// Deletes everything under `prefix` in these trees and the contacts
+    /// directory's (the session
     /// is deleted); durable on return. Returns how many sends were queued.
     pub async fn send_purge(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut queued = 0;
-        for name in [QUEUE_TREE, STATUS_TREE, IDEMPOTENCY_TREE, LIMITS_TREE] {
+        for name in [
+            QUEUE_TREE,
+            STATUS_TREE,
+            IDEMPOTENCY_TREE,
+            LIMITS_TREE,
+            super::contacts::CONTACTS_TREE,
+        ] {
             let tree = self.tree(name)?;
             let keys: Vec<sled::IVec> = {
                 let _gate = sled_gate();

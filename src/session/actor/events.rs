@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Actor, lock};
+use crate::session::contacts;
 use crate::session::event::{EventKind, Identity, PairingQr, Party};
 use crate::session::state::{Reason, SessionState};
 use crate::session::{Owner, now_ms};
@@ -284,6 +285,24 @@ impl Actor {
             } => {
                 for party in &mut participants {
                     self.resolve_phone(party).await;
+                }
+                if action != "remove" {
+                    let seen: Vec<contacts::Seen> = participants
+                        .iter()
+                        .map(|p| {
+                            contacts::Seen::sender(
+                                &p.phone,
+                                &p.lid,
+                                "",
+                                Some(&group),
+                                timestamp * 1000,
+                            )
+                        })
+                        .collect();
+                    let prefix = self.outbound_prefix();
+                    if let Err(e) = contacts::note(&self.shared.store, &prefix, &seen) {
+                        tracing::warn!(session = %self.record.id, "contacts directory: {e}");
+                    }
                 }
                 EventKind::GroupParticipants {
                     group,

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use whatsapp_rust::store::traits::DeviceStore;
 
+use super::contacts;
 use super::event::{EventKind, Identity, PairingQr, SessionEvent};
 use super::limits::{Bucket, Levels, LimitOverride, LimitsView};
 use super::outbound::SendStatus;
@@ -77,6 +78,9 @@ pub(super) enum Command {
     /// caller (a query must not hold up the session's events); only while
     /// connected.
     Queries(Reply<crate::wa::Queries>),
+    /// Where the session's contacts directory lives in the store (its
+    /// current incarnation's prefix).
+    ContactsPrefix(Reply<Vec<u8>>),
     /// Daemon start: reconnect a session that was paired.
     Restore,
     Health,
@@ -114,13 +118,36 @@ impl Shared {
 struct SessionInbound {
     sink: Arc<dyn EventSink>,
     owner: Arc<Mutex<Owner>>,
+    /// For the contacts directory.
+    store: Store,
 }
 
 #[async_trait::async_trait]
 impl InboundSink for SessionInbound {
     async fn commit(&self, me: Identity, batch: Vec<InboundMessage>) -> anyhow::Result<()> {
         let owner = lock(&self.owner).clone();
-        self.sink.messages(&owner, me, batch).await
+        let seen: Vec<contacts::Seen> = batch
+            .iter()
+            .filter(|m| !m.from_me && !m.undecryptable)
+            .map(|m| {
+                let group = m.is_group.then_some(m.chat.as_str());
+                contacts::Seen::sender(
+                    &m.sender_phone,
+                    &m.sender_lid,
+                    &m.push_name,
+                    group,
+                    m.timestamp * 1000,
+                )
+            })
+            .collect();
+        self.sink.messages(&owner, me, batch).await?;
+        // After the commit WhatsApp waits for: the directory is a record
+        // of what was seen, and its failure costs no message.
+        let prefix = super::outbound::prefix(self.store.blinder(), &owner.incarnation);
+        if let Err(e) = contacts::note(&self.store, &prefix, &seen) {
+            tracing::warn!(session = %owner.session, "contacts directory: {e}");
+        }
+        Ok(())
     }
 }
 
@@ -440,6 +467,9 @@ impl Actor {
             Command::Queries(reply) => {
                 let _ = reply.send(self.connected().map(Connection::queries));
             }
+            Command::ContactsPrefix(reply) => {
+                let _ = reply.send(Ok(self.outbound_prefix()));
+            }
             Command::Restore => {
                 let permits = self.shared.start_permits.clone();
                 self.waiting_permit = Some(self.scope.spawn(permits.acquire_owned()));
@@ -522,6 +552,7 @@ impl Actor {
             Arc::new(SessionInbound {
                 sink,
                 owner: Arc::clone(&self.owner),
+                store: self.shared.store.clone(),
             }) as Arc<dyn InboundSink>
         });
         match Connection::start(&self.scope, &self.shared.config.wa, backend, tx, inbound).await {
