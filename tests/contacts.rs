@@ -295,6 +295,76 @@ async fn the_directory_holds_each_person_once_merging_phone_and_lid() {
     json_rows.sort();
     assert_eq!(csv_rows, json_rows);
 
+    // The operator's fields, by import: JSON then CSV, twice over.
+    let bob_lid = lid(&members, BOB);
+    for _ in 0..2 {
+        let r = daemon
+            .post(
+                "/v1/sessions/shop-1/contacts/import",
+                Some(&token),
+                Some(json!({ "contacts": [
+                    { "phone": ADA, "external_id": "crm-1", "labels": ["vip"] },
+                    { "lid": bob_lid, "labels": ["a", "b", "a"] },
+                    { "phone": "15550000000", "external_id": "nobody" },
+                    { "phone": "12ab" },
+                ] })),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let report = r.json();
+        assert_eq!(report["updated"], 2, "{report:#}");
+        let problems: Vec<(u64, &str)> = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["row"].as_u64().unwrap(), p["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(problems, [(3, "not_found"), (4, "invalid")]);
+        let csv = format!("phone,external_id,labels\r\n{CARL},\"crm,3\",x;y\r\n15550000001,z,\r\n");
+        let r = common::request(
+            daemon.addr,
+            "POST",
+            "/v1/sessions/shop-1/contacts/import",
+            Some(&token),
+            Some(("text/csv", csv.into_bytes())),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["updated"], 1, "{}", r.text());
+        assert_eq!(r.json()["problems"][0]["row"], 2);
+    }
+    let now = directory_until(&daemon, &token, "the imported fields", |_| true).await;
+    assert_eq!(now.len(), 4, "an import creates nobody");
+    let ada = by_phone(&now, ADA)[0];
+    assert_eq!(
+        (&ada["external_id"], &ada["labels"]),
+        (&json!("crm-1"), &json!(["vip"]))
+    );
+    assert_eq!(by_phone(&now, BOB)[0]["labels"], json!(["a", "b"]));
+    let carl = by_phone(&now, CARL)[0];
+    assert_eq!(
+        (&carl["external_id"], &carl["labels"]),
+        (&json!("crm,3"), &json!(["x", "y"]))
+    );
+    let r = common::request(
+        daemon.addr,
+        "POST",
+        "/v1/sessions/shop-1/contacts/import",
+        Some(&token),
+        Some(("text/csv", b"phone,colour\r\n1,2\r\n".to_vec())),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "malformed_csv");
+    let r = daemon
+        .post(
+            "/v1/sessions/shop-1/contacts/import",
+            Some(&other),
+            Some(json!({ "contacts": [] })),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+
     // Another tenant sees nothing; the same id re-created elsewhere starts empty.
     let r = daemon
         .get("/v1/sessions/shop-1/contacts", Some(&other))

@@ -11,11 +11,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery, JsonOrCsv};
 use super::groups::answered;
 use super::openapi::{ErrorBody, SessionPath};
 use super::sessions::{normalize_phone, visible_session};
-use crate::session::contacts::{self, Contact};
+use crate::session::contacts::{self, Annotation, Contact};
 use crate::store::ids::{hex, unhex};
 use crate::wa::contacts::NumberCheck;
 
@@ -158,6 +158,284 @@ pub async fn csv(
         .into_response())
 }
 
+/// At most this many rows per import.
+const MAX_IMPORT_ROWS: usize = 10_000;
+
+/// One row of an import: who (a phone number or a LID) and what to set.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRow {
+    /// International number, country code first.
+    pub phone: Option<String>,
+    /// `<digits>@lid`.
+    pub lid: Option<String>,
+    /// Your own id for the person (at most 128 characters); `null` clears it.
+    #[schema(max_length = 128)]
+    pub external_id: Option<String>,
+    /// Up to 20 labels of 1 to 64 characters; replaces the labels there.
+    #[serde(default)]
+    #[schema(max_items = 20)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportContacts {
+    #[schema(max_items = 10000)]
+    pub contacts: Vec<ImportRow>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RowProblem {
+    /// 1-based row of the import (CSV: not counting the header).
+    pub row: usize,
+    pub phone: Option<String>,
+    pub lid: Option<String>,
+    /// `not_found`: the directory has no such person; `invalid`: the row
+    /// itself is wrong (`message` says how).
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ImportReport {
+    /// People whose `external_id` and `labels` were set.
+    pub updated: usize,
+    /// Rows that changed nothing, and why.
+    pub problems: Vec<RowProblem>,
+}
+
+/// Set `external_id` and `labels` on many people at once, found by phone
+/// or LID; idempotent. JSON (`{contacts: [...]}`) or CSV with a header row
+/// naming some of `phone,lid,external_id,labels` (labels separated by `;`).
+#[utoipa::path(post, path = "/sessions/{id}/contacts/import", tag = "contacts",
+    params(SessionPath),
+    request_body(content(
+        (ImportContacts = "application/json"),
+        (String = "text/csv"),
+    )),
+    responses(
+        (status = 200, description = "what was set and which rows did not match", body = ImportReport),
+        (status = 400, description = "`invalid_id`; `malformed_json`, `malformed_csv`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such session (or another tenant's)", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: neither JSON nor CSV", body = ErrorBody),
+        (status = 422, description = "`invalid_body`: more than 10,000 rows, or JSON that does not fit", body = ErrorBody),
+    ))]
+pub async fn import(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: JsonOrCsv<ImportContacts>,
+) -> Result<Json<ImportReport>, ApiError> {
+    visible_session(&state, &principal, &id).await?;
+    let rows = match body {
+        JsonOrCsv::Json(body) => body.contacts,
+        JsonOrCsv::Csv(text) => csv_rows(&text)?,
+    };
+    if rows.len() > MAX_IMPORT_ROWS {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!("at most {MAX_IMPORT_ROWS} rows per import"),
+        ));
+    }
+    let prefix = state.supervisor.contacts_prefix(&id).await?;
+    let store = state.store.clone();
+    let report = tokio::task::spawn_blocking(move || -> Result<ImportReport, ApiError> {
+        let mut report = ImportReport {
+            updated: 0,
+            problems: Vec::new(),
+        };
+        for (i, row) in rows.into_iter().enumerate() {
+            let problem = |reason: &str, message: String, row: &ImportRow| RowProblem {
+                row: i + 1,
+                phone: row.phone.clone(),
+                lid: row.lid.clone(),
+                reason: reason.to_owned(),
+                message,
+            };
+            let annotation = match annotation(&row) {
+                Ok(a) => a,
+                Err(message) => {
+                    report.problems.push(problem("invalid", message, &row));
+                    continue;
+                }
+            };
+            if contacts::annotate(&store, &prefix, &annotation)? {
+                report.updated += 1;
+            } else {
+                let message = "no such person in this session's directory".to_owned();
+                report.problems.push(problem("not_found", message, &row));
+            }
+        }
+        Ok(report)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    state.store.flush().await?;
+    Ok(Json(report))
+}
+
+/// A row checked and normalized; the error says what is wrong.
+fn annotation(row: &ImportRow) -> Result<Annotation, String> {
+    let phone = match row.phone.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => Some(normalize_phone(p).map_err(|e| e.message)?),
+        None => None,
+    };
+    let lid = match row.lid.as_deref().filter(|l| !l.is_empty()) {
+        Some(l) => {
+            let digits = l.strip_suffix("@lid").unwrap_or("");
+            if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(format!("lid {l:?} is not <digits>@lid"));
+            }
+            Some(l.to_owned())
+        }
+        None => None,
+    };
+    if phone.is_none() && lid.is_none() {
+        return Err("a row names a phone or a lid".into());
+    }
+    let external_id = row.external_id.clone().filter(|e| !e.is_empty());
+    if external_id
+        .as_ref()
+        .is_some_and(|e| e.chars().count() > 128)
+    {
+        return Err("external_id is at most 128 characters".into());
+    }
+    if row.labels.len() > 20 {
+        return Err("at most 20 labels".into());
+    }
+    let mut labels: Vec<String> = Vec::new();
+    for label in &row.labels {
+        let label = label.trim();
+        if label.is_empty() || label.chars().count() > 64 {
+            return Err("a label has 1 to 64 characters".into());
+        }
+        if !labels.iter().any(|l| l == label) {
+            labels.push(label.to_owned());
+        }
+    }
+    Ok(Annotation {
+        phone,
+        lid,
+        external_id,
+        labels,
+    })
+}
+
+/// The rows of an import CSV: a header naming columns of
+/// `phone,lid,external_id,labels` (others refused), then one row each.
+fn csv_rows(text: &str) -> Result<Vec<ImportRow>, ApiError> {
+    let bad = |m: String| ApiError::bad_request("malformed_csv", m);
+    let mut records = parse_csv(text).map_err(bad)?.into_iter();
+    let header = records
+        .next()
+        .ok_or_else(|| bad("the CSV has no header row".into()))?;
+    let mut columns = Vec::with_capacity(header.len());
+    for name in &header {
+        let name = name.trim().trim_start_matches('\u{feff}');
+        if !matches!(name, "phone" | "lid" | "external_id" | "labels") {
+            return Err(bad(format!(
+                "unknown column {name:?}: use phone, lid, external_id, labels"
+            )));
+        }
+        columns.push(name.to_owned());
+    }
+    let mut rows = Vec::new();
+    for (i, record) in records.enumerate() {
+        if record.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        if record.len() != columns.len() {
+            return Err(bad(format!(
+                "row {} has {} fields; the header has {}",
+                i + 1,
+                record.len(),
+                columns.len()
+            )));
+        }
+        let mut row = ImportRow::default();
+        for (name, value) in columns.iter().zip(record) {
+            match name.as_str() {
+                "phone" => row.phone = Some(value),
+                "lid" => row.lid = Some(value),
+                "external_id" => row.external_id = Some(value),
+                _ => {
+                    row.labels = value
+                        .split(';')
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+            }
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// RFC 4180 records (quoted fields, `""` for a quote, CRLF or LF).
+fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                c => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() && !was_quoted => {
+                quoted = true;
+                was_quoted = true;
+            }
+            '"' => {
+                return Err(format!(
+                    "a quote inside an unquoted field (record {})",
+                    records.len() + 1
+                ));
+            }
+            ',' => {
+                record.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+                was_quoted = false;
+            }
+            c if was_quoted => {
+                return Err(format!(
+                    "text after a closing quote: {c:?} (record {})",
+                    records.len() + 1
+                ));
+            }
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("a quoted field is not closed".into());
+    }
+    if !field.is_empty() || !record.is_empty() || was_quoted {
+        record.push(field);
+        records.push(record);
+    }
+    Ok(records)
+}
+
 /// One RFC 4180 field: quoted when it holds a comma, quote or line break;
 /// a leading `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet
 /// does not run a push name as a formula.
@@ -233,7 +511,30 @@ pub async fn check(
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{csv_field, parse_csv};
+
+    #[test]
+    fn csv_records_parse_as_rfc_4180_says() {
+        let text = "phone,labels\r\n15551234567,\"a;b\"\r\n\"1555\"\"x\",\"two\nlines\"\n,\n";
+        assert_eq!(
+            parse_csv(text).unwrap(),
+            vec![
+                vec!["phone".to_string(), "labels".into()],
+                vec!["15551234567".into(), "a;b".into()],
+                vec!["1555\"x".into(), "two\nlines".into()],
+                vec![String::new(), String::new()],
+            ]
+        );
+        assert!(parse_csv("\"open").is_err());
+        assert!(parse_csv("a\"b").is_err());
+        assert!(parse_csv("\"a\"b").is_err());
+        // Our own export reads back.
+        let exported = format!("{},{}\r\n", csv_field("x,y"), csv_field("say \"hi\""));
+        assert_eq!(
+            parse_csv(&exported).unwrap(),
+            vec![vec!["x,y".to_string(), "say \"hi\"".into()]]
+        );
+    }
 
     #[test]
     fn csv_fields_are_quoted_and_never_formulas() {

@@ -88,6 +88,40 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ApiJsonOr
     }
 }
 
+/// A body that is JSON (parsed as `T`) or CSV (`Content-Type: text/csv`,
+/// UTF-8, handed on as text).
+pub enum JsonOrCsv<T> {
+    Json(T),
+    Csv(String),
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrCsv<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let is_csv = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/csv"));
+        let (is_json, bytes) = read_body(req).await?;
+        if is_csv {
+            return String::from_utf8(bytes.to_vec())
+                .map(Self::Csv)
+                .map_err(|_| ApiError::bad_request("malformed_csv", "the CSV body is not UTF-8"));
+        }
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON (`application/json`) or CSV (`text/csv`)",
+            ));
+        }
+        parse(is_json, &bytes).map(Self::Json)
+    }
+}
+
 /// Path parameters; a bad one is 400.
 pub struct ApiPath<T>(pub T);
 

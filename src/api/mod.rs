@@ -137,6 +137,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(contacts::check))
         .routes(routes!(contacts::list))
         .routes(routes!(contacts::csv))
+        .routes(routes!(contacts::import))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::show, tenants::delete))
         .routes(routes!(tenants::rotate_token))

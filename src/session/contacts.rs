@@ -27,6 +27,12 @@ pub struct Contact {
     /// Milliseconds since the Unix epoch.
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// The operator's own id for this person (set by import).
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// The operator's labels (set by import).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// A stored row: a person, or where a phone number's person moved to.
@@ -108,6 +114,14 @@ fn merge(into: &mut Contact, from: &Contact) {
         (a, b) => a.min(b),
     };
     into.last_seen_ms = into.last_seen_ms.max(from.last_seen_ms);
+    if into.external_id.is_none() {
+        into.external_id.clone_from(&from.external_id);
+    }
+    for label in &from.labels {
+        if !into.labels.contains(label) {
+            into.labels.push(label.clone());
+        }
+    }
 }
 
 /// Notes sightings in the directory under `prefix`, each in one
@@ -130,6 +144,7 @@ pub fn note(store: &Store, prefix: &[u8], seen: &[Seen]) -> Result<(), StoreErro
             groups: seen.group.iter().cloned().collect(),
             first_seen_ms: seen.at_ms,
             last_seen_ms: seen.at_ms,
+            ..Contact::default()
         };
         store.contacts_update(|tx| {
             let phone_row = match &by_phone {
@@ -170,6 +185,52 @@ pub fn note(store: &Store, prefix: &[u8], seen: &[Seen]) -> Result<(), StoreErro
     Ok(())
 }
 
+/// What an import sets on one person, found by phone or LID.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Annotation {
+    pub phone: Option<String>,
+    pub lid: Option<String>,
+    pub external_id: Option<String>,
+    pub labels: Vec<String>,
+}
+
+/// Sets `external_id` and `labels` (replacing what was there: importing
+/// the same rows twice changes nothing more) on the person `row` names;
+/// false when the directory has no such person (nothing is created).
+pub fn annotate(store: &Store, prefix: &[u8], row: &Annotation) -> Result<bool, StoreError> {
+    let blinder = store.blinder();
+    let by_lid = row.lid.as_deref().map(|l| key(prefix, blinder, "lid", l));
+    let by_phone = row
+        .phone
+        .as_deref()
+        .map(|p| key(prefix, blinder, "phone", p));
+    let found = std::cell::Cell::new(false);
+    store.contacts_update(|tx| {
+        found.set(false);
+        let mut home = None;
+        for k in by_lid.iter().chain(by_phone.iter()) {
+            match read(tx, k)? {
+                Some(Row::Person(_)) => home = Some(k.clone()),
+                Some(Row::MergedInto { key }) => home = crate::store::ids::unhex(&key),
+                None => continue,
+            }
+            break;
+        }
+        let Some(home) = home else {
+            return Ok(());
+        };
+        let Some(Row::Person(mut person)) = read(tx, &home)? else {
+            return Ok(());
+        };
+        person.external_id.clone_from(&row.external_id);
+        person.labels.clone_from(&row.labels);
+        write(tx, &home, &Row::Person(person))?;
+        found.set(true);
+        Ok(())
+    })?;
+    Ok(found.get())
+}
+
 /// One page of the directory: up to `limit` people after the opaque
 /// cursor `after`, those matching `query` (a substring of the phone, LID
 /// or push name, any case); answers them and the next cursor.
@@ -206,5 +267,100 @@ pub fn page(
             }
         }
         cursor = Some(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MasterKey;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &MasterKey::from_bytes([7; 32])).unwrap();
+        (dir, store)
+    }
+
+    fn all(store: &Store, prefix: &[u8]) -> Vec<Contact> {
+        page(store, prefix, None, None, 100_000).unwrap().0
+    }
+
+    #[test]
+    fn a_phone_and_a_lid_merge_once_named_together_and_never_split() {
+        let (_dir, store) = store();
+        let prefix = [1u8; 32];
+        let phone = |p: &str, at| Seen::sender(p, "", "Ada", None, at);
+        note(&store, &prefix, &[phone("15550001", 10)]).unwrap();
+        note(
+            &store,
+            &prefix,
+            &[Seen::sender("", "77@lid", "", Some("g@g.us"), 20)],
+        )
+        .unwrap();
+        assert_eq!(all(&store, &prefix).len(), 2, "apart: two entries");
+        note(
+            &store,
+            &prefix,
+            &[Seen::sender("15550001", "77@lid", "Ada L", None, 30)],
+        )
+        .unwrap();
+        let merged = all(&store, &prefix);
+        assert_eq!(merged.len(), 1, "{merged:#?}");
+        let ada = &merged[0];
+        assert_eq!(ada.phone.as_deref(), Some("15550001"));
+        assert_eq!(ada.lid.as_deref(), Some("77@lid"));
+        assert_eq!(ada.push_name.as_deref(), Some("Ada L"));
+        assert_eq!(ada.groups, vec!["g@g.us".to_string()]);
+        assert_eq!((ada.first_seen_ms, ada.last_seen_ms), (10, 30));
+        // Seen by phone alone later: the same entry, not a new one.
+        note(&store, &prefix, &[phone("15550001", 40)]).unwrap();
+        let again = all(&store, &prefix);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].last_seen_ms, 40);
+        // Another session's directory is apart.
+        assert!(all(&store, &[2u8; 32]).is_empty());
+    }
+
+    #[test]
+    fn an_import_of_1000_rows_with_3_unknown_updates_997_and_is_idempotent() {
+        let (_dir, store) = store();
+        let prefix = [3u8; 32];
+        let seen: Vec<Seen> = (0..997)
+            .map(|i| {
+                let lid = if i % 2 == 0 {
+                    format!("{i}@lid")
+                } else {
+                    String::new()
+                };
+                Seen::sender(&format!("1555{i:07}"), &lid, "", None, 1)
+            })
+            .collect();
+        note(&store, &prefix, &seen).unwrap();
+        let rows: Vec<Annotation> = (0..1000)
+            .map(|i| Annotation {
+                // Even ones by LID, odd ones by phone; 997..1000 unknown.
+                phone: (i % 2 == 1).then(|| format!("1555{i:07}")),
+                lid: (i % 2 == 0).then(|| format!("{i}@lid")),
+                external_id: Some(format!("crm-{i}")),
+                labels: vec!["vip".into()],
+            })
+            .collect();
+        for _ in 0..2 {
+            let matched: Vec<bool> = rows
+                .iter()
+                .map(|r| annotate(&store, &prefix, r).unwrap())
+                .collect();
+            assert_eq!(matched.iter().filter(|m| **m).count(), 997);
+            let missing: Vec<usize> = (0..1000).filter(|i| !matched[*i]).collect();
+            assert_eq!(missing, vec![997, 998, 999]);
+        }
+        let people = all(&store, &prefix);
+        assert_eq!(people.len(), 997, "an import creates nobody");
+        assert!(people.iter().all(|p| p.labels == ["vip"]));
+        let p5 = people
+            .iter()
+            .find(|p| p.phone.as_deref() == Some("15550000005"))
+            .unwrap();
+        assert_eq!(p5.external_id.as_deref(), Some("crm-5"));
     }
 }
