@@ -60,7 +60,7 @@ fn cursor(prefix: &[u8], after: Option<&str>) -> Result<Option<Vec<u8>>, ApiErro
 }
 
 /// Every person the session has seen, one entry per person, a page at a time.
-#[utoipa::path(get, path = "/sessions/{id}/contacts", tag = "contacts",
+#[utoipa::path(get, path = "/sessions/{id}/contacts", operation_id = "list_contacts", tag = "contacts",
     params(SessionPath, ContactsQuery),
     responses(
         (status = 200, description = "a page", body = ContactPage),
@@ -104,7 +104,7 @@ pub async fn list(
 
 /// The whole directory as CSV (RFC 4180): `phone,lid,push_name,groups,
 /// first_seen_ms,last_seen_ms`, groups separated by spaces.
-#[utoipa::path(get, path = "/sessions/{id}/contacts.csv", tag = "contacts",
+#[utoipa::path(get, path = "/sessions/{id}/contacts.csv", operation_id = "export_contacts", tag = "contacts",
     params(SessionPath),
     responses(
         (status = 200, description = "the directory", content_type = "text/csv", body = String),
@@ -208,7 +208,7 @@ pub struct ImportReport {
 /// Set `external_id` and `labels` on many people at once, found by phone
 /// or LID; idempotent. JSON (`{contacts: [...]}`) or CSV with a header row
 /// naming some of `phone,lid,external_id,labels` (labels separated by `;`).
-#[utoipa::path(post, path = "/sessions/{id}/contacts/import", tag = "contacts",
+#[utoipa::path(post, path = "/sessions/{id}/contacts/import", operation_id = "import_contacts", tag = "contacts",
     params(SessionPath),
     request_body(content(
         (ImportContacts = "application/json"),
@@ -470,7 +470,7 @@ pub struct NumberChecks {
 }
 
 /// Which of these numbers are on WhatsApp, with their JIDs.
-#[utoipa::path(post, path = "/sessions/{id}/contacts/check", tag = "contacts",
+#[utoipa::path(post, path = "/sessions/{id}/contacts/check", operation_id = "check_numbers", tag = "contacts",
     params(SessionPath),
     request_body = CheckNumbers,
     responses(

@@ -75,7 +75,7 @@ pub struct GroupList {
 }
 
 /// The groups the session's account is in, with their participants.
-#[utoipa::path(get, path = "/sessions/{id}/groups", tag = "groups",
+#[utoipa::path(get, path = "/sessions/{id}/groups", operation_id = "list_groups", tag = "groups",
     params(SessionPath),
     responses(
         (status = 200, description = "every group, by JID", body = GroupList),
@@ -97,7 +97,7 @@ pub async fn list(
 }
 
 /// One group, fresh from WhatsApp: subject, description and participants.
-#[utoipa::path(get, path = "/sessions/{id}/groups/{jid}", tag = "groups",
+#[utoipa::path(get, path = "/sessions/{id}/groups/{jid}", operation_id = "show_group", tag = "groups",
     params(SessionGroupPath),
     responses(
         (status = 200, description = "the group", body = Group),
@@ -156,7 +156,7 @@ pub async fn create(
 
 /// Add, remove, promote or demote members of a group (the account must be
 /// an admin).
-#[utoipa::path(post, path = "/sessions/{id}/groups/{jid}/participants", tag = "groups",
+#[utoipa::path(post, path = "/sessions/{id}/groups/{jid}/participants", operation_id = "change_group_members", tag = "groups",
     params(SessionGroupPath),
     request_body = ChangeMembers,
     responses(
@@ -186,7 +186,7 @@ pub async fn members(
 }
 
 /// The session's account leaves a group.
-#[utoipa::path(post, path = "/sessions/{id}/groups/{jid}/leave", tag = "groups",
+#[utoipa::path(post, path = "/sessions/{id}/groups/{jid}/leave", operation_id = "leave_group", tag = "groups",
     params(SessionGroupPath),
     responses(
         (status = 200, description = "left", body = LeftGroup),
