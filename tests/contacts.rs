@@ -306,7 +306,7 @@ async fn the_directory_holds_each_person_once_merging_phone_and_lid() {
                     { "phone": ADA, "external_id": "crm-1", "labels": ["vip"] },
                     { "lid": bob_lid, "labels": ["a", "b", "a"] },
                     { "phone": "15550000000", "external_id": "nobody" },
-                    { "phone": "12ab" },
+                    { "external_id": "who?" },
                 ] })),
             )
             .await;
@@ -345,6 +345,21 @@ async fn the_directory_holds_each_person_once_merging_phone_and_lid() {
     assert_eq!(
         (&carl["external_id"], &carl["labels"]),
         (&json!("crm,3"), &json!(["x", "y"]))
+    );
+    // A JSON row outside the schema refuses the whole import.
+    let r = daemon
+        .post(
+            "/v1/sessions/shop-1/contacts/import",
+            Some(&token),
+            Some(json!({ "contacts": [{ "phone": ADA, "labels": ["x"] }, { "phone": "12ab" }] })),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("contacts[1]"), "{}", r.text());
+    assert_eq!(
+        by_phone(&directory_until(&daemon, &token, "", |_| true).await, ADA)[0]["labels"],
+        json!(["vip"]),
+        "nothing of a refused import is set"
     );
     let r = common::request(
         daemon.addr,

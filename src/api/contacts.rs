@@ -166,15 +166,18 @@ const MAX_IMPORT_ROWS: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct ImportRow {
     /// International number, country code first.
+    #[schema(pattern = r"^[ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}$")]
     pub phone: Option<String>,
     /// `<digits>@lid`.
+    #[schema(pattern = "^[0-9]{1,20}@lid$")]
     pub lid: Option<String>,
-    /// Your own id for the person (at most 128 characters); `null` clears it.
+    /// Your own id for the person (at most 128 characters); `null` or `""`
+    /// clears it.
     #[schema(max_length = 128)]
     pub external_id: Option<String>,
     /// Up to 20 labels of 1 to 64 characters; replaces the labels there.
     #[serde(default)]
-    #[schema(max_items = 20)]
+    #[schema(schema_with = super::openapi::labels)]
     pub labels: Vec<String>,
 }
 
@@ -230,7 +233,19 @@ pub async fn import(
 ) -> Result<Json<ImportReport>, ApiError> {
     visible_session(&state, &principal, &id).await?;
     let rows = match body {
-        JsonOrCsv::Json(body) => body.contacts,
+        JsonOrCsv::Json(body) => {
+            // JSON rows have a schema: a row outside it refuses the import
+            // (CSV rows have none and are reported one by one).
+            for (i, row) in body.contacts.iter().enumerate() {
+                if let Err(RowError::Shape(message)) = annotation(row) {
+                    return Err(ApiError::unprocessable(
+                        "invalid_body",
+                        format!("contacts[{i}]: {message}"),
+                    ));
+                }
+            }
+            body.contacts
+        }
         JsonOrCsv::Csv(text) => csv_rows(&text)?,
     };
     if rows.len() > MAX_IMPORT_ROWS {
@@ -256,7 +271,7 @@ pub async fn import(
             };
             let annotation = match annotation(&row) {
                 Ok(a) => a,
-                Err(message) => {
+                Err(RowError::Shape(message) | RowError::Sense(message)) => {
                     report.problems.push(problem("invalid", message, &row));
                     continue;
                 }
@@ -276,45 +291,53 @@ pub async fn import(
     Ok(Json(report))
 }
 
-/// A row checked and normalized; the error says what is wrong.
-fn annotation(row: &ImportRow) -> Result<Annotation, String> {
-    let phone = match row.phone.as_deref().filter(|p| !p.is_empty()) {
-        Some(p) => Some(normalize_phone(p).map_err(|e| e.message)?),
+/// What is wrong with an import row: its shape (what the schema says), or
+/// its sense (it names nobody).
+enum RowError {
+    Shape(String),
+    Sense(String),
+}
+
+/// A row checked and normalized.
+fn annotation(row: &ImportRow) -> Result<Annotation, RowError> {
+    let phone = match row.phone.as_deref() {
+        Some(p) => Some(normalize_phone(p).map_err(|e| RowError::Shape(e.message))?),
         None => None,
     };
-    let lid = match row.lid.as_deref().filter(|l| !l.is_empty()) {
+    let lid = match row.lid.as_deref() {
         Some(l) => {
             let digits = l.strip_suffix("@lid").unwrap_or("");
             if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit())
             {
-                return Err(format!("lid {l:?} is not <digits>@lid"));
+                return Err(RowError::Shape(format!("lid {l:?} is not <digits>@lid")));
             }
             Some(l.to_owned())
         }
         None => None,
     };
-    if phone.is_none() && lid.is_none() {
-        return Err("a row names a phone or a lid".into());
-    }
     let external_id = row.external_id.clone().filter(|e| !e.is_empty());
     if external_id
         .as_ref()
         .is_some_and(|e| e.chars().count() > 128)
     {
-        return Err("external_id is at most 128 characters".into());
+        return Err(RowError::Shape(
+            "external_id is at most 128 characters".into(),
+        ));
     }
     if row.labels.len() > 20 {
-        return Err("at most 20 labels".into());
+        return Err(RowError::Shape("at most 20 labels".into()));
     }
     let mut labels: Vec<String> = Vec::new();
     for label in &row.labels {
-        let label = label.trim();
         if label.is_empty() || label.chars().count() > 64 {
-            return Err("a label has 1 to 64 characters".into());
+            return Err(RowError::Shape("a label has 1 to 64 characters".into()));
         }
-        if !labels.iter().any(|l| l == label) {
-            labels.push(label.to_owned());
+        if !labels.contains(label) {
+            labels.push(label.clone());
         }
+    }
+    if phone.is_none() && lid.is_none() {
+        return Err(RowError::Sense("a row names a phone or a lid".into()));
     }
     Ok(Annotation {
         phone,
@@ -329,9 +352,9 @@ fn annotation(row: &ImportRow) -> Result<Annotation, String> {
 fn csv_rows(text: &str) -> Result<Vec<ImportRow>, ApiError> {
     let bad = |m: String| ApiError::bad_request("malformed_csv", m);
     let mut records = parse_csv(text).map_err(bad)?.into_iter();
-    let header = records
-        .next()
-        .ok_or_else(|| bad("the CSV has no header row".into()))?;
+    let Some(header) = records.next() else {
+        return Ok(Vec::new());
+    };
     let mut columns = Vec::with_capacity(header.len());
     for name in &header {
         let name = name.trim().trim_start_matches('\u{feff}');
@@ -358,8 +381,8 @@ fn csv_rows(text: &str) -> Result<Vec<ImportRow>, ApiError> {
         let mut row = ImportRow::default();
         for (name, value) in columns.iter().zip(record) {
             match name.as_str() {
-                "phone" => row.phone = Some(value),
-                "lid" => row.lid = Some(value),
+                "phone" => row.phone = Some(value).filter(|v| !v.is_empty()),
+                "lid" => row.lid = Some(value).filter(|v| !v.is_empty()),
                 "external_id" => row.external_id = Some(value),
                 _ => {
                     row.labels = value
@@ -459,7 +482,7 @@ const MAX_PHONES: usize = 500;
 #[serde(deny_unknown_fields)]
 pub struct CheckNumbers {
     /// International numbers, country code first.
-    #[schema(min_items = 1, max_items = 500)]
+    #[schema(schema_with = super::openapi::phone_numbers_500)]
     pub phones: Vec<String>,
 }
 

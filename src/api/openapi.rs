@@ -391,6 +391,42 @@ pub struct Redelivering {
     pub redelivering: u64,
 }
 
+/// What `normalize_phone` takes: an international number, 7 to 15 digits,
+/// country code first; spaces, dashes and a leading `+` are ignored.
+pub const PHONE_PATTERN: &str = r"^[ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}$";
+
+/// An array of 1 to `max` phone numbers.
+fn phone_numbers(max: usize) -> ArrayBuilder {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(PHONE_PATTERN)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(max))
+}
+
+pub fn phone_numbers_500() -> impl Into<RefOr<Schema>> {
+    phone_numbers(500)
+}
+
+pub fn phone_numbers_1024() -> impl Into<RefOr<Schema>> {
+    phone_numbers(1024)
+}
+
+/// Up to 20 labels of 1 to 64 characters.
+pub fn labels() -> impl Into<RefOr<Schema>> {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(64)),
+        )
+        .max_items(Some(20))
+}
+
 /// The webhook event types, as an array schema of their names.
 pub fn event_types() -> impl Into<RefOr<Schema>> {
     ArrayBuilder::new().items(
