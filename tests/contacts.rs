@@ -152,17 +152,33 @@ async fn the_directory_holds_each_person_once_merging_phone_and_lid() {
             assert_eq!(r.status, 200, "{}", r.text());
         }
     };
-    // BOB posts in the group first: known by phone only (a group post
-    // names no LID) ...
-    let r = control(
-        fake.control_addr(),
-        "/control/groups/messages",
-        json!({ "group": team, "from_phone": BOB, "text": "hello team" }),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    directory_until(&daemon, &token, "BOB by phone", |c| {
-        by_phone(c, BOB).len() == 1 && by_phone(c, BOB)[0]["lid"].is_null()
+    // BOB is in two more groups.
+    let mut bobs_groups = vec![team.clone()];
+    for subject in ["Two", "Three"] {
+        let r = control(
+            fake.control_addr(),
+            "/control/groups",
+            json!({ "subject": subject, "members": [{ "phone": BOB }, { "phone": PHONE }] }),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        bobs_groups.push(r.json()["jid"].as_str().unwrap().to_string());
+    }
+    // BOB posts in all three first: known by phone only (a group post
+    // names no LID), in three groups ...
+    for group in &bobs_groups {
+        let r = control(
+            fake.control_addr(),
+            "/control/groups/messages",
+            json!({ "group": group, "from_phone": BOB, "text": "hello" }),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    directory_until(&daemon, &token, "BOB by phone in three groups", |c| {
+        by_phone(c, BOB).len() == 1
+            && by_phone(c, BOB)[0]["lid"].is_null()
+            && by_phone(c, BOB)[0]["groups"].as_array().unwrap().len() == 3
     })
     .await;
     // ... then writes directly, which names his LID: the two merge.
@@ -190,8 +206,8 @@ async fn the_directory_holds_each_person_once_merging_phone_and_lid() {
     assert_eq!(bob["lid"], lid(&members, BOB).as_str());
     assert_eq!(
         bob["groups"],
-        json!([team]),
-        "the group sighting survives the merge"
+        json!(bobs_groups),
+        "the three groups survive the merge"
     );
     assert_eq!(bob["push_name"], format!("Contact {BOB}"));
     assert_eq!(by_phone(&all, ADA)[0]["lid"], lid(&members, ADA).as_str());
