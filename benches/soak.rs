@@ -36,6 +36,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+mod stats;
+use stats::loadavg;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -329,8 +332,10 @@ impl Soak {
 
 // ---- load -----------------------------------------------------------------
 
-/// `rate` messages/s from the contacts to the sessions, round robin.
-async fn inbound(soak: Arc<Soak>, rate: f64) {
+/// Calls `each(i, k)` `rate` times a second until the soak stops: the
+/// `k`-th tick, for session `i` = `k` mod sessions (round robin), skipping
+/// paused sessions.
+async fn paced(soak: &Soak, rate: f64, mut each: impl FnMut(usize, usize)) {
     let n = soak.paused.len();
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -338,11 +343,18 @@ async fn inbound(soak: Arc<Soak>, rate: f64) {
     while !soak.stop.load(Ordering::SeqCst) {
         interval.tick().await;
         let i = k % n;
-        let c = (k / n) % CONTACTS;
         k += 1;
-        if soak.paused[i].load(Ordering::SeqCst) {
-            continue;
+        if !soak.paused[i].load(Ordering::SeqCst) {
+            each(i, k);
         }
+    }
+}
+
+/// `rate` messages/s from the contacts to the sessions.
+async fn inbound(soak: Arc<Soak>, rate: f64) {
+    let n = soak.paused.len();
+    paced(&soak, rate, |i, k| {
+        let c = ((k - 1) / n) % CONTACTS;
         match soak.fake.server.send_message(
             &phone(i),
             &contact(i, c),
@@ -354,22 +366,13 @@ async fn inbound(soak: Arc<Soak>, rate: f64) {
             }
             Err(e) => eprintln!("soak: fakewa refused a message to {}: {e}", phone(i)),
         }
-    }
+    })
+    .await;
 }
 
-/// `rate` sends/s through the API, round robin over the sessions.
+/// `rate` sends/s through the API.
 async fn outbound(soak: Arc<Soak>, rate: f64) {
-    let n = soak.paused.len();
-    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut k = 0usize;
-    while !soak.stop.load(Ordering::SeqCst) {
-        interval.tick().await;
-        let i = k % n;
-        k += 1;
-        if soak.paused[i].load(Ordering::SeqCst) {
-            continue;
-        }
+    paced(&soak, rate, |i, k| {
         let text = format!("soak out {k}");
         let body = json!({ "to": contact(i, k % CONTACTS), "text": text });
         // One at a time would let a slow answer halve the rate.
@@ -391,7 +394,8 @@ async fn outbound(soak: Arc<Soak>, rate: f64) {
                 }
             }
         });
-    }
+    })
+    .await;
 }
 
 // ---- churn ----------------------------------------------------------------
@@ -578,42 +582,42 @@ struct Sample {
 const CSV_HEADER: &str = "minute,rss_mib,fds,threads,library_tasks,outbox_depth,store_mib,disk_mib,connected,in_sent,in_received,out_accepted,out_at_fakewa";
 
 impl Sample {
-    fn csv(&self) -> String {
-        format!(
-            "{:.2},{:.1},{},{},{},{},{:.1},{:.1},{},{},{},{},{}",
-            self.minute,
-            self.rss_mib,
-            self.fds,
-            self.threads,
-            self.library_tasks,
-            self.outbox_depth,
-            self.store_mib,
-            self.disk_mib,
-            self.connected,
-            self.in_sent,
-            self.in_received,
-            self.out_accepted,
-            self.out_at_fakewa
-        )
+    /// The fields in table order, each with its decimals.
+    fn fields(&self) -> [(f64, usize); 13] {
+        [
+            (self.minute, 2),
+            (self.rss_mib, 1),
+            (self.fds, 0),
+            (self.threads, 0),
+            (self.library_tasks, 0),
+            (self.outbox_depth, 0),
+            (self.store_mib, 1),
+            (self.disk_mib, 1),
+            (self.connected, 0),
+            (self.in_sent as f64, 0),
+            (self.in_received as f64, 0),
+            (self.out_accepted as f64, 0),
+            (self.out_at_fakewa as f64, 0),
+        ]
     }
 
+    fn csv(&self) -> String {
+        self.fields()
+            .iter()
+            .map(|(v, decimals)| format!("{v:.decimals$}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A row under [`TABLE_HEADER`].
     fn line(&self) -> String {
-        format!(
-            "{:>6.1} {:>8.1} {:>5} {:>4} {:>6} {:>7} {:>8.1} {:>8.1} {:>5} {:>8} {:>8} {:>7} {:>7}",
-            self.minute,
-            self.rss_mib,
-            self.fds,
-            self.threads,
-            self.library_tasks,
-            self.outbox_depth,
-            self.store_mib,
-            self.disk_mib,
-            self.connected,
-            self.in_sent,
-            self.in_received,
-            self.out_accepted,
-            self.out_at_fakewa
-        )
+        const WIDTHS: [usize; 13] = [6, 8, 5, 4, 6, 7, 8, 8, 5, 8, 8, 7, 7];
+        self.fields()
+            .iter()
+            .zip(WIDTHS)
+            .map(|((v, decimals), width)| format!("{v:>width$.decimals$}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -733,13 +737,7 @@ async fn sampler(
 
 fn main() {
     let knobs = Knobs::from_env();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    stats::init_tracing();
     common::raise_nofile_limit();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -973,15 +971,6 @@ fn unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -93,9 +93,9 @@ def main():
     sent = rows[-1].get("in_sent", "?")
     received = rows[-1].get("in_received", "?")
     fig.suptitle(
-        f"whatsd soak: {rows[-1].get('connected', '?')} sessions connected at the end, "
-        f"{received}/{sent} messages in arrived at the last sample"
-        + (" (dashed: kill -9 + restart)" if kills else "")
+        f"whatsd soak: {rows[-1].get('connected', '?')} sessions connected at the end;\n"
+        f"{received}/{sent} messages in had arrived at the last sample"
+        + ("; dashed: kill -9 + restart" if kills else "")
     )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
