@@ -18,7 +18,7 @@
 mod common;
 
 mod stats;
-use stats::percentile;
+use stats::{loadavg as load, percentile};
 
 use std::time::{Duration, Instant};
 
@@ -27,15 +27,6 @@ use serde_json::json;
 
 const PHONE: &str = "15551260001";
 const ADA: &str = "15557800001";
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn delivered(fake: &fakewa::FakeWa) -> usize {
     fake.server

@@ -16,6 +16,8 @@
 //! the resident memory measured here is whatsd's alone. Prints numbers; it
 //! asserts nothing about speed.
 
+mod stats;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,13 +39,7 @@ fn main() {
     if let Some(e) = whatsd::store::release::restart_with_allocator_settings() {
         eprintln!("bench: cannot restart with the allocator settings: {e}");
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    stats::init_tracing();
     if std::env::var_os("FAKEWA_CHILD").is_some() {
         return fakewa_child();
     }
