@@ -11,6 +11,8 @@ const TOKEN_KEY = 'whatsd.token';
 const LATER_QR_MS = 20000;
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 5000;
+// After a message.received frame, when the contacts page is asked again.
+const CONTACTS_REFRESH_MS = 500;
 const PAIRING_STATES = new Set(['starting', 'qr', 'pair_code']);
 const LINKED_STATES = new Set(['paired', 'connecting', 'connected', 'disconnected']);
 
@@ -36,7 +38,8 @@ const page = {
   groupsSeq: 0,
   groups: null, // {session, groups} or {session, error}: GET /v1/sessions/{id}/groups
   contactsSeq: 0,
-  contacts: null, // {session, q, rows, next, loading, error}: pages of GET /v1/sessions/{id}/contacts
+  contacts: null, // {session, q, rows, next, loading, error, paged}: pages of GET /v1/sessions/{id}/contacts
+  contactsTimer: null,
 };
 
 // ---- API ------------------------------------------------------------------
@@ -126,8 +129,10 @@ function signOut() {
   page.demoSent = null;
   page.groups = null;
   page.contacts = null;
+  clearTimeout(page.contactsTimer);
   $('groups-list').replaceChildren();
   $('contact-rows').replaceChildren();
+  $('contacts-q').value = '';
   $('demo-banner').hidden = true;
   $('session-rows').replaceChildren();
   $('detail').hidden = true;
@@ -244,11 +249,12 @@ function onFrame(frame) {
     renderDetail();
     // A send or a pairing step may have taken a token.
     if (frame.type === 'message.sent' || frame.type === 'session.state') loadLimits(id);
-    // A message may bring a new person: refresh the first page, unless
-    // more pages are on screen (refreshing would drop them).
-    if (frame.type === 'message.received' && page.contacts && page.contacts.session === id
-      && !page.contacts.loading && !page.contacts.paged) {
-      loadContacts(id, page.contacts.q, false);
+    // A message may bring a new person, whom the daemon notes just after
+    // the event: refresh the first page a little later, unless more pages
+    // are on screen (refreshing would drop them).
+    if (frame.type === 'message.received') {
+      clearTimeout(page.contactsTimer);
+      page.contactsTimer = setTimeout(() => refreshContacts(id), CONTACTS_REFRESH_MS);
     }
   }
 }
@@ -564,6 +570,7 @@ async function loadDetail(id) {
   if (!PAIRING_STATES.has(session.state)) {
     loadGroups(id);
     if (!page.contacts || page.contacts.session !== id) loadContacts(id, '', false);
+    else refreshContacts(id);
   }
 }
 
@@ -797,6 +804,12 @@ function renderContacts() {
   $('contacts-table').hidden = rows.length === 0;
   $('contacts-more').hidden = !state.next;
   $('contacts-more').disabled = state.loading;
+}
+
+function refreshContacts(id) {
+  const state = page.contacts;
+  if (page.selected !== id || !state || state.session !== id || state.loading || state.paged) return;
+  loadContacts(id, state.q, false);
 }
 
 function filterContacts(event) {
