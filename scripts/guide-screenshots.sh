@@ -24,6 +24,7 @@ declare -A guide_names=(
   [03b-limits]=admin-rate-limits
   [04-reset-confirm]=admin-reset-confirm
   [05c-demo-message]=admin-demo-message
+  [05d-groups-contacts]=admin-groups-contacts
   [06-reconnecting]=admin-reconnecting
 )
 mkdir -p "$root/docs/images"

@@ -348,6 +348,7 @@ async function main() {
     await shot(desktop, '05-new-qr');
     await shot(phone, '05-new-qr-phone');
 
+    let demoContact = null; // the phone of the demo contact who wrote
     if (DEMO_FLAG) {
       // 4b. Pair again with the page's own demo button: the embedded fake
       //     phone scans the QR the session shows.
@@ -398,6 +399,54 @@ async function main() {
       await shot(desktop, '05c-demo-message');
       receiver.close();
 
+      // 4c'. Groups and contacts: the demo contact who wrote is in the
+      //      session's contacts (filtered by the page's `q` box) and in its
+      //      CSV download; the demo account is in no groups.
+      const groupsStatus = desktop.getByTestId('groups-status');
+      await desktop.locator('#groups-status[data-state="ready"]').waitFor({ timeout: 30 * SECOND });
+      await waitForText(groupsStatus, 'This account is in no groups.', 5 * SECOND);
+      if ((await desktop.locator('#groups-list li').count()) !== 0) throw new Error('groups listed for the demo account');
+      const contactRow = desktop.locator(`#contact-rows tr[data-phone="${sent.from}"]`);
+      // The directory records the sender as the message arrives: ask again
+      // (bounded) until it answers with them.
+      await desktop.getByLabel('Filter by phone, LID or push name').fill(sent.from);
+      for (let attempt = 1; ; attempt++) {
+        const answer = nextResponse(desktop, 'GET', '/v1/sessions/shop-1/contacts');
+        await desktop.getByRole('button', { name: 'Filter', exact: true }).click();
+        const listed = await answer;
+        if (listed.status() !== 200) throw new Error(`contacts: ${listed.status()} ${await listed.text()}`);
+        try {
+          await contactRow.waitFor({ timeout: SECOND });
+          break;
+        } catch (e) {
+          if (attempt >= 20) throw new Error(`contact +${sent.from} not listed: ${await desktop.getByTestId('contacts').innerText()}`);
+        }
+      }
+      await waitForText(contactRow.locator('td[data-label="Phone"]'), '+' + sent.from, 5 * SECOND);
+      await waitForText(desktop.getByTestId('contacts-status'), '1 contact.', 5 * SECOND);
+      await desktop.getByLabel('Filter by phone, LID or push name').fill('no-such-person');
+      await desktop.getByRole('button', { name: 'Filter', exact: true }).click();
+      await waitForText(desktop.getByTestId('contacts-status'), 'No contact matches', 5 * SECOND);
+      await desktop.getByLabel('Filter by phone, LID or push name').fill('');
+      await desktop.getByRole('button', { name: 'Filter', exact: true }).click();
+      await contactRow.waitFor({ timeout: 5 * SECOND });
+      demoContact = sent.from;
+      log(`page lists contact +${sent.from}; no groups`);
+      const downloading = desktop.waitForEvent('download', { timeout: 30 * SECOND });
+      await desktop.getByRole('button', { name: 'Download CSV' }).click();
+      const download = await downloading;
+      const csv = readFileSync(await download.path(), 'utf8');
+      if (!csv.startsWith('phone,lid,push_name,groups,first_seen_ms,last_seen_ms')) {
+        throw new Error('the CSV download starts with ' + JSON.stringify(csv.slice(0, 80)));
+      }
+      if (!csv.split(/\r?\n/).some((line) => line.startsWith(sent.from + ','))) {
+        throw new Error(`the CSV download has no row for +${sent.from}: ${JSON.stringify(csv.slice(0, 400))}`);
+      }
+      if (download.suggestedFilename() !== 'contacts-shop-1.csv') throw new Error('CSV named ' + download.suggestedFilename());
+      log(`CSV download: ${csv.trim().split(/\r?\n/).length - 1} row(s), ${csv.length} bytes`);
+      await desktop.getByTestId('contacts').scrollIntoViewIfNeeded();
+      await shot(desktop, '05d-groups-contacts');
+
       // 4d. Reset again, so that the restart below interrupts a pairing.
       await desktop.getByRole('button', { name: 'Reset…' }).click();
       await dialog.waitFor({ state: 'visible', timeout: 5 * SECOND });
@@ -438,6 +487,19 @@ async function main() {
       await desktop.getByTestId('demo-banner').waitFor({ timeout: 10 * SECOND });
     }
     log('daemon restarted: indicator live again, fresh snapshot');
+    if (DEMO_FLAG) {
+      // A stopped session cannot ask WhatsApp for its groups: the API's 409
+      // `not_connected` shows as a sentence; its contacts are still there.
+      await desktop.locator('#groups-status[data-state="error"]').waitFor({ timeout: 10 * SECOND });
+      await waitForText(desktop.getByTestId('groups-status'), 'it is not connected now', 5 * SECOND);
+      // Both pages asked again after the restart: the phone's too lists
+      // the demo contact it had not seen yet.
+      for (const page of [desktop, phone]) {
+        await page.locator(`#contact-rows tr[data-phone="${demoContact}"]`).waitFor({ timeout: 10 * SECOND });
+      }
+      if (await desktop.locator('#error').isVisible()) throw new Error('not_connected showed as an error');
+      log('stopped session: groups say not connected, contacts still listed');
+    }
     await shot(desktop, '07-live-again');
     await shot(phone, '07-live-again-phone');
 

@@ -11,6 +11,8 @@ const TOKEN_KEY = 'whatsd.token';
 const LATER_QR_MS = 20000;
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 5000;
+// After a message.received frame, when the contacts page is asked again.
+const CONTACTS_REFRESH_MS = 500;
 const PAIRING_STATES = new Set(['starting', 'qr', 'pair_code']);
 const LINKED_STATES = new Set(['paired', 'connecting', 'connected', 'disconnected']);
 
@@ -33,6 +35,11 @@ const page = {
   demoSent: null, // {session, id, from, to}: the last demo message
   limits: null, // {session, at_ms, buckets}: GET /v1/sessions/{id}/limits, when it answered
   limitsLoading: false,
+  groupsSeq: 0,
+  groups: null, // {session, groups} or {session, error}: GET /v1/sessions/{id}/groups
+  contactsSeq: 0,
+  contacts: null, // {session, q, rows, next, loading, error, paged}: pages of GET /v1/sessions/{id}/contacts
+  contactsTimer: null,
 };
 
 // ---- API ------------------------------------------------------------------
@@ -120,6 +127,12 @@ function signOut() {
   page.demo = null;
   page.demoScanned = null;
   page.demoSent = null;
+  page.groups = null;
+  page.contacts = null;
+  clearTimeout(page.contactsTimer);
+  $('groups-list').replaceChildren();
+  $('contact-rows').replaceChildren();
+  $('contacts-q').value = '';
   $('demo-banner').hidden = true;
   $('session-rows').replaceChildren();
   $('detail').hidden = true;
@@ -236,6 +249,13 @@ function onFrame(frame) {
     renderDetail();
     // A send or a pairing step may have taken a token.
     if (frame.type === 'message.sent' || frame.type === 'session.state') loadLimits(id);
+    // A message may bring a new person, whom the daemon notes just after
+    // the event: refresh the first page a little later, unless more pages
+    // are on screen (refreshing would drop them).
+    if (frame.type === 'message.received') {
+      clearTimeout(page.contactsTimer);
+      page.contactsTimer = setTimeout(() => refreshContacts(id), CONTACTS_REFRESH_MS);
+    }
   }
 }
 
@@ -412,7 +432,10 @@ function fillRow(row, session) {
 }
 
 function select(id) {
-  if (page.selected !== id) page.pairCode = null;
+  if (page.selected !== id) {
+    page.pairCode = null;
+    $('contacts-q').value = '';
+  }
   page.selected = id;
   clearError();
   renderList();
@@ -451,6 +474,8 @@ function renderDetail() {
   renderQr(session);
   renderPairCode(session);
   renderDemo(session, linked);
+  $('groups').hidden = pairing || !page.groups || page.groups.session !== session.id;
+  $('contacts').hidden = pairing || !page.contacts || page.contacts.session !== session.id;
 
   const running = !['created', 'stopped', 'failed', 'logged_out'].includes(session.state);
   $('act-start').disabled = running;
@@ -542,6 +567,11 @@ async function loadDetail(id) {
   renderTransitions(session.transitions || []);
   loadWebhooks(session.tenant, seq);
   loadLimits(id);
+  if (!PAIRING_STATES.has(session.state)) {
+    loadGroups(id);
+    if (!page.contacts || page.contacts.session !== id) loadContacts(id, '', false);
+    else refreshContacts(id);
+  }
 }
 
 // ---- rate limits -------------------------------------------------------------
@@ -616,6 +646,221 @@ function renderLimits() {
   $('limits-body').replaceChildren(...rows);
   panel.hidden = false;
   if (due) loadLimits(limits.session);
+}
+
+// ---- groups and contacts ---------------------------------------------------
+
+function sessionPath(id) {
+  return '/v1/sessions/' + encodeURIComponent(id);
+}
+
+async function loadGroups(id) {
+  const seq = ++page.groupsSeq;
+  if (!page.groups || page.groups.session !== id) {
+    page.groups = { session: id, groups: null, loading: true };
+    renderGroups();
+  }
+  let answer = null;
+  let error = null;
+  try {
+    answer = await api('GET', sessionPath(id) + '/groups');
+  } catch (e) {
+    error = e;
+  }
+  if (seq !== page.groupsSeq || page.selected !== id) return;
+  page.groups = error ? { session: id, error } : { session: id, groups: answer.groups || [] };
+  renderGroups();
+  renderDetail();
+}
+
+function renderGroups() {
+  const state = page.groups;
+  if (!state || state.session !== page.selected) return;
+  let status = '';
+  let items = [];
+  if (state.loading) {
+    status = 'Loading groups…';
+  } else if (state.error) {
+    status = state.error.code === 'not_connected'
+      ? 'Groups show while the session is connected to WhatsApp; it is not connected now.'
+      : 'Could not load the groups: ' + state.error.message;
+  } else if (state.groups.length === 0) {
+    status = 'This account is in no groups.';
+  } else {
+    status = state.groups.length === 1 ? '1 group.' : state.groups.length + ' groups.';
+    items = state.groups.map(groupItem);
+  }
+  setText($('groups-status'), status);
+  $('groups-status').dataset.state = state.loading ? 'loading' : state.error ? 'error' : 'ready';
+  $('groups-list').replaceChildren(...items);
+}
+
+function groupItem(group) {
+  const item = document.createElement('li');
+  item.dataset.jid = group.jid;
+  const details = document.createElement('details');
+  const summary = document.createElement('summary');
+  const subject = document.createElement('strong');
+  subject.textContent = group.subject || group.jid;
+  const size = document.createElement('span');
+  size.className = 'why';
+  size.textContent = group.size === 1 ? '1 member' : group.size + ' members';
+  summary.append(subject, ' ', size);
+  details.append(summary);
+  const meta = document.createElement('p');
+  meta.className = 'hint';
+  const jid = document.createElement('code');
+  jid.textContent = group.jid;
+  meta.append(jid);
+  if (group.created_at) meta.append(' · created ' + formatTime(group.created_at * 1000));
+  if (group.addressing_mode === 'lid') meta.append(' · phone numbers hidden (LID addressing)');
+  details.append(meta);
+  if (group.description) {
+    const description = document.createElement('p');
+    description.className = 'description';
+    description.textContent = group.description;
+    details.append(description);
+  }
+  const people = document.createElement('ul');
+  people.className = 'participants';
+  for (const p of group.participants || []) {
+    const person = document.createElement('li');
+    person.textContent = p.phone ? '+' + p.phone : 'hidden (LID ' + (p.lid || p.jid) + ')';
+    if (p.admin) {
+      const badge = document.createElement('span');
+      badge.className = 'badge admin';
+      badge.textContent = p.super_admin ? 'super admin' : 'admin';
+      person.append(' ', badge);
+    }
+    people.append(person);
+  }
+  details.append(people);
+  item.append(details);
+  return item;
+}
+
+// `append`: the next page after the rows shown; otherwise the first page.
+async function loadContacts(id, q, append) {
+  const seq = ++page.contactsSeq;
+  const current = page.contacts && page.contacts.session === id ? page.contacts : null;
+  const after = append && current ? current.next : null;
+  page.contacts = {
+    session: id, q, rows: append && current ? current.rows : [], next: null,
+    loading: true, error: null, paged: Boolean(after),
+  };
+  if (!current || !append) renderContacts();
+  const params = new URLSearchParams();
+  if (q) params.set('q', q);
+  if (after) params.set('after', after);
+  params.set('limit', '50');
+  let answer = null;
+  let error = null;
+  try {
+    answer = await api('GET', sessionPath(id) + '/contacts?' + params.toString());
+  } catch (e) {
+    error = e;
+  }
+  if (seq !== page.contactsSeq || page.selected !== id) return;
+  const state = page.contacts;
+  state.loading = false;
+  if (error) state.error = error;
+  else {
+    state.rows = state.rows.concat(answer.contacts || []);
+    state.next = answer.next || null;
+  }
+  renderContacts();
+  renderDetail();
+}
+
+function renderContacts() {
+  const state = page.contacts;
+  if (!state || state.session !== page.selected) return;
+  let status;
+  if (state.error) status = 'Could not load the contacts: ' + state.error.message;
+  else if (state.loading && state.rows.length === 0) status = 'Loading contacts…';
+  else if (state.rows.length === 0) status = state.q ? 'No contact matches “' + state.q + '”.' : 'No contacts yet.';
+  else status = state.rows.length + (state.rows.length === 1 ? ' contact' : ' contacts') + (state.next ? ' shown; more below.' : '.');
+  setText($('contacts-status'), status);
+  $('contacts-status').dataset.state = state.loading ? 'loading' : state.error ? 'error' : 'ready';
+  const rows = state.rows.map((c) => {
+    const row = document.createElement('tr');
+    row.dataset.phone = c.phone || '';
+    const cells = [
+      ['Phone', c.phone ? '+' + c.phone : '—'],
+      ['LID', c.lid || '—'],
+      ['Push name', c.push_name || '—'],
+      ['Groups', String((c.groups || []).length)],
+      ['Labels', (c.labels || []).join(', ') || '—'],
+    ];
+    for (const [label, text] of cells) {
+      const cell = document.createElement('td');
+      cell.dataset.label = label;
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  });
+  $('contact-rows').replaceChildren(...rows);
+  $('contacts-table').hidden = rows.length === 0;
+  $('contacts-more').hidden = !state.next;
+  $('contacts-more').disabled = state.loading;
+}
+
+function refreshContacts(id) {
+  const state = page.contacts;
+  if (page.selected !== id || !state || state.session !== id || state.loading || state.paged) return;
+  loadContacts(id, state.q, false);
+}
+
+function filterContacts(event) {
+  event.preventDefault();
+  const id = page.selected;
+  if (!id) return;
+  loadContacts(id, $('contacts-q').value.trim(), false);
+}
+
+// The CSV needs the Authorization header, which a plain link cannot send
+// (and the token never goes into a URL): fetch it, then save the blob.
+async function downloadContacts() {
+  const id = page.selected;
+  if (!id) return;
+  clearError();
+  const button = $('contacts-csv');
+  button.setAttribute('aria-busy', 'true');
+  try {
+    let response;
+    try {
+      response = await fetch(sessionPath(id) + '/contacts.csv', {
+        headers: { Authorization: 'Bearer ' + page.token }, cache: 'no-store',
+      });
+    } catch (e) {
+      throw new ApiError(0, 'network_error', 'the daemon did not answer (' + e.message + ')');
+    }
+    if (!response.ok) {
+      let error = {};
+      try {
+        error = (await response.json()).error || {};
+      } catch (e) {
+        error = {};
+      }
+      throw new ApiError(response.status, error.code || 'http_' + response.status, error.message || response.statusText);
+    }
+    const blob = await response.blob();
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement('a');
+    link.href = url;
+    link.download = 'contacts-' + id + '.csv';
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    // The download has its own copy once it started.
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (e) {
+    showError(e);
+  } finally {
+    button.setAttribute('aria-busy', 'false');
+  }
 }
 
 function renderTransitions(transitions) {
@@ -911,6 +1156,17 @@ document.addEventListener('DOMContentLoaded', () => {
   $('pair-code-form').addEventListener('submit', requestPairCode);
   $('demo-scan').addEventListener('click', demoScan);
   $('demo-message-form').addEventListener('submit', demoSend);
+  $('groups-refresh').addEventListener('click', () => {
+    if (page.selected) loadGroups(page.selected);
+  });
+  $('contacts-filter').addEventListener('submit', filterContacts);
+  $('contacts-more').addEventListener('click', () => {
+    const state = page.contacts;
+    if (state && state.session === page.selected && state.next && !state.loading) {
+      loadContacts(state.session, state.q, true);
+    }
+  });
+  $('contacts-csv').addEventListener('click', downloadContacts);
   $('tab-qr').addEventListener('click', () => selectTab('qr'));
   $('tab-phone').addEventListener('click', () => selectTab('phone'));
   $('tab-qr').addEventListener('keydown', onTabKey);
