@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{ADMIN, Daemon, control, create_tenant, pair, put_webhook, webhook_receiver};
+use common::{
+    ADMIN, Daemon, control, create_tenant, pair, put_webhook, wait_for, webhook_receiver,
+};
 use serde_json::{Value, json};
 
 const PHONE: &str = "15551250001";
@@ -216,15 +216,10 @@ async fn a_participants_post_is_a_group_message_with_its_sender() {
             .map(|b| b["data"].clone())
             .collect()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while received(&bodies.lock().unwrap()).len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "two group messages within 30 s; got {:#?}",
-            bodies.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(&bodies, "two group messages", |b| {
+        (received(b).len() >= 2).then_some(())
+    })
+    .await;
     let received = received(&bodies.lock().unwrap());
     assert_eq!(received.len(), 2, "{received:#?}");
     for ((data, id), (from, text)) in received
@@ -296,18 +291,11 @@ async fn events_of(
             .map(|b| (b["type"].as_str().unwrap().to_string(), b["data"].clone()))
             .collect()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = pick(&bodies.lock().unwrap());
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{n} {prefix} events within 30 s; got {got:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(bodies, &format!("{n} {prefix} events"), |b| {
+        let got = pick(b);
+        (got.len() >= n).then_some(got)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,20 +656,10 @@ async fn a_group_of_50_lists_hidden_phones_once_the_mapping_is_learned() {
     )
     .await;
     assert_eq!(dm.status, 200, "{}", dm.text());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let received = loop {
-        let found = bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|b| b["type"] == "message.received")
-            .cloned();
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no DM in 30 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let received = wait_for(&bodies, "the DM", |b| {
+        b.iter().find(|b| b["type"] == "message.received").cloned()
+    })
+    .await;
     assert_eq!(received["data"]["sender"]["phone"], hidden[0].as_str());
     assert_eq!(
         received["data"]["sender"]["lid"].as_str(),

@@ -7,37 +7,14 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use common::{
-    ADMIN, Daemon, control, create_tenant, next_json, pair, put_webhook, webhook_receiver,
-    ws_connect,
+    ADMIN, Daemon, control, create_tenant, next_json, pair, put_webhook, wait_for,
+    webhook_receiver, ws_connect,
 };
 use serde_json::{Value, json};
 
 const PHONE: &str = "15551240001";
 const ADA: &str = "15557780001";
-
-/// Waits (bounded) until `bodies` holds what `pick` finds; returns it.
-async fn wait_for<T>(
-    bodies: &Arc<Mutex<Vec<Value>>>,
-    what: &str,
-    pick: impl Fn(&[Value]) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(found) = pick(&bodies.lock().unwrap()) {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {:#?}",
-            bodies.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The statuses of message `id` in whatsd-format bodies, in arrival order.
 fn whatsd_statuses(bodies: &[Value], id: &str) -> Vec<String> {

@@ -511,6 +511,26 @@ pub async fn put_webhook(
     assert_eq!(put.status, 201, "{}", put.text());
 }
 
+/// Waits (bounded) until `bodies` holds what `pick` finds; returns it.
+pub async fn wait_for<T>(
+    bodies: &std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    what: &str,
+    pick: impl Fn(&[Value]) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(found) = pick(&bodies.lock().unwrap()) {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {:#?}",
+            bodies.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A webhook receiver on 127.0.0.1:0 answering 200 to every POST to
 /// `/hook`; keeps each body. Returns the URL to register and the bodies.
 pub async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
