@@ -8,6 +8,7 @@ pub mod contacts;
 mod events;
 pub mod groups;
 pub mod inbound;
+pub mod media;
 mod runtime;
 mod transport;
 
@@ -64,6 +65,8 @@ pub enum WaError {
     Query(String),
     #[error("{0}")]
     NotAllowed(String),
+    #[error("media: {0}")]
+    Media(String),
 }
 
 /// What a session needs to know from its client, in the order it happened.
