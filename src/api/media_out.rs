@@ -327,7 +327,7 @@ async fn parse_multipart(
 
 /// Fetches `url`'s bytes (through the webhook SSRF guard, within
 /// `media.url_timeout`, capped at `kind`'s limit) into a blob.
-async fn fetch_url(
+pub async fn fetch_url(
     state: &AppState,
     prefix: &[u8],
     url: &str,

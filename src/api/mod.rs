@@ -21,6 +21,7 @@ pub mod operations;
 pub mod qr;
 pub mod sessions;
 pub mod tenants;
+pub mod uploads;
 pub mod webhooks;
 pub mod ws;
 
