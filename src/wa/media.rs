@@ -157,7 +157,6 @@ pub fn message_key(
         from_me: Some(from_me),
         id: Some(id.to_owned()),
         participant: participant.map(str::to_owned),
-        ..Default::default()
     }
 }
 
