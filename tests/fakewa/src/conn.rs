@@ -679,6 +679,7 @@ impl Conn {
             }
             ("w:g2", "set", "leave") => Some(self.group_leave(&id, &node)),
             ("w:p", "get", _) => Some(result(&id, vec![])),
+            ("w:m", "set", "media_conn") => Some(self.media_conn_reply(&id)),
             ("abt", "get", _) => Some(result(
                 &id,
                 vec![NodeBuilder::new("props").attr("protocol", "1").build()],
@@ -765,6 +766,30 @@ impl Conn {
     }
 
     /// Stage 1 of pairing by code (`companion_hello`) and stage 3 (`companion_finish`).
+    /// The media CDN's host (`127.0.0.1:PORT`), auth token and TTLs
+    /// (wacore-0.7.0/src/iq/mediaconn.rs).
+    fn media_conn_reply(&self, id: &str) -> Node {
+        let media = &self.server.media;
+        let Some(host) = media.host() else {
+            return iq_error(id, "503", "service-unavailable");
+        };
+        result(
+            id,
+            vec![
+                NodeBuilder::new("media_conn")
+                    .attr("auth", media.auth().to_owned())
+                    .attr("ttl", "3600")
+                    .attr("auth_ttl", "21600")
+                    .attr("max_buckets", "12")
+                    .children([NodeBuilder::new("host")
+                        .attr("hostname", host)
+                        .attr("type", "primary")
+                        .build()])
+                    .build(),
+            ],
+        )
+    }
+
     fn link_code_iq(&mut self, id: &str, node: &Node) -> Node {
         let Some(reg_node) = node.get_optional_child("link_code_companion_reg") else {
             return iq_error(id, "400", "bad-request");
@@ -1238,16 +1263,35 @@ impl Conn {
             (None, MessageKind::Dm) => {
                 let contact = self.server.contact(&message.contact);
                 let mut contact = contact.lock().await;
-                let mut stanza = peer::dm_stanza(
-                    &mut contact,
-                    device,
-                    &mut bundle,
-                    &message.id,
-                    &message.text,
-                    message.timestamp,
-                    &format!("Contact {}", message.contact),
-                )
-                .await?;
+                let push_name = format!("Contact {}", message.contact);
+                let mut stanza = match &message.proto {
+                    Some(proto) => {
+                        let msg = <wa::Message as buffa::Message>::decode_from_slice(proto)
+                            .map_err(|e| anyhow::anyhow!("queued message: {e}"))?;
+                        peer::dm_message_stanza(
+                            &mut contact,
+                            device,
+                            &mut bundle,
+                            &message.id,
+                            &msg,
+                            message.timestamp,
+                            &push_name,
+                        )
+                        .await?
+                    }
+                    None => {
+                        peer::dm_stanza(
+                            &mut contact,
+                            device,
+                            &mut bundle,
+                            &message.id,
+                            &message.text,
+                            message.timestamp,
+                            &push_name,
+                        )
+                        .await?
+                    }
+                };
                 // A contact with a LID (every group member has one) names
                 // it, as WhatsApp does: that is how a device learns which
                 // phone a LID-only group member has.
