@@ -243,3 +243,276 @@ async fn the_test_daemon_trusts_fakewas_media_ca() {
     let health = daemon.get("/healthz", None).await;
     assert_eq!(health.status, 200, "{}", health.text());
 }
+
+async fn get(fake: &FakeWa, path: &str) -> (u16, serde_json::Value) {
+    fakewa::control_client::request("GET", fake.control_addr(), path, None)
+        .await
+        .expect("control API answers")
+}
+
+/// Polls `GET path` until `pick` finds something (30 s at most).
+async fn poll<T>(
+    fake: &FakeWa,
+    path: &str,
+    what: &str,
+    pick: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(fake, path).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(found) = pick(&body) {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a device sends reaches fakewa's control API: a media message (its
+/// fields, fakewa's own check of the upload, and the decrypted bytes), a
+/// reply, a reaction, a read receipt and typing/recording indicators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_device_sends_shows_in_the_control_api() {
+    common::init_tracing();
+    let fake = FakeWa::start().await.unwrap();
+    let mut linked = link(&fake, "15551230003").await;
+    let phone = linked.phone.clone();
+    let to: whatsapp_rust::Jid = format!("{CONTACT}@s.whatsapp.net").parse().unwrap();
+    let original = bytes(64 * 1024 + 3, 3);
+
+    // A contact's text, so there is something to reply to and mark read.
+    let inbound = fake
+        .server
+        .send_message(&phone, CONTACT, "photo please", fakewa::MessageKind::Dm)
+        .unwrap();
+    linked
+        .wait_for("the contact's text", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .any(|m| m.info.id == inbound)
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+
+    let up = linked
+        .client
+        .upload(
+            original.clone(),
+            MediaType::Document,
+            UploadOptions::default(),
+        )
+        .await
+        .expect("upload");
+    let doc = wa::Message {
+        document_message: whatsapp_rust::waproto::buffa::MessageField::some(
+            wa::message::DocumentMessage {
+                url: Some(up.url.clone()),
+                direct_path: Some(up.direct_path.clone()),
+                media_key: Some(up.media_key.to_vec()),
+                file_sha256: Some(up.file_sha256.to_vec()),
+                file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+                file_length: Some(up.file_length),
+                mimetype: Some("application/pdf".into()),
+                file_name: Some("receipt.pdf".into()),
+                caption: Some("here".into()),
+                context_info: whatsapp_rust::waproto::buffa::MessageField::some(wa::ContextInfo {
+                    stanza_id: Some(inbound.clone()),
+                    participant: Some(format!("{CONTACT}@s.whatsapp.net")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    let sent = linked
+        .client
+        .send_message(to.clone(), doc)
+        .await
+        .expect("send");
+    let outbox = format!("/control/outbox?from_phone={phone}");
+    let entry = poll(&fake, &outbox, "the document in the outbox", |b| {
+        b["messages"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == sent.message_id.as_str())
+            .cloned()
+    })
+    .await;
+    let media = &entry["media"];
+    assert_eq!(media["type"], "document", "{entry}");
+    assert_eq!(media["mimetype"], "application/pdf");
+    assert_eq!(media["file_name"], "receipt.pdf");
+    assert_eq!(media["caption"], "here");
+    assert_eq!(media["file_length"], original.len());
+    assert_eq!(media["ptt"], false);
+    assert_eq!(
+        media["download"], "ok",
+        "fakewa verified the upload: {entry}"
+    );
+    let sha: String = up.file_sha256.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(media["sha256_hex"], sha);
+    assert_eq!(entry["reply_to"]["id"], inbound.as_str());
+    assert_eq!(
+        entry["reply_to"]["participant"],
+        format!("{CONTACT}@s.whatsapp.net")
+    );
+    let decrypted = fakewa::control_client::request(
+        "GET",
+        fake.control_addr(),
+        &format!("/control/media/sent/{}", sent.message_id),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(decrypted.0, 200);
+    // The control client reads JSON; the raw bytes come from the library call.
+    let (plain, mimetype) = fake.server.sent_media(&sent.message_id).unwrap();
+    assert!(plain == original, "fakewa's decryption differs");
+    assert_eq!(mimetype.as_deref(), Some("application/pdf"));
+    assert_eq!(
+        get(&fake, "/control/media/sent/NOSUCHID").await.0,
+        404,
+        "no such message"
+    );
+
+    // A reaction to the contact's message.
+    let reaction = wa::Message {
+        reaction_message: whatsapp_rust::waproto::buffa::MessageField::some(
+            wa::message::ReactionMessage {
+                key: whatsapp_rust::waproto::buffa::MessageField::some(wa::MessageKey {
+                    remote_jid: Some(to.to_string()),
+                    from_me: Some(false),
+                    id: Some(inbound.clone()),
+                    ..Default::default()
+                }),
+                text: Some("👍".into()),
+                sender_timestamp_ms: Some(1),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    let reacted = linked
+        .client
+        .send_message(to.clone(), reaction)
+        .await
+        .expect("react");
+    let entry = poll(&fake, &outbox, "the reaction in the outbox", |b| {
+        b["messages"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == reacted.message_id.as_str())
+            .cloned()
+    })
+    .await;
+    assert_eq!(entry["reaction"]["target_id"], inbound.as_str(), "{entry}");
+    assert_eq!(entry["reaction"]["emoji"], "👍");
+    assert_eq!(entry["reaction"]["from_me"], false);
+    assert!(entry.get("media").is_none());
+
+    // Mark the chat read; type, record, pause.
+    linked
+        .client
+        .mark_as_read(&to, None, &[inbound.as_str()])
+        .await
+        .expect("mark read");
+    let receipts = format!("/control/receipts-from-devices?phone={phone}");
+    let read = poll(&fake, &receipts, "the read receipt", |b| {
+        b["receipts"]
+            .as_array()?
+            .iter()
+            .find(|r| r["type"] == "read")
+            .cloned()
+    })
+    .await;
+    assert_eq!(read["ids"], json!([inbound]), "{read}");
+    assert!(
+        read["chat"].as_str().unwrap().starts_with(CONTACT),
+        "{read}"
+    );
+    assert!(
+        read["from_device_jid"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{phone}:"))
+    );
+
+    let chatstate = linked.client.chatstate();
+    chatstate.send_composing(&to).await.unwrap();
+    chatstate.send_recording(&to).await.unwrap();
+    chatstate.send_paused(&to).await.unwrap();
+    let states = poll(
+        &fake,
+        &format!("/control/chatstates?phone={phone}"),
+        "three chat states",
+        |b| {
+            let all = b["chatstates"].as_array()?;
+            (all.len() >= 3).then(|| all.clone())
+        },
+    )
+    .await;
+    let names: Vec<&str> = states
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["composing", "recording", "paused"]);
+    assert!(states[0]["chat"].as_str().unwrap().starts_with(CONTACT));
+
+    if let Some(handle) = linked.handle.take() {
+        handle.shutdown().await;
+    }
+}
+
+/// `corrupt_mac`: the message arrives, its download fails the MAC check,
+/// and the client goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_mac_fails_the_download() {
+    common::init_tracing();
+    let fake = FakeWa::start().await.unwrap();
+    let mut linked = link(&fake, "15551230004").await;
+    let (status, sent) = control(
+        &fake,
+        "/control/media",
+        json!({
+            "to_phone": linked.phone,
+            "from_phone": CONTACT,
+            "type": "ptt",
+            "mimetype": "audio/ogg; codecs=opus",
+            "seconds": 3,
+            "corrupt_mac": true,
+            "data_base64": base64(&bytes(4000, 4)),
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let audio = linked
+        .wait_for("the voice note", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .find(|m| m.info.id == id)
+                .and_then(|m| m.message.audio_message.as_option().cloned()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(audio.ptt, Some(true));
+    assert_eq!(audio.seconds, Some(3));
+    let err = linked
+        .client
+        .download(&audio)
+        .await
+        .expect_err("a bad MAC fails the download");
+    assert!(format!("{err:#}").to_lowercase().contains("mac"), "{err:#}");
+
+    if let Some(handle) = linked.handle.take() {
+        handle.shutdown().await;
+    }
+}

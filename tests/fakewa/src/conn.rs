@@ -623,7 +623,11 @@ impl Conn {
                 self.on_ack(&node);
                 Ok(())
             }
-            "ib" | "presence" | "chatstate" => Ok(()),
+            "chatstate" => {
+                self.on_chatstate(&node);
+                Ok(())
+            }
+            "ib" | "presence" => Ok(()),
             other => {
                 tracing::debug!(conn = self.handle.id, tag = other, "ignoring stanza");
                 Ok(())
@@ -1388,6 +1392,14 @@ impl Conn {
                     .filter_map(|i| attr(i, "id")),
             );
         }
+        self.server.record_receipt(server::DeviceReceipt {
+            from_device_jid: format!("{}:{}@s.whatsapp.net", key.phone, key.device),
+            chat: attr(node, "to").unwrap_or_default(),
+            participant: attr(node, "participant"),
+            ids: ids.clone(),
+            kind: attr(node, "type").unwrap_or_else(|| "delivery".into()),
+            received_at_ms: now_ms(),
+        });
         if attr(node, "type").as_deref() == Some("retry") {
             tracing::warn!(device = %key, ?ids, "client could not decrypt a message (retry receipt)");
         }
@@ -1400,6 +1412,29 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// A typing indicator the device sent: `<chatstate to><composing/>`
+    /// (`media="audio"`: recording) or `<paused/>`.
+    fn on_chatstate(&self, node: &Node) {
+        let Some(key) = self.device_key().cloned() else {
+            return;
+        };
+        let Some(child) = node.children().and_then(|c| c.first()) else {
+            return;
+        };
+        let state = match (child.tag.as_ref(), attr(child, "media").as_deref()) {
+            ("composing", Some("audio")) => "recording",
+            ("composing", _) => "composing",
+            ("paused", _) => "paused",
+            (other, _) => other,
+        };
+        self.server.record_chatstate(server::DeviceChatstate {
+            from_device_jid: format!("{}:{}@s.whatsapp.net", key.phone, key.device),
+            chat: attr(node, "to").unwrap_or_default(),
+            state: state.to_owned(),
+            received_at_ms: now_ms(),
+        });
     }
 
     /// A message the device sent: decrypt the copies addressed to fake users.
@@ -1418,6 +1453,7 @@ impl Conn {
         // A group send: each member's copy carries the sender key, the
         // text goes once as `skmsg`; the first member that took the key reads it.
         let mut group_reader: Option<String> = None;
+        let mut decrypted: Vec<wa::Message> = Vec::new();
         let mut parts = peer::parse_outbound(&node);
         parts.sort_by_key(|part| part.enc_type == "skmsg");
         for part in parts {
@@ -1429,7 +1465,10 @@ impl Conn {
                 let contact = self.server.contact(reader);
                 let mut contact = contact.lock().await;
                 match contact.decrypt_group(&to, sender, &part.ciphertext).await {
-                    Ok(msg) => text = text.or_else(|| message_text(&msg)),
+                    Ok(msg) => {
+                        text = text.or_else(|| message_text(&msg));
+                        decrypted.push(msg);
+                    }
                     Err(e) => tracing::warn!(device = %key, %to, "cannot decrypt skmsg: {e}"),
                 }
                 continue;
@@ -1463,12 +1502,18 @@ impl Conn {
                     if phone != key.phone || text.is_none() {
                         text = text.or_else(|| message_text(&msg));
                     }
+                    decrypted.push(msg);
                 }
                 Err(e) => {
                     tracing::warn!(device = %key, recipient = %part.recipient, "cannot decrypt outbound copy: {e}")
                 }
             }
         }
+        let media = decrypted.iter().find_map(|m| self.server.media.describe(m));
+        let (media, media_ref) = match media {
+            Some((media, media_ref)) => (Some(media), media_ref),
+            None => (None, None),
+        };
         self.server.record_outbound(OutboxEntry {
             id: id.clone(),
             from_phone: key.phone.clone(),
@@ -1476,6 +1521,10 @@ impl Conn {
             to: to.clone(),
             text,
             received_at_ms: now_ms(),
+            media,
+            reply_to: decrypted.iter().find_map(crate::media::reply_to),
+            reaction: decrypted.iter().find_map(crate::media::reaction),
+            media_ref,
         });
         let ack = NodeBuilder::new("ack")
             .attr("class", "message")

@@ -38,6 +38,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/media", post(media_send))
         .route("/control/media/ca.pem", get(media_ca))
         .route("/control/media/expire", post(media_expire))
+        .route("/control/media/sent/{id}", get(media_sent))
+        .route("/control/receipts-from-devices", get(receipts_from_devices))
+        .route("/control/chatstates", get(chatstates))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -66,6 +69,7 @@ impl IntoResponse for ControlError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ControlError::Gone(_) => StatusCode::GONE,
         };
         error(status, self.code(), &self.to_string())
     }
@@ -368,4 +372,37 @@ struct ExpireReq {}
 
 async fn media_expire(State(s): State<Arc<Server>>, Body(_req): Body<ExpireReq>) -> Response {
     Json(json!({"expired": s.media.expire_all()})).into_response()
+}
+
+async fn media_sent(
+    State(s): State<Arc<Server>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match s.sent_media(&id) {
+        Ok((plain, mimetype)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                mimetype.unwrap_or_else(|| "application/octet-stream".into()),
+            )],
+            plain,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PhoneQuery {
+    phone: Option<String>,
+}
+
+async fn receipts_from_devices(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<PhoneQuery>,
+) -> Response {
+    Json(json!({"receipts": s.device_receipts(q.phone.as_deref())})).into_response()
+}
+
+async fn chatstates(State(s): State<Arc<Server>>, Query(q): Query<PhoneQuery>) -> Response {
+    Json(json!({"chatstates": s.chatstates(q.phone.as_deref())})).into_response()
 }

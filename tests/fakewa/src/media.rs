@@ -86,6 +86,8 @@ pub enum UploadError {
 pub struct MediaStore {
     auth: String,
     ca_pem: String,
+    #[cfg_attr(not(test), allow(dead_code))]
+    ca_der: rustls::pki_types::CertificateDer<'static>,
     tls: Arc<rustls::ServerConfig>,
     addr: OnceLock<SocketAddr>,
     ttl: Duration,
@@ -103,12 +105,13 @@ impl MediaStore {
         max_upload: usize,
         store_limit: usize,
     ) -> Result<Self, std::io::Error> {
-        let (ca_pem, tls) = tls_identity().map_err(std::io::Error::other)?;
+        let (ca_pem, ca_der, tls) = tls_identity().map_err(std::io::Error::other)?;
         let auth =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
         Ok(Self {
             auth,
             ca_pem,
+            ca_der,
             tls: Arc::new(tls),
             addr: OnceLock::new(),
             ttl,
@@ -251,8 +254,13 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// A CA and a server certificate for `127.0.0.1`/`localhost` signed by it.
-fn tls_identity() -> Result<(String, rustls::ServerConfig), Box<dyn std::error::Error + Send + Sync>>
-{
+type Identity = (
+    String,
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::ServerConfig,
+);
+
+fn tls_identity() -> Result<Identity, Box<dyn std::error::Error + Send + Sync>> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -287,7 +295,7 @@ fn tls_identity() -> Result<(String, rustls::ServerConfig), Box<dyn std::error::
             vec![leaf_cert.der().clone(), ca_cert.der().clone()],
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )?;
-    Ok((ca_cert.pem(), config))
+    Ok((ca_cert.pem(), ca_cert.der().clone(), config))
 }
 
 /// A TLS listener for axum: TCP accepts and handshakes run in their own
@@ -465,5 +473,426 @@ async fn download(State(media): State<Arc<MediaStore>>, request: Request) -> Res
             .into_response(),
         Lookup::Missing => error(StatusCode::NOT_FOUND, "not_found", "no such media"),
         Lookup::Expired => error(StatusCode::GONE, "expired", "this media expired"),
+    }
+}
+
+/// A media message a device sent, as `GET /control/outbox` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutboxMedia {
+    /// `image`, `video`, `audio`, `document` or `sticker` (a voice note is
+    /// `audio` with `ptt`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub mimetype: Option<String>,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+    pub file_length: Option<u64>,
+    /// The plaintext's SHA-256 the message declares (`file_sha256`).
+    pub sha256_hex: Option<String>,
+    pub seconds: Option<u32>,
+    pub ptt: bool,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// What fakewa found at the message's direct path when it arrived:
+    /// `ok` (the blob's SHA-256 is `file_enc_sha256`, its MAC verifies with
+    /// the message's media key, the plaintext's SHA-256 is `file_sha256`),
+    /// `missing` (no such blob), `bad_hash` or `bad_mac`.
+    pub download: &'static str,
+}
+
+/// Where a sent message's media is and how to open it.
+#[derive(Clone, Debug)]
+pub struct MediaRef {
+    pub direct_path: String,
+    pub media_key: Vec<u8>,
+    pub media_type: wacore::download::MediaType,
+}
+
+/// The media fields of a message, whichever kind it is.
+struct Fields<'a> {
+    kind: &'static str,
+    media_type: wacore::download::MediaType,
+    mimetype: &'a Option<String>,
+    caption: Option<&'a String>,
+    file_name: Option<&'a String>,
+    file_length: Option<u64>,
+    file_sha256: &'a Option<Vec<u8>>,
+    file_enc_sha256: &'a Option<Vec<u8>>,
+    media_key: &'a Option<Vec<u8>>,
+    direct_path: &'a Option<String>,
+    seconds: Option<u32>,
+    ptt: bool,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+fn fields(msg: &waproto::whatsapp::Message) -> Option<Fields<'_>> {
+    use wacore::download::MediaType;
+    if let Some(m) = msg.image_message.as_option() {
+        return Some(Fields {
+            kind: "image",
+            media_type: MediaType::Image,
+            mimetype: &m.mimetype,
+            caption: m.caption.as_ref(),
+            file_name: None,
+            file_length: m.file_length,
+            file_sha256: &m.file_sha256,
+            file_enc_sha256: &m.file_enc_sha256,
+            media_key: &m.media_key,
+            direct_path: &m.direct_path,
+            seconds: None,
+            ptt: false,
+            width: m.width,
+            height: m.height,
+        });
+    }
+    if let Some(m) = msg.video_message.as_option() {
+        return Some(Fields {
+            kind: "video",
+            media_type: MediaType::Video,
+            mimetype: &m.mimetype,
+            caption: m.caption.as_ref(),
+            file_name: None,
+            file_length: m.file_length,
+            file_sha256: &m.file_sha256,
+            file_enc_sha256: &m.file_enc_sha256,
+            media_key: &m.media_key,
+            direct_path: &m.direct_path,
+            seconds: m.seconds,
+            ptt: false,
+            width: m.width,
+            height: m.height,
+        });
+    }
+    if let Some(m) = msg.audio_message.as_option() {
+        return Some(Fields {
+            kind: "audio",
+            media_type: MediaType::Audio,
+            mimetype: &m.mimetype,
+            caption: None,
+            file_name: None,
+            file_length: m.file_length,
+            file_sha256: &m.file_sha256,
+            file_enc_sha256: &m.file_enc_sha256,
+            media_key: &m.media_key,
+            direct_path: &m.direct_path,
+            seconds: m.seconds,
+            ptt: m.ptt.unwrap_or(false),
+            width: None,
+            height: None,
+        });
+    }
+    if let Some(m) = msg.document_message.as_option() {
+        return Some(Fields {
+            kind: "document",
+            media_type: MediaType::Document,
+            mimetype: &m.mimetype,
+            caption: m.caption.as_ref(),
+            file_name: m.file_name.as_ref(),
+            file_length: m.file_length,
+            file_sha256: &m.file_sha256,
+            file_enc_sha256: &m.file_enc_sha256,
+            media_key: &m.media_key,
+            direct_path: &m.direct_path,
+            seconds: None,
+            ptt: false,
+            width: None,
+            height: None,
+        });
+    }
+    if let Some(m) = msg.sticker_message.as_option() {
+        return Some(Fields {
+            kind: "sticker",
+            media_type: MediaType::Sticker,
+            mimetype: &m.mimetype,
+            caption: None,
+            file_name: None,
+            file_length: m.file_length,
+            file_sha256: &m.file_sha256,
+            file_enc_sha256: &m.file_enc_sha256,
+            media_key: &m.media_key,
+            direct_path: &m.direct_path,
+            seconds: None,
+            ptt: false,
+            width: m.width,
+            height: m.height,
+        });
+    }
+    None
+}
+
+/// The content of a message a device sent: its own copy comes wrapped in
+/// `device_sent_message`.
+pub(crate) fn content(msg: &waproto::whatsapp::Message) -> &waproto::whatsapp::Message {
+    match msg
+        .device_sent_message
+        .as_option()
+        .and_then(|d| d.message.as_option())
+    {
+        Some(inner) => inner,
+        None => msg,
+    }
+}
+
+impl MediaStore {
+    /// The media of `msg`, if it carries any, with what fakewa finds at its
+    /// direct path.
+    pub(crate) fn describe(
+        &self,
+        msg: &waproto::whatsapp::Message,
+    ) -> Option<(OutboxMedia, Option<MediaRef>)> {
+        let f = fields(content(msg))?;
+        let media_ref = match (f.direct_path, f.media_key) {
+            (Some(direct_path), Some(media_key)) => Some(MediaRef {
+                direct_path: direct_path.clone(),
+                media_key: media_key.clone(),
+                media_type: f.media_type,
+            }),
+            _ => None,
+        };
+        let download = match &media_ref {
+            None => "missing",
+            Some(r) => match self.get(&r.direct_path) {
+                Lookup::Missing | Lookup::Expired => "missing",
+                Lookup::Live(blob) => {
+                    if f.file_enc_sha256.as_deref() != Some(&sha256(&blob)[..]) {
+                        "bad_hash"
+                    } else {
+                        match wacore::download::DownloadUtils::verify_and_decrypt(
+                            &blob,
+                            &r.media_key,
+                            r.media_type,
+                        ) {
+                            Err(_) => "bad_mac",
+                            Ok(plain) if f.file_sha256.as_deref() != Some(&sha256(&plain)[..]) => {
+                                "bad_hash"
+                            }
+                            Ok(_) => "ok",
+                        }
+                    }
+                }
+            },
+        };
+        Some((
+            OutboxMedia {
+                kind: f.kind.to_owned(),
+                mimetype: f.mimetype.clone(),
+                caption: f.caption.cloned(),
+                file_name: f.file_name.cloned(),
+                file_length: f.file_length,
+                sha256_hex: f.file_sha256.as_deref().map(hex),
+                seconds: f.seconds,
+                ptt: f.ptt,
+                width: f.width,
+                height: f.height,
+                download,
+            },
+            media_ref,
+        ))
+    }
+
+    /// The plaintext of the media at `r`.
+    pub fn open(&self, r: &MediaRef) -> Result<Vec<u8>, OpenError> {
+        match self.get(&r.direct_path) {
+            Lookup::Missing => Err(OpenError::Missing),
+            Lookup::Expired => Err(OpenError::Expired),
+            Lookup::Live(blob) => wacore::download::DownloadUtils::verify_and_decrypt(
+                &blob,
+                &r.media_key,
+                r.media_type,
+            )
+            .map_err(|e| OpenError::Undecryptable(e.to_string())),
+        }
+    }
+}
+
+/// Why a sent message's media cannot be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    Missing,
+    Expired,
+    Undecryptable(String),
+}
+
+/// The quoted message of a reply (`ContextInfo.stanza_id`/`participant`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplyTo {
+    pub id: String,
+    pub participant: Option<String>,
+}
+
+/// A reaction a device sent.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Reaction {
+    pub target_id: String,
+    /// Empty: the reaction was removed.
+    pub emoji: String,
+    pub from_me: bool,
+}
+
+/// The message `msg` replies to, if any.
+pub(crate) fn reply_to(msg: &waproto::whatsapp::Message) -> Option<ReplyTo> {
+    let m = content(msg);
+    let ctx = [
+        m.extended_text_message
+            .as_option()
+            .and_then(|x| x.context_info.as_option()),
+        m.image_message
+            .as_option()
+            .and_then(|x| x.context_info.as_option()),
+        m.video_message
+            .as_option()
+            .and_then(|x| x.context_info.as_option()),
+        m.audio_message
+            .as_option()
+            .and_then(|x| x.context_info.as_option()),
+        m.document_message
+            .as_option()
+            .and_then(|x| x.context_info.as_option()),
+        m.sticker_message
+            .as_option()
+            .and_then(|x| x.context_info.as_option()),
+    ]
+    .into_iter()
+    .flatten()
+    .next()?;
+    Some(ReplyTo {
+        id: ctx.stanza_id.clone()?,
+        participant: ctx.participant.clone(),
+    })
+}
+
+/// The reaction `msg` carries, if any.
+pub(crate) fn reaction(msg: &waproto::whatsapp::Message) -> Option<Reaction> {
+    let r = content(msg).reaction_message.as_option()?;
+    let key = r.key.as_option()?;
+    Some(Reaction {
+        target_id: key.id.clone()?,
+        emoji: r.text.clone().unwrap_or_default(),
+        from_me: key.from_me.unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A media server on 127.0.0.1:0 with small limits.
+    async fn start(ttl: Duration) -> (Arc<MediaStore>, watch::Sender<bool>) {
+        let media = Arc::new(MediaStore::new(ttl, 1024, 3000).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        media.set_addr(listener.local_addr().unwrap());
+        let (stop, rx) = watch::channel(false);
+        tokio::spawn(serve(media.clone(), listener, rx));
+        (media, stop)
+    }
+
+    /// One HTTPS request trusting only the media CA; (status, body).
+    async fn https(media: &MediaStore, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(media.ca_der.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(media.addr.get().unwrap()).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS with the media CA");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(body).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response");
+        let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
+        (status, raw[split + 4..].to_vec())
+    }
+
+    fn upload_path(media: &MediaStore, token: &str, auth: &str) -> String {
+        let _ = media;
+        format!("/mms/image/{token}?auth={auth}&token={token}")
+    }
+
+    #[tokio::test]
+    async fn upload_is_checked_like_the_cdn_does() {
+        let (media, _stop) = start(Duration::from_secs(3600)).await;
+        let body = vec![7u8; 500];
+        let token = sha256_b64(&body);
+        let auth = media.auth().to_owned();
+
+        let (status, _) = https(&media, "POST", &upload_path(&media, &token, "wrong"), &body).await;
+        assert_eq!(status, 401, "a wrong auth token is refused");
+
+        let other = sha256_b64(b"something else");
+        let (status, _) = https(&media, "POST", &upload_path(&media, &other, &auth), &body).await;
+        assert_eq!(
+            status, 400,
+            "a body whose SHA-256 is not the token is refused"
+        );
+
+        let big = vec![1u8; 1025];
+        let big_token = sha256_b64(&big);
+        let (status, _) = https(
+            &media,
+            "POST",
+            &upload_path(&media, &big_token, &auth),
+            &big,
+        )
+        .await;
+        assert_eq!(status, 413, "a body above the limit is refused");
+        assert_eq!(media.bytes_stored(), 0, "nothing refused was stored");
+
+        let (status, answer) =
+            https(&media, "POST", &upload_path(&media, &token, &auth), &body).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let direct_path = answer["direct_path"].as_str().unwrap();
+        assert_eq!(answer["url"], media.url(direct_path));
+        let (status, served) = https(&media, "GET", direct_path, b"").await;
+        assert_eq!((status, served), (200, body.clone()));
+
+        let (status, _) = https(&media, "GET", "/v/t62.fakewa-image/none.enc", b"").await;
+        assert_eq!(status, 404);
+
+        // 3000 bytes in all: 500 stored, 1000 + 1000 fit, the next does not.
+        for i in 0..2u8 {
+            let b = vec![i; 1000];
+            let t = sha256_b64(&b);
+            let (status, _) = https(&media, "POST", &upload_path(&media, &t, &auth), &b).await;
+            assert_eq!(status, 200);
+        }
+        let b = vec![9u8; 1000];
+        let t = sha256_b64(&b);
+        let (status, _) = https(&media, "POST", &upload_path(&media, &t, &auth), &b).await;
+        assert_eq!(status, 507, "the store's bound holds");
+    }
+
+    #[tokio::test]
+    async fn expired_media_answers_410() {
+        let (media, _stop) = start(Duration::from_secs(3600)).await;
+        let path = media.store("image", Bytes::from_static(b"blob")).unwrap();
+        assert_eq!(https(&media, "GET", &path, b"").await.0, 200);
+        assert_eq!(media.expire_all(), 1);
+        assert_eq!(https(&media, "GET", &path, b"").await.0, 410);
+        assert_eq!(media.bytes_stored(), 0, "expired blobs free their bytes");
+
+        // A TTL of zero: expired as soon as stored.
+        let (media, _stop) = start(Duration::ZERO).await;
+        let path = media.store("image", Bytes::from_static(b"blob")).unwrap();
+        assert_eq!(https(&media, "GET", &path, b"").await.0, 410);
     }
 }

@@ -92,6 +92,8 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    Gone(String),
 }
 
 impl ControlError {
@@ -101,6 +103,7 @@ impl ControlError {
             ControlError::NotFound(_) => "not_found",
             ControlError::Conflict(_) => "conflict",
             ControlError::Failed(_) => "failed",
+            ControlError::Gone(_) => "expired",
         }
     }
 }
@@ -153,6 +156,42 @@ pub struct OutboxEntry {
     pub to: String,
     pub text: Option<String>,
     pub received_at_ms: u64,
+    /// The media the message carries (see `crate::media::OutboxMedia`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::media::OutboxMedia>,
+    /// The message this one quotes (`ContextInfo`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<crate::media::ReplyTo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<crate::media::Reaction>,
+    /// Where the media is and its key (`GET /control/media/sent/{id}`).
+    #[serde(skip)]
+    pub media_ref: Option<crate::media::MediaRef>,
+}
+
+/// A receipt a linked device sent (for messages it received: delivery,
+/// `read` when the chat is marked read, `played`, `retry`…).
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceReceipt {
+    pub from_device_jid: String,
+    pub chat: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    pub ids: Vec<String>,
+    /// The receipt's `type`; `delivery` when it has none.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub received_at_ms: u64,
+}
+
+/// A typing indicator a linked device sent.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceChatstate {
+    pub from_device_jid: String,
+    pub chat: String,
+    /// `composing`, `recording` or `paused`.
+    pub state: String,
+    pub received_at_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -195,6 +234,8 @@ pub struct Server {
     pub(crate) conns: Mutex<Conns>,
     contacts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Contact>>>>,
     outbox: Mutex<Vec<OutboxEntry>>,
+    device_receipts: Mutex<Vec<DeviceReceipt>>,
+    chatstates: Mutex<Vec<DeviceChatstate>>,
     deliveries: Mutex<Vec<Delivery>>,
     refuse_until: Mutex<Option<Instant>>,
     /// Phones whose device connection is dropped right after its next
@@ -241,6 +282,8 @@ impl Server {
             conns: Mutex::new(Conns::default()),
             contacts: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
+            device_receipts: Mutex::new(Vec::new()),
+            chatstates: Mutex::new(Vec::new()),
             deliveries: Mutex::new(Vec::new()),
             refuse_until: Mutex::new(None),
             drop_after_delivery: Mutex::new(HashSet::new()),
@@ -323,6 +366,57 @@ impl Server {
     pub(crate) fn record_outbound(&self, entry: OutboxEntry) {
         tracing::info!(id = %entry.id, from = %entry.from_phone, to = %entry.to, "device sent a message");
         lock(&self.outbox).push(entry);
+    }
+
+    pub(crate) fn record_receipt(&self, receipt: DeviceReceipt) {
+        lock(&self.device_receipts).push(receipt);
+    }
+
+    pub(crate) fn record_chatstate(&self, chatstate: DeviceChatstate) {
+        lock(&self.chatstates).push(chatstate);
+    }
+
+    /// The receipts linked devices (of `phone`, if given) sent, in order.
+    pub fn device_receipts(&self, phone: Option<&str>) -> Vec<DeviceReceipt> {
+        lock(&self.device_receipts)
+            .iter()
+            .filter(|r| phone.is_none_or(|p| r.from_device_jid.split(':').next() == Some(p)))
+            .cloned()
+            .collect()
+    }
+
+    /// The typing indicators linked devices (of `phone`, if given) sent, in order.
+    pub fn chatstates(&self, phone: Option<&str>) -> Vec<DeviceChatstate> {
+        lock(&self.chatstates)
+            .iter()
+            .filter(|c| phone.is_none_or(|p| c.from_device_jid.split(':').next() == Some(p)))
+            .cloned()
+            .collect()
+    }
+
+    /// The plaintext of the media of outbox message `id` (fakewa downloads
+    /// its own blob and decrypts it with the message's media key).
+    pub fn sent_media(&self, id: &str) -> Result<(Vec<u8>, Option<String>), ControlError> {
+        let entry = lock(&self.outbox)
+            .iter()
+            .rev()
+            .find(|e| e.id == id && e.media_ref.is_some())
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("no sent media message {id:?}")))?;
+        let media_ref = entry.media_ref.expect("filtered on media_ref");
+        let mimetype = entry.media.and_then(|m| m.mimetype);
+        match self.media.open(&media_ref) {
+            Ok(plain) => Ok((plain, mimetype)),
+            Err(crate::media::OpenError::Missing) => Err(ControlError::NotFound(format!(
+                "the media of {id:?} is not on fakewa's CDN"
+            ))),
+            Err(crate::media::OpenError::Expired) => {
+                Err(ControlError::Gone(format!("the media of {id:?} expired")))
+            }
+            Err(crate::media::OpenError::Undecryptable(e)) => Err(ControlError::Failed(format!(
+                "the media of {id:?} does not decrypt: {e}"
+            ))),
+        }
     }
 
     pub(crate) fn new_message_id(&self) -> String {
