@@ -757,15 +757,27 @@ async fn a_queued_media_send_survives_kill_9() {
         .await;
     assert_eq!(stopped.status, 200);
     daemon.wait_state("shop-1", "stopped", 10).await;
-    queued_id(
-        &post_multipart(
-            &daemon,
-            "shop-1",
-            &[("to", ADA), ("type", "image")],
-            Some(("a.jpg", "image/jpeg", &jpeg(10_000))),
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(queued_id(
+            &post_multipart(
+                &daemon,
+                "shop-1",
+                &[("to", ADA), ("type", "image")],
+                Some(("a.jpg", "image/jpeg", &jpeg(10_000))),
+            )
+            .await,
+        ));
+    }
+    assert_eq!(blobs(&daemon), 2);
+    // Cancelling a queued media send removes its bytes.
+    let cancelled = daemon
+        .delete(
+            &format!("/v1/sessions/shop-1/messages/{}", queued[0]),
+            Some(ADMIN),
         )
-        .await,
-    );
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
     assert_eq!(blobs(&daemon), 1);
     let deleted = daemon.delete("/v1/sessions/shop-1", Some(ADMIN)).await;
     assert_eq!(deleted.status, 204, "{}", deleted.text());
