@@ -23,7 +23,8 @@
 //! records by name, and nothing names the session. A blob is written and
 //! synced (temporary name, fsync, rename, directory fsync) before the
 //! queue item that names it is committed; a crash between the two leaves
-//! an orphan file (noise without its key) that the session's purge removes.
+//! an orphan file (noise without its key): the session's sweep at the next
+//! start removes it once it is an hour old, and its purge in any case.
 
 use std::path::PathBuf;
 
@@ -193,6 +194,46 @@ impl Store {
         Ok(removed)
     }
 
+    /// Removes the files of the session under `prefix` that `keep` does
+    /// not name and that are older than `min_age` (a crash between a
+    /// blob's commit and its queue item's, or in the middle of a write,
+    /// leaves one; the age spares a send being taken in right now).
+    /// Returns how many went.
+    pub async fn media_sweep(
+        &self,
+        prefix: &[u8],
+        keep: std::collections::HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> usize {
+        let dir = self.media_dir();
+        let start = format!("{}-", hex(prefix));
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return 0;
+            };
+            let mut removed = 0;
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age);
+                if name.starts_with(&start)
+                    && !keep.contains(&name)
+                    && old
+                    && std::fs::remove_file(entry.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            removed
+        })
+        .await
+        .unwrap_or(0)
+    }
+
     /// Stores a Graph upload's record (`key` = session prefix ‖ media id);
     /// durable on return.
     pub async fn media_upload_put(&self, key: &[u8], record: &[u8]) -> Result<(), StoreError> {
@@ -279,6 +320,27 @@ mod tests {
         assert!(!path.exists());
         assert!(store.media_blob_path(&other).unwrap().exists());
         assert_eq!(store.media_upload(&key).unwrap(), None);
+        // An orphan goes in a sweep, a kept blob stays.
+        let orphan = store
+            .media_blob_create(&b)
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+        let keep = std::collections::HashSet::from([other.clone()]);
+        assert_eq!(
+            store
+                .media_sweep(&b, keep.clone(), std::time::Duration::from_secs(3600))
+                .await,
+            0,
+            "too young"
+        );
+        assert_eq!(
+            store.media_sweep(&b, keep, std::time::Duration::ZERO).await,
+            1
+        );
+        assert!(!store.media_blob_path(&orphan).unwrap().exists());
         store.media_blob_remove(&other).await.unwrap();
         store.media_blob_remove(&other).await.unwrap();
         assert!(store.media_blob_path("../db").is_err());

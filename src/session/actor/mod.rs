@@ -548,6 +548,7 @@ impl Actor {
                 let _ = reply.send(Ok(self.outbound_prefix()));
             }
             Command::Restore => {
+                self.sweep_media().await;
                 let permits = self.shared.start_permits.clone();
                 self.waiting_permit = Some(self.scope.spawn(permits.acquire_owned()));
             }

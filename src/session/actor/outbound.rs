@@ -430,6 +430,32 @@ impl Actor {
         }
     }
 
+    /// Removes media blobs of this session that no queued send or Graph
+    /// upload names (left by a crash between storing the bytes and
+    /// queueing the send) and that are over an hour old.
+    pub(super) async fn sweep_media(&self) {
+        let prefix = self.outbound_prefix();
+        let store = &self.shared.store;
+        let mut keep = std::collections::HashSet::new();
+        let queued = store.send_queue(&prefix).unwrap_or_default();
+        let uploads = store.media_uploads(&prefix).unwrap_or_default();
+        for item in queued.iter().chain(uploads.iter()) {
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&item.value) {
+                for blob in [&value["media"]["blob"]["name"], &value["blob"]["name"]] {
+                    if let Some(name) = blob.as_str() {
+                        keep.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+        let removed = store
+            .media_sweep(&prefix, keep, Duration::from_secs(3600))
+            .await;
+        if removed > 0 {
+            tracing::info!(session = %self.record.id, removed, "orphaned media blobs removed");
+        }
+    }
+
     /// The queue of an incarnation that is gone (deleted, reassigned).
     pub(super) async fn purge_outbound(&self, incarnation: &str) {
         let prefix = outbound::prefix(self.shared.store.blinder(), incarnation);
