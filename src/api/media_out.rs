@@ -700,16 +700,28 @@ pub struct ChatPath {
     chat: String,
 }
 
+/// A WhatsApp message id.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
+pub struct MessageId(pub String);
+
+/// A JID (`user@server`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^[0-9A-Za-z._:-]{1,64}@[0-9A-Za-z.-]{1,63}$")]
+pub struct JidString(pub String);
+
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkRead {
-    /// The messages to mark read (1 to 256); absent or empty: the latest
-    /// message received in the chat since the daemon started.
+    /// The messages to mark read (at most 256); absent or empty: the
+    /// latest message received in the chat since the daemon started.
     #[schema(max_items = 256, nullable = false)]
-    pub message_ids: Option<Vec<String>>,
-    /// In a group: the messages' author (JID).
+    pub message_ids: Option<Vec<MessageId>>,
+    /// In a group: the messages' author.
     #[schema(nullable = false)]
-    pub participant: Option<String>,
+    pub participant: Option<JidString>,
 }
 
 #[derive(Debug, ToSchema, serde::Serialize)]
@@ -734,11 +746,18 @@ pub async fn mark_read(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath((id, chat)): ApiPath<(String, String)>,
-    super::extract::ApiJsonOrEmpty(req): super::extract::ApiJsonOrEmpty<MarkRead>,
+    super::extract::ApiJsonOrEmpty(req): super::extract::ApiJsonOrEmpty<Option<MarkRead>>,
 ) -> Result<Json<MarkedRead>, ApiError> {
+    let req = req.unwrap_or_default();
     visible_session(&state, &principal, &id).await?;
     let chat = check_recipient(&chat)?;
-    let ids = req.message_ids.unwrap_or_default();
+    let ids: Vec<String> = req
+        .message_ids
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    let participant = req.participant.map(|p| p.0);
     if ids.len() > 256 {
         return Err(ApiError::unprocessable(
             "invalid_body",
@@ -748,12 +767,12 @@ pub async fn mark_read(
     for message_id in &ids {
         check_message_id("message_ids", message_id)?;
     }
-    if let Some(p) = &req.participant {
+    if let Some(p) = &participant {
         check_participant("participant", p)?;
     }
     let marked = state
         .supervisor
-        .mark_read(&id, &chat, ids, req.participant)
+        .mark_read(&id, &chat, ids, participant)
         .await?;
     Ok(Json(MarkedRead {
         chat,

@@ -529,6 +529,7 @@ fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Ap
 /// bytes included) and sent in order once the session is connected;
 /// `?wait=sent` sends a text at once instead.
 #[utoipa::path(post, path = "/sessions/{id}/messages", tag = "sessions",
+    operation_id = "send_message",
     params(SessionPath, SendQuery, IdempotencyHeader),
     request_body(content(
         (SendMessage = "application/json"),
@@ -556,6 +557,16 @@ pub async fn send_message(
 ) -> Result<(StatusCode, Json<SendStatus>), ApiError> {
     let key = idempotency_key(&headers)?;
     if query.wait.is_some() {
+        let multipart = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/"));
+        if multipart {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                "?wait=sent sends plain text only; queue media, replies and reactions",
+            ));
+        }
         let ApiJson(req) = ApiJson::<SendMessage>::from_request(request, &state).await?;
         let plain_text = req.kind.as_deref().unwrap_or("text") == "text"
             && req.reply_to.is_none()
