@@ -167,6 +167,12 @@ impl Connection {
     pub async fn send_wire(&self, send: WireSend<'_>) -> Result<String, WaError> {
         use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
         let jid = parse_recipient(send.to)?;
+        if send.text.is_empty() && send.media.is_none() && send.reaction.is_none() {
+            // A media send whose blob cannot be named: never an empty text.
+            return Err(WaError::Media(
+                "nothing to send (the stored media is missing)".into(),
+            ));
+        }
         let mut message = if let Some((key, emoji)) = send.reaction {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
