@@ -37,10 +37,11 @@ const CONTACT_ACTION_VERSION: i32 = 2;
 #[serde(deny_unknown_fields)]
 pub struct BookEntry {
     pub phone: String,
-    pub full_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_name: Option<String>,
-    /// The person's LID user, when the phone knows it.
+    /// The person's LID (`digits` or `digits@lid`), when the phone knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lid: Option<String>,
 }
@@ -163,7 +164,7 @@ fn record(
     let value = wa::SyncActionValue {
         timestamp: Some(timestamp as i64 * 1000),
         contact_action: buffa::MessageField::some(wa::sync_action_value::ContactAction {
-            full_name: Some(entry.full_name.clone()),
+            full_name: entry.full_name.clone(),
             first_name: entry.first_name.clone(),
             lid_jid: entry.lid.as_ref().map(|lid| format!("{lid}@lid")),
             save_on_primary_addressbook: Some(true),
@@ -325,21 +326,29 @@ impl Server {
                     entry.phone
                 )));
             }
-            if entry.full_name.is_empty() {
+            let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.trim().is_empty());
+            if !named(&entry.full_name) && !named(&entry.first_name) {
                 return Err(ControlError::BadRequest(format!(
-                    "{} has an empty full_name",
+                    "{} needs a full_name or a first_name",
                     entry.phone
                 )));
             }
-            if let Some(lid) = &entry.lid
-                && (lid.is_empty() || !lid.bytes().all(|b| b.is_ascii_digit()))
-            {
-                return Err(ControlError::BadRequest(format!(
-                    "invalid lid {lid:?}: digits only"
-                )));
+            if let Some(lid) = &entry.lid {
+                let digits = lid.trim_end_matches("@lid");
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ControlError::BadRequest(format!(
+                        "invalid lid {lid:?}: digits, or digits@lid"
+                    )));
+                }
             }
         }
-        let mut sorted = entries;
+        let mut sorted: Vec<BookEntry> = entries
+            .into_iter()
+            .map(|mut e| {
+                e.lid = e.lid.map(|l| l.trim_end_matches("@lid").to_owned());
+                e
+            })
+            .collect();
         sorted.sort_by(|a, b| a.phone.cmp(&b.phone));
         let (version, devices) = {
             let mut state = lock(&self.state);
@@ -390,7 +399,7 @@ mod tests {
     fn entry(phone: &str, name: &str, lid: Option<&str>) -> BookEntry {
         BookEntry {
             phone: phone.into(),
-            full_name: name.into(),
+            full_name: Some(name.into()),
             first_name: None,
             lid: lid.map(Into::into),
         }
