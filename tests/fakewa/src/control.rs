@@ -35,6 +35,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/refuse", post(refuse))
         .route("/control/devices", get(devices))
         .route("/control/deliveries", get(deliveries))
+        .route("/control/address-book", post(address_book))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -328,4 +329,19 @@ async fn devices(State(s): State<Arc<Server>>) -> Response {
 
 async fn deliveries(State(s): State<Arc<Server>>) -> Response {
     Json(json!({"deliveries": s.deliveries()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressBookReq {
+    phone: String,
+    contacts: Vec<crate::appstate::BookEntry>,
+}
+
+/// The phone's address book is now `contacts` (the whole book).
+async fn address_book(State(s): State<Arc<Server>>, Body(req): Body<AddressBookReq>) -> Response {
+    match s.set_address_book(&req.phone, req.contacts) {
+        Ok(version) => Json(json!({"version": version})).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
