@@ -170,6 +170,10 @@ pub struct WhatsAppConfig {
     pub version: Option<String>,
     /// Name shown on the phone's "Linked devices" list. Unset: the library default.
     pub device_os: Option<String>,
+    /// A PEM CA the media HTTP client trusts: fakewa's media server. Test and
+    /// demo builds only: refused by a build that verifies WhatsApp's
+    /// certificate chain (a release build).
+    pub media_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -443,6 +447,7 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["whatsapp", "ws_url"], EnvKind::Str),
     (&["whatsapp", "version"], EnvKind::Str),
     (&["whatsapp", "device_os"], EnvKind::Str),
+    (&["whatsapp", "media_ca_file"], EnvKind::Str),
     (&["sessions", "activation_timeout"], EnvKind::Str),
     (&["sessions", "phone_poll_budget"], EnvKind::Str),
     (&["sessions", "start_concurrency"], EnvKind::Int),
@@ -592,6 +597,21 @@ impl Config {
         {
             return bad("whatsapp.device_os must not be empty".into());
         }
+        if let Some(path) = &self.whatsapp.media_ca_file {
+            // The boundary first: a release build refuses the key whatever
+            // the file holds.
+            if crate::wa::build_info::cert_chain_verification_enforced() {
+                return bad(
+                    "whatsapp.media_ca_file (WHATSD_WHATSAPP_MEDIA_CA_FILE) is for tests against \
+                     fakewa only: this build verifies WhatsApp's certificate chain and refuses \
+                     to trust another CA"
+                        .into(),
+                );
+            }
+            if let Err(e) = crate::wa::http::read_ca_file(path) {
+                return bad(format!("whatsapp.media_ca_file: {e}"));
+            }
+        }
         let positive = [
             ("auth.ticket_ttl", self.auth.ticket_ttl),
             ("auth.failure_window", self.auth.failure_window),
@@ -688,6 +708,7 @@ impl Config {
                 .device_os
                 .clone()
                 .unwrap_or(defaults.device_os),
+            media_ca_file: self.whatsapp.media_ca_file.clone(),
         };
         let s = &self.sessions;
         SessionConfig {
@@ -1134,6 +1155,55 @@ mod tests {
         }
     }
 
+    /// A PEM file holding one certificate, for `whatsapp.media_ca_file`.
+    fn test_ca_file() -> &'static str {
+        static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            let path = std::env::temp_dir()
+                .join(format!("whatsd-config-test-ca-{}.pem", std::process::id()));
+            std::fs::write(
+                &path,
+                "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n",
+            )
+            .unwrap();
+            path.display().to_string()
+        })
+    }
+
+    /// Test builds skip the certificate-chain check, so they take a media
+    /// CA; the file must hold certificates. (Release builds refuse the key:
+    /// checked by CI against the release binary.)
+    #[test]
+    fn media_ca_file_must_hold_certificates() {
+        assert!(!crate::wa::build_info::cert_chain_verification_enforced());
+        let ca = test_ca_file();
+        let config = load(&format!("[whatsapp]\nmedia_ca_file = {ca:?}"), &[]).unwrap();
+        assert_eq!(
+            config.session_config().wa.media_ca_file.as_deref(),
+            Some(std::path::Path::new(ca))
+        );
+        let err = load("[whatsapp]\nmedia_ca_file = \"/nonexistent/ca.pem\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("media_ca_file") && err.contains("cannot read"),
+            "{err}"
+        );
+        let empty =
+            std::env::temp_dir().join(format!("whatsd-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = load(
+            &format!(
+                "[whatsapp]\nmedia_ca_file = {:?}",
+                empty.display().to_string()
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+    }
+
     #[test]
     fn every_env_key_maps_to_a_real_key() {
         for (path, kind) in ENV_KEYS {
@@ -1158,6 +1228,7 @@ mod tests {
                     "body_limit" => "2MiB",
                     "format" => "json",
                     "filter" => "debug",
+                    "media_ca_file" => test_ca_file(),
                     p if p.ends_with("_file") || p == "data_dir" => "/tmp/x",
                     "device_os" => "x",
                     _ => "1m",
