@@ -29,7 +29,7 @@ use crate::config::MediaConfig;
 use crate::session::media::{Ingest, IngestError, Ingested, rekey};
 use crate::session::outbound::{MediaKind, Outgoing, QueuedMedia, Quoted, Reaction};
 use crate::session::sniff;
-use crate::wa::media::ChatState;
+use crate::wa::media_out::ChatState;
 
 /// Longest caption or file name, in characters.
 const MAX_CAPTION_CHARS: usize = 4096;

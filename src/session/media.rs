@@ -8,7 +8,7 @@ use super::outbound::{BlobMeta, MediaKind};
 use super::sniff::{SNIFF_LEN, sniff};
 use crate::store::media_blobs::BlobFile;
 use crate::store::{Store, StoreError};
-use crate::wa::media::BlobEncryptor;
+use crate::wa::media_out::BlobEncryptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -153,7 +153,7 @@ pub async fn rekey(
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let meta = from.clone();
     let reader =
-        tokio::task::spawn_blocking(move || crate::wa::media::decrypt_blob(path, &meta, tx));
+        tokio::task::spawn_blocking(move || crate::wa::media_out::decrypt_blob(path, &meta, tx));
     while let Some(chunk) = rx.recv().await {
         let chunk = chunk.map_err(IngestError::Source)?;
         ingest.push(&chunk).await?;

@@ -533,7 +533,7 @@ impl Supervisor {
         &self,
         id: &str,
         to: &str,
-        state: crate::wa::media::ChatState,
+        state: crate::wa::media_out::ChatState,
     ) -> Result<(), SupervisorError> {
         let to = to.to_owned();
         self.call(id, move |reply| Command::ChatState { to, state, reply })

@@ -70,7 +70,7 @@ pub(super) enum Command {
     /// Show a chat state to a chat.
     ChatState {
         to: String,
-        state: crate::wa::media::ChatState,
+        state: crate::wa::media_out::ChatState,
         reply: Reply<()>,
     },
     SendStatus {

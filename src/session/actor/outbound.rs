@@ -16,7 +16,7 @@ use crate::session::outbound::{
 };
 use crate::session::state::SessionState;
 use crate::session::{AckStatus, EventKind, now_ms};
-use crate::wa::media::{WireSend, message_key};
+use crate::wa::media_out::{WireSend, message_key};
 
 /// How long the queue waits after a failed attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -159,7 +159,7 @@ impl Actor {
     pub(super) async fn chat_state(
         &mut self,
         to: &str,
-        state: crate::wa::media::ChatState,
+        state: crate::wa::media_out::ChatState,
     ) -> Result<(), SupervisorError> {
         let conn = self.connected()?;
         let done = tokio::select! {
