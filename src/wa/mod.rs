@@ -8,6 +8,7 @@ pub mod contacts;
 mod events;
 pub mod groups;
 pub mod inbound;
+pub mod media;
 mod runtime;
 mod transport;
 

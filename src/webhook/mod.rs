@@ -69,6 +69,8 @@ pub struct Settings {
     pub dead_letter_retention: Duration,
     /// Endpoints one tenant may hold (its own and its sessions').
     pub max_endpoints_per_tenant: usize,
+    /// `api.public_url`: makes `data.media.url` absolute.
+    pub media_base_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             deliver_status: true,
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
             max_endpoints_per_tenant: 10,
+            media_base_url: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use super::bsuid::{self, Contact};
 use super::endpoint::Format;
 use crate::session::{EventKind, Identity, SessionEvent};
 use crate::store::ids::Blinder;
+use crate::store::media_refs;
 use crate::wa::InboundMessage;
 use crate::wa::inbound::hex;
 
@@ -105,15 +106,24 @@ pub fn message_event(
         data["caption"] = json!(c.caption);
         data["quoted_message_id"] = json!(c.quoted_id);
         data["media"] = match &c.media {
-            Some(media) => json!({
-                "mimetype": media.mimetype,
-                "file_length": media.file_length,
-                "sha256": media.sha256,
-                "file_name": media.file_name,
-                "width": media.width,
-                "height": media.height,
-                "seconds": media.seconds,
-            }),
+            Some(media) => {
+                let mut v = json!({
+                    "mimetype": media.mimetype,
+                    "file_length": media.file_length,
+                    "sha256": media.sha256,
+                    "file_name": media.file_name,
+                    "width": media.width,
+                    "height": media.height,
+                    "seconds": media.seconds,
+                    "voice": media.voice,
+                });
+                // Downloadable through whatsd (made absolute with
+                // `api.public_url` by [`absolute_media_url`]).
+                if media.download.is_some() {
+                    v["url"] = json!(media_path(session, &m.id));
+                }
+                v
+            }
             None => Value::Null,
         };
         if let Some((lat, lon)) = c.location {
@@ -128,6 +138,21 @@ pub fn message_event(
         occurred_at: crate::api::qr::rfc3339_ms(now_ms),
         me: me.clone(),
         data,
+    }
+}
+
+/// The API path that downloads a received attachment.
+pub fn media_path(session: &str, message_id: &str) -> String {
+    format!("/v1/sessions/{session}/messages/{message_id}/media")
+}
+
+/// Puts `base` (`api.public_url`) before `data.media.url`.
+pub fn absolute_media_url(event: &mut WebhookEvent, base: &str) {
+    if let Some(url) = event.data["media"]["url"].as_str()
+        && url.starts_with('/')
+    {
+        let absolute = format!("{}{url}", base.trim_end_matches('/'));
+        event.data["media"]["url"] = json!(absolute);
     }
 }
 
@@ -257,11 +282,21 @@ fn cloud_api(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) -> Valu
         }
         "image" | "video" | "audio" | "document" | "sticker" => {
             message["type"] = json!(kind);
+            // Meta's media id: opaque, resolved by `GET /graph/{v}/{id}`
+            // for this session incarnation only.
+            let media_id = media_refs::graph_media_id(
+                blinder,
+                incarnation,
+                d["message_id"].as_str().unwrap_or_default(),
+            );
             let mut media = json!({
-                "id": d["message_id"],
+                "id": media_id,
                 "mime_type": d["media"]["mimetype"],
                 "sha256": d["media"]["sha256"],
             });
+            if kind == "audio" {
+                media["voice"] = json!(d["media"]["voice"].as_bool().unwrap_or(false));
+            }
             if !d["caption"].is_null() {
                 media["caption"] = d["caption"].clone();
             }
