@@ -394,6 +394,7 @@ impl WebhooksConfig {
             dead_letter_retention: self.dead_letter_retention,
             max_endpoints_per_tenant: self.max_endpoints_per_tenant,
             media_base_url: None,
+            inline_media_max_bytes: self.inline_media_max_bytes,
         })
     }
 }

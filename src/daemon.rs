@@ -182,6 +182,11 @@ pub async fn run_with(
     )
     .await?;
     webhooks.retain_sessions(&supervisor.owners()?).await?;
+    webhooks.set_media_source(Arc::new(api::media::InlineMedia::new(
+        supervisor.clone(),
+        store.clone(),
+        config.media.retention_days,
+    )));
     root.spawn_until_cancelled(apply_webhook_settings(
         webhooks.clone(),
         config_watch.clone(),

@@ -353,6 +353,76 @@ fn ask_reupload(state: &AppState, queries: crate::wa::Queries, key: Vec<u8>, r: 
     });
 }
 
+/// The webhook workers' source of inline media
+/// (`webhooks.inline_media_max_bytes`): the same fetch, proof and
+/// decryption as a download, into memory (bounded by the setting).
+pub struct InlineMedia {
+    supervisor: crate::session::Supervisor,
+    store: crate::store::Store,
+    retention_ms: i64,
+}
+
+impl InlineMedia {
+    pub fn new(
+        supervisor: crate::session::Supervisor,
+        store: crate::store::Store,
+        retention_days: u32,
+    ) -> Self {
+        Self {
+            supervisor,
+            store,
+            retention_ms: i64::from(retention_days) * 86_400_000,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::webhook::MediaSource for InlineMedia {
+    async fn fetch(
+        &self,
+        session: &str,
+        incarnation: &str,
+        message_id: &str,
+        max: u64,
+    ) -> Option<Vec<u8>> {
+        let prefix = outbound::prefix(self.store.blinder(), incarnation);
+        let key = media_refs::key(&prefix, message_id);
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || store.media_ref(&key))
+            .await
+            .ok()?
+            .ok()??;
+        if r.file_length > max || r.expired(self.retention_ms, crate::session::now_ms()) {
+            return None;
+        }
+        let queries = self.supervisor.queries(session).await.ok()?;
+        let data_dir = self.store.data_dir().to_path_buf();
+        let (tmp, file) = tokio::task::spawn_blocking(move || tmp_file(&data_dir))
+            .await
+            .ok()?
+            .ok()?;
+        let reader = file.try_clone().ok()?;
+        let fetched = match queries.fetch_media(&r, file).await {
+            Ok(fetched) if fetched.plaintext_len <= max => fetched,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::info!(%session, message = %message_id, "media not inlined: {e}");
+                return None;
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let _tmp = tmp;
+            let mut reader = reader;
+            std::io::Seek::rewind(&mut reader).ok()?;
+            let mut out = Vec::with_capacity(fetched.plaintext_len as usize);
+            decrypt_into(&r, reader, &mut out).ok()?;
+            Some(out)
+        })
+        .await
+        .ok()?
+    }
+}
+
 // ---- Meta's two-step download ------------------------------------------
 
 /// `/graph/{version}/{media_id}`.

@@ -141,6 +141,28 @@ pub fn message_event(
     }
 }
 
+/// Standard base64 with padding (RFC 4648 §4).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// The API path that downloads a received attachment.
 pub fn media_path(session: &str, message_id: &str) -> String {
     format!("/v1/sessions/{session}/messages/{message_id}/media")
@@ -581,6 +603,61 @@ mod tests {
             &v2["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"],
             by_phone
         );
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn media_events_carry_the_download_url_and_a_cloud_api_media_id() {
+        let mut m = dm();
+        m.content = Content {
+            kind: "audio",
+            media: Some(crate::wa::inbound::Media {
+                mimetype: Some("audio/ogg; codecs=opus".into()),
+                voice: true,
+                download: Some(crate::wa::inbound::MediaDownload::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut e = message_event("s1", "t1", &Me::default(), &m, 0);
+        assert_eq!(
+            e.data["media"]["url"],
+            "/v1/sessions/s1/messages/3EB0ABC/media"
+        );
+        assert_eq!(e.data["media"]["voice"], true);
+        absolute_media_url(&mut e, "https://wd.example.com/");
+        assert_eq!(
+            e.data["media"]["url"],
+            "https://wd.example.com/v1/sessions/s1/messages/3EB0ABC/media"
+        );
+        let v: Value =
+            serde_json::from_slice(&render(&e, "inc-1", Format::CloudApi, &blinder())).unwrap();
+        let audio = &v["entry"][0]["changes"][0]["value"]["messages"][0]["audio"];
+        assert_eq!(
+            audio["id"],
+            media_refs::graph_media_id(&blinder(), "inc-1", "3EB0ABC")
+        );
+        assert_eq!(audio["voice"], true);
+        assert_eq!(audio["mime_type"], "audio/ogg; codecs=opus");
+        // Without download refs there is nothing to fetch: no url.
+        m.content.media.as_mut().unwrap().download = None;
+        let e = message_event("s1", "t1", &Me::default(), &m, 0);
+        assert!(e.data["media"].get("url").is_none());
     }
 
     #[test]
