@@ -112,6 +112,7 @@ fn config(ws_url: &str) -> SessionConfig {
             ws_url: Some(ws_url.to_owned()),
             version: Some(VERSION),
             device_os: "whatsd-bench".into(),
+            media_ca_file: None,
         },
         activation_timeout: Duration::from_secs(600),
         // One tenant holds them all here.

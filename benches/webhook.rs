@@ -444,6 +444,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
             ws_url: Some(fake.ws_url()),
             version: Some(VERSION),
             device_os: "whatsd-bench".into(),
+            media_ca_file: None,
         },
         activation_timeout: Duration::from_secs(600),
         ..Default::default()

@@ -178,6 +178,10 @@ pub struct WhatsAppConfig {
     pub version: Option<String>,
     /// Name shown on the phone's "Linked devices" list. Unset: the library default.
     pub device_os: Option<String>,
+    /// A PEM CA the media HTTP client trusts: fakewa's media server. Test and
+    /// demo builds only: refused by a build that verifies WhatsApp's
+    /// certificate chain (a release build).
+    pub media_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -485,6 +489,7 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["whatsapp", "ws_url"], EnvKind::Str),
     (&["whatsapp", "version"], EnvKind::Str),
     (&["whatsapp", "device_os"], EnvKind::Str),
+    (&["whatsapp", "media_ca_file"], EnvKind::Str),
     (&["sessions", "activation_timeout"], EnvKind::Str),
     (&["sessions", "phone_poll_budget"], EnvKind::Str),
     (&["sessions", "start_concurrency"], EnvKind::Int),
@@ -650,6 +655,21 @@ impl Config {
         if self.media.retention_days == 0 {
             return bad("media.retention_days must be at least 1".into());
         }
+        if let Some(path) = &self.whatsapp.media_ca_file {
+            // The boundary first: a release build refuses the key whatever
+            // the file holds.
+            if crate::wa::build_info::cert_chain_verification_enforced() {
+                return bad(
+                    "whatsapp.media_ca_file (WHATSD_WHATSAPP_MEDIA_CA_FILE) is for tests against \
+                     fakewa only: this build verifies WhatsApp's certificate chain and refuses \
+                     to trust another CA"
+                        .into(),
+                );
+            }
+            if let Err(e) = crate::wa::http::read_ca_file(path) {
+                return bad(format!("whatsapp.media_ca_file: {e}"));
+            }
+        }
         let positive = [
             ("auth.ticket_ttl", self.auth.ticket_ttl),
             ("auth.failure_window", self.auth.failure_window),
@@ -746,6 +766,7 @@ impl Config {
                 .device_os
                 .clone()
                 .unwrap_or(defaults.device_os),
+            media_ca_file: self.whatsapp.media_ca_file.clone(),
         };
         let s = &self.sessions;
         SessionConfig {

@@ -52,6 +52,7 @@ async fn deleted_sessions_in_qr_leave_no_task_and_no_connection() {
             ws_url: Some(fake.ws_url()),
             version: Some((2, 3000, 1_023_456_789)),
             device_os: "whatsd-test".into(),
+            media_ca_file: None,
         },
         shutdown_timeout: Duration::from_secs(5),
         ..Default::default()

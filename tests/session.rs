@@ -30,6 +30,7 @@ fn config(fake: &FakeWa) -> SessionConfig {
             ws_url: Some(fake.ws_url()),
             version: Some(VERSION),
             device_os: "whatsd-test".into(),
+            media_ca_file: None,
         },
         shutdown_timeout: Duration::from_secs(5),
         ..Default::default()

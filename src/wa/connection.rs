@@ -76,9 +76,11 @@ impl Connection {
     ) -> Result<Self, WaError> {
         let tasks = super::runtime::Tasks::new(session);
         let transport = super::transport::NoDelayTransportFactory::new(config.ws_url.as_deref());
+        let http = super::http::client(config.media_ca_file.as_deref()).map_err(WaError::Build)?;
         let mut builder = Bot::builder()
             .with_backend_arc(backend)
             .with_transport_factory(transport)
+            .with_http_client(http)
             .with_device_props(
                 whatsapp_rust::wacore::store::device::DevicePropsOverride::new()
                     .with_os(config.device_os.clone()),

@@ -7,6 +7,7 @@ mod connection;
 pub mod contacts;
 mod events;
 pub mod groups;
+pub mod http;
 pub mod inbound;
 pub mod media;
 mod runtime;
@@ -35,6 +36,9 @@ pub struct WaConfig {
     pub version: Option<(u32, u32, u32)>,
     /// Shown on the phone under "Linked devices".
     pub device_os: String,
+    /// A PEM CA the library's HTTP client (media) trusts: fakewa's media
+    /// server in tests (see [`http`]).
+    pub media_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WaConfig {
@@ -43,6 +47,7 @@ impl Default for WaConfig {
             ws_url: None,
             version: None,
             device_os: "whatsd".into(),
+            media_ca_file: None,
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct Options {
     pub no_admin_token: bool,
     /// Extra arguments after `serve --config FILE` (e.g. `--demo`).
     pub args: Vec<String>,
+    /// The CA (PEM) the daemon's media client trusts
+    /// (`whatsapp.media_ca_file`, written to `DIR/media-ca.pem`). `None`: the
+    /// media CA of the in-process fakewa at `ws_url`, if there is one.
+    pub media_ca_pem: Option<String>,
 }
 
 /// A `whatsd serve` process. Killed (SIGKILL) on drop.
@@ -75,8 +79,20 @@ impl Daemon {
     pub async fn start_with(ws_url: &str, options: Options) -> (tempfile::TempDir, Daemon) {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("whatsd.toml");
+        let media_ca = match options
+            .media_ca_pem
+            .clone()
+            .or_else(|| fakewa::media_ca_pem_for_ws_url(ws_url))
+        {
+            Some(pem) => {
+                let path = dir.path().join("media-ca.pem");
+                std::fs::write(&path, pem).expect("write media CA");
+                format!("media_ca_file = {:?}\n", path.display().to_string())
+            }
+            None => String::new(),
+        };
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\n[whatsapp]\nws_url = {ws_url:?}\nversion = {VERSION:?}\n\n[log]\nfilter = \"info,whatsd=debug\"\n{extra}\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\n[whatsapp]\nws_url = {ws_url:?}\nversion = {VERSION:?}\n{media_ca}\n[log]\nfilter = \"info,whatsd=debug\"\n{extra}\n",
             data = dir.path().join("data").display().to_string(),
             extra = options.extra_toml,
         );

@@ -623,7 +623,11 @@ impl Conn {
                 self.on_ack(&node);
                 Ok(())
             }
-            "ib" | "presence" | "chatstate" => Ok(()),
+            "chatstate" => {
+                self.on_chatstate(&node);
+                Ok(())
+            }
+            "ib" | "presence" => Ok(()),
             other => {
                 tracing::debug!(conn = self.handle.id, tag = other, "ignoring stanza");
                 Ok(())
@@ -679,6 +683,7 @@ impl Conn {
             }
             ("w:g2", "set", "leave") => Some(self.group_leave(&id, &node)),
             ("w:p", "get", _) => Some(result(&id, vec![])),
+            ("w:m", "set", "media_conn") => Some(self.media_conn_reply(&id)),
             ("abt", "get", _) => Some(result(
                 &id,
                 vec![NodeBuilder::new("props").attr("protocol", "1").build()],
@@ -765,6 +770,30 @@ impl Conn {
     }
 
     /// Stage 1 of pairing by code (`companion_hello`) and stage 3 (`companion_finish`).
+    /// The media CDN's host (`127.0.0.1:PORT`), auth token and TTLs
+    /// (wacore-0.7.0/src/iq/mediaconn.rs).
+    fn media_conn_reply(&self, id: &str) -> Node {
+        let media = &self.server.media;
+        let Some(host) = media.host() else {
+            return iq_error(id, "503", "service-unavailable");
+        };
+        result(
+            id,
+            vec![
+                NodeBuilder::new("media_conn")
+                    .attr("auth", media.auth().to_owned())
+                    .attr("ttl", "3600")
+                    .attr("auth_ttl", "21600")
+                    .attr("max_buckets", "12")
+                    .children([NodeBuilder::new("host")
+                        .attr("hostname", host)
+                        .attr("type", "primary")
+                        .build()])
+                    .build(),
+            ],
+        )
+    }
+
     fn link_code_iq(&mut self, id: &str, node: &Node) -> Node {
         let Some(reg_node) = node.get_optional_child("link_code_companion_reg") else {
             return iq_error(id, "400", "bad-request");
@@ -1238,16 +1267,35 @@ impl Conn {
             (None, MessageKind::Dm) => {
                 let contact = self.server.contact(&message.contact);
                 let mut contact = contact.lock().await;
-                let mut stanza = peer::dm_stanza(
-                    &mut contact,
-                    device,
-                    &mut bundle,
-                    &message.id,
-                    &message.text,
-                    message.timestamp,
-                    &format!("Contact {}", message.contact),
-                )
-                .await?;
+                let push_name = format!("Contact {}", message.contact);
+                let mut stanza = match &message.proto {
+                    Some(proto) => {
+                        let msg = <wa::Message as buffa::Message>::decode_from_slice(proto)
+                            .map_err(|e| anyhow::anyhow!("queued message: {e}"))?;
+                        peer::dm_message_stanza(
+                            &mut contact,
+                            device,
+                            &mut bundle,
+                            &message.id,
+                            &msg,
+                            message.timestamp,
+                            &push_name,
+                        )
+                        .await?
+                    }
+                    None => {
+                        peer::dm_stanza(
+                            &mut contact,
+                            device,
+                            &mut bundle,
+                            &message.id,
+                            &message.text,
+                            message.timestamp,
+                            &push_name,
+                        )
+                        .await?
+                    }
+                };
                 // A contact with a LID (every group member has one) names
                 // it, as WhatsApp does: that is how a device learns which
                 // phone a LID-only group member has.
@@ -1344,6 +1392,14 @@ impl Conn {
                     .filter_map(|i| attr(i, "id")),
             );
         }
+        self.server.record_receipt(server::DeviceReceipt {
+            from_device_jid: format!("{}:{}@s.whatsapp.net", key.phone, key.device),
+            chat: attr(node, "to").unwrap_or_default(),
+            participant: attr(node, "participant"),
+            ids: ids.clone(),
+            kind: attr(node, "type").unwrap_or_else(|| "delivery".into()),
+            received_at_ms: now_ms(),
+        });
         if attr(node, "type").as_deref() == Some("retry") {
             tracing::warn!(device = %key, ?ids, "client could not decrypt a message (retry receipt)");
         }
@@ -1356,6 +1412,29 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// A typing indicator the device sent: `<chatstate to><composing/>`
+    /// (`media="audio"`: recording) or `<paused/>`.
+    fn on_chatstate(&self, node: &Node) {
+        let Some(key) = self.device_key().cloned() else {
+            return;
+        };
+        let Some(child) = node.children().and_then(|c| c.first()) else {
+            return;
+        };
+        let state = match (child.tag.as_ref(), attr(child, "media").as_deref()) {
+            ("composing", Some("audio")) => "recording",
+            ("composing", _) => "composing",
+            ("paused", _) => "paused",
+            (other, _) => other,
+        };
+        self.server.record_chatstate(server::DeviceChatstate {
+            from_device_jid: format!("{}:{}@s.whatsapp.net", key.phone, key.device),
+            chat: attr(node, "to").unwrap_or_default(),
+            state: state.to_owned(),
+            received_at_ms: now_ms(),
+        });
     }
 
     /// A message the device sent: decrypt the copies addressed to fake users.
@@ -1374,6 +1453,7 @@ impl Conn {
         // A group send: each member's copy carries the sender key, the
         // text goes once as `skmsg`; the first member that took the key reads it.
         let mut group_reader: Option<String> = None;
+        let mut decrypted: Vec<wa::Message> = Vec::new();
         let mut parts = peer::parse_outbound(&node);
         parts.sort_by_key(|part| part.enc_type == "skmsg");
         for part in parts {
@@ -1385,7 +1465,10 @@ impl Conn {
                 let contact = self.server.contact(reader);
                 let mut contact = contact.lock().await;
                 match contact.decrypt_group(&to, sender, &part.ciphertext).await {
-                    Ok(msg) => text = text.or_else(|| message_text(&msg)),
+                    Ok(msg) => {
+                        text = text.or_else(|| message_text(&msg));
+                        decrypted.push(msg);
+                    }
                     Err(e) => tracing::warn!(device = %key, %to, "cannot decrypt skmsg: {e}"),
                 }
                 continue;
@@ -1419,12 +1502,18 @@ impl Conn {
                     if phone != key.phone || text.is_none() {
                         text = text.or_else(|| message_text(&msg));
                     }
+                    decrypted.push(msg);
                 }
                 Err(e) => {
                     tracing::warn!(device = %key, recipient = %part.recipient, "cannot decrypt outbound copy: {e}")
                 }
             }
         }
+        let media = decrypted.iter().find_map(|m| self.server.media.describe(m));
+        let (media, media_ref) = match media {
+            Some((media, media_ref)) => (Some(media), media_ref),
+            None => (None, None),
+        };
         self.server.record_outbound(OutboxEntry {
             id: id.clone(),
             from_phone: key.phone.clone(),
@@ -1432,6 +1521,10 @@ impl Conn {
             to: to.clone(),
             text,
             received_at_ms: now_ms(),
+            media,
+            reply_to: decrypted.iter().find_map(crate::media::reply_to),
+            reaction: decrypted.iter().find_map(crate::media::reaction),
+            media_ref,
         });
         let ack = NodeBuilder::new("ack")
             .attr("class", "message")

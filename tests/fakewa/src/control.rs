@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::server::{ControlError, Fault, GroupEdit, NewMember, Server};
+use crate::server::{ControlError, Fault, GroupEdit, MediaSend, NewMember, Server};
 use crate::state::{MessageKind, ReceiptStatus};
 
 pub fn router(server: Arc<Server>) -> Router {
@@ -35,6 +35,12 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/refuse", post(refuse))
         .route("/control/devices", get(devices))
         .route("/control/deliveries", get(deliveries))
+        .route("/control/media", post(media_send))
+        .route("/control/media/ca.pem", get(media_ca))
+        .route("/control/media/expire", post(media_expire))
+        .route("/control/media/sent/{id}", get(media_sent))
+        .route("/control/receipts-from-devices", get(receipts_from_devices))
+        .route("/control/chatstates", get(chatstates))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -42,6 +48,9 @@ pub fn router(server: Arc<Server>) -> Router {
                 "no such control endpoint",
             )
         })
+        // `POST /control/media` carries files as base64 (a 100 MB document
+        // is ~134 MB of JSON).
+        .layer(axum::extract::DefaultBodyLimit::max(160 * 1024 * 1024))
         .with_state(server)
 }
 
@@ -60,6 +69,7 @@ impl IntoResponse for ControlError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ControlError::Gone(_) => StatusCode::GONE,
         };
         error(status, self.code(), &self.to_string())
     }
@@ -328,4 +338,71 @@ async fn devices(State(s): State<Arc<Server>>) -> Response {
 
 async fn deliveries(State(s): State<Arc<Server>>) -> Response {
     Json(json!({"deliveries": s.deliveries()})).into_response()
+}
+
+async fn media_send(State(s): State<Arc<Server>>, Body(req): Body<MediaSend>) -> Response {
+    use base64::Engine;
+    let data = match base64::engine::general_purpose::STANDARD.decode(req.data_base64.as_bytes()) {
+        Ok(data) => data,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("data_base64 is not base64: {e}"),
+            );
+        }
+    };
+    match s.send_media(&req, &data) {
+        Ok(sent) => Json(sent).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn media_ca(State(s): State<Arc<Server>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+        s.media_ca_pem(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpireReq {}
+
+async fn media_expire(State(s): State<Arc<Server>>, Body(_req): Body<ExpireReq>) -> Response {
+    Json(json!({"expired": s.media.expire_all()})).into_response()
+}
+
+async fn media_sent(
+    State(s): State<Arc<Server>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match s.sent_media(&id) {
+        Ok((plain, mimetype)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                mimetype.unwrap_or_else(|| "application/octet-stream".into()),
+            )],
+            plain,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PhoneQuery {
+    phone: Option<String>,
+}
+
+async fn receipts_from_devices(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<PhoneQuery>,
+) -> Response {
+    Json(json!({"receipts": s.device_receipts(q.phone.as_deref())})).into_response()
+}
+
+async fn chatstates(State(s): State<Arc<Server>>, Query(q): Query<PhoneQuery>) -> Response {
+    Json(json!({"chatstates": s.chatstates(q.phone.as_deref())})).into_response()
 }

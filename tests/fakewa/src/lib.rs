@@ -9,6 +9,7 @@
 mod conn;
 pub mod control;
 pub mod control_client;
+pub mod media;
 pub mod noise;
 pub mod peer;
 pub mod phone;
@@ -21,8 +22,25 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use server::{Config, ControlError, Delivery, DeviceInfo, Fault, OutboxEntry, Paired, Server};
+pub use server::{
+    Config, ControlError, Delivery, DeviceInfo, Fault, MediaSend, OutboxEntry, Paired, SentMedia,
+    Server,
+};
 pub use state::{MessageKind, ReceiptStatus};
+
+/// The media CA of every fakewa started in this process, by WebSocket URL,
+/// so a test helper that only has the URL can find it.
+static MEDIA_CAS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The media CA certificate (PEM) of the fakewa started in this process whose
+/// WebSocket URL is `ws_url` ([`FakeWa::ws_url`]).
+pub fn media_ca_pem_for_ws_url(ws_url: &str) -> Option<String> {
+    server::lock(&MEDIA_CAS)
+        .iter()
+        .rev()
+        .find(|(url, _)| url == ws_url)
+        .map(|(_, pem)| pem.clone())
+}
 
 /// A running fake server: the WhatsApp WebSocket listener and the control API.
 /// Dropping it stops both.
@@ -30,6 +48,7 @@ pub struct FakeWa {
     pub server: Arc<Server>,
     ws_addr: SocketAddr,
     control_addr: SocketAddr,
+    media_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
 }
 
@@ -49,13 +68,26 @@ impl FakeWa {
         listen: SocketAddr,
         control: SocketAddr,
     ) -> std::io::Result<Self> {
+        let media_listen = config.media_listen;
         let server = Server::new(config)?;
         let ws = TcpListener::bind(listen).await?;
+        let media = TcpListener::bind(media_listen).await?;
+        let media_addr = media.local_addr()?;
+        server.media.set_addr(media_addr);
         let ctl = TcpListener::bind(control).await?;
         let ws_addr = ws.local_addr()?;
         let control_addr = ctl.local_addr()?;
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(server.clone().serve(ws, rx.clone()));
+        {
+            let store = server.media.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = media::serve(store, media, rx).await {
+                    tracing::error!("media server failed: {e}");
+                }
+            });
+        }
         let router = control::router(server.clone());
         let mut ctl_rx = rx;
         tokio::spawn(async move {
@@ -66,11 +98,13 @@ impl FakeWa {
                 tracing::error!("control API failed: {e}");
             }
         });
-        tracing::info!(%ws_addr, %control_addr, "fakewa listening");
+        tracing::info!(%ws_addr, %control_addr, %media_addr, "fakewa listening");
+        server::lock(&MEDIA_CAS).push((format!("ws://{ws_addr}/ws/chat"), server.media_ca_pem()));
         Ok(Self {
             server,
             ws_addr,
             control_addr,
+            media_addr,
             shutdown,
         })
     }
@@ -91,6 +125,17 @@ impl FakeWa {
 
     pub fn control_addr(&self) -> SocketAddr {
         self.control_addr
+    }
+
+    /// The media CDN's address (HTTPS): `127.0.0.1:PORT`.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.media_addr
+    }
+
+    /// The PEM certificate of the CA that signed the media CDN's
+    /// certificate: what a client must trust to upload and download media.
+    pub fn media_ca_pem(&self) -> String {
+        self.server.media.ca_pem().to_owned()
     }
 
     /// Stops accepting and closes every connection.

@@ -825,6 +825,30 @@ pub async fn dm_stanza(
     ))
 }
 
+/// A DM from `contact` carrying any message (media: `type="media"`).
+pub async fn dm_message_stanza(
+    contact: &mut Contact,
+    to_device: (&str, u32),
+    bundle: &mut DeviceBundle,
+    msg_id: &str,
+    message: &wa::Message,
+    ts: u64,
+    push_name: &str,
+) -> Result<Node, PeerError> {
+    let (enc_type, ciphertext) = contact.encrypt_for(to_device, bundle, message).await?;
+    let mut node = message_node(
+        vec![("from", contact.jid())],
+        msg_id,
+        ts,
+        push_name,
+        [enc_node(enc_type, ciphertext)],
+    );
+    if message.conversation.is_none() {
+        node.attrs.insert("type", "media");
+    }
+    Ok(node)
+}
+
 /// A text the primary phone itself sent to `recipient_phone`, as it reaches a
 /// linked device: from the own account's device 0, with the chat in
 /// `recipient`, the text wrapped in `device_sent_message`:

@@ -14,6 +14,7 @@ use wacore_binary::builder::NodeBuilder;
 use wacore_binary::node::Node;
 
 use crate::conn::{self, ConnCmd, ConnHandle};
+use crate::media::MediaStore;
 use crate::noise::ServerIdentity;
 use crate::peer::Contact;
 use crate::phone::{self, AccountKey};
@@ -55,6 +56,14 @@ pub struct Config {
     /// Whether a contact sends a delivery receipt as soon as it receives a
     /// message from a linked device (as a phone that is online does).
     pub delivery_receipts: bool,
+    /// Where the media CDN (HTTPS) listens.
+    pub media_listen: std::net::SocketAddr,
+    /// How long an uploaded or sent media blob can be downloaded (410 after).
+    pub media_ttl: Duration,
+    /// The largest upload the CDN takes (413 beyond).
+    pub media_max_upload: usize,
+    /// All media blobs kept in memory together (507 beyond).
+    pub media_store_limit: usize,
 }
 
 impl Default for Config {
@@ -65,6 +74,10 @@ impl Default for Config {
             assign_lid: true,
             push_name_in_pair_success: true,
             delivery_receipts: true,
+            media_listen: ([127, 0, 0, 1], 0).into(),
+            media_ttl: Duration::from_secs(3600),
+            media_max_upload: 100 * 1024 * 1024,
+            media_store_limit: 256 * 1024 * 1024,
         }
     }
 }
@@ -79,6 +92,8 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    Gone(String),
 }
 
 impl ControlError {
@@ -88,6 +103,7 @@ impl ControlError {
             ControlError::NotFound(_) => "not_found",
             ControlError::Conflict(_) => "conflict",
             ControlError::Failed(_) => "failed",
+            ControlError::Gone(_) => "expired",
         }
     }
 }
@@ -100,6 +116,38 @@ pub struct Paired {
     pub lid: Option<String>,
 }
 
+/// What a contact sends with `POST /control/media`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSend {
+    pub to_phone: String,
+    pub from_phone: String,
+    /// `image`, `video`, `audio`, `ptt`, `document` or `sticker`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub mimetype: String,
+    /// The plaintext bytes, standard base64.
+    pub data_base64: String,
+    #[serde(default)]
+    pub caption: Option<String>,
+    #[serde(default)]
+    pub file_name: Option<String>,
+    #[serde(default)]
+    pub seconds: Option<u32>,
+    /// Flip a bit of the stored blob's MAC (its download then fails the MAC check).
+    #[serde(default)]
+    pub corrupt_mac: bool,
+}
+
+/// The answer to `POST /control/media`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SentMedia {
+    pub id: String,
+    pub direct_path: String,
+    pub sha256_hex: String,
+    pub enc_sha256_hex: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct OutboxEntry {
     pub id: String,
@@ -107,6 +155,42 @@ pub struct OutboxEntry {
     pub from_device: u16,
     pub to: String,
     pub text: Option<String>,
+    pub received_at_ms: u64,
+    /// The media the message carries (see `crate::media::OutboxMedia`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::media::OutboxMedia>,
+    /// The message this one quotes (`ContextInfo`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<crate::media::ReplyTo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<crate::media::Reaction>,
+    /// Where the media is and its key (`GET /control/media/sent/{id}`).
+    #[serde(skip)]
+    pub media_ref: Option<crate::media::MediaRef>,
+}
+
+/// A receipt a linked device sent (for messages it received: delivery,
+/// `read` when the chat is marked read, `played`, `retry`…).
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceReceipt {
+    pub from_device_jid: String,
+    pub chat: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    pub ids: Vec<String>,
+    /// The receipt's `type`; `delivery` when it has none.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub received_at_ms: u64,
+}
+
+/// A typing indicator a linked device sent.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceChatstate {
+    pub from_device_jid: String,
+    pub chat: String,
+    /// `composing`, `recording` or `paused`.
+    pub state: String,
     pub received_at_ms: u64,
 }
 
@@ -150,6 +234,8 @@ pub struct Server {
     pub(crate) conns: Mutex<Conns>,
     contacts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Contact>>>>,
     outbox: Mutex<Vec<OutboxEntry>>,
+    device_receipts: Mutex<Vec<DeviceReceipt>>,
+    chatstates: Mutex<Vec<DeviceChatstate>>,
     deliveries: Mutex<Vec<Delivery>>,
     refuse_until: Mutex<Option<Instant>>,
     /// Phones whose device connection is dropped right after its next
@@ -160,6 +246,8 @@ pub struct Server {
     next_conn_id: AtomicU64,
     edge_routed: AtomicU64,
     next_msg_id: AtomicU64,
+    /// The media CDN.
+    pub media: Arc<MediaStore>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,12 +277,13 @@ impl Server {
         let identity = ServerIdentity::from_private(&state.server.server_private)
             .map_err(std::io::Error::other)?;
         Ok(Arc::new(Self {
-            config,
             identity,
             state: Mutex::new(state),
             conns: Mutex::new(Conns::default()),
             contacts: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Vec::new()),
+            device_receipts: Mutex::new(Vec::new()),
+            chatstates: Mutex::new(Vec::new()),
             deliveries: Mutex::new(Vec::new()),
             refuse_until: Mutex::new(None),
             drop_after_delivery: Mutex::new(HashSet::new()),
@@ -202,7 +291,18 @@ impl Server {
             next_conn_id: AtomicU64::new(1),
             edge_routed: AtomicU64::new(0),
             next_msg_id: AtomicU64::new(1),
+            media: Arc::new(MediaStore::new(
+                config.media_ttl,
+                config.media_max_upload,
+                config.media_store_limit,
+            )?),
+            config,
         }))
+    }
+
+    /// The PEM certificate of the CA that signed the media CDN's certificate.
+    pub fn media_ca_pem(&self) -> String {
+        self.media.ca_pem().to_owned()
     }
 
     /// Accepts WebSocket connections until `shutdown` turns true.
@@ -266,6 +366,57 @@ impl Server {
     pub(crate) fn record_outbound(&self, entry: OutboxEntry) {
         tracing::info!(id = %entry.id, from = %entry.from_phone, to = %entry.to, "device sent a message");
         lock(&self.outbox).push(entry);
+    }
+
+    pub(crate) fn record_receipt(&self, receipt: DeviceReceipt) {
+        lock(&self.device_receipts).push(receipt);
+    }
+
+    pub(crate) fn record_chatstate(&self, chatstate: DeviceChatstate) {
+        lock(&self.chatstates).push(chatstate);
+    }
+
+    /// The receipts linked devices (of `phone`, if given) sent, in order.
+    pub fn device_receipts(&self, phone: Option<&str>) -> Vec<DeviceReceipt> {
+        lock(&self.device_receipts)
+            .iter()
+            .filter(|r| phone.is_none_or(|p| r.from_device_jid.split(':').next() == Some(p)))
+            .cloned()
+            .collect()
+    }
+
+    /// The typing indicators linked devices (of `phone`, if given) sent, in order.
+    pub fn chatstates(&self, phone: Option<&str>) -> Vec<DeviceChatstate> {
+        lock(&self.chatstates)
+            .iter()
+            .filter(|c| phone.is_none_or(|p| c.from_device_jid.split(':').next() == Some(p)))
+            .cloned()
+            .collect()
+    }
+
+    /// The plaintext of the media of outbox message `id` (fakewa downloads
+    /// its own blob and decrypts it with the message's media key).
+    pub fn sent_media(&self, id: &str) -> Result<(Vec<u8>, Option<String>), ControlError> {
+        let entry = lock(&self.outbox)
+            .iter()
+            .rev()
+            .find(|e| e.id == id && e.media_ref.is_some())
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("no sent media message {id:?}")))?;
+        let media_ref = entry.media_ref.expect("filtered on media_ref");
+        let mimetype = entry.media.and_then(|m| m.mimetype);
+        match self.media.open(&media_ref) {
+            Ok(plain) => Ok((plain, mimetype)),
+            Err(crate::media::OpenError::Missing) => Err(ControlError::NotFound(format!(
+                "the media of {id:?} is not on fakewa's CDN"
+            ))),
+            Err(crate::media::OpenError::Expired) => {
+                Err(ControlError::Gone(format!("the media of {id:?} expired")))
+            }
+            Err(crate::media::OpenError::Undecryptable(e)) => Err(ControlError::Failed(format!(
+                "the media of {id:?} does not decrypt: {e}"
+            ))),
+        }
     }
 
     pub(crate) fn new_message_id(&self) -> String {
@@ -354,9 +505,172 @@ impl Server {
                 receipt: None,
                 group: None,
                 notice: None,
+                proto: None,
             },
         )?;
         Ok(id)
+    }
+
+    /// Contact `req.from_phone` sends media with the bytes `data` to
+    /// `req.to_phone`'s devices: encrypted with WhatsApp's media scheme,
+    /// stored on the media CDN, and sent as the matching message.
+    pub fn send_media(&self, req: &MediaSend, data: &[u8]) -> Result<SentMedia, ControlError> {
+        use buffa::Message;
+        use wacore::download::MediaType;
+        use waproto::whatsapp as wa;
+
+        validate_phone(&req.to_phone)?;
+        validate_phone(&req.from_phone)?;
+        if req.from_phone == req.to_phone {
+            return Err(ControlError::BadRequest(
+                "from_phone must differ from to_phone".into(),
+            ));
+        }
+        let media_type = match req.kind.as_str() {
+            "image" => MediaType::Image,
+            "video" => MediaType::Video,
+            "audio" | "ptt" => MediaType::Audio,
+            "document" => MediaType::Document,
+            "sticker" => MediaType::Sticker,
+            other => {
+                return Err(ControlError::BadRequest(format!(
+                    "unknown type {other:?}: image, video, audio, ptt, document or sticker"
+                )));
+            }
+        };
+        if data.is_empty() {
+            return Err(ControlError::BadRequest("data_base64 is empty".into()));
+        }
+        if lock(&self.state).devices_of(&req.to_phone).is_empty() {
+            return Err(ControlError::NotFound(format!(
+                "{} has no linked device",
+                req.to_phone
+            )));
+        }
+        let enc = wacore::upload::encrypt_media(data, media_type)
+            .map_err(|e| ControlError::Failed(format!("cannot encrypt: {e}")))?;
+        let mut blob = enc.data_to_upload;
+        if req.corrupt_mac {
+            // The last 10 bytes are the truncated HMAC.
+            if let Some(last) = blob.last_mut() {
+                *last ^= 0x01;
+            }
+        }
+        let direct_path = self
+            .media
+            .store(media_type.mms_type(), blob.into())
+            .map_err(|e| ControlError::Failed(format!("media store: {e:?}")))?;
+        let url = self.media.url(&direct_path);
+        let mimetype = req.mimetype.clone();
+        let (url, dp, key, sha, enc_sha, len, ts) = (
+            Some(url),
+            Some(direct_path.clone()),
+            Some(enc.media_key.to_vec()),
+            Some(enc.file_sha256.to_vec()),
+            Some(enc.file_enc_sha256.to_vec()),
+            Some(data.len() as u64),
+            Some(now_secs() as i64),
+        );
+        let mut msg = wa::Message::default();
+        match req.kind.as_str() {
+            "image" => {
+                msg.image_message = buffa::MessageField::some(wa::message::ImageMessage {
+                    url,
+                    direct_path: dp,
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc_sha,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: Some(mimetype),
+                    caption: req.caption.clone(),
+                    ..Default::default()
+                })
+            }
+            "video" => {
+                msg.video_message = buffa::MessageField::some(wa::message::VideoMessage {
+                    url,
+                    direct_path: dp,
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc_sha,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: Some(mimetype),
+                    caption: req.caption.clone(),
+                    seconds: req.seconds,
+                    streaming_sidecar: enc.streaming_sidecar,
+                    ..Default::default()
+                })
+            }
+            "audio" | "ptt" => {
+                msg.audio_message = buffa::MessageField::some(wa::message::AudioMessage {
+                    url,
+                    direct_path: dp,
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc_sha,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: Some(mimetype),
+                    seconds: req.seconds,
+                    ptt: Some(req.kind == "ptt"),
+                    streaming_sidecar: enc.streaming_sidecar,
+                    ..Default::default()
+                })
+            }
+            "document" => {
+                msg.document_message = buffa::MessageField::some(wa::message::DocumentMessage {
+                    url,
+                    direct_path: dp,
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc_sha,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: Some(mimetype),
+                    caption: req.caption.clone(),
+                    title: req.file_name.clone(),
+                    file_name: req.file_name.clone(),
+                    ..Default::default()
+                })
+            }
+            _ => {
+                msg.sticker_message = buffa::MessageField::some(wa::message::StickerMessage {
+                    url,
+                    direct_path: dp,
+                    media_key: key,
+                    file_sha256: sha,
+                    file_enc_sha256: enc_sha,
+                    file_length: len,
+                    media_key_timestamp: ts,
+                    mimetype: Some(mimetype),
+                    ..Default::default()
+                })
+            }
+        }
+        let id = self.new_message_id();
+        self.queue_for_devices(
+            &req.to_phone,
+            QueuedMessage {
+                id: id.clone(),
+                kind: MessageKind::Dm,
+                contact: req.from_phone.clone(),
+                text: String::new(),
+                timestamp: now_secs(),
+                app_state_key: None,
+                receipt: None,
+                group: None,
+                notice: None,
+                proto: Some(msg.encode_to_vec()),
+            },
+        )?;
+        Ok(SentMedia {
+            id,
+            direct_path,
+            sha256_hex: crate::media::hex(&enc.file_sha256),
+            enc_sha256_hex: crate::media::hex(&enc.file_enc_sha256),
+        })
     }
 
     /// Creates a group of `members` (phones; the first is the creator and
@@ -452,6 +766,7 @@ impl Server {
             receipt: None,
             group: Some(group_id.to_owned()),
             notice: None,
+            proto: None,
         };
         for phone in recipients {
             self.queue_for_devices(&phone, entry.clone())?;
@@ -579,6 +894,7 @@ impl Server {
             receipt: None,
             group: Some(group_id.to_owned()),
             notice: Some(notice),
+            proto: None,
         };
         for phone in told {
             self.queue_for_devices(&phone, entry.clone())?;

@@ -192,6 +192,10 @@ pub struct QueuedMessage {
     /// encrypted; dequeued by the device's `<ack class="notification">`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<GroupNotice>,
+    /// Set for a contact's DM that is not a plain text (media): the
+    /// encoded `waproto` Message to send instead of `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<Vec<u8>>,
 }
 
 /// A change to a group, told to its members' devices.
@@ -267,6 +271,7 @@ impl QueuedMessage {
             }),
             group: None,
             notice: None,
+            proto: None,
         }
     }
 }
@@ -294,6 +299,7 @@ impl QueuedMessage {
             receipt: None,
             group: None,
             notice: None,
+            proto: None,
         }
     }
 }
