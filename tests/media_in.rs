@@ -190,9 +190,18 @@ async fn received_media_downloads_byte_exact_and_fails_clearly() {
         );
         let disposition = got.header("content-disposition").unwrap_or_default();
         assert!(
-            disposition.starts_with("attachment; filename="),
+            disposition.starts_with("attachment; filename"),
             "{disposition}"
         );
+        if *kind != "document" {
+            let ext = match *kind {
+                "image" => "jpg",
+                "ptt" => "ogg",
+                "sticker" => "webp",
+                _ => "mp4",
+            };
+            assert_eq!(disposition, format!("attachment; filename=\"{id}.{ext}\""));
+        }
         if *kind == "document" {
             assert!(
                 disposition.contains("filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf"),

@@ -308,20 +308,20 @@ pub fn file_name(r: &MediaRef) -> String {
     format!("{}.{ext}", r.message_id)
 }
 
-/// `attachment; filename="…"; filename*=UTF-8''…` (RFC 6266): an ASCII
-/// fallback with quotes, backslashes and controls replaced, and the exact
-/// name percent-encoded.
+/// `attachment; filename="…"` (RFC 6266); a name that is not plain ASCII
+/// also gets `filename*=UTF-8''…` (the exact name, percent-encoded),
+/// written first: simple parsers (pywa's) take what follows the last
+/// `filename=`, the ASCII fallback with quotes, backslashes, controls and
+/// other characters replaced.
 pub fn content_disposition(name: &str) -> String {
+    let plain = |c: char| c == ' ' || c.is_ascii_graphic() && c != '"' && c != '\\';
     let ascii: String = name
         .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if plain(c) { c } else { '_' })
         .collect();
+    if name.chars().all(plain) {
+        return format!("attachment; filename=\"{ascii}\"");
+    }
     let mut encoded = String::new();
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
@@ -330,7 +330,7 @@ pub fn content_disposition(name: &str) -> String {
             encoded.push_str(&format!("%{b:02X}"));
         }
     }
-    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+    format!("attachment; filename*=UTF-8''{encoded}; filename=\"{ascii}\"")
 }
 
 /// Asks the sender's phone to upload the file again, in the background
@@ -566,7 +566,11 @@ mod tests {
     fn file_names_are_safe_in_a_header() {
         assert_eq!(
             content_disposition("a\"b\\c é.pdf"),
-            "attachment; filename=\"a_b_c _.pdf\"; filename*=UTF-8''a%22b%5Cc%20%C3%A9.pdf"
+            "attachment; filename*=UTF-8''a%22b%5Cc%20%C3%A9.pdf; filename=\"a_b_c _.pdf\""
+        );
+        assert_eq!(
+            content_disposition("3EB0.jpg"),
+            "attachment; filename=\"3EB0.jpg\""
         );
         assert!(HeaderValue::from_str(&content_disposition("x\r\ny")).is_ok());
         let r = MediaRef {

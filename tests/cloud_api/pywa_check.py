@@ -307,6 +307,8 @@ def main() -> None:
     if url.file_size != len(jpeg) or url.sha256 != hashlib.sha256(jpeg).hexdigest():
         fail(f"get_media_url answered {url!r}")
     saved = wa.download_media(url=url.url, path=out)
+    if saved.name != f"{image_id}.jpg":
+        fail(f"download_media saved as {saved.name!r}, not {image_id}.jpg (Content-Disposition)")
     if saved.read_bytes() != jpeg:
         fail(f"download_media saved {saved.stat().st_size} bytes that differ from the {len(jpeg)} sent")
     print(f"OK pywa download_media: {len(jpeg)} bytes byte-exact as {saved.name} ({url.mime_type})")
