@@ -355,9 +355,16 @@ pub fn decrypt_into(
         sha: ring::digest::Context::new(&ring::digest::SHA256),
     };
     let reader = std::io::BufReader::with_capacity(READ_CHUNK, file);
+    // wacore writes a block (16 bytes) at a time: gathered here, so the
+    // hash and the body see large writes.
+    let mut gathered = std::io::BufWriter::with_capacity(READ_CHUNK, &mut hashing);
     let written =
-        DownloadUtils::decrypt_stream_to_writer(reader, &r.media_key, media_type, &mut hashing)
+        DownloadUtils::decrypt_stream_to_writer(reader, &r.media_key, media_type, &mut gathered)
             .map_err(|e| MediaError::Undecryptable(format!("decryption failed: {e}")))?;
+    gathered
+        .flush()
+        .map_err(|e| MediaError::Unavailable(e.to_string()))?;
+    drop(gathered);
     if hashing.sha.finish().as_ref() != r.file_sha256.as_slice() {
         return Err(MediaError::Undecryptable(
             "the decrypted file's SHA-256 is not the message's file_sha256".into(),
