@@ -1228,6 +1228,7 @@ mod tests {
                     "format" => "cloud_api",
                     "status_broadcast" => "drop",
                     "secret_file" => "/tmp/x",
+                    "inline_media_max_bytes" => "1MiB",
                     _ => "1m",
                 },
                 EnvKind::Str => match *path.last().unwrap() {
@@ -1239,6 +1240,7 @@ mod tests {
                     "filter" => "debug",
                     p if p.ends_with("_file") || p == "data_dir" => "/tmp/x",
                     "device_os" => "x",
+                    "public_url" => "https://whatsd.example.com",
                     _ => "1m",
                 },
             };
