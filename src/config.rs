@@ -1213,6 +1213,55 @@ mod tests {
         }
     }
 
+    /// A PEM file holding one certificate, for `whatsapp.media_ca_file`.
+    fn test_ca_file() -> &'static str {
+        static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            let path = std::env::temp_dir()
+                .join(format!("whatsd-config-test-ca-{}.pem", std::process::id()));
+            std::fs::write(
+                &path,
+                "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n",
+            )
+            .unwrap();
+            path.display().to_string()
+        })
+    }
+
+    /// Test builds skip the certificate-chain check, so they take a media
+    /// CA; the file must hold certificates. (Release builds refuse the key:
+    /// checked by CI against the release binary.)
+    #[test]
+    fn media_ca_file_must_hold_certificates() {
+        assert!(!crate::wa::build_info::cert_chain_verification_enforced());
+        let ca = test_ca_file();
+        let config = load(&format!("[whatsapp]\nmedia_ca_file = {ca:?}"), &[]).unwrap();
+        assert_eq!(
+            config.session_config().wa.media_ca_file.as_deref(),
+            Some(std::path::Path::new(ca))
+        );
+        let err = load("[whatsapp]\nmedia_ca_file = \"/nonexistent/ca.pem\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("media_ca_file") && err.contains("cannot read"),
+            "{err}"
+        );
+        let empty =
+            std::env::temp_dir().join(format!("whatsd-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = load(
+            &format!(
+                "[whatsapp]\nmedia_ca_file = {:?}",
+                empty.display().to_string()
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+    }
+
     #[test]
     fn every_env_key_maps_to_a_real_key() {
         for (path, kind) in ENV_KEYS {
@@ -1238,6 +1287,7 @@ mod tests {
                     "body_limit" => "2MiB",
                     "format" => "json",
                     "filter" => "debug",
+                    "media_ca_file" => test_ca_file(),
                     p if p.ends_with("_file") || p == "data_dir" => "/tmp/x",
                     "device_os" => "x",
                     "public_url" => "https://whatsd.example.com",

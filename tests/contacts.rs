@@ -431,6 +431,6 @@ async fn the_directory_holds_each_person_once_merging_phone_and_lid() {
         .await;
     assert_eq!(
         r.text(),
-        "phone,lid,push_name,groups,first_seen_ms,last_seen_ms\r\n"
+        "phone,lid,push_name,groups,first_seen_ms,last_seen_ms,name\r\n"
     );
 }

@@ -192,37 +192,41 @@ async fn an_upload_is_accepted_and_fakewa_decrypts_it() {
     common::init_tracing();
     let fake = FakeWa::start().await.unwrap();
     let mut linked = link(&fake, "15551230002").await;
-    let original = bytes(300 * 1024 + 7, 2);
+    // Below and above whatsapp-rust's 5 MiB resumable-upload threshold (the
+    // larger one first asks fakewa whether a partial upload exists).
+    for (size, seed) in [(300 * 1024 + 7, 2), (6 * 1024 * 1024 + 1, 5)] {
+        let original = bytes(size, seed);
 
-    let uploaded = linked
-        .client
-        .upload(original.clone(), MediaType::Image, UploadOptions::default())
-        .await
-        .expect("upload");
-    assert!(
-        uploaded
-            .url
-            .starts_with(&format!("https://{}/", fake.media_addr())),
-        "{}",
-        uploaded.url
-    );
-    let fakewa::media::Lookup::Live(blob) = fake.server.media.get(&uploaded.direct_path) else {
-        panic!("fakewa did not store the upload");
-    };
-    let plain = DownloadUtils::verify_and_decrypt(&blob, &uploaded.media_key, MediaType::Image)
-        .expect("fakewa decrypts the upload with the media key");
-    assert!(plain == original, "decrypted upload differs");
+        let uploaded = linked
+            .client
+            .upload(original.clone(), MediaType::Image, UploadOptions::default())
+            .await
+            .expect("upload");
+        assert!(
+            uploaded
+                .url
+                .starts_with(&format!("https://{}/", fake.media_addr())),
+            "{}",
+            uploaded.url
+        );
+        let fakewa::media::Lookup::Live(blob) = fake.server.media.get(&uploaded.direct_path) else {
+            panic!("fakewa did not store the upload");
+        };
+        let plain = DownloadUtils::verify_and_decrypt(&blob, &uploaded.media_key, MediaType::Image)
+            .expect("fakewa decrypts the upload with the media key");
+        assert!(plain == original, "decrypted upload differs");
 
-    // The upload downloads again through the same client, as a recipient would.
-    let image = wa::message::ImageMessage {
-        direct_path: Some(uploaded.direct_path.clone()),
-        media_key: Some(uploaded.media_key.to_vec()),
-        file_sha256: Some(uploaded.file_sha256.to_vec()),
-        file_enc_sha256: Some(uploaded.file_enc_sha256.to_vec()),
-        file_length: Some(uploaded.file_length),
-        ..Default::default()
-    };
-    assert!(linked.client.download(&image).await.expect("download") == original);
+        // The upload downloads again through the same client, as a recipient would.
+        let image = wa::message::ImageMessage {
+            direct_path: Some(uploaded.direct_path.clone()),
+            media_key: Some(uploaded.media_key.to_vec()),
+            file_sha256: Some(uploaded.file_sha256.to_vec()),
+            file_enc_sha256: Some(uploaded.file_enc_sha256.to_vec()),
+            file_length: Some(uploaded.file_length),
+            ..Default::default()
+        };
+        assert!(linked.client.download(&image).await.expect("download") == original);
+    }
 
     if let Some(handle) = linked.handle.take() {
         handle.shutdown().await;

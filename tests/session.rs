@@ -721,11 +721,27 @@ async fn health_sweep_reconnects_a_silent_connection() {
     cfg.silent_after = Duration::from_secs(3);
     let mut d = boot(dir.path(), cfg).await;
     d.pair(&fake, "quiet", "15551230080").await;
-    let stalled_at = now_ms();
+    // A reconnection is a later connection than the one just made: in the
+    // same millisecond as the stall, "connected since the stall" would hold
+    // without any (it did, and then fakewa could be caught between two
+    // connections).
+    let paired_at = d
+        .supervisor
+        .get("quiet")
+        .await
+        .unwrap()
+        .last_connected_at_ms;
+    let stalled_at = now_ms().max(paired_at + 1);
     fake.server
         .fault("15551230080", fakewa::Fault::Stall)
         .unwrap();
     d.connected_since_within("quiet", stalled_at, 15).await;
+    // One linked device, connected at fakewa (polled: the stalled
+    // connection's end and the new one's start are fakewa's own tasks).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while device_count(&fake, "15551230080") != (1, 1) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(device_count(&fake, "15551230080"), (1, 1));
     d.supervisor.shutdown().await;
 }

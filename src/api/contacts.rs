@@ -27,7 +27,8 @@ const MAX_PAGE: usize = 500;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ContactsQuery {
-    /// Only people whose phone, LID or push name contains this (any case).
+    /// Only people whose phone, LID, push name or address-book name contains
+    /// this (any case).
     #[param(max_length = 100)]
     pub q: Option<String>,
     /// The `next` of the previous page.
@@ -103,7 +104,8 @@ pub async fn list(
 }
 
 /// The whole directory as CSV (RFC 4180): `phone,lid,push_name,groups,
-/// first_seen_ms,last_seen_ms`, groups separated by spaces.
+/// first_seen_ms,last_seen_ms,name`, groups separated by spaces (`name`,
+/// the address book's, last so readers by position keep working).
 #[utoipa::path(get, path = "/sessions/{id}/contacts.csv", operation_id = "export_contacts", tag = "contacts",
     params(SessionPath),
     responses(
@@ -120,7 +122,8 @@ pub async fn csv(
     let prefix = state.supervisor.contacts_prefix(&id).await?;
     let store = state.store.clone();
     let body = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
-        let mut out = String::from("phone,lid,push_name,groups,first_seen_ms,last_seen_ms\r\n");
+        let mut out =
+            String::from("phone,lid,push_name,groups,first_seen_ms,last_seen_ms,name\r\n");
         let mut after: Option<Vec<u8>> = None;
         loop {
             let (people, next) = contacts::page(&store, &prefix, None, after.as_deref(), 1000)?;
@@ -132,6 +135,7 @@ pub async fn csv(
                     p.groups.join(" "),
                     p.first_seen_ms.to_string(),
                     p.last_seen_ms.to_string(),
+                    p.name.clone().unwrap_or_default(),
                 ];
                 let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
                 out.push_str(&row.join(","));

@@ -1,5 +1,6 @@
 //! The contacts directory of a session: every person it has seen (senders
-//! of direct and group messages, group members it was told about) as ONE
+//! of direct and group messages, group members it was told about, people in
+//! the phone's address book when the phone syncs it) as ONE
 //! entry per person. A phone number and a LID seen apart are two entries
 //! until a message or notification names both; then they merge into the
 //! LID's entry, and the phone's key points there for good (entries merge,
@@ -22,6 +23,10 @@ pub struct Contact {
     pub lid: Option<String>,
     /// The name they gave WhatsApp, as last seen.
     pub push_name: Option<String>,
+    /// Their name in the phone's address book (full name, else first
+    /// name), once the phone syncs it.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Groups (JIDs) they were seen in.
     pub groups: Vec<String>,
     /// Milliseconds since the Unix epoch.
@@ -52,6 +57,9 @@ pub struct Seen {
     pub phone: Option<String>,
     pub lid: Option<String>,
     pub push_name: Option<String>,
+    /// From the phone's address book: not a sighting of the person, so it
+    /// moves neither first nor last seen of someone already seen.
+    pub name: Option<String>,
     pub group: Option<String>,
     pub at_ms: i64,
 }
@@ -73,6 +81,20 @@ impl Seen {
             push_name: some(push_name),
             group: group.map(str::to_owned),
             at_ms,
+            name: None,
+        }
+    }
+
+    /// From the phone's address book: `name` for the person with `phone`
+    /// digits and/or `lid` JID (empty when unknown), synced at `at_ms`.
+    pub fn address_book(phone: &str, lid: &str, name: Option<&str>, at_ms: i64) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Self {
+            phone: some(phone),
+            lid: some(lid),
+            name: name.and_then(some),
+            at_ms,
+            ..Self::default()
         }
     }
 }
@@ -102,6 +124,11 @@ fn merge(into: &mut Contact, from: &Contact) {
     }
     if from.last_seen_ms >= into.last_seen_ms && from.push_name.is_some() {
         into.push_name.clone_from(&from.push_name);
+    }
+    // The address book's word is its latest: a sighting carries a name only
+    // when it comes from the book.
+    if from.name.is_some() {
+        into.name.clone_from(&from.name);
     }
     for group in &from.groups {
         if !into.groups.contains(group) {
@@ -137,13 +164,15 @@ pub fn note(store: &Store, prefix: &[u8], seen: &[Seen]) -> Result<(), StoreErro
             .phone
             .as_deref()
             .map(|p| key(prefix, blinder, "phone", p));
+        let from_book = seen.name.is_some();
         let sighting = Contact {
             phone: seen.phone.clone(),
             lid: seen.lid.clone(),
             push_name: seen.push_name.clone(),
+            name: seen.name.clone(),
             groups: seen.group.iter().cloned().collect(),
-            first_seen_ms: seen.at_ms,
-            last_seen_ms: seen.at_ms,
+            first_seen_ms: if from_book { 0 } else { seen.at_ms },
+            last_seen_ms: if from_book { 0 } else { seen.at_ms },
             ..Contact::default()
         };
         store.contacts_update(|tx| {
@@ -170,6 +199,14 @@ pub fn note(store: &Store, prefix: &[u8], seen: &[Seen]) -> Result<(), StoreErro
                 merge(&mut person, alone);
             }
             merge(&mut person, &sighting);
+            // Someone known only from the address book was "seen" when the
+            // phone synced them.
+            if person.first_seen_ms == 0 {
+                person.first_seen_ms = seen.at_ms;
+            }
+            if person.last_seen_ms == 0 {
+                person.last_seen_ms = seen.at_ms;
+            }
             write(tx, &home, &Row::Person(person))?;
             if let Some(k) = &by_phone
                 && *k != home
@@ -232,8 +269,9 @@ pub fn annotate(store: &Store, prefix: &[u8], row: &Annotation) -> Result<bool, 
 }
 
 /// One page of the directory: up to `limit` people after the opaque
-/// cursor `after`, those matching `query` (a substring of the phone, LID
-/// or push name, any case); answers them and the next cursor.
+/// cursor `after`, those matching `query` (a substring of the phone, LID,
+/// push name or address-book name, any case); answers them and the next
+/// cursor.
 pub fn page(
     store: &Store,
     prefix: &[u8],
@@ -255,7 +293,7 @@ pub fn page(
                 continue;
             };
             let matches = query.as_deref().is_none_or(|q| {
-                [&person.phone, &person.lid, &person.push_name]
+                [&person.phone, &person.lid, &person.push_name, &person.name]
                     .iter()
                     .any(|f| f.as_deref().is_some_and(|v| v.to_lowercase().contains(q)))
             });
@@ -319,6 +357,68 @@ mod tests {
         assert_eq!(again[0].last_seen_ms, 40);
         // Another session's directory is apart.
         assert!(all(&store, &[2u8; 32]).is_empty());
+    }
+
+    #[test]
+    fn address_book_names_merge_by_phone_or_lid_and_the_latest_wins() {
+        let (_dir, store) = store();
+        let prefix = [4u8; 32];
+        note(
+            &store,
+            &prefix,
+            &[Seen::sender("15550001", "", "Ada", None, 10)],
+        )
+        .unwrap();
+        let book = |phone, lid, name, at| Seen::address_book(phone, lid, Some(name), at);
+        note(
+            &store,
+            &prefix,
+            &[
+                book("15550001", "", "Ada Lovelace", 20),
+                book("15550002", "88@lid", "Alan Turing", 20),
+            ],
+        )
+        .unwrap();
+        let people = all(&store, &prefix);
+        assert_eq!(people.len(), 2, "{people:#?}");
+        let ada = people
+            .iter()
+            .find(|p| p.phone.as_deref() == Some("15550001"))
+            .unwrap();
+        assert_eq!(ada.name.as_deref(), Some("Ada Lovelace"));
+        assert_eq!(ada.push_name.as_deref(), Some("Ada"));
+        // The book is not a sighting: Ada's times stay those of her message.
+        assert_eq!((ada.first_seen_ms, ada.last_seen_ms), (10, 10));
+        let alan = people
+            .iter()
+            .find(|p| p.lid.as_deref() == Some("88@lid"))
+            .unwrap();
+        assert_eq!(alan.phone.as_deref(), Some("15550002"));
+        assert_eq!((alan.first_seen_ms, alan.last_seen_ms), (20, 20));
+        // A message from Alan's LID alone, then a new name: one entry.
+        note(
+            &store,
+            &prefix,
+            &[Seen::sender("", "88@lid", "al", None, 30)],
+        )
+        .unwrap();
+        note(
+            &store,
+            &prefix,
+            &[book("15550002", "", "Alan M. Turing", 40)],
+        )
+        .unwrap();
+        let people = all(&store, &prefix);
+        assert_eq!(people.len(), 2, "{people:#?}");
+        let alan = people
+            .iter()
+            .find(|p| p.lid.as_deref() == Some("88@lid"))
+            .unwrap();
+        assert_eq!(alan.name.as_deref(), Some("Alan M. Turing"));
+        assert_eq!(alan.push_name.as_deref(), Some("al"));
+        let found = page(&store, &prefix, Some("lovelace"), None, 10).unwrap().0;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].phone.as_deref(), Some("15550001"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use whatsapp_rust::types::presence::ReceiptType;
 
 use whatsapp_rust::wacore::stanza::groups::{GroupNotificationAction, GroupParticipantInfo};
 
-use super::{GroupChange, GroupChangeKind, Receipt, WaEvent};
+use super::{BookContact, GroupChange, GroupChangeKind, Receipt, WaEvent};
 use crate::session::{AckStatus, Identity, Party};
 
 pub(super) fn map(event: &Event) -> Option<WaEvent> {
@@ -132,6 +132,29 @@ pub(super) fn map(event: &Event) -> Option<WaEvent> {
                     .map(|by| party(by, u.participant_pn.iter())),
                 timestamp: u.timestamp.timestamp(),
                 what,
+            }))
+        }
+        Event::ContactUpdate(c) => {
+            let action = &c.action;
+            let named: Vec<whatsapp_rust::Jid> =
+                [action.pn_jid.as_deref(), action.lid_jid.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|j| j.parse().ok())
+                    .collect();
+            let (lid, phone) =
+                super::inbound::lid_and_phone(std::iter::once(&c.jid).chain(named.iter()));
+            let name = [action.full_name.as_deref(), action.first_name.as_deref()]
+                .into_iter()
+                .flatten()
+                .map(str::trim)
+                .find(|n| !n.is_empty())
+                .map(str::to_owned);
+            WaEvent::AddressBook(Box::new(BookContact {
+                phone,
+                lid,
+                name,
+                at_ms: c.timestamp.timestamp_millis(),
             }))
         }
         _ => return None,

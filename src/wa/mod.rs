@@ -133,6 +133,22 @@ pub enum WaEvent {
     Receipt(Box<Receipt>),
     /// Someone changed a group the account is in.
     Group(Box<GroupChange>),
+    /// A person in the phone's address book, as app-state sync tells it.
+    AddressBook(Box<BookContact>),
+}
+
+/// A person in the phone's address book (an app-state `contact` action).
+/// The library reports additions and changes only, never removals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BookContact {
+    /// Digits, when known.
+    pub phone: String,
+    /// `<digits>@lid`, when known.
+    pub lid: String,
+    /// The full name, else the first name.
+    pub name: Option<String>,
+    /// Unix milliseconds of the action.
+    pub at_ms: i64,
 }
 
 /// A change to a group, as a `w:gp2` notification tells it.

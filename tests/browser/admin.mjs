@@ -409,7 +409,7 @@ async function main() {
       const contactRow = desktop.locator(`#contact-rows tr[data-phone="${sent.from}"]`);
       // The directory records the sender as the message arrives: ask again
       // (bounded) until it answers with them.
-      await desktop.getByLabel('Filter by phone, LID or push name').fill(sent.from);
+      await desktop.getByLabel('Filter by phone, LID or name').fill(sent.from);
       for (let attempt = 1; ; attempt++) {
         const answer = nextResponse(desktop, 'GET', '/v1/sessions/shop-1/contacts');
         await desktop.getByRole('button', { name: 'Filter', exact: true }).click();
@@ -424,10 +424,10 @@ async function main() {
       }
       await waitForText(contactRow.locator('td[data-label="Phone"]'), '+' + sent.from, 5 * SECOND);
       await waitForText(desktop.getByTestId('contacts-status'), '1 contact.', 5 * SECOND);
-      await desktop.getByLabel('Filter by phone, LID or push name').fill('no-such-person');
+      await desktop.getByLabel('Filter by phone, LID or name').fill('no-such-person');
       await desktop.getByRole('button', { name: 'Filter', exact: true }).click();
       await waitForText(desktop.getByTestId('contacts-status'), 'No contact matches', 5 * SECOND);
-      await desktop.getByLabel('Filter by phone, LID or push name').fill('');
+      await desktop.getByLabel('Filter by phone, LID or name').fill('');
       await desktop.getByRole('button', { name: 'Filter', exact: true }).click();
       await contactRow.waitFor({ timeout: 5 * SECOND });
       demoContact = sent.from;

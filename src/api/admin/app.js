@@ -788,6 +788,7 @@ function renderContacts() {
     const cells = [
       ['Phone', c.phone ? '+' + c.phone : '—'],
       ['LID', c.lid || '—'],
+      ['Name', c.name || '—'],
       ['Push name', c.push_name || '—'],
       ['Groups', String((c.groups || []).length)],
       ['Labels', (c.labels || []).join(', ') || '—'],

@@ -12,7 +12,7 @@ use crate::session::contacts;
 use crate::session::event::{EventKind, Identity, PairingQr, Party};
 use crate::session::state::{Reason, SessionState};
 use crate::session::{Owner, now_ms};
-use crate::wa::{GroupChange, GroupChangeKind, InboundMessage, Receipt, WaEvent};
+use crate::wa::{BookContact, GroupChange, GroupChangeKind, InboundMessage, Receipt, WaEvent};
 
 impl Actor {
     pub(super) async fn on_wa_event(&mut self, event: WaEvent) {
@@ -48,6 +48,7 @@ impl Actor {
             WaEvent::Undecryptable(message) => self.on_undecryptable(*message).await,
             WaEvent::Receipt(receipt) => self.on_receipt(*receipt).await,
             WaEvent::Group(change) => self.on_group_change(*change).await,
+            WaEvent::AddressBook(contact) => self.on_address_book(*contact),
             // Terminal.
             WaEvent::LoggedOut { on_connect } => self.on_unlinked(on_connect).await,
             WaEvent::StreamReplaced => {
@@ -269,6 +270,22 @@ impl Actor {
             && let Some(phone) = conn.phone_of_lid(&party.lid).await
         {
             party.phone = phone;
+        }
+    }
+
+    /// A person in the phone's address book joins (or renames) their
+    /// directory entry; someone only in the book gets one too: the
+    /// directory is everyone the session knows of.
+    fn on_address_book(&mut self, contact: BookContact) {
+        let seen = contacts::Seen::address_book(
+            &contact.phone,
+            &contact.lid,
+            contact.name.as_deref(),
+            contact.at_ms,
+        );
+        let prefix = self.outbound_prefix();
+        if let Err(e) = contacts::note(&self.shared.store, &prefix, &[seen]) {
+            tracing::warn!(session = %self.record.id, "contacts directory: {e}");
         }
     }
 

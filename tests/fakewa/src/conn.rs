@@ -40,6 +40,8 @@ pub(crate) enum ConnCmd {
     Drop,
     /// Stop reading and writing.
     Stall,
+    /// Send this stanza (a notification that is not queued).
+    Send(Node),
 }
 
 #[derive(Clone)]
@@ -432,6 +434,7 @@ impl Conn {
                 self.enter_pair_code(cipher, code, reply).await
             }
             ConnCmd::Flush => self.flush_queue(cipher).await,
+            ConnCmd::Send(node) => self.send(cipher, &node).await,
             ConnCmd::StreamError(_) | ConnCmd::Drop | ConnCmd::Stall => Ok(()),
         }
     }
@@ -530,6 +533,7 @@ impl Conn {
             queue: VecDeque::from([QueuedMessage::app_state_key_share(
                 self.server.new_message_id(),
                 &account.phone,
+                self.server.app_state_key(&account.phone),
                 now_secs(),
             )]),
         };
@@ -673,7 +677,12 @@ impl Conn {
                 self.send(cipher, &result(&id, vec![])).await?;
                 return self.finish_offline(cipher).await;
             }
-            ("w:sync:app:state", "set", _) => Some(app_state_reply(&id, &node)),
+            ("w:sync:app:state", "set", _) => Some(crate::appstate::sync_reply(
+                &self.server,
+                self.device_key(),
+                &id,
+                &node,
+            )),
             ("usync", "get", _) => Some(self.usync_reply(&id, &node)),
             ("w:g2", "get", "participating") => Some(self.participating_reply(&id)),
             ("w:g2", "get", "query") => Some(self.group_reply(&id, &node)),
@@ -1160,7 +1169,14 @@ impl Conn {
                 .attr("count", sent.to_string())
                 .build()])
             .build();
-        self.send(cipher, &ib).await
+        self.send(cipher, &ib).await?;
+        match self
+            .device_key()
+            .and_then(|k| crate::appstate::login_notice(&self.server, k))
+        {
+            Some(notice) => self.send(cipher, &notice).await,
+            None => Ok(()),
+        }
     }
 
     async fn flush_queue(&mut self, cipher: &mut TransportCipher) -> Result<(), ConnError> {
@@ -1804,25 +1820,6 @@ fn iq_error(id: &str, code: &str, text: &str) -> Node {
             .attr("text", text.to_owned())
             .build()])
         .build()
-}
-
-/// Each requested collection, empty: zero mutations, version unchanged.
-fn app_state_reply(id: &str, node: &Node) -> Node {
-    let collections: Vec<Node> = node
-        .get_optional_child("sync")
-        .map(|s| {
-            s.get_children_by_tag("collection")
-                .filter_map(|c| attr(c, "name"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .map(|name| NodeBuilder::new("collection").attr("name", name).build())
-        .collect();
-    result(
-        id,
-        vec![NodeBuilder::new("sync").children(collections).build()],
-    )
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/media/sent/{id}", get(media_sent))
         .route("/control/receipts-from-devices", get(receipts_from_devices))
         .route("/control/chatstates", get(chatstates))
+        .route("/control/address-book", post(address_book))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -405,4 +406,19 @@ async fn receipts_from_devices(
 
 async fn chatstates(State(s): State<Arc<Server>>, Query(q): Query<PhoneQuery>) -> Response {
     Json(json!({"chatstates": s.chatstates(q.phone.as_deref())})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressBookReq {
+    phone: String,
+    contacts: Vec<crate::appstate::BookEntry>,
+}
+
+/// The phone's address book is now `contacts` (the whole book).
+async fn address_book(State(s): State<Arc<Server>>, Body(req): Body<AddressBookReq>) -> Response {
+    match s.set_address_book(&req.phone, req.contacts) {
+        Ok(version) => Json(json!({"version": version})).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -6,6 +6,7 @@
 //! contacts. Clients must be built with `danger-skip-cert-chain-verify`: the
 //! fake's certificate chain cannot carry WhatsApp's signatures.
 
+pub mod appstate;
 mod conn;
 pub mod control;
 pub mod control_client;

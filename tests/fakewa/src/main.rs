@@ -1,4 +1,4 @@
-//! `fakewa --listen 127.0.0.1:7001 --control 127.0.0.1:7002 --state-dir DIR`
+//! `fakewa --listen 127.0.0.1:7001 --control 127.0.0.1:7002 --media 127.0.0.1:0 --state-dir DIR`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +15,9 @@ struct Args {
     /// Control API listener (JSON over HTTP).
     #[arg(long, default_value = "127.0.0.1:7002")]
     control: SocketAddr,
+    /// Media CDN listener (HTTPS with fakewa's own CA: GET /control/media/ca.pem).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    media: SocketAddr,
     /// Where paired devices are kept across restarts (in memory when absent).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -31,7 +34,7 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
-    for addr in [args.listen, args.control] {
+    for addr in [args.listen, args.control, args.media] {
         if !addr.ip().is_loopback() {
             eprintln!("fakewa: refusing to listen on {addr}: loopback addresses only");
             return std::process::ExitCode::from(2);
@@ -40,6 +43,7 @@ async fn main() -> std::process::ExitCode {
     let config = fakewa::Config {
         state_dir: args.state_dir,
         assign_lid: !args.no_lid,
+        media_listen: args.media,
         ..Default::default()
     };
     let fake = match fakewa::FakeWa::start_with(config, args.listen, args.control).await {
@@ -50,9 +54,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     println!(
-        "fakewa: whatsapp {} control {}",
+        "fakewa: whatsapp {} control {} media https://{}",
         fake.ws_url(),
-        fake.control_url()
+        fake.control_url(),
+        fake.media_addr()
     );
     let _ = tokio::signal::ctrl_c().await;
     fake.stop();

@@ -1206,7 +1206,7 @@ pub(crate) fn device_removed() -> Node {
         .build()
 }
 
-fn validate_phone(phone: &str) -> Result<(), ControlError> {
+pub(crate) fn validate_phone(phone: &str) -> Result<(), ControlError> {
     if (7..=15).contains(&phone.len())
         && phone.bytes().all(|b| b.is_ascii_digit())
         && !phone.starts_with('0')

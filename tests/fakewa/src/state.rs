@@ -33,6 +33,9 @@ pub struct ServerState {
     /// LIDs handed to contacts that are not accounts (group members).
     #[serde(default)]
     pub contact_lids: BTreeMap<String, String>,
+    /// Each phone's address book, synced to its devices as app state.
+    #[serde(default)]
+    pub address_books: BTreeMap<String, crate::appstate::StoredBook>,
 }
 
 /// First group id handed out (real ones look like `120363…`).
@@ -284,18 +287,15 @@ pub struct AppStateKey {
 }
 
 impl QueuedMessage {
-    /// The phone's app-state key share for a device of `phone`.
-    pub fn app_state_key_share(id: String, phone: &str, timestamp: u64) -> Self {
+    /// The phone's app-state key share (`key`) for a device of `phone`.
+    pub fn app_state_key_share(id: String, phone: &str, key: AppStateKey, timestamp: u64) -> Self {
         Self {
             id,
             kind: MessageKind::FromMe,
             contact: phone.to_owned(),
             text: String::new(),
             timestamp,
-            app_state_key: Some(AppStateKey {
-                key_id: rand::random(),
-                key_data: rand::random(),
-            }),
+            app_state_key: Some(key),
             receipt: None,
             group: None,
             notice: None,
@@ -322,6 +322,7 @@ impl State {
             groups: BTreeMap::new(),
             next_group: FIRST_GROUP,
             contact_lids: BTreeMap::new(),
+            address_books: BTreeMap::new(),
         };
         let Some(dir) = dir else {
             return Ok(Self {
