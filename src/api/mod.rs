@@ -15,6 +15,7 @@ pub mod graph;
 pub mod groups;
 mod limits;
 pub mod listener;
+pub mod media;
 pub mod openapi;
 pub mod operations;
 pub mod qr;
@@ -127,6 +128,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::pair_code))
         .routes(routes!(sessions::send_message))
         .routes(routes!(sessions::message_status, sessions::cancel_message))
+        .routes(routes!(media::download))
         .routes(routes!(sessions::phone_sessions))
         .routes(routes!(limits::show, limits::set))
         .routes(routes!(tenants::show_limits, tenants::set_limits))
@@ -177,6 +179,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .nest("/v1", v1)
         .merge(admin::routes())
         .merge(graph::routes())
+        .routes(routes!(media::graph_media))
 }
 
 /// The whole API.

@@ -9,6 +9,7 @@ mod events;
 pub mod groups;
 pub mod http;
 pub mod inbound;
+pub mod media;
 mod runtime;
 mod transport;
 
