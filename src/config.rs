@@ -53,6 +53,7 @@ pub struct Config {
     /// own through the API).
     pub limits: crate::session::limits::Limits,
     pub webhooks: WebhooksConfig,
+    /// Media received and sent.
     pub media: MediaConfig,
     pub log: LogConfig,
 }
@@ -145,6 +146,10 @@ pub struct ApiConfig {
     /// A WebSocket write that takes longer than this drops the socket.
     #[serde(deserialize_with = "de_duration")]
     pub ws_send_timeout: Duration,
+    /// The API's base URL as clients reach it (`https://whatsd.example.com`),
+    /// for the absolute media URLs in webhooks and Graph answers. Unset:
+    /// webhooks carry the path alone, Graph answers use the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -159,6 +164,7 @@ impl Default for ApiConfig {
             trusted_proxies: Vec::new(),
             ws_ping_interval: Duration::from_secs(20),
             ws_send_timeout: Duration::from_secs(10),
+            public_url: None,
         }
     }
 }
@@ -240,6 +246,10 @@ pub struct MediaConfig {
     /// `webhooks.allow_private_targets` does for webhooks). Off: 422
     /// `url_not_allowed`.
     pub allow_private_urls: bool,
+    /// Days a received attachment stays downloadable through whatsd (its
+    /// keys are kept that long; WhatsApp itself keeps the file for about
+    /// 30 days).
+    pub retention_days: u32,
 }
 
 /// WhatsApp's limits, the defaults and the most `[media]` may set.
@@ -261,6 +271,7 @@ impl Default for MediaConfig {
             max_sticker_bytes: MEDIA_LIMITS[4].1,
             url_timeout: Duration::from_secs(20),
             allow_private_urls: false,
+            retention_days: 30,
         }
     }
 }
@@ -330,6 +341,10 @@ pub struct WebhooksConfig {
     pub dead_letter_retention: Duration,
     /// Webhook endpoints one tenant may hold (its own and its sessions').
     pub max_endpoints_per_tenant: usize,
+    /// Received media of at most this many bytes is put in the webhook
+    /// itself as `data.media.data_base64`; 0: never.
+    #[serde(deserialize_with = "de_size")]
+    pub inline_media_max_bytes: u64,
 }
 
 impl std::fmt::Debug for WebhooksConfig {
@@ -364,7 +379,18 @@ impl Default for WebhooksConfig {
             status_broadcast: "deliver".to_string(),
             dead_letter_retention: d.dead_letter_retention,
             max_endpoints_per_tenant: d.max_endpoints_per_tenant,
+            inline_media_max_bytes: 0,
         }
+    }
+}
+
+impl Config {
+    /// The webhook module's settings, with what it needs from other
+    /// sections (`api.public_url` for media URLs); reads `secret_file`.
+    pub fn webhook_settings(&self) -> Result<crate::webhook::Settings, ConfigError> {
+        let mut settings = self.webhooks.settings()?;
+        settings.media_base_url = self.api.public_url.clone();
+        Ok(settings)
     }
 }
 
@@ -454,6 +480,8 @@ impl WebhooksConfig {
             deliver_status,
             dead_letter_retention: self.dead_letter_retention,
             max_endpoints_per_tenant: self.max_endpoints_per_tenant,
+            media_base_url: None,
+            inline_media_max_bytes: self.inline_media_max_bytes,
         })
     }
 }
@@ -524,6 +552,7 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["api", "trusted_proxies"], EnvKind::List),
     (&["api", "ws_ping_interval"], EnvKind::Str),
     (&["api", "ws_send_timeout"], EnvKind::Str),
+    (&["api", "public_url"], EnvKind::Str),
     (&["whatsapp", "ws_url"], EnvKind::Str),
     (&["whatsapp", "version"], EnvKind::Str),
     (&["whatsapp", "device_os"], EnvKind::Str),
@@ -565,6 +594,8 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["media", "max_sticker_bytes"], EnvKind::Str),
     (&["media", "url_timeout"], EnvKind::Str),
     (&["media", "allow_private_urls"], EnvKind::Bool),
+    (&["webhooks", "inline_media_max_bytes"], EnvKind::Str),
+    (&["media", "retention_days"], EnvKind::Int),
     (&["log", "filter"], EnvKind::Str),
     (&["log", "format"], EnvKind::Str),
 ];
@@ -683,6 +714,20 @@ impl Config {
             && os.trim().is_empty()
         {
             return bad("whatsapp.device_os must not be empty".into());
+        }
+        if let Some(base) = &self.api.public_url
+            && (url::Url::parse(base).map_or(true, |u| {
+                !matches!(u.scheme(), "http" | "https")
+                    || u.query().is_some()
+                    || u.fragment().is_some()
+            }))
+        {
+            return bad(format!(
+                "api.public_url = {base:?} must be an http:// or https:// URL without query"
+            ));
+        }
+        if self.media.retention_days == 0 {
+            return bad("media.retention_days must be at least 1".into());
         }
         if let Some(path) = &self.whatsapp.media_ca_file {
             // The boundary first: a release build refuses the key whatever
@@ -1309,6 +1354,7 @@ mod tests {
                     "format" => "cloud_api",
                     "status_broadcast" => "drop",
                     "secret_file" => "/tmp/x",
+                    "inline_media_max_bytes" => "1MiB",
                     _ => "1m",
                 },
                 EnvKind::Str => match *path.last().unwrap() {
@@ -1322,6 +1368,7 @@ mod tests {
                     "media_ca_file" => test_ca_file(),
                     p if p.ends_with("_file") || p == "data_dir" => "/tmp/x",
                     "device_os" => "x",
+                    "public_url" => "https://whatsd.example.com",
                     _ => "1m",
                 },
             };

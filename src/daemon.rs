@@ -169,7 +169,7 @@ pub async fn run_with(
 
     // One cancellation tree for every task of the daemon (src/task.rs).
     let root = TaskScope::root();
-    let webhooks = Webhooks::start_in(&root, store.clone(), config.webhooks.settings()?).await?;
+    let webhooks = Webhooks::start_in(&root, store.clone(), config.webhook_settings()?).await?;
     {
         let webhooks = webhooks.clone();
         crate::metrics::set_outbox_source(Arc::new(move || webhooks.totals()));
@@ -182,6 +182,11 @@ pub async fn run_with(
     )
     .await?;
     webhooks.retain_sessions(&supervisor.owners()?).await?;
+    webhooks.set_media_source(Arc::new(api::media::InlineMedia::new(
+        supervisor.clone(),
+        store.clone(),
+        config.media.retention_days,
+    )));
     root.spawn_until_cancelled(apply_webhook_settings(
         webhooks.clone(),
         config_watch.clone(),
@@ -231,6 +236,7 @@ pub async fn run_with(
     announce(&format!("listening on {bound}"));
     notifier.notify("READY=1\nSTATUS=serving the API");
     root.spawn_until_cancelled(watchdog(notifier.clone(), store.clone()));
+    root.spawn_until_cancelled(expire_media(store.clone(), config.media.retention_days));
     // Reloading ends when the shutdown begins.
     api.child()
         .spawn_until_cancelled(reload_on_sighup(hup, options, config_tx));
@@ -280,6 +286,33 @@ pub async fn run_with(
     outcome
 }
 
+/// How often received media refs past `media.retention_days` are deleted.
+const MEDIA_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Deletes received media refs past their retention, at start and then
+/// every [`MEDIA_SWEEP_INTERVAL`]; empties the downloads' temporary area
+/// once (nothing is in flight at start).
+async fn expire_media(store: Store, retention_days: u32) {
+    crate::api::media::clear_tmp(store.data_dir());
+    let retention_ms = i64::from(retention_days) * 86_400_000;
+    let mut ticker = tokio::time::interval(MEDIA_SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let store = store.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            store.media_refs_expire(retention_ms, crate::session::now_ms())
+        })
+        .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(expired = n, "received media past its retention forgotten"),
+            Ok(Err(e)) => tracing::error!("expiring received media: {e}"),
+            Err(e) => tracing::error!("expiring received media: {e}"),
+        }
+    }
+}
+
 /// Pings systemd's watchdog at half its timeout while the store answers
 /// through its real path (the gate and sled, see [`Store::probe`], given a
 /// quarter of the timeout), through the drain too (systemd's stop timeout
@@ -306,7 +339,7 @@ async fn watchdog(notifier: Notifier, store: Store) {
 async fn apply_webhook_settings(webhooks: Webhooks, mut config: ConfigWatch) {
     while config.changed().await.is_ok() {
         let new = config.borrow_and_update().clone();
-        match new.webhooks.settings() {
+        match new.webhook_settings() {
             Ok(settings) => match webhooks.reload(settings) {
                 Ok(()) => tracing::info!("webhook settings applied"),
                 Err(e) => tracing::error!(error = %e, "webhook settings refused"),

@@ -18,6 +18,8 @@ const DEMO_VERSION: &str = "2.3000.1023456789";
 /// The embedded fake and what the daemon changes to use it.
 pub struct Demo {
     fake: fakewa::FakeWa,
+    /// The fake media server's CA certificate (PEM file).
+    media_ca: PathBuf,
 }
 
 impl std::fmt::Debug for Demo {
@@ -64,9 +66,15 @@ impl Demo {
             ..fakewa::Config::default()
         };
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        Ok(Arc::new(Self {
-            fake: fakewa::FakeWa::start_with(fake_config, loopback, loopback).await?,
-        }))
+        let fake = fakewa::FakeWa::start_with(fake_config, loopback, loopback).await?;
+        // Sessions fetch media from the fake's HTTPS server: its CA, in a
+        // file for `whatsapp.media_ca_file` (a demo build may trust it).
+        let media_ca = data_dir(config).join("fakewa").join("media-ca.pem");
+        if let Some(dir) = media_ca.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&media_ca, fake.media_ca_pem())?;
+        Ok(Arc::new(Self { fake, media_ca }))
     }
 
     /// Points a configuration at the fake. Applied at start and to every
@@ -88,6 +96,7 @@ impl Demo {
             config.data_dir = data_dir.into();
         }
         config.webhooks.allow_private_targets = true;
+        config.whatsapp.media_ca_file = Some(self.media_ca.clone());
     }
 
     /// Base URL of the fake's control API (tests/fakewa/README.md).

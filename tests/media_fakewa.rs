@@ -209,7 +209,7 @@ async fn an_upload_is_accepted_and_fakewa_decrypts_it() {
             "{}",
             uploaded.url
         );
-        let fakewa::media_out::Lookup::Live(blob) = fake.server.media.get(&uploaded.direct_path) else {
+        let fakewa::media::Lookup::Live(blob) = fake.server.media.get(&uploaded.direct_path) else {
             panic!("fakewa did not store the upload");
         };
         let plain = DownloadUtils::verify_and_decrypt(&blob, &uploaded.media_key, MediaType::Image)

@@ -15,6 +15,7 @@ pub mod graph;
 pub mod groups;
 mod limits;
 pub mod listener;
+pub mod media;
 pub mod media_out;
 pub mod openapi;
 pub mod operations;
@@ -137,6 +138,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(media_out::mark_read))
         .routes(routes!(media_out::presence))
         .routes(routes!(sessions::message_status, sessions::cancel_message))
+        .routes(routes!(media::download))
         .routes(routes!(sessions::phone_sessions))
         .routes(routes!(limits::show, limits::set))
         .routes(routes!(tenants::show_limits, tenants::set_limits))
@@ -187,6 +189,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .nest("/v1", v1)
         .merge(admin::routes())
         .merge(graph::routes())
+        .routes(routes!(media::graph_media))
 }
 
 /// The whole API.

@@ -11,7 +11,7 @@
 //! or the upload record, see `crate::session::outbound::BlobMeta`) — a file
 //! without its record is noise, and a master-key rotation needs no file
 //! rewritten. What the encryption is and which key is the session's
-//! business (`crate::wa::media`); this module only keeps files.
+//! business (`crate::wa::media_out`); this module only keeps files.
 //!
 //! | where                       | key / name                          | value                  |
 //! |-----------------------------|-------------------------------------|------------------------|

@@ -35,6 +35,7 @@ pub mod device;
 pub mod error;
 pub mod ids;
 pub mod media_blobs;
+pub mod media_refs;
 mod migrate;
 pub mod outbox;
 pub mod records;
@@ -483,6 +484,19 @@ impl Store {
     /// flush (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.inner.flushes.flush().await
+    }
+
+    /// A ticket for the writes made so far: [`Store::flush_through`] with
+    /// it returns at once when a flush since (another caller's group
+    /// commit) already covered them.
+    pub(crate) fn write_ticket(&self) -> u64 {
+        self.inner.flushes.ticket()
+    }
+
+    /// Makes the writes before `ticket` durable, sharing a flush already
+    /// made or under way.
+    pub(crate) async fn flush_through(&self, ticket: u64) -> Result<(), StoreError> {
+        self.inner.flushes.flush_to(ticket).await
     }
 
     /// Asks for the writes so far to be made durable soon (within

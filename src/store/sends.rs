@@ -236,8 +236,8 @@ impl Store {
         key
     }
 
-    /// Deletes everything under `prefix` in these trees and the contacts
-    /// directory's (the session
+    /// Deletes everything under `prefix` in these trees, the contacts
+    /// directory's and the received media refs (the session
     /// is deleted); durable on return. Returns how many sends were queued.
     pub async fn send_purge(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut queued = 0;
@@ -247,6 +247,7 @@ impl Store {
             IDEMPOTENCY_TREE,
             LIMITS_TREE,
             super::contacts::CONTACTS_TREE,
+            super::media_refs::MEDIA_REFS_TREE,
         ] {
             let tree = self.tree(name)?;
             let keys: Vec<sled::IVec> = {

@@ -78,6 +78,98 @@ pub struct Media {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub seconds: Option<u32>,
+    /// A push-to-talk voice note (an audio message recorded in the chat).
+    pub voice: bool,
+    /// What a download needs; `None` when the message lacks a part of it.
+    pub download: Option<MediaDownload>,
+}
+
+/// Everything a download of an attachment needs: where it is on the CDN
+/// and the key that opens it. A secret (the media key decrypts the file):
+/// kept sealed in the store (`crate::store::media_refs`), never in a
+/// webhook or a log, hence the hand-written `Debug`.
+#[derive(Clone, Default, PartialEq)]
+pub struct MediaDownload {
+    /// `image`, `video`, `audio`, `document` or `sticker` (the key
+    /// derivation depends on it).
+    pub kind: &'static str,
+    pub direct_path: String,
+    pub url: String,
+    pub media_key: Vec<u8>,
+    pub file_sha256: Vec<u8>,
+    pub file_enc_sha256: Vec<u8>,
+    /// The plaintext length.
+    pub file_length: u64,
+    pub mimetype: String,
+    pub file_name: Option<String>,
+    pub caption: Option<String>,
+}
+
+impl std::fmt::Debug for MediaDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaDownload")
+            .field("kind", &self.kind)
+            .field("file_length", &self.file_length)
+            .field("mimetype", &self.mimetype)
+            .field("media_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fields every downloadable attachment message has.
+struct Attachment<'a> {
+    direct_path: &'a Option<String>,
+    url: &'a Option<String>,
+    media_key: &'a Option<Vec<u8>>,
+    file_sha256: &'a Option<Vec<u8>>,
+    file_enc_sha256: &'a Option<Vec<u8>>,
+    file_length: Option<u64>,
+    mimetype: &'a Option<String>,
+}
+
+macro_rules! attachment {
+    ($m:expr) => {
+        Attachment {
+            direct_path: &$m.direct_path,
+            url: &$m.url,
+            media_key: &$m.media_key,
+            file_sha256: &$m.file_sha256,
+            file_enc_sha256: &$m.file_enc_sha256,
+            file_length: $m.file_length,
+            mimetype: &$m.mimetype,
+        }
+    };
+}
+
+impl Attachment<'_> {
+    /// The download reference, when the message carries all of it: a
+    /// direct path, a 32-byte media key and both hashes.
+    fn download(
+        &self,
+        kind: &'static str,
+        file_name: Option<String>,
+        caption: Option<String>,
+    ) -> Option<MediaDownload> {
+        let media_key = self.media_key.clone().filter(|k| k.len() == 32)?;
+        let file_sha256 = self.file_sha256.clone().filter(|h| h.len() == 32)?;
+        let file_enc_sha256 = self.file_enc_sha256.clone().filter(|h| h.len() == 32)?;
+        let direct_path = self.direct_path.clone().filter(|p| p.starts_with('/'))?;
+        Some(MediaDownload {
+            kind,
+            direct_path,
+            url: self.url.clone().unwrap_or_default(),
+            media_key,
+            file_sha256,
+            file_enc_sha256,
+            file_length: self.file_length.unwrap_or_default(),
+            mimetype: self
+                .mimetype
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            file_name,
+            caption,
+        })
+    }
 }
 
 /// Where decrypted messages go before they are acknowledged.
@@ -208,6 +300,7 @@ pub(super) fn content(message: &wa::Message) -> Content {
         content.media = Some(Media {
             width: m.width,
             height: m.height,
+            download: attachment!(m).download("image", None, m.caption.clone()),
             ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.video_message.as_option() {
@@ -217,6 +310,7 @@ pub(super) fn content(message: &wa::Message) -> Content {
             width: m.width,
             height: m.height,
             seconds: m.seconds,
+            download: attachment!(m).download("video", None, m.caption.clone()),
             ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.audio_message.as_option() {
@@ -224,13 +318,17 @@ pub(super) fn content(message: &wa::Message) -> Content {
         content.quoted_id = m.context_info.as_option().and_then(quoted);
         content.media = Some(Media {
             seconds: m.seconds,
+            voice: m.ptt == Some(true),
+            download: attachment!(m).download("audio", None, None),
             ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.document_message.as_option() {
         content.kind = "document";
         content.quoted_id = m.context_info.as_option().and_then(quoted);
+        let file_name = m.file_name.clone().or_else(|| m.title.clone());
         content.media = Some(Media {
-            file_name: m.file_name.clone().or_else(|| m.title.clone()),
+            download: attachment!(m).download("document", file_name.clone(), m.caption.clone()),
+            file_name,
             ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.sticker_message.as_option() {
@@ -238,6 +336,7 @@ pub(super) fn content(message: &wa::Message) -> Content {
         content.media = Some(Media {
             width: m.width,
             height: m.height,
+            download: attachment!(m).download("sticker", None, None),
             ..media(&m.mimetype, m.file_length, &m.file_sha256)
         });
     } else if let Some(m) = base.location_message.as_option() {

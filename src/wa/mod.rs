@@ -9,6 +9,7 @@ mod events;
 pub mod groups;
 pub mod http;
 pub mod inbound;
+pub mod media;
 pub mod media_out;
 mod runtime;
 mod transport;

@@ -69,6 +69,27 @@ pub struct Settings {
     pub dead_letter_retention: Duration,
     /// Endpoints one tenant may hold (its own and its sessions').
     pub max_endpoints_per_tenant: usize,
+    /// `api.public_url`: makes `data.media.url` absolute.
+    pub media_base_url: Option<String>,
+    /// Received media up to this size goes in the webhook too; 0: never.
+    pub inline_media_max_bytes: u64,
+}
+
+/// Where the delivery workers get a received attachment's bytes for
+/// `webhooks.inline_media_max_bytes` (the daemon's is the same download
+/// the API serves, see `crate::api::media::InlineMedia`).
+#[async_trait::async_trait]
+pub trait MediaSource: Send + Sync {
+    /// The decrypted bytes of the attachment of `message_id`, received by
+    /// `session` in `incarnation`, if it is at most `max` bytes and can be
+    /// had now.
+    async fn fetch(
+        &self,
+        session: &str,
+        incarnation: &str,
+        message_id: &str,
+        max: u64,
+    ) -> Option<Vec<u8>>;
 }
 
 impl Default for Settings {
@@ -86,6 +107,8 @@ impl Default for Settings {
             deliver_status: true,
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
             max_endpoints_per_tenant: 10,
+            media_base_url: None,
+            inline_media_max_bytes: 0,
         }
     }
 }
@@ -122,6 +145,8 @@ pub(crate) struct Inner {
     /// Every webhook task (workers, flushes, the retention sweep) runs in
     /// this subsystem scope; cancelling it is the shutdown signal.
     scope: TaskScope,
+    /// For inline media; set once the sessions exist.
+    media: std::sync::OnceLock<Arc<dyn MediaSource>>,
 }
 
 impl Drop for Inner {
@@ -192,6 +217,7 @@ impl Webhooks {
             active: Mutex::new(HashSet::new()),
             stats: Mutex::new(HashMap::new()),
             scope: parent.subsystem(),
+            media: std::sync::OnceLock::new(),
         });
         let webhooks = Self { inner };
         for item in webhooks.inner.store.webhook_endpoints()? {
@@ -218,6 +244,11 @@ impl Webhooks {
         }
         webhooks.spawn_retention_sweep();
         Ok(webhooks)
+    }
+
+    /// Where inline media comes from (the daemon sets it once).
+    pub fn set_media_source(&self, source: Arc<dyn MediaSource>) {
+        let _ = self.inner.media.set(source);
     }
 
     /// Applies new settings (SIGHUP): timeouts, retry schedule, private

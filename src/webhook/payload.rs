@@ -9,6 +9,7 @@ use super::bsuid::{self, Contact};
 use super::endpoint::Format;
 use crate::session::{EventKind, Identity, SessionEvent};
 use crate::store::ids::Blinder;
+use crate::store::media_refs;
 use crate::wa::InboundMessage;
 use crate::wa::inbound::hex;
 
@@ -105,15 +106,24 @@ pub fn message_event(
         data["caption"] = json!(c.caption);
         data["quoted_message_id"] = json!(c.quoted_id);
         data["media"] = match &c.media {
-            Some(media) => json!({
-                "mimetype": media.mimetype,
-                "file_length": media.file_length,
-                "sha256": media.sha256,
-                "file_name": media.file_name,
-                "width": media.width,
-                "height": media.height,
-                "seconds": media.seconds,
-            }),
+            Some(media) => {
+                let mut v = json!({
+                    "mimetype": media.mimetype,
+                    "file_length": media.file_length,
+                    "sha256": media.sha256,
+                    "file_name": media.file_name,
+                    "width": media.width,
+                    "height": media.height,
+                    "seconds": media.seconds,
+                    "voice": media.voice,
+                });
+                // Downloadable through whatsd (made absolute with
+                // `api.public_url` by [`absolute_media_url`]).
+                if media.download.is_some() {
+                    v["url"] = json!(media_path(session, &m.id));
+                }
+                v
+            }
             None => Value::Null,
         };
         if let Some((lat, lon)) = c.location {
@@ -128,6 +138,27 @@ pub fn message_event(
         occurred_at: crate::api::qr::rfc3339_ms(now_ms),
         me: me.clone(),
         data,
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The API path that downloads a received attachment.
+pub fn media_path(session: &str, message_id: &str) -> String {
+    format!("/v1/sessions/{session}/messages/{message_id}/media")
+}
+
+/// Puts `base` (`api.public_url`) before `data.media.url`.
+pub fn absolute_media_url(event: &mut WebhookEvent, base: &str) {
+    if let Some(url) = event.data["media"]["url"].as_str()
+        && url.starts_with('/')
+    {
+        let absolute = format!("{}{url}", base.trim_end_matches('/'));
+        event.data["media"]["url"] = json!(absolute);
     }
 }
 
@@ -257,11 +288,21 @@ fn cloud_api(event: &WebhookEvent, incarnation: &str, blinder: &Blinder) -> Valu
         }
         "image" | "video" | "audio" | "document" | "sticker" => {
             message["type"] = json!(kind);
+            // Meta's media id: opaque, resolved by `GET /graph/{v}/{id}`
+            // for this session incarnation only.
+            let media_id = media_refs::graph_media_id(
+                blinder,
+                incarnation,
+                d["message_id"].as_str().unwrap_or_default(),
+            );
             let mut media = json!({
-                "id": d["message_id"],
+                "id": media_id,
                 "mime_type": d["media"]["mimetype"],
                 "sha256": d["media"]["sha256"],
             });
+            if kind == "audio" {
+                media["voice"] = json!(d["media"]["voice"].as_bool().unwrap_or(false));
+            }
             if !d["caption"].is_null() {
                 media["caption"] = d["caption"].clone();
             }
@@ -546,6 +587,61 @@ mod tests {
             &v2["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"],
             by_phone
         );
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn media_events_carry_the_download_url_and_a_cloud_api_media_id() {
+        let mut m = dm();
+        m.content = Content {
+            kind: "audio",
+            media: Some(crate::wa::inbound::Media {
+                mimetype: Some("audio/ogg; codecs=opus".into()),
+                voice: true,
+                download: Some(crate::wa::inbound::MediaDownload::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut e = message_event("s1", "t1", &Me::default(), &m, 0);
+        assert_eq!(
+            e.data["media"]["url"],
+            "/v1/sessions/s1/messages/3EB0ABC/media"
+        );
+        assert_eq!(e.data["media"]["voice"], true);
+        absolute_media_url(&mut e, "https://wd.example.com/");
+        assert_eq!(
+            e.data["media"]["url"],
+            "https://wd.example.com/v1/sessions/s1/messages/3EB0ABC/media"
+        );
+        let v: Value =
+            serde_json::from_slice(&render(&e, "inc-1", Format::CloudApi, &blinder())).unwrap();
+        let audio = &v["entry"][0]["changes"][0]["value"]["messages"][0]["audio"];
+        assert_eq!(
+            audio["id"],
+            media_refs::graph_media_id(&blinder(), "inc-1", "3EB0ABC")
+        );
+        assert_eq!(audio["voice"], true);
+        assert_eq!(audio["mime_type"], "audio/ogg; codecs=opus");
+        // Without download refs there is nothing to fetch: no url.
+        m.content.media.as_mut().unwrap().download = None;
+        let e = message_event("s1", "t1", &Me::default(), &m, 0);
+        assert!(e.data["media"].get("url").is_none());
     }
 
     #[test]

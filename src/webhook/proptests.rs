@@ -67,6 +67,7 @@ fn media() -> impl Strategy<Value = Media> {
                 width,
                 height,
                 seconds,
+                ..Default::default()
             },
         )
 }

@@ -119,8 +119,9 @@ pub(super) async fn run(inner: Arc<Inner>, queue: Vec<u8>) {
             continue;
         }
 
+        let inlined = inline_media(&inner, &pending, settings.inline_media_max_bytes).await;
         let body = render(
-            &pending.event,
+            inlined.as_ref().unwrap_or(&pending.event),
             &pending.incarnation,
             endpoint.format,
             inner.store.blinder(),
@@ -216,4 +217,32 @@ fn commit_soon(inner: &Inner) {
     if let Some(task) = inner.store.flush_soon() {
         inner.scope.spawn(task);
     }
+}
+
+/// The event with its media inline (`data.media.data_base64`), when
+/// `max` allows it and the bytes can be had now; fetched at each attempt,
+/// so nothing but the keys is kept. The `cloud_api` format has no place
+/// for it and leaves it out.
+async fn inline_media(inner: &Inner, pending: &Pending, max: u64) -> Option<WebhookEvent> {
+    let media = &pending.event.data["media"];
+    if max == 0
+        || pending.event.kind != "message.received"
+        || media["url"].is_null()
+        || media["file_length"].as_u64().is_none_or(|len| len > max)
+    {
+        return None;
+    }
+    let source = inner.media.get()?;
+    let message_id = pending.event.data["message_id"].as_str()?;
+    let bytes = source
+        .fetch(
+            &pending.event.session,
+            &pending.incarnation,
+            message_id,
+            max,
+        )
+        .await?;
+    let mut event = pending.event.clone();
+    event.data["media"]["data_base64"] = serde_json::Value::String(super::payload::base64(&bytes));
+    Some(event)
 }

@@ -30,16 +30,17 @@ impl EventSink for Webhooks {
             crate::metrics::inc_message_received();
         }
         let me = self.me_of(session, me);
-        let deliver_status = self.inner.settings().deliver_status;
+        let settings = self.inner.settings();
         let now = now_ms();
         let events: Vec<(WebhookEvent, bool)> = sent
             .into_iter()
-            .filter(|m| deliver_status || !m.is_status)
+            .filter(|m| settings.deliver_status || !m.is_status)
             .map(|m| {
-                (
-                    payload::message_event(session, tenant, &me, m, now),
-                    m.from_me,
-                )
+                let mut event = payload::message_event(session, tenant, &me, m, now);
+                if let Some(base) = &settings.media_base_url {
+                    payload::absolute_media_url(&mut event, base);
+                }
+                (event, m.from_me)
             })
             .collect();
         let items = self.inner.append(&owner.incarnation, events)?;

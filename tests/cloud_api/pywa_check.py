@@ -13,12 +13,16 @@ contact must receive exactly those texts. Statuses: pywa's
 `on_message_status` handler must see `sent` and `delivered` (the demo
 contact's phone confirms delivery by itself) and, once the contact reads
 it, `read`, for the message it sent, with the contact's phone and user id.
+Media: a demo contact sends an image; pywa's handler sees Meta's image
+object, and `get_media_url` + `download_media` save exactly its bytes.
 Bad requests raise pywa's own errors with whatsd's codes. The raw message
 and status deliveries are saved for the Node check.
 Exits non-zero on any mismatch.
 """
 
 import argparse
+import base64
+import hashlib
 import json
 import pathlib
 import sys
@@ -105,6 +109,12 @@ def main() -> None:
     def on_text(client: WhatsApp, msg: types.Message) -> None:
         seen.append(msg)
         replies.append(msg.reply(REPLY_TEXT).id)
+
+    images: list[types.Message] = []
+
+    @wa.on_message(filters.image)
+    def on_image(client: WhatsApp, msg: types.Message) -> None:
+        images.append(msg)
 
     statuses: list[types.MessageStatus] = []
 
@@ -268,6 +278,40 @@ def main() -> None:
     expected = json.loads((out / "expected.json").read_text())
     expected["status_id"] = sent.id
     (out / "expected.json").write_text(json.dumps(expected))
+
+    # Media: the demo contact sends an image through fakewa's media server;
+    # pywa's on_message sees Meta's image object and downloads it with its
+    # own two steps (get_media_url, then download_media with the token).
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF" + hashlib.sha256(b"whatsd").digest() * 4096
+    media = urllib.request.Request(
+        f"{control}/control/media",
+        data=json.dumps(
+            {
+                "to_phone": business_phone,
+                "from_phone": contact,
+                "type": "image",
+                "mimetype": "image/jpeg",
+                "data_base64": base64.b64encode(jpeg).decode(),
+                "caption": "a receipt 🧾",
+            }
+        ).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(media, timeout=30) as response:
+        image_id = json.loads(response.read())["id"]
+    image = wait("pywa's on_message handler (image)", 30, lambda: [m for m in images if m.id == image_id])[0]
+    if image.image.mime_type != "image/jpeg" or image.caption != "a receipt 🧾":
+        fail(f"pywa's image is {image.image!r} caption {image.caption!r}")
+    url = wa.get_media_url(image.image.id)
+    if url.file_size != len(jpeg) or url.sha256 != hashlib.sha256(jpeg).hexdigest():
+        fail(f"get_media_url answered {url!r}")
+    saved = wa.download_media(url=url.url, path=out)
+    if saved.name != f"{image_id}.jpg":
+        fail(f"download_media saved as {saved.name!r}, not {image_id}.jpg (Content-Disposition)")
+    if saved.read_bytes() != jpeg:
+        fail(f"download_media saved {saved.stat().st_size} bytes that differ from the {len(jpeg)} sent")
+    print(f"OK pywa download_media: {len(jpeg)} bytes byte-exact as {saved.name} ({url.mime_type})")
 
     # Bad requests: pywa's own exceptions, with whatsd's codes.
     other_http = httpx.Client(timeout=30)

@@ -6,7 +6,8 @@
 #  - pywa (pinned in requirements.txt) receives a demo contact's message
 #    through a `cloud_api` webhook endpoint with its own signature check and
 #    handler, sends through /graph with `send_message` and `Message.reply`
-#    (the contact must receive both texts), and gets its own exceptions for
+#    (the contact must receive both texts), downloads a received image with
+#    get_media_url + download_media (byte-exact), and gets its own exceptions for
 #    bad requests (pywa_check.py);
 #  - whatsapp-api-js (pinned in package-lock.json) parses the same delivery
 #    with its own signature check and handler (node_check.mjs).

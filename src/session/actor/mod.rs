@@ -197,6 +197,13 @@ impl InboundSink for SessionInbound {
                 )
             })
             .collect();
+        let prefix = super::outbound::prefix(self.store.blinder(), &owner.incarnation);
+        // The media refs go in with the message's outbox items: the sink's
+        // group commit covers them (else the flush below makes them
+        // durable), all before WhatsApp is acknowledged.
+        let refs = media_refs(&prefix, &batch, now_ms());
+        self.store.media_refs_put(&refs)?;
+        let ticket = self.store.write_ticket();
         {
             let mut latest = lock(&self.latest);
             for message in &batch {
@@ -204,14 +211,52 @@ impl InboundSink for SessionInbound {
             }
         }
         self.sink.messages(&owner, me, batch).await?;
+        if !refs.is_empty() {
+            self.store.flush_through(ticket).await?;
+        }
         // After the commit WhatsApp waits for: the directory is a record
         // of what was seen, and its failure costs no message.
-        let prefix = super::outbound::prefix(self.store.blinder(), &owner.incarnation);
         if let Err(e) = contacts::note(&self.store, &prefix, &seen) {
             tracing::warn!(session = %owner.session, "contacts directory: {e}");
         }
         Ok(())
     }
+}
+
+/// The download refs of the batch's attachments, keyed under `prefix`.
+fn media_refs(
+    prefix: &[u8],
+    batch: &[InboundMessage],
+    now_ms: i64,
+) -> Vec<(Vec<u8>, crate::store::media_refs::MediaRef)> {
+    use crate::store::media_refs::{MediaRef, key};
+    batch
+        .iter()
+        .filter(|m| !m.undecryptable)
+        .filter_map(|m| {
+            let media = m.content.media.as_ref()?;
+            let d = media.download.as_ref()?;
+            let r = MediaRef {
+                message_id: m.id.clone(),
+                chat: m.chat.clone(),
+                sender: m.sender.clone(),
+                from_me: m.from_me,
+                kind: d.kind.to_string(),
+                voice: media.voice,
+                direct_path: d.direct_path.clone(),
+                url: d.url.clone(),
+                media_key: d.media_key.clone(),
+                file_sha256: d.file_sha256.clone(),
+                file_enc_sha256: d.file_enc_sha256.clone(),
+                file_length: d.file_length,
+                mimetype: d.mimetype.clone(),
+                file_name: d.file_name.clone(),
+                caption: d.caption.clone(),
+                received_ms: now_ms,
+            };
+            Some((key(prefix, &m.id), r))
+        })
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
