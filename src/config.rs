@@ -224,6 +224,89 @@ impl Default for SessionsConfig {
     }
 }
 
+/// `[media]`: what media sends accept. The size limits default to
+/// WhatsApp's own (Meta's Cloud API numbers) and may only be set lower.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    #[serde(deserialize_with = "de_size")]
+    pub max_image_bytes: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub max_video_bytes: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub max_audio_bytes: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub max_document_bytes: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub max_sticker_bytes: u64,
+    /// How long fetching a send's `url` may take.
+    #[serde(deserialize_with = "de_duration")]
+    pub url_timeout: Duration,
+    /// Let a send's `url` reach loopback/private/link-local addresses (as
+    /// `webhooks.allow_private_targets` does for webhooks). Off: 422
+    /// `url_not_allowed`.
+    pub allow_private_urls: bool,
+    /// Days a received attachment stays downloadable through whatsd (its
+    /// keys are kept that long; WhatsApp itself keeps the file for about
+    /// 30 days).
+    pub retention_days: u32,
+}
+
+/// WhatsApp's limits, the defaults and the most `[media]` may set.
+pub const MEDIA_LIMITS: [(&str, u64); 5] = [
+    ("max_image_bytes", 5 * 1024 * 1024),
+    ("max_video_bytes", 16 * 1024 * 1024),
+    ("max_audio_bytes", 16 * 1024 * 1024),
+    ("max_document_bytes", 100 * 1024 * 1024),
+    ("max_sticker_bytes", 500 * 1024),
+];
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: MEDIA_LIMITS[0].1,
+            max_video_bytes: MEDIA_LIMITS[1].1,
+            max_audio_bytes: MEDIA_LIMITS[2].1,
+            max_document_bytes: MEDIA_LIMITS[3].1,
+            max_sticker_bytes: MEDIA_LIMITS[4].1,
+            url_timeout: Duration::from_secs(20),
+            allow_private_urls: false,
+            retention_days: 30,
+        }
+    }
+}
+
+impl MediaConfig {
+    fn values(&self) -> [u64; 5] {
+        [
+            self.max_image_bytes,
+            self.max_video_bytes,
+            self.max_audio_bytes,
+            self.max_document_bytes,
+            self.max_sticker_bytes,
+        ]
+    }
+
+    /// The largest any kind may be.
+    pub fn max_any(&self) -> u64 {
+        self.values().into_iter().max().unwrap_or(0)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for ((name, most), value) in MEDIA_LIMITS.iter().zip(self.values()) {
+            if value == 0 || value > *most {
+                return Err(format!(
+                    "media.{name} must be from 1 to {most} bytes (WhatsApp's own limit)"
+                ));
+            }
+        }
+        if self.url_timeout.is_zero() {
+            return Err("media.url_timeout must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
 /// `[webhooks]`: delivery settings, and an optional endpoint that gets
 /// every session's events (tenants add their own through the API).
 #[derive(Clone, Deserialize)]
@@ -403,22 +486,6 @@ impl WebhooksConfig {
     }
 }
 
-/// `[media]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MediaConfig {
-    /// Days a received attachment stays downloadable through whatsd (its
-    /// keys are kept that long; WhatsApp itself keeps the file for about
-    /// 30 days).
-    pub retention_days: u32,
-}
-
-impl Default for MediaConfig {
-    fn default() -> Self {
-        Self { retention_days: 30 }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -520,6 +587,13 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["webhooks", "status_broadcast"], EnvKind::Str),
     (&["webhooks", "dead_letter_retention"], EnvKind::Str),
     (&["webhooks", "max_endpoints_per_tenant"], EnvKind::Int),
+    (&["media", "max_image_bytes"], EnvKind::Str),
+    (&["media", "max_video_bytes"], EnvKind::Str),
+    (&["media", "max_audio_bytes"], EnvKind::Str),
+    (&["media", "max_document_bytes"], EnvKind::Str),
+    (&["media", "max_sticker_bytes"], EnvKind::Str),
+    (&["media", "url_timeout"], EnvKind::Str),
+    (&["media", "allow_private_urls"], EnvKind::Bool),
     (&["webhooks", "inline_media_max_bytes"], EnvKind::Str),
     (&["media", "retention_days"], EnvKind::Int),
     (&["log", "filter"], EnvKind::Str),
@@ -733,6 +807,9 @@ impl Config {
             return bad("api.body_limit must be at least 1KiB".into());
         }
         self.webhooks.build_settings(false)?;
+        if let Err(message) = self.media.check() {
+            return bad(message);
+        }
         if !matches!(self.log.format.as_str(), "auto" | "human" | "text" | "json") {
             return bad(format!(
                 "log.format = {:?} must be \"auto\", \"human\" or \"json\"",
@@ -1285,6 +1362,7 @@ mod tests {
                     "ws_url" => "ws://127.0.0.1:1/ws/chat",
                     "version" => "2.3000.1",
                     "body_limit" => "2MiB",
+                    p if p.starts_with("max_") && p.ends_with("_bytes") => "100KiB",
                     "format" => "json",
                     "filter" => "debug",
                     "media_ca_file" => test_ca_file(),

@@ -40,7 +40,7 @@ fn the_example_config_sets_every_key() {
     };
     // Every key of whatsd::config::Config: 3 top-level, 6 auth, 9 api, 3 whatsapp,
     // 9 sessions, 7 limits, 14 webhooks, 2 log.
-    assert_eq!(count(&table), 56, "config/example.toml must show every key");
+    assert_eq!(count(&table), 63, "config/example.toml must show every key");
 }
 
 #[test]

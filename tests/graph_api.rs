@@ -260,8 +260,13 @@ async fn failures_come_in_meta_shape() {
         ),
         (
             json!({ "messaging_product": "whatsapp", "to": ADA, "type": "image", "image": { "id": "1" } }),
+            131_009,
+            "no media",
+        ),
+        (
+            json!({ "messaging_product": "whatsapp", "to": ADA, "type": "location", "location": {} }),
             131_051,
-            "image",
+            "location",
         ),
         (
             json!({ "messaging_product": "whatsapp", "to": ADA, "type": "bogus" }),
@@ -269,7 +274,7 @@ async fn failures_come_in_meta_shape() {
             "bogus",
         ),
         (
-            json!({ "messaging_product": "whatsapp", "to": ADA, "text": { "body": "x" }, "context": { "message_id": "m" } }),
+            json!({ "messaging_product": "whatsapp", "to": ADA, "text": { "body": "x" }, "context": "m" }),
             131_009,
             "context",
         ),

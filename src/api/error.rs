@@ -168,6 +168,7 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             SupervisorError::Store(_) => return Self::internal(&err),
             SupervisorError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            SupervisorError::NothingToRead(_) => StatusCode::NOT_FOUND,
         };
         Self::new(status, code, err.to_string())
     }

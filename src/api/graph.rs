@@ -20,35 +20,32 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::{Principal, authenticate_parts};
 use super::error::{ApiError, RateLimitHeaders, error_response};
+use super::media_out::{self, ReplyTo, SendMessage};
 use super::sessions::{normalize_phone, send_text, visible_session};
 use crate::session::SessionInfo;
+use crate::session::media::rekey;
+use crate::session::outbound::MediaKind;
 use crate::store::ids::hex;
 use crate::webhook::bsuid;
 
 /// Message types Meta's `/messages` takes that whatsd does not send yet.
-const OTHER_TYPES: &[&str] = &[
-    "audio",
-    "contacts",
-    "document",
-    "image",
-    "interactive",
-    "location",
-    "reaction",
-    "sticker",
-    "template",
-    "video",
-];
+const OTHER_TYPES: &[&str] = &["contacts", "interactive", "location", "template"];
 
 /// The Graph routes, documented (merged beside `/v1`, not under it).
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(send))
+    OpenApiRouter::new().routes(routes!(send)).merge(
+        // An upload takes in its own body, to the `[media]` limits.
+        OpenApiRouter::new()
+            .routes(routes!(super::uploads::upload))
+            .layer(axum::extract::DefaultBodyLimit::disable()),
+    )
 }
 
 /// `/graph/{version}/{phone_number_id}/messages`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)] // documentation only: the handler reads the path itself
-struct GraphPath {
+pub(super) struct GraphPath {
     /// Graph API version as Meta writes it; every version is answered alike.
     #[param(pattern = r"^v[0-9]{1,3}\.[0-9]{1,3}$", example = "v23.0")]
     version: String,
@@ -57,8 +54,11 @@ struct GraphPath {
     phone_number_id: String,
 }
 
-/// Meta's `/messages` request for `type: "text"` (other types are refused
-/// with code 131051 until whatsd sends them).
+/// Meta's `/messages` request: `type` `text` (default), `image`, `video`,
+/// `audio`, `document`, `sticker` (each an object with `link` or an
+/// uploaded `id`, and `caption`, `filename` as Meta takes them) or
+/// `reaction` (`{message_id, emoji}`); `context.message_id` quotes a
+/// message. Other types are refused with code 131051.
 #[derive(ToSchema)]
 #[allow(dead_code)] // documentation only: the body is checked by `parse_body`
 struct GraphTextRequest {
@@ -78,7 +78,51 @@ struct GraphTextRequest {
     /// `text`.
     #[schema(rename = "type", nullable = false)]
     kind: Option<String>,
-    text: GraphText,
+    #[schema(nullable = false)]
+    text: Option<GraphText>,
+    #[schema(nullable = false)]
+    image: Option<GraphMedia>,
+    #[schema(nullable = false)]
+    video: Option<GraphMedia>,
+    #[schema(nullable = false)]
+    audio: Option<GraphMedia>,
+    #[schema(nullable = false)]
+    document: Option<GraphMedia>,
+    #[schema(nullable = false)]
+    sticker: Option<GraphMedia>,
+    #[schema(nullable = false)]
+    reaction: Option<GraphReaction>,
+    /// `{message_id}`: the message this one replies to.
+    #[schema(nullable = false)]
+    context: Option<Value>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct GraphMedia {
+    /// An `http(s)` URL whatsd fetches (not loopback/private/link-local).
+    #[schema(nullable = false)]
+    link: Option<String>,
+    /// An id from `POST /graph/{version}/{phone_number_id}/media`.
+    #[schema(nullable = false)]
+    id: Option<String>,
+    /// Image, video and document.
+    #[schema(nullable = false)]
+    caption: Option<String>,
+    /// Document.
+    #[schema(nullable = false)]
+    filename: Option<String>,
+    /// Audio: a voice note (Opus in Ogg).
+    #[schema(nullable = false)]
+    voice: Option<bool>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct GraphReaction {
+    message_id: String,
+    /// Empty removes the reaction.
+    emoji: String,
 }
 
 #[derive(ToSchema)]
@@ -106,7 +150,7 @@ struct GraphSent {
 /// A failure as Meta writes it.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-struct GraphErrorBody {
+pub(super) struct GraphErrorBody {
     /// `{message, type, code, error_subcode?, error_data?, fbtrace_id}`.
     error: Value,
 }
@@ -115,7 +159,7 @@ struct GraphErrorBody {
 /// `{"error":{"message","type","code","error_subcode"?,"error_data"?,"fbtrace_id"}}`.
 /// `fbtrace_id` is random per answer and logged with the cause.
 #[derive(Debug)]
-struct GraphError {
+pub(super) struct GraphError {
     status: StatusCode,
     code: u32,
     subcode: Option<u32>,
@@ -128,7 +172,7 @@ struct GraphError {
 }
 
 impl GraphError {
-    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -142,7 +186,12 @@ impl GraphError {
     }
 
     /// A Cloud API error: Meta's title in `message`, ours in the details.
-    fn cloud(status: StatusCode, code: u32, title: &str, details: impl Into<String>) -> Self {
+    pub(super) fn cloud(
+        status: StatusCode,
+        code: u32,
+        title: &str,
+        details: impl Into<String>,
+    ) -> Self {
         Self {
             details: Some(details.into()),
             ..Self::new(status, code, format!("(#{code}) {title}"))
@@ -150,7 +199,7 @@ impl GraphError {
     }
 
     /// 131008: a required parameter is missing.
-    fn missing(details: impl Into<String>) -> Self {
+    pub(super) fn missing(details: impl Into<String>) -> Self {
         Self::cloud(
             StatusCode::BAD_REQUEST,
             131_008,
@@ -160,7 +209,7 @@ impl GraphError {
     }
 
     /// 131009: a parameter has a value whatsd cannot use.
-    fn invalid(details: impl Into<String>) -> Self {
+    pub(super) fn invalid(details: impl Into<String>) -> Self {
         Self::cloud(
             StatusCode::BAD_REQUEST,
             131_009,
@@ -187,7 +236,7 @@ impl GraphError {
     }
 
     /// Maps an error of the shared send path (or of authentication).
-    fn from_api(err: ApiError, phone_number_id: &str) -> Self {
+    pub(super) fn from_api(err: ApiError, phone_number_id: &str) -> Self {
         let status = err.status;
         match err.code {
             "unauthorized" => Self::new(
@@ -216,6 +265,22 @@ impl GraphError {
                 )
             },
             "not_found" | "invalid_id" => Self::unknown_object(phone_number_id),
+            "media_too_large"
+            | "unsupported_media_type"
+            | "url_not_allowed"
+            | "url_fetch_failed"
+            | "invalid_url" => Self::cloud(
+                StatusCode::BAD_REQUEST,
+                131_053,
+                "Media upload error",
+                err.message,
+            ),
+            "not_paired" => Self::cloud(
+                StatusCode::SERVICE_UNAVAILABLE,
+                131_016,
+                "Service unavailable",
+                err.message,
+            ),
             "invalid_body" | "invalid_phone" | "bad_request" => Self::invalid(err.message),
             "not_connected" | "timeout" | "shutting_down" => Self::cloud(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -301,7 +366,7 @@ fn parse_body(
     state: &AppState,
     session: &SessionInfo,
     body: &[u8],
-) -> Result<(Recipient, String), GraphError> {
+) -> Result<(Recipient, GraphSend, Option<String>), GraphError> {
     let body: Value = serde_json::from_slice(body).map_err(|e| {
         GraphError::new(
             StatusCode::BAD_REQUEST,
@@ -341,58 +406,150 @@ fn parse_body(
             )));
         }
     };
-    if kind != "text" {
-        if OTHER_TYPES.contains(&kind) {
-            return Err(GraphError::cloud(
-                StatusCode::BAD_REQUEST,
-                131_051,
-                "Unsupported message type",
-                format!("whatsd does not send {kind} messages yet; only text"),
-            ));
-        }
-        return Err(GraphError::invalid(format!(
-            "type {kind:?} is not a message type; whatsd sends \"text\""
-        )));
-    }
-    for unsupported in ["context", "recipient_identity_key_hash"] {
-        if body.get(unsupported).is_some_and(|v| !v.is_null()) {
-            return Err(GraphError::invalid(format!(
-                "{unsupported} is not supported by whatsd yet"
-            )));
-        }
-    }
-    let text = match body.get("text") {
-        None | Some(Value::Null) => {
-            return Err(GraphError::missing("text is required for type text"));
-        }
-        Some(Value::Object(text)) => text,
-        Some(other) => {
-            return Err(GraphError::invalid(format!(
-                "text must be an object, not {other}"
-            )));
-        }
-    };
-    let text_body = match text.get("body") {
-        None | Some(Value::Null) => return Err(GraphError::missing("text.body is required")),
-        Some(Value::String(b)) if b.is_empty() => {
-            return Err(GraphError::invalid("text.body must not be empty"));
-        }
-        Some(Value::String(b)) => b.clone(),
-        Some(other) => {
-            return Err(GraphError::invalid(format!(
-                "text.body must be a string, not {other}"
-            )));
-        }
-    };
-    if let Some(preview) = text.get("preview_url")
-        && !preview.is_boolean()
-    {
-        return Err(GraphError::invalid(
-            "text.preview_url must be true or false",
+    if OTHER_TYPES.contains(&kind) {
+        return Err(GraphError::cloud(
+            StatusCode::BAD_REQUEST,
+            131_051,
+            "Unsupported message type",
+            format!("whatsd does not send {kind} messages yet"),
         ));
     }
+    if body
+        .get("recipient_identity_key_hash")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(GraphError::invalid(
+            "recipient_identity_key_hash is not supported by whatsd yet",
+        ));
+    }
+    let reply_to = match body.get("context") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(context)) => match context.get("message_id") {
+            Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
+            _ => return Err(GraphError::missing("context.message_id is required")),
+        },
+        Some(other) => {
+            return Err(GraphError::invalid(format!(
+                "context must be an object, not {other}"
+            )));
+        }
+    };
+    let object = |name: &str| match body.get(name) {
+        None | Some(Value::Null) => Err(GraphError::missing(format!(
+            "{name} is required for type {name}"
+        ))),
+        Some(Value::Object(o)) => Ok(o),
+        Some(other) => Err(GraphError::invalid(format!(
+            "{name} must be an object, not {other}"
+        ))),
+    };
+    let string = |o: &serde_json::Map<String, Value>, field: &str, path: &str| match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(v)) => Ok(Some(v.clone())),
+        Some(other) => Err(GraphError::invalid(format!(
+            "{path}.{field} must be a string, not {other}"
+        ))),
+    };
+    let what = match kind {
+        "text" => {
+            let text = object("text")?;
+            let text_body = match text.get("body") {
+                None | Some(Value::Null) => {
+                    return Err(GraphError::missing("text.body is required"));
+                }
+                Some(Value::String(b)) if b.is_empty() => {
+                    return Err(GraphError::invalid("text.body must not be empty"));
+                }
+                Some(Value::String(b)) => b.clone(),
+                Some(other) => {
+                    return Err(GraphError::invalid(format!(
+                        "text.body must be a string, not {other}"
+                    )));
+                }
+            };
+            if let Some(preview) = text.get("preview_url")
+                && !preview.is_boolean()
+            {
+                return Err(GraphError::invalid(
+                    "text.preview_url must be true or false",
+                ));
+            }
+            GraphSend::Text(text_body)
+        }
+        "reaction" => {
+            let reaction = object("reaction")?;
+            let Some(message_id) = string(reaction, "message_id", "reaction")? else {
+                return Err(GraphError::missing("reaction.message_id is required"));
+            };
+            let Some(emoji) = string(reaction, "emoji", "reaction")? else {
+                return Err(GraphError::missing("reaction.emoji is required"));
+            };
+            GraphSend::Reaction { message_id, emoji }
+        }
+        name => {
+            let Some(media_kind) = MediaKind::parse(name) else {
+                return Err(GraphError::invalid(format!(
+                    "type {name:?} is not a message type whatsd sends"
+                )));
+            };
+            let media = object(name)?;
+            let link = string(media, "link", name)?;
+            let id = string(media, "id", name)?;
+            let source = match (link, id) {
+                (Some(link), None) => MediaSource::Link(link),
+                (None, Some(id)) => MediaSource::Id(id),
+                (None, None) => {
+                    return Err(GraphError::missing(format!(
+                        "{name}.link or {name}.id is required"
+                    )));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(GraphError::invalid(format!(
+                        "give {name}.link or {name}.id, not both"
+                    )));
+                }
+            };
+            let voice = match media.get("voice") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(v)) => Some(*v),
+                Some(other) => {
+                    return Err(GraphError::invalid(format!(
+                        "{name}.voice must be true or false, not {other}"
+                    )));
+                }
+            };
+            GraphSend::Media {
+                kind: media_kind,
+                source,
+                caption: string(media, "caption", name)?,
+                filename: string(media, "filename", name)?,
+                voice,
+            }
+        }
+    };
     let recipient = recipient(state, session, body)?;
-    Ok((recipient, text_body))
+    Ok((recipient, what, reply_to))
+}
+
+/// What a Graph request sends.
+enum GraphSend {
+    Text(String),
+    Media {
+        kind: MediaKind,
+        source: MediaSource,
+        caption: Option<String>,
+        filename: Option<String>,
+        voice: Option<bool>,
+    },
+    Reaction {
+        message_id: String,
+        emoji: String,
+    },
+}
+
+enum MediaSource {
+    Link(String),
+    Id(String),
 }
 
 /// `to` (a phone number) or `recipient` (a BSUID this session gave out).
@@ -500,15 +657,107 @@ async fn sent(state: &AppState, request: Request) -> Result<Value, GraphError> {
                 GraphError::invalid(rejection.body_text())
             }
         })?;
-    let (to, text) = parse_body(state, &info, &bytes)?;
-    let message_id = send_text(state, &principal, &id, &to.address, &text)
-        .await
-        .map_err(|e| GraphError::from_api(e, &id))?;
+    let (to, what, reply_to) = parse_body(state, &info, &bytes)?;
+    let message_id = match (what, reply_to) {
+        (GraphSend::Text(text), None) => send_text(state, &principal, &id, &to.address, &text)
+            .await
+            .map_err(|e| GraphError::from_api(e, &id))?,
+        (what, reply_to) => queue(state, &id, &to.address, what, reply_to).await?,
+    };
     Ok(json!({
         "messaging_product": "whatsapp",
         "contacts": [{ "input": to.input, to.answer_key: to.answer_value }],
         "messages": [{ "id": message_id }],
     }))
+}
+
+/// Sends media, replies and reactions through the session's queue (an
+/// upload may take a while): the answer carries the message id as soon as
+/// the send is stored.
+async fn queue(
+    state: &AppState,
+    id: &str,
+    to: &str,
+    what: GraphSend,
+    reply_to: Option<String>,
+) -> Result<String, GraphError> {
+    let api = |e: ApiError| GraphError::from_api(e, id);
+    let prefix = state
+        .supervisor
+        .contacts_prefix(id)
+        .await
+        .map_err(|e| api(e.into()))?;
+    let mut req = SendMessage {
+        to: to.to_owned(),
+        reply_to: reply_to.map(ReplyTo::Id),
+        ..SendMessage::default()
+    };
+    let mut media = None;
+    let mut upload_name = None;
+    let mut upload_type = None;
+    match what {
+        GraphSend::Text(text) => req.text = Some(text),
+        GraphSend::Reaction { message_id, emoji } => {
+            req.kind = Some("reaction".into());
+            req.message_id = Some(message_id);
+            req.emoji = Some(emoji);
+        }
+        GraphSend::Media {
+            kind,
+            source,
+            caption,
+            filename,
+            voice,
+        } => {
+            req.kind = Some(kind.as_str().into());
+            req.caption = caption;
+            req.file_name = filename;
+            req.voice = voice;
+            media = Some(match source {
+                MediaSource::Link(link) => {
+                    req.url = Some(link.clone());
+                    media_out::fetch_url(state, &prefix, &link, kind)
+                        .await
+                        .map_err(api)?
+                }
+                MediaSource::Id(media_id) => {
+                    let Some(upload) = super::uploads::find(state, &prefix, &media_id).await?
+                    else {
+                        return Err(GraphError::invalid(format!(
+                            "no media {media_id:?} uploaded to this phone number id (or it expired)"
+                        )));
+                    };
+                    upload_name = upload.file_name.clone();
+                    upload_type = Some(upload.mime_type.clone());
+                    // A copy: the upload stays sendable, the copy goes with the send.
+                    rekey(&state.store, &prefix, &upload.blob, kind)
+                        .await
+                        .map_err(|e| api(ApiError::internal(&e)))?
+                }
+            });
+        }
+    }
+    let mut parsed = media_out::ParsedSend {
+        req,
+        media,
+        upload_name,
+        upload_type,
+    };
+    let out = match media_out::outgoing(state, &prefix, &mut parsed).await {
+        Ok(out) => out,
+        Err(e) => {
+            if let Some(media) = parsed.media.take() {
+                let _ = state.store.media_blob_remove(&media.blob.name).await;
+            }
+            return Err(api(e));
+        }
+    };
+    let (status, _) = state
+        .supervisor
+        .enqueue_outgoing(id, to, out, None)
+        .await
+        .map_err(|e| api(e.into()))?;
+    Ok(status.id)
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@ pub mod groups;
 mod limits;
 pub mod listener;
 pub mod media;
+pub mod media_out;
 pub mod openapi;
 pub mod operations;
 pub mod qr;
 pub mod sessions;
 pub mod tenants;
+pub mod uploads;
 pub mod webhooks;
 pub mod ws;
 
@@ -126,7 +128,15 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::logout))
         .routes(routes!(sessions::qr))
         .routes(routes!(sessions::pair_code))
-        .routes(routes!(sessions::send_message))
+        .merge(
+            // Media arrive as large bodies: the send takes in its own
+            // (JSON to `api.body_limit`, media to the `[media]` limits).
+            OpenApiRouter::new()
+                .routes(routes!(sessions::send_message))
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .routes(routes!(media_out::mark_read))
+        .routes(routes!(media_out::presence))
         .routes(routes!(sessions::message_status, sessions::cancel_message))
         .routes(routes!(media::download))
         .routes(routes!(sessions::phone_sessions))

@@ -1,7 +1,7 @@
 //! REST handlers for sessions and phones.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequest, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::extract::{
     ApiJson, ApiJsonOrEmpty, ApiPath, ApiQuery, body_session_id, check_id, path_session_id,
 };
+use super::media_out::{self, SendMessage, SendMessageForm, check_recipient};
 use super::openapi::{
     ErrorBody, PairCode, PhonePath, PhoneSessions, SessionList, SessionMessagePath, SessionPath,
 };
@@ -56,19 +57,6 @@ pub struct PairCodeRequest {
     /// optional leading `+`, spaces and dashes are ignored.
     #[schema(pattern = r"^[ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}$")]
     pub phone: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SendText {
-    /// A phone number (as in `pair-code`) or a JID (`user@server`, e.g.
-    /// `15551234567@s.whatsapp.net`, `120363…@g.us`).
-    #[schema(
-        pattern = r"^([ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}|[0-9A-Za-z._:-]{1,64}@[0-9A-Za-z.-]{1,63})$"
-    )]
-    pub to: String,
-    #[schema(min_length = 1, max_length = 65536)]
-    pub text: String,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -535,18 +523,27 @@ fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Ap
     }
 }
 
-/// Send a text message: queued (durably) and sent in order once the
-/// session is connected; `?wait=sent` sends at once instead.
+/// Send a message: text, media (image, video, audio or voice note,
+/// document, sticker; from a multipart upload or a `url`), or a reaction;
+/// any but a reaction may quote (`reply_to`). Queued (durably: media
+/// bytes included) and sent in order once the session is connected;
+/// `?wait=sent` sends a text at once instead.
 #[utoipa::path(post, path = "/sessions/{id}/messages", tag = "sessions",
+    operation_id = "send_message",
     params(SessionPath, SendQuery, IdempotencyHeader),
-    request_body = SendText,
+    request_body(content(
+        (SendMessage = "application/json"),
+        (SendMessageForm = "multipart/form-data"),
+    )),
     responses(
         (status = 200, description = "`?wait=sent`: sent; or the send an `Idempotency-Key` already named", body = SendStatus),
         (status = 202, description = "queued", body = SendStatus),
-        (status = 400, description = "`invalid_idempotency_key`, `bad_query`", body = ErrorBody),
+        (status = 400, description = "`invalid_idempotency_key`, `bad_query` (`?wait=sent` is for plain text), `bad_body`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such session", body = ErrorBody),
         (status = 409, description = "`not_paired`: the session has never been paired; with `?wait=sent`, `not_connected`", body = ErrorBody),
-        (status = 422, description = "`invalid_body`, `invalid_phone`: bad recipient or text", body = ErrorBody),
+        (status = 413, description = "`media_too_large`: over the type's limit (`[media]`); `body_too_large`: a JSON body over `api.body_limit`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the bytes are not what `type` takes (sniffed from the bytes), or the body is neither JSON nor multipart", body = ErrorBody),
+        (status = 422, description = "`invalid_body`, `invalid_phone`: bad fields; `invalid_url`, `url_not_allowed` (loopback, private or link-local), `url_fetch_failed`", body = ErrorBody),
         (status = 429, description = "`?wait=sent`: `rate_limited`: a send bucket is empty; `Retry-After` and `RateLimit-*` headers say when (queued sends wait instead)", body = ErrorBody),
         (status = 502, description = "`?wait=sent`: `send_failed`: WhatsApp did not take the message", body = ErrorBody),
     ))]
@@ -556,11 +553,32 @@ pub async fn send_message(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<SendQuery>,
     headers: axum::http::HeaderMap,
-    ApiJson(req): ApiJson<SendText>,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<SendStatus>), ApiError> {
     let key = idempotency_key(&headers)?;
     if query.wait.is_some() {
-        let message_id = send_text(&state, &principal, &id, &req.to, &req.text).await?;
+        let multipart = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/"));
+        if multipart {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                "?wait=sent sends plain text only; queue media, replies and reactions",
+            ));
+        }
+        let ApiJson(req) = ApiJson::<SendMessage>::from_request(request, &state).await?;
+        let plain_text = req.kind.as_deref().unwrap_or("text") == "text"
+            && req.reply_to.is_none()
+            && req.url.is_none();
+        if !plain_text {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                "?wait=sent sends plain text only; queue media, replies and reactions",
+            ));
+        }
+        let text = req.text.unwrap_or_default();
+        let message_id = send_text(&state, &principal, &id, &req.to, &text).await?;
         let status = state
             .supervisor
             .send_status(&id, &message_id)
@@ -569,8 +587,27 @@ pub async fn send_message(
         return Ok((StatusCode::OK, Json(status)));
     }
     visible_session(&state, &principal, &id).await?;
-    let to = check_send(&req.to, &req.text)?;
-    let (status, new) = state.supervisor.enqueue(&id, &to, &req.text, key).await?;
+    let prefix = state.supervisor.contacts_prefix(&id).await?;
+    let mut parsed = media_out::parse_send(&state, &prefix, request).await?;
+    let checked = match check_recipient(&parsed.req.to) {
+        Ok(to) => media_out::outgoing(&state, &prefix, &mut parsed)
+            .await
+            .map(|out| (to, out)),
+        Err(e) => Err(e),
+    };
+    let (to, out) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            if let Some(media) = parsed.media.take() {
+                let _ = state.store.media_blob_remove(&media.blob.name).await;
+            }
+            return Err(e);
+        }
+    };
+    let (status, new) = state
+        .supervisor
+        .enqueue_outgoing(&id, &to, out, key)
+        .await?;
     let code = if new {
         StatusCode::ACCEPTED
     } else {

@@ -6,8 +6,10 @@ mod actor;
 pub mod contacts;
 mod event;
 pub mod limits;
+pub mod media;
 pub mod outbound;
 pub mod phone;
+pub mod sniff;
 mod state;
 mod supervisor;
 
@@ -237,6 +239,9 @@ pub enum SupervisorError {
     Timeout(&'static str),
     #[error("{0}")]
     RateLimited(limits::Exhausted),
+    /// Mark-read without ids, and nothing received in that chat.
+    #[error("{0}")]
+    NothingToRead(String),
 }
 
 impl SupervisorError {
@@ -256,6 +261,7 @@ impl SupervisorError {
             Self::ShuttingDown => "shutting_down",
             Self::Timeout(_) => "timeout",
             Self::RateLimited(_) => "rate_limited",
+            Self::NothingToRead(_) => "nothing_to_read",
         }
     }
 }

@@ -22,10 +22,162 @@ pub struct QueuedSend {
     pub id: String,
     /// The recipient as a JID.
     pub to: String,
+    /// The text (empty for media and reactions).
     pub text: String,
     pub created_ms: i64,
     #[serde(default)]
     pub attempts: u32,
+    /// A media message: its stored, encrypted bytes and what goes with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<QueuedMedia>,
+    /// The message this one quotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Quoted>,
+    /// A reaction instead of a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<Reaction>,
+}
+
+impl QueuedSend {
+    /// A text send, queued now.
+    pub fn text(id: &str, to: &str, text: &str, created_ms: i64) -> Self {
+        Self {
+            id: id.to_owned(),
+            to: to.to_owned(),
+            text: text.to_owned(),
+            created_ms,
+            attempts: 0,
+            media: None,
+            reply_to: None,
+            reaction: None,
+        }
+    }
+}
+
+/// What a queued send says, as the API gives it (the actor fixes the id
+/// and the recipient's JID).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    pub text: String,
+    pub media: Option<QueuedMedia>,
+    pub reply_to: Option<Quoted>,
+    pub reaction: Option<Reaction>,
+}
+
+/// The kinds of media WhatsApp carries in a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+    Sticker,
+}
+
+impl MediaKind {
+    pub const ALL: [MediaKind; 5] = [
+        Self::Image,
+        Self::Video,
+        Self::Audio,
+        Self::Document,
+        Self::Sticker,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Video => "video",
+            Self::Audio => "audio",
+            Self::Document => "document",
+            Self::Sticker => "sticker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The kind whose keys WhatsApp's media scheme derives for bytes of
+    /// this MIME type when nothing else is known (a sticker is encrypted
+    /// like an image).
+    pub fn for_mime(mime: &str) -> Self {
+        match mime.split('/').next().unwrap_or_default() {
+            "image" => Self::Image,
+            "video" => Self::Video,
+            "audio" => Self::Audio,
+            _ => Self::Document,
+        }
+    }
+
+    /// Whether bytes encrypted for `self` can be sent as `other` without
+    /// encrypting them again (the same HKDF info).
+    pub fn same_keys(self, other: Self) -> bool {
+        let family = |k: Self| if k == Self::Sticker { Self::Image } else { k };
+        family(self) == family(other)
+    }
+}
+
+/// A media send's bytes (stored encrypted, see `crate::store::media_blobs`)
+/// and the fields of its message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMedia {
+    pub kind: MediaKind,
+    /// A voice note (push-to-talk), for `audio`.
+    #[serde(default)]
+    pub ptt: bool,
+    pub mimetype: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    pub blob: BlobMeta,
+}
+
+/// Where a media send's bytes are and the keys they are encrypted with:
+/// WhatsApp's media scheme (a random 32-byte media key, HKDF-expanded for
+/// `encrypted_as`, AES-256-CBC, HMAC-SHA256 truncated to 10 bytes). The
+/// file holds exactly the body WhatsApp's upload takes; this record, with
+/// the key, is only ever stored sealed (in the queue item, or in a Graph
+/// upload's record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobMeta {
+    /// The file's name under `<data_dir>/media-out`.
+    pub name: String,
+    /// The kind whose keys encrypted it.
+    pub encrypted_as: MediaKind,
+    pub media_key: [u8; 32],
+    pub file_sha256: [u8; 32],
+    pub file_enc_sha256: [u8; 32],
+    /// Plaintext length.
+    pub file_length: u64,
+    /// Audio and video: WhatsApp's streaming sidecar (a MAC per 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<Vec<u8>>,
+}
+
+/// The message a send quotes: its id and who wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quoted {
+    pub id: String,
+    /// The author's JID; `None`: worked out when sent (the session's own
+    /// account if it sent that message, else the chat's contact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+}
+
+/// A reaction to a message of the chat (`emoji` empty: removes it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub message_id: String,
+    pub emoji: String,
+    /// Whether the session's account wrote the target (worked out when
+    /// queued from the session's own sends).
+    #[serde(default)]
+    pub from_me: bool,
+    /// The target's author in a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
 }
 
 /// Where a send is.

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use super::actor::{Actor, Command, Reply, Shared};
 use super::event::{EventKind, PairingQr, SessionEvent};
 use super::limits::{LimitOverride, LimitsView};
-use super::outbound::SendStatus;
+use super::outbound::{Outgoing, SendStatus};
 use super::state::{Reason, SessionState};
 use super::{
     EventSink, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms,
@@ -474,14 +474,70 @@ impl Supervisor {
         if text.is_empty() {
             return Err(SupervisorError::BadRequest("text must not be empty".into()));
         }
-        let (to, text) = (to.to_owned(), text.to_owned());
-        self.call(id, move |reply| Command::Enqueue {
-            to,
-            text,
-            idempotency_key,
+        let out = Outgoing {
+            text: text.to_owned(),
+            ..Outgoing::default()
+        };
+        self.enqueue_outgoing(id, to, out, idempotency_key).await
+    }
+
+    /// Queues any send (text, media, reply, reaction) as [`Supervisor::enqueue`];
+    /// a media blob that does not end up queued is removed.
+    pub async fn enqueue_outgoing(
+        &self,
+        id: &str,
+        to: &str,
+        out: Outgoing,
+        idempotency_key: Option<String>,
+    ) -> Result<(SendStatus, bool), SupervisorError> {
+        let to = to.to_owned();
+        let blob = out.media.as_ref().map(|m| m.blob.name.clone());
+        let result = self
+            .call(id, move |reply| Command::Enqueue {
+                to,
+                out: Box::new(out),
+                idempotency_key,
+                reply,
+            })
+            .await;
+        // The session never saw it (gone, stopping): the blob is ours to remove.
+        if let (Some(name), Err(SupervisorError::NotFound(_) | SupervisorError::ShuttingDown)) =
+            (&blob, &result)
+        {
+            let _ = self.inner.shared.store.media_blob_remove(name).await;
+        }
+        result
+    }
+
+    /// Marks messages of `chat` read through session `id` (no ids: the
+    /// latest received there); answers the ids marked.
+    pub async fn mark_read(
+        &self,
+        id: &str,
+        chat: &str,
+        ids: Vec<String>,
+        sender: Option<String>,
+    ) -> Result<Vec<String>, SupervisorError> {
+        let chat = chat.to_owned();
+        self.call(id, move |reply| Command::MarkRead {
+            chat,
+            ids,
+            sender,
             reply,
         })
         .await
+    }
+
+    /// Shows a chat state ("typing…") to `to` through session `id`.
+    pub async fn chat_state(
+        &self,
+        id: &str,
+        to: &str,
+        state: crate::wa::media_out::ChatState,
+    ) -> Result<(), SupervisorError> {
+        let to = to.to_owned();
+        self.call(id, move |reply| Command::ChatState { to, state, reply })
+            .await
     }
 
     /// The status of send `message` of session `id`.

@@ -34,6 +34,7 @@ pub mod crypto;
 pub mod device;
 pub mod error;
 pub mod ids;
+pub mod media_blobs;
 pub mod media_refs;
 mod migrate;
 pub mod outbox;

@@ -215,6 +215,11 @@ impl Connection {
         super::inbound::phone_of_lid(&self.client, &jid).await
     }
 
+    /// The library's client, for the other parts of `wa` (media).
+    pub(super) fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
     /// Phone, device JID and LID as the library knows them now.
     pub fn identity(&self) -> crate::session::Identity {
         self.identity_probe().identity()

@@ -10,6 +10,7 @@ pub mod groups;
 pub mod http;
 pub mod inbound;
 pub mod media;
+pub mod media_out;
 mod runtime;
 mod transport;
 
@@ -70,6 +71,8 @@ pub enum WaError {
     Query(String),
     #[error("{0}")]
     NotAllowed(String),
+    #[error("media: {0}")]
+    Media(String),
 }
 
 /// What a session needs to know from its client, in the order it happened.

@@ -163,6 +163,17 @@ include-operation-id = "import_contacts"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 parameters = { "path.id" = { dictionary = "sessions", probability = 0.5 } }
 
+# - send_message: which fields go with which `type` (text needs text, a
+#   caption goes with images, videos and documents, voice with audio, ...),
+#   what a multipart file's bytes are (415 unsupported_media_type, sniffed
+#   from the bytes), what a `url` answers (422 url_fetch_failed, and
+#   url_not_allowed for internal addresses) and `?wait=sent` being for
+#   plain text (400 bad_query) are not shapes a schema can carry.
+[[operations]]
+include-operation-id = "send_message"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "415", "422", "429", "5xx"]
+parameters = { "path.id" = { dictionary = "sessions", probability = 0.5 } }
+
 # - the Graph API's send answers 400 where Meta does, and Cloud API
 #   libraries rely on it: an unknown (or another tenant's) phone number id
 #   is code 100 subcode 33, a recipient that is no phone number code 131009.

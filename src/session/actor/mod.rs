@@ -14,7 +14,7 @@ use whatsapp_rust::store::traits::DeviceStore;
 use super::contacts;
 use super::event::{EventKind, Identity, PairingQr, SessionEvent};
 use super::limits::{Bucket, Levels, LimitOverride, LimitsView};
-use super::outbound::SendStatus;
+use super::outbound::{Outgoing, SendStatus};
 use super::state::{Reason, SessionState};
 use super::supervisor::ActorExit;
 use super::{
@@ -56,9 +56,22 @@ pub(super) enum Command {
     /// idempotency key named an earlier send).
     Enqueue {
         to: String,
-        text: String,
+        out: Box<Outgoing>,
         idempotency_key: Option<String>,
         reply: Reply<(SendStatus, bool)>,
+    },
+    /// Mark messages of a chat read (none given: the latest received).
+    MarkRead {
+        chat: String,
+        ids: Vec<String>,
+        sender: Option<String>,
+        reply: Reply<Vec<String>>,
+    },
+    /// Show a chat state to a chat.
+    ChatState {
+        to: String,
+        state: crate::wa::media_out::ChatState,
+        reply: Reply<()>,
     },
     SendStatus {
         id: String,
@@ -120,6 +133,50 @@ struct SessionInbound {
     owner: Arc<Mutex<Owner>>,
     /// For the contacts directory.
     store: Store,
+    latest: Arc<Mutex<LatestReceived>>,
+}
+
+/// The last message received in each chat since the start (for "mark the
+/// chat read" without ids), under the chat's JID and, for a direct chat,
+/// its phone JID too. Bounded: past [`LATEST_KEPT`] chats it starts over.
+#[derive(Default)]
+pub(super) struct LatestReceived(HashMap<String, Latest>);
+
+#[derive(Clone, Debug)]
+pub(super) struct Latest {
+    pub chat: String,
+    pub id: String,
+    /// The author, in a group.
+    pub sender: Option<String>,
+}
+
+const LATEST_KEPT: usize = 4096;
+
+impl LatestReceived {
+    fn note(&mut self, message: &InboundMessage) {
+        if message.from_me || message.is_status {
+            return;
+        }
+        if self.0.len() >= LATEST_KEPT {
+            self.0.clear();
+        }
+        let latest = Latest {
+            chat: message.chat.clone(),
+            id: message.id.clone(),
+            sender: message.is_group.then(|| message.sender.clone()),
+        };
+        if !message.is_group && !message.sender_phone.is_empty() {
+            self.0.insert(
+                format!("{}@s.whatsapp.net", message.sender_phone),
+                latest.clone(),
+            );
+        }
+        self.0.insert(message.chat.clone(), latest);
+    }
+
+    pub(super) fn get(&self, chat: &str) -> Option<Latest> {
+        self.0.get(chat).cloned()
+    }
 }
 
 #[async_trait::async_trait]
@@ -147,6 +204,12 @@ impl InboundSink for SessionInbound {
         let refs = media_refs(&prefix, &batch, now_ms());
         self.store.media_refs_put(&refs)?;
         let ticket = self.store.write_ticket();
+        {
+            let mut latest = lock(&self.latest);
+            for message in &batch {
+                latest.note(message);
+            }
+        }
         self.sink.messages(&owner, me, batch).await?;
         if !refs.is_empty() {
             self.store.flush_through(ticket).await?;
@@ -232,6 +295,8 @@ pub(super) struct Actor {
     levels: Option<Levels>,
     /// Human pacing: the queued send "typing…" was shown for.
     typed_for: Option<String>,
+    /// The last message received per chat.
+    latest: Arc<Mutex<LatestReceived>>,
     /// When the current state was entered (for the health sweep).
     state_since: Instant,
     /// The session's scope: cancelled at shutdown; its client's tasks run
@@ -277,6 +342,7 @@ impl Actor {
             drain_at: None,
             levels: None,
             typed_for: None,
+            latest: Arc::default(),
             state_since: Instant::now(),
             scope,
         }
@@ -491,11 +557,22 @@ impl Actor {
             }
             Command::Enqueue {
                 to,
-                text,
+                out,
                 idempotency_key,
                 reply,
             } => {
-                let _ = reply.send(self.enqueue(&to, &text, idempotency_key).await);
+                let _ = reply.send(self.enqueue_outgoing(&to, *out, idempotency_key).await);
+            }
+            Command::MarkRead {
+                chat,
+                ids,
+                sender,
+                reply,
+            } => {
+                let _ = reply.send(self.mark_read(&chat, ids, sender).await);
+            }
+            Command::ChatState { to, state, reply } => {
+                let _ = reply.send(self.chat_state(&to, state).await);
             }
             Command::SendStatus { id, reply } => {
                 let _ = reply.send(self.send_status(&id));
@@ -516,6 +593,7 @@ impl Actor {
                 let _ = reply.send(Ok(self.outbound_prefix()));
             }
             Command::Restore => {
+                self.sweep_media().await;
                 let permits = self.shared.start_permits.clone();
                 self.waiting_permit = Some(self.scope.spawn(permits.acquire_owned()));
             }
@@ -598,6 +676,7 @@ impl Actor {
                 sink,
                 owner: Arc::clone(&self.owner),
                 store: self.shared.store.clone(),
+                latest: Arc::clone(&self.latest),
             }) as Arc<dyn InboundSink>
         });
         match Connection::start(&self.scope, &self.shared.config.wa, backend, tx, inbound).await {

@@ -11,10 +11,12 @@ use super::{Actor, SEND_TIMEOUT};
 use crate::session::SupervisorError;
 use crate::session::limits::Bucket;
 use crate::session::outbound::{
-    self, IDEMPOTENCY_WINDOW_MS, IdempotencyRecord, MAX_ATTEMPTS, QueuedSend, SendState, SendStatus,
+    self, IDEMPOTENCY_WINDOW_MS, IdempotencyRecord, MAX_ATTEMPTS, Outgoing, QueuedSend, Quoted,
+    SendState, SendStatus,
 };
 use crate::session::state::SessionState;
 use crate::session::{AckStatus, EventKind, now_ms};
+use crate::wa::media_out::{WireSend, message_key};
 
 /// How long the queue waits after a failed attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -24,12 +26,31 @@ impl Actor {
         outbound::prefix(self.shared.store.blinder(), &self.record.incarnation)
     }
 
-    /// Queues `text` for `to`; with an idempotency key already used for
-    /// this session in the last 24 h, answers that send instead.
-    pub(super) async fn enqueue(
+    /// Queues `out` for `to` and answers as [`Actor::enqueue`]; a media
+    /// blob that did not end up in the queue (refused, or an idempotency
+    /// key named an earlier send) is removed.
+    pub(super) async fn enqueue_outgoing(
         &mut self,
         to: &str,
-        text: &str,
+        out: Outgoing,
+        idempotency_key: Option<String>,
+    ) -> Result<(SendStatus, bool), SupervisorError> {
+        let blob = out.media.as_ref().map(|m| m.blob.name.clone());
+        let result = self.enqueue(to, out, idempotency_key).await;
+        if let Some(name) = blob
+            && !matches!(result, Ok((_, true)))
+        {
+            self.remove_blob(&name).await;
+        }
+        result
+    }
+
+    /// Queues `out` for `to`; with an idempotency key already used for
+    /// this session in the last 24 h, answers that send instead.
+    async fn enqueue(
+        &mut self,
+        to: &str,
+        mut out: Outgoing,
         idempotency_key: Option<String>,
     ) -> Result<(SendStatus, bool), SupervisorError> {
         if self.record.jid.is_empty() && self.record.phone.is_empty() {
@@ -50,13 +71,16 @@ impl Actor {
         {
             return Ok((status, false));
         }
+        // A reaction to a message this session sent is to its own message.
+        if let Some(reaction) = out.reaction.as_mut() {
+            reaction.from_me = self.status_of(&prefix, &reaction.message_id)?.is_some();
+        }
         let id = outbound::new_message_id();
         let item = QueuedSend {
-            id: id.clone(),
-            to: to.clone(),
-            text: text.to_owned(),
-            created_ms: now,
-            attempts: 0,
+            media: out.media,
+            reply_to: out.reply_to,
+            reaction: out.reaction,
+            ..QueuedSend::text(&id, &to, &out.text, now)
         };
         let status = SendStatus::new(&id, &to, SendState::Queued, now);
         let idem_value = serde_json::to_vec(&IdempotencyRecord {
@@ -76,6 +100,80 @@ impl Actor {
             self.drain_at = Some(Instant::now());
         }
         Ok((status, true))
+    }
+
+    /// Removes a media blob (sent, cancelled, failed, or never queued).
+    pub(super) async fn remove_blob(&self, name: &str) {
+        if let Err(e) = self.shared.store.media_blob_remove(name).await {
+            tracing::warn!(session = %self.record.id, "removing a media blob: {e}");
+        }
+    }
+
+    /// The quoted message's author: given, or this account when it sent
+    /// that message, else the chat's contact.
+    fn quoted_author(&self, prefix: &[u8], to: &str, quoted: &Quoted) -> String {
+        if let Some(participant) = &quoted.participant {
+            return participant.clone();
+        }
+        let mine = self.status_of(prefix, &quoted.id).ok().flatten().is_some();
+        if mine && !self.record.phone.is_empty() {
+            format!("{}@s.whatsapp.net", self.record.phone)
+        } else {
+            to.to_owned()
+        }
+    }
+
+    /// Marks messages of `chat` read; without ids, the latest one received.
+    pub(super) async fn mark_read(
+        &mut self,
+        chat: &str,
+        ids: Vec<String>,
+        sender: Option<String>,
+    ) -> Result<Vec<String>, SupervisorError> {
+        let conn = self.connected()?;
+        let jid = crate::wa::parse_recipient(chat)
+            .map_err(|e| SupervisorError::BadRequest(e.to_string()))?
+            .to_string();
+        let (chat, ids, sender) = if ids.is_empty() {
+            let latest = super::lock(&self.latest).get(&jid).ok_or_else(|| {
+                SupervisorError::NothingToRead(format!(
+                    "no message from {jid} received since the daemon started; name the message ids"
+                ))
+            })?;
+            (latest.chat, vec![latest.id], latest.sender)
+        } else {
+            (jid, ids, sender)
+        };
+        let done = tokio::select! {
+            done = tokio::time::timeout(SEND_TIMEOUT, conn.mark_read(&chat, sender.as_deref(), &ids)) => done,
+            _ = self.scope.cancelled() => return Err(SupervisorError::ShuttingDown),
+        };
+        match done {
+            Ok(Ok(())) => Ok(ids),
+            Ok(Err(e)) => Err(SupervisorError::Send(e.to_string())),
+            Err(_) => Err(SupervisorError::Timeout("marking read took too long")),
+        }
+    }
+
+    /// Shows "typing…", "recording…" or stops it.
+    pub(super) async fn chat_state(
+        &mut self,
+        to: &str,
+        state: crate::wa::media_out::ChatState,
+    ) -> Result<(), SupervisorError> {
+        let conn = self.connected()?;
+        let done = tokio::select! {
+            done = tokio::time::timeout(SEND_TIMEOUT, conn.send_chat_state(to, state)) => done,
+            _ = self.scope.cancelled() => return Err(SupervisorError::ShuttingDown),
+        };
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(crate::wa::WaError::BadRecipient(to))) => Err(SupervisorError::BadRequest(
+                format!("invalid chat {to:?}: a phone number or a JID"),
+            )),
+            Ok(Err(e)) => Err(SupervisorError::Send(e.to_string())),
+            Err(_) => Err(SupervisorError::Timeout("the chat state took too long")),
+        }
     }
 
     fn status_of(&self, prefix: &[u8], id: &str) -> Result<Option<SendStatus>, SupervisorError> {
@@ -111,13 +209,20 @@ impl Actor {
         };
         status.status = SendState::Cancelled;
         status.updated_ms = now_ms();
-        self.shared
+        let removed = self
+            .shared
             .store
             .send_dequeue(
                 &item.key,
                 Some((&outbound::status_key(&prefix, id), &json(&status)?)),
             )
             .await?;
+        if removed
+            && let Ok(queued) = serde_json::from_slice::<QueuedSend>(&item.value)
+            && let Some(media) = &queued.media
+        {
+            self.remove_blob(&media.blob.name).await;
+        }
         Ok(Some(status))
     }
 
@@ -173,11 +278,43 @@ impl Actor {
             self.drain_at = Some(Instant::now() + RETRY_AFTER);
             return;
         }
+        let quote = item
+            .reply_to
+            .as_ref()
+            .map(|q| (q.id.clone(), self.quoted_author(&prefix, &item.to, q)));
+        let media_path = match &item.media {
+            Some(media) => match self.shared.store.media_blob_path(&media.blob.name) {
+                Ok(path) => Some((media, path)),
+                Err(e) => {
+                    tracing::error!(session = %self.record.id, id = %item.id, "a queued media send: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        // An upload takes longer than a text: a minute more per 16 MiB.
+        let timeout = SEND_TIMEOUT
+            + Duration::from_secs(
+                item.media.as_ref().map_or(0, |m| m.blob.file_length) / (256 * 1024),
+            );
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
+        let wire = WireSend {
+            to: &item.to,
+            id: &item.id,
+            text: &item.text,
+            media: media_path,
+            quote: quote.as_ref().map(|(id, who)| (id.as_str(), who.as_str())),
+            reaction: item.reaction.as_ref().map(|r| {
+                (
+                    message_key(&item.to, &r.message_id, r.from_me, r.participant.as_deref()),
+                    r.emoji.as_str(),
+                )
+            }),
+        };
         let sent = tokio::select! {
-            sent = tokio::time::timeout(SEND_TIMEOUT, conn.send_text(&item.to, &item.text, &item.id)) => sent,
+            sent = tokio::time::timeout(timeout, conn.send_wire(wire)) => sent,
             _ = self.scope.cancelled() => return,
         };
         let now = now_ms();
@@ -199,6 +336,8 @@ impl Actor {
                 status.advance(SendState::Sent, now);
                 if let Err(e) = self.dequeue(&head.key, &status_key, &status).await {
                     tracing::error!(session = %self.record.id, id = %item.id, "recording a send: {e}");
+                } else if let Some(media) = &item.media {
+                    self.remove_blob(&media.blob.name).await;
                 }
                 crate::metrics::inc_message_sent();
                 self.emit(EventKind::MessageSent {
@@ -222,6 +361,8 @@ impl Actor {
                     status.updated_ms = now;
                     if let Err(e) = self.dequeue(&head.key, &status_key, &status).await {
                         tracing::error!(session = %self.record.id, id = %item.id, "recording a failed send: {e}");
+                    } else if let Some(media) = &item.media {
+                        self.remove_blob(&media.blob.name).await;
                     }
                     self.emit(EventKind::MessageFailed {
                         id: item.id,
@@ -289,9 +430,42 @@ impl Actor {
         }
     }
 
+    /// Removes media blobs of this session that no queued send or Graph
+    /// upload names (left by a crash between storing the bytes and
+    /// queueing the send) and that are over an hour old.
+    pub(super) async fn sweep_media(&self) {
+        let prefix = self.outbound_prefix();
+        let store = &self.shared.store;
+        let mut keep = std::collections::HashSet::new();
+        let queued = store.send_queue(&prefix).unwrap_or_default();
+        let uploads = store.media_uploads(&prefix).unwrap_or_default();
+        for item in queued.iter().chain(uploads.iter()) {
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&item.value) {
+                for blob in [&value["media"]["blob"]["name"], &value["blob"]["name"]] {
+                    if let Some(name) = blob.as_str() {
+                        keep.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+        let removed = store
+            .media_sweep(&prefix, keep, Duration::from_secs(3600))
+            .await;
+        if removed > 0 {
+            tracing::info!(session = %self.record.id, removed, "orphaned media blobs removed");
+        }
+    }
+
     /// The queue of an incarnation that is gone (deleted, reassigned).
     pub(super) async fn purge_outbound(&self, incarnation: &str) {
         let prefix = outbound::prefix(self.shared.store.blinder(), incarnation);
+        match self.shared.store.media_purge(&prefix).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(session = %self.record.id, files = n, "media blobs dropped with their session")
+            }
+            Err(e) => tracing::error!(session = %self.record.id, "dropping media blobs: {e}"),
+        }
         match self.shared.store.send_purge(&prefix).await {
             Ok(0) => {}
             Ok(n) => {
