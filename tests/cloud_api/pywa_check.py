@@ -14,7 +14,9 @@ contact must receive exactly those texts. Statuses: pywa's
 contact's phone confirms delivery by itself) and, once the contact reads
 it, `read`, for the message it sent, with the contact's phone and user id.
 Media: a demo contact sends an image; pywa's handler sees Meta's image
-object, and `get_media_url` + `download_media` save exactly its bytes.
+object, and `get_media_url` + `download_media` save exactly its bytes;
+pywa's `send_image` with bytes uploads them and sends by media id, and
+fakewa decrypts exactly those bytes.
 Bad requests raise pywa's own errors with whatsd's codes. The raw message
 and status deliveries are saved for the Node check.
 Exits non-zero on any mismatch.
@@ -313,6 +315,24 @@ def main() -> None:
         fail(f"download_media saved {saved.stat().st_size} bytes that differ from the {len(jpeg)} sent")
     print(f"OK pywa download_media: {len(jpeg)} bytes byte-exact as {saved.name} ({url.mime_type})")
 
+    # Media out: pywa uploads bytes itself (POST /{phone_number_id}/media)
+    # and sends the image by the id it got; fakewa decrypts what the linked
+    # device uploaded and sent.
+    picture = b"\xff\xd8\xff\xe0\x00\x10JFIF" + hashlib.sha256(b"pywa").digest() * 2048
+    sent_image = wa.send_image(to=contact, image=picture, caption="from pywa 📷", mime_type="image/jpeg")
+
+    def sent_bytes():
+        try:
+            with urllib.request.urlopen(f"{control}/control/media/sent/{sent_image.id}", timeout=10) as r:
+                return r.read()
+        except urllib.error.HTTPError:
+            return None
+
+    got = wait("the image pywa sent, at fakewa", 60, sent_bytes)
+    if got != picture:
+        fail(f"fakewa decrypted {len(got)} bytes that differ from the {len(picture)} pywa sent")
+    print(f"OK pywa send_image (upload_media, then by id): {len(picture)} bytes byte-exact at fakewa")
+
     # Bad requests: pywa's own exceptions, with whatsd's codes.
     other_http = httpx.Client(timeout=30)
     unknown = WhatsApp(
@@ -336,7 +356,8 @@ def main() -> None:
             131008,
         ),
         ("bad recipient", lambda: wa.send_message(to="12", text="x"), errors.InvalidParameter, 131009),
-        ("image", lambda: wa.send_image(to=contact, image="https://example.com/a.png"), errors.UnsupportedMessageType, 131051),
+        ("location", lambda: wa.send_location(to=contact, latitude=1.0, longitude=2.0), errors.UnsupportedMessageType, 131051),
+        ("unknown media id", lambda: wa.send_image(to=contact, image="999999999"), errors.InvalidParameter, 131009),
     ]
     for what, call, kind, code in cases:
         try:
