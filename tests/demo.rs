@@ -158,6 +158,10 @@ mod demo {
 
         // `image: true`: the demo contact sends the built-in picture, with
         // the text as its caption; its bytes download exactly.
+        let mut ws = common::ws_connect(daemon.addr, "/v1/events?session=shop-1", Some(ADMIN))
+            .await
+            .expect("socket opens");
+        assert_eq!(common::next_json(&mut ws, 10).await["type"], "snapshot");
         let no_text = message(&daemon, "shop-1", json!({})).await;
         assert_eq!(no_text.status, 422, "{}", no_text.text());
         let sent = message(
@@ -195,6 +199,17 @@ mod demo {
             download.body,
             include_bytes!("../src/api/admin/demo-image.png").as_slice()
         );
+        // The event WebSocket (the admin page's recent messages) says so
+        // too, with the same download path and no media key.
+        let frame = common::wait_event(&mut ws, "message.received", 10).await;
+        assert_eq!(frame["id"], id.as_str(), "{frame}");
+        assert_eq!(frame["kind"], "image", "{frame}");
+        assert_eq!(frame["from"], "15557654321", "{frame}");
+        assert_eq!(frame["caption"], "a demo receipt", "{frame}");
+        assert_eq!(frame["media"]["url"], url, "{frame}");
+        assert_eq!(frame["media"]["mimetype"], "image/png", "{frame}");
+        assert!(!frame.to_string().contains("media_key"), "{frame}");
+        drop(ws);
 
         // A reload keeps the demo's settings (the fake, loopback webhooks).
         let pid = daemon.child.as_ref().unwrap().id().unwrap().to_string();
