@@ -25,6 +25,7 @@ declare -A guide_names=(
   [04-reset-confirm]=admin-reset-confirm
   [05c-demo-message]=admin-demo-message
   [05d-groups-contacts]=admin-groups-contacts
+  [05e-recent-messages]=admin-recent-messages
   [06-reconnecting]=admin-reconnecting
 )
 mkdir -p "$root/docs/images"

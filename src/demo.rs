@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use crate::config::Config;
 
+/// The picture a demo contact sends (96×96 PNG, a receipt on green).
+const DEMO_IMAGE: &[u8] = include_bytes!("api/admin/demo-image.png");
+
 /// Version announced to the fake (it never asks web.whatsapp.com).
 const DEMO_VERSION: &str = "2.3000.1023456789";
 
@@ -115,6 +118,29 @@ impl Demo {
             .fake
             .server
             .send_message(to, from, text, fakewa::MessageKind::Dm)?)
+    }
+
+    /// Contact `from` sends `to` the built-in demo picture (a PNG), with
+    /// `caption` if any, through the fake's media server; answers the
+    /// message id.
+    pub fn send_image(
+        &self,
+        to: &str,
+        from: &str,
+        caption: Option<&str>,
+    ) -> Result<String, DemoError> {
+        let req = fakewa::MediaSend {
+            to_phone: to.to_string(),
+            from_phone: from.to_string(),
+            kind: "image".to_string(),
+            mimetype: "image/png".to_string(),
+            data_base64: String::new(),
+            caption: caption.map(str::to_string),
+            file_name: None,
+            seconds: None,
+            corrupt_mac: false,
+        };
+        Ok(self.fake.server.send_media(&req, DEMO_IMAGE)?.id)
     }
 
     /// The warning printed at start, with what the fake offers; `config`

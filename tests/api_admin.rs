@@ -27,7 +27,7 @@ async fn the_admin_page_and_its_assets_are_served() {
             "default-src 'none'",
             "script-src 'self'",
             "style-src 'self'",
-            "img-src 'self' data:",
+            "img-src 'self' data: blob:",
             "connect-src 'self'",
             "frame-ancestors 'none'",
         ] {

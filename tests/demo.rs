@@ -156,6 +156,61 @@ mod demo {
         assert_eq!(event["data"]["sender"]["phone"], "15557654321");
         assert_eq!(event["data"]["message_id"], sent.json()["id"]);
 
+        // `image: true`: the demo contact sends the built-in picture, with
+        // the text as its caption; its bytes download exactly.
+        let mut ws = common::ws_connect(daemon.addr, "/v1/events?session=shop-1", Some(ADMIN))
+            .await
+            .expect("socket opens");
+        assert_eq!(common::next_json(&mut ws, 10).await["type"], "snapshot");
+        let no_text = message(&daemon, "shop-1", json!({})).await;
+        assert_eq!(no_text.status, 422, "{}", no_text.text());
+        let sent = message(
+            &daemon,
+            "shop-1",
+            json!({ "image": true, "text": "a demo receipt" }),
+        )
+        .await;
+        assert_eq!(sent.status, 200, "{}", sent.text());
+        let id = sent.json()["id"].as_str().unwrap().to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let event = loop {
+            let found = received
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e["data"]["message_id"] == id.as_str())
+                .cloned();
+            if let Some(event) = found {
+                break event;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "picture not delivered in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(event["data"]["type"], "image", "{event}");
+        assert_eq!(event["data"]["caption"], "a demo receipt", "{event}");
+        let url = event["data"]["media"]["url"].as_str().expect("a media url");
+        let download = daemon.get(url, Some(ADMIN)).await;
+        assert_eq!(download.status, 200, "{}", download.text());
+        assert_eq!(download.header("content-type"), Some("image/png"));
+        assert_eq!(
+            download.body,
+            include_bytes!("../src/api/admin/demo-image.png").as_slice()
+        );
+        // The event WebSocket (the admin page's recent messages) says so
+        // too, with the same download path and no media key.
+        let frame = common::wait_event(&mut ws, "message.received", 10).await;
+        assert_eq!(frame["id"], id.as_str(), "{frame}");
+        assert_eq!(frame["kind"], "image", "{frame}");
+        assert_eq!(frame["from"], "15557654321", "{frame}");
+        assert_eq!(frame["caption"], "a demo receipt", "{frame}");
+        assert_eq!(frame["media"]["url"], url, "{frame}");
+        assert_eq!(frame["media"]["mimetype"], "image/png", "{frame}");
+        assert!(!frame.to_string().contains("media_key"), "{frame}");
+        drop(ws);
+
         // A reload keeps the demo's settings (the fake, loopback webhooks).
         let pid = daemon.child.as_ref().unwrap().id().unwrap().to_string();
         let reloads = daemon.log().matches("configuration reloaded").count();

@@ -14,10 +14,12 @@ const INDEX_HTML: &str = include_str!("admin/index.html");
 const APP_JS: &str = include_str!("admin/app.js");
 const APP_CSS: &str = include_str!("admin/app.css");
 
-/// Only our own files; QR codes arrive as `data:` SVG images; the page
-/// never runs inline script or style, and no other site may frame it.
+/// Only our own files; QR codes arrive as `data:` SVG images, received
+/// pictures as `blob:` URLs of what the page fetched itself (the media
+/// route needs the Authorization header); the page never runs inline
+/// script or style, and no other site may frame it.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
 /// The page at `/` and `/admin`, and its assets under `/admin/`.

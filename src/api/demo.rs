@@ -158,8 +158,13 @@ async fn scan(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MessageRequest {
+    /// The text; with `image`, the picture's caption (optional there).
     #[schema(min_length = 1, max_length = 65536)]
-    text: String,
+    text: Option<String>,
+    /// Send the built-in demo picture (a small PNG) instead of a text
+    /// message; it arrives as an `image` with a media `url`.
+    #[serde(default)]
+    image: bool,
     /// The contact's number (default 15557654321); `null` means the default.
     #[schema(pattern = r"^[ -]*(\+[ -]*)?[1-9][ -]*([0-9][ -]*){6,14}$")]
     from: Option<String>,
@@ -176,7 +181,8 @@ struct DemoSent {
 }
 
 /// `POST /v1/demo/sessions/{id}/messages`: a fake contact sends the
-/// session's phone a text, which arrives like any WhatsApp message.
+/// session's phone a text, or with `image: true` the built-in demo picture
+/// (captioned by `text`, if any), which arrives like any WhatsApp message.
 #[utoipa::path(post, path = "/demo/sessions/{id}/messages", tag = "demo",
     params(SessionPath),
     request_body = MessageRequest,
@@ -195,10 +201,15 @@ async fn message(
 ) -> Result<Json<DemoSent>, ApiError> {
     let demo = demo(&state)?;
     let info = visible_session(&state, &principal, &id).await?;
-    if req.text.is_empty() || req.text.chars().count() > MAX_TEXT_CHARS {
+    let text = req.text.as_deref();
+    let text_ok = match text {
+        Some(text) => !text.is_empty() && text.chars().count() <= MAX_TEXT_CHARS,
+        None => req.image,
+    };
+    if !text_ok {
         return Err(ApiError::unprocessable(
             "invalid_body",
-            format!("text must be 1 to {MAX_TEXT_CHARS} characters"),
+            format!("text must be 1 to {MAX_TEXT_CHARS} characters (optional with image)"),
         ));
     }
     if info.phone.is_empty() {
@@ -212,7 +223,13 @@ async fn message(
         Some(from) => normalize_phone(from)?,
         None => DEMO_CONTACT.to_string(),
     };
-    let message_id = demo.send(&info.phone, &from, &req.text).map_err(refused)?;
+    let message_id = if req.image {
+        demo.send_image(&info.phone, &from, text)
+    } else {
+        // Checked above: a text message has its text.
+        demo.send(&info.phone, &from, text.unwrap_or_default())
+    }
+    .map_err(refused)?;
     Ok(Json(DemoSent {
         id: message_id,
         to: info.phone,

@@ -81,6 +81,14 @@ impl std::fmt::Debug for PairingQr {
     }
 }
 
+/// A received attachment, as the event WebSocket describes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceivedMedia {
+    /// `/v1/sessions/{id}/messages/{message_id}/media`.
+    pub url: String,
+    pub mimetype: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type")]
 pub enum EventKind {
@@ -140,6 +148,31 @@ pub enum EventKind {
         id: String,
         to: String,
         /// When WhatsApp took it (Unix seconds).
+        timestamp: i64,
+    },
+    /// A message someone sent the account (not from the account itself,
+    /// no status updates). Only on the event WebSocket (the admin page's
+    /// recent messages): webhooks get their own, fuller `message.received`
+    /// from the outbox.
+    #[serde(rename = "message.received")]
+    MessageReceived {
+        id: String,
+        /// The chat's JID (the contact's, or the group's).
+        chat: String,
+        /// The author's phone (digits), when known.
+        from: String,
+        push_name: String,
+        /// `text`, `image`, `video`, `audio`, `document`, `sticker`, …
+        kind: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+        /// The attachment's download path (`GET`, with the Authorization
+        /// header) and type, when it can be downloaded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        media: Option<ReceivedMedia>,
+        /// Unix seconds, as WhatsApp stamped it.
         timestamp: i64,
     },
     /// A queued send WhatsApp did not take after the allowed attempts.
@@ -213,6 +246,7 @@ impl EventKind {
             Self::PushName { .. } => "session.push_name",
             Self::Connected { .. } => "session.connected",
             Self::LoggedOut { .. } => "session.logged_out",
+            Self::MessageReceived { .. } => "message.received",
             Self::MessageSent { .. } => "message.sent",
             Self::MessageAck { .. } => "message.ack",
             Self::MessageFailed { .. } => "message.failed",

@@ -167,7 +167,7 @@ pub fn absolute_media_url(event: &mut WebhookEvent, base: &str) {
 pub fn session_event(event: &SessionEvent, me: &Me) -> Option<WebhookEvent> {
     if matches!(
         event.kind,
-        EventKind::Qr { .. } | EventKind::PairCode { .. }
+        EventKind::Qr { .. } | EventKind::PairCode { .. } | EventKind::MessageReceived { .. }
     ) {
         return None;
     }

@@ -397,6 +397,63 @@ async function main() {
       }
       log(`webhook got ${hook.type} ${hook.data.message_id}: ${JSON.stringify(hook.data.text)}`);
       await shot(desktop, '05c-demo-message');
+
+      // 4c''. The recent-messages panel: the text arrived over the event
+      //       WebSocket (on both pages); then the demo contact sends the
+      //       built-in picture from the page's button, and its thumbnail
+      //       loads through the authenticated media route (a blob: URL).
+      for (const page of [desktop, phone]) {
+        await waitForText(page.locator(`#recent-list li[data-id="${sent.id}"] .text`), text, 10 * SECOND);
+      }
+      const caption = 'A receipt from the browser test ' + Date.now();
+      await desktop.getByLabel('Message text').fill(caption);
+      const imageAnswer = nextResponse(desktop, 'POST', '/v1/demo/sessions/shop-1/messages');
+      const mediaAnswer = desktop.waitForResponse(
+        (r) => r.request().method() === 'GET' && /^\/v1\/sessions\/shop-1\/messages\/[^/]+\/media$/.test(new URL(r.url()).pathname),
+        { timeout: 60 * SECOND },
+      );
+      await desktop.getByRole('button', { name: 'Send a picture' }).click();
+      const imageResponse = await imageAnswer;
+      if (imageResponse.status() !== 200) throw new Error(`demo picture: ${imageResponse.status()} ${await imageResponse.text()}`);
+      const picture = await imageResponse.json();
+      const pictureRow = desktop.locator(`#recent-list li[data-id="${picture.id}"]`);
+      await pictureRow.waitFor({ timeout: 30 * SECOND });
+      const thumb = pictureRow.locator('img.thumb');
+      await desktop.waitForFunction(
+        (id) => {
+          const img = document.querySelector(`#recent-list li[data-id="${id}"] img.thumb`);
+          return img && !img.hidden && img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:');
+        },
+        picture.id,
+        { timeout: 30 * SECOND, polling: 100 },
+      );
+      const media = await mediaAnswer;
+      if (!new URL(media.url()).pathname.includes(picture.id)) throw new Error('the page fetched ' + media.url());
+      if (media.status() !== 200 || media.headers()['content-type'] !== 'image/png') {
+        throw new Error(`media download: ${media.status()} ${media.headers()['content-type']}`);
+      }
+      const size = await thumb.evaluate((img) => [img.naturalWidth, img.getBoundingClientRect().width]);
+      if (size[0] !== 96 || Math.round(size[1]) !== 96) throw new Error('thumbnail natural/shown width ' + size);
+      await waitForText(pictureRow.locator('.text'), caption, 5 * SECOND);
+      if (!(await thumb.getAttribute('alt')).includes('+' + picture.from)) throw new Error('thumbnail alt: ' + (await thumb.getAttribute('alt')));
+      // Newest first: the picture above the text.
+      const order = await desktop.locator('#recent-list li').evaluateAll((items) => items.map((li) => li.dataset.id));
+      if (order[0] !== picture.id || order[1] !== sent.id) throw new Error('recent messages in order ' + order);
+      await phone.waitForFunction(
+        (id) => {
+          const img = document.querySelector(`#recent-list li[data-id="${id}"] img.thumb`);
+          return img && img.complete && img.naturalWidth > 0;
+        },
+        picture.id,
+        { timeout: 30 * SECOND, polling: 100 },
+      );
+      const pictureHook = await receiver.waitFor((b) => b.data && b.data.message_id === picture.id, 60 * SECOND);
+      if (pictureHook.data.caption !== caption && pictureHook.data.text !== caption) {
+        throw new Error('the picture webhook got ' + JSON.stringify(pictureHook));
+      }
+      log(`recent messages: text ${sent.id} and picture ${picture.id} (thumbnail ${size[0]} px wide)`);
+      await desktop.getByTestId('recent-messages').scrollIntoViewIfNeeded();
+      await shot(desktop, '05e-recent-messages');
       receiver.close();
 
       // 4c'. Groups and contacts: the demo contact who wrote is in the

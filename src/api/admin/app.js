@@ -13,6 +13,8 @@ const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 5000;
 // After a message.received frame, when the contacts page is asked again.
 const CONTACTS_REFRESH_MS = 500;
+// How many received messages the recent-messages panel keeps per session.
+const RECENT_MAX = 20;
 const PAIRING_STATES = new Set(['starting', 'qr', 'pair_code']);
 const LINKED_STATES = new Set(['paired', 'connecting', 'connected', 'disconnected']);
 
@@ -40,6 +42,7 @@ const page = {
   contactsSeq: 0,
   contacts: null, // {session, q, rows, next, loading, error, paged}: pages of GET /v1/sessions/{id}/contacts
   contactsTimer: null,
+  recent: new Map(), // session id -> entries, newest first: message.received frames since the page opened
 };
 
 // ---- API ------------------------------------------------------------------
@@ -129,6 +132,7 @@ function signOut() {
   page.demoSent = null;
   page.groups = null;
   page.contacts = null;
+  clearRecent();
   clearTimeout(page.contactsTimer);
   $('groups-list').replaceChildren();
   $('contact-rows').replaceChildren();
@@ -244,6 +248,7 @@ function onFrame(frame) {
     fetchSession(id);
   }
   applyEvent(session, frame);
+  if (frame.type === 'message.received') noteReceived(id, frame);
   renderList();
   if (id === page.selected) {
     renderDetail();
@@ -476,6 +481,7 @@ function renderDetail() {
   renderDemo(session, linked);
   $('groups').hidden = pairing || !page.groups || page.groups.session !== session.id;
   $('contacts').hidden = pairing || !page.contacts || page.contacts.session !== session.id;
+  renderRecent(session, pairing);
 
   const running = !['created', 'stopped', 'failed', 'logged_out'].includes(session.state);
   $('act-start').disabled = running;
@@ -920,6 +926,141 @@ async function loadWebhooks(tenant, seq) {
   panel.hidden = false;
 }
 
+// ---- recent messages ---------------------------------------------------------
+
+// A message.received frame becomes a row, newest first, RECENT_MAX per
+// session. A picture's bytes need the Authorization header, which an <img>
+// cannot send (and the token never goes into a URL): fetched, then shown
+// through a blob: URL that is revoked when its row drops out.
+function noteReceived(id, frame) {
+  let entries = page.recent.get(id);
+  if (!entries) {
+    entries = [];
+    page.recent.set(id, entries);
+  }
+  if (entries.some((e) => e.id === frame.id)) return; // a redelivery
+  const entry = { id: frame.id, element: null, objectUrl: null, dropped: false };
+  entry.element = recentItem(id, frame, entry);
+  entries.unshift(entry);
+  for (const old of entries.splice(RECENT_MAX)) dropRecent(old);
+}
+
+function dropRecent(entry) {
+  entry.dropped = true;
+  if (entry.objectUrl) URL.revokeObjectURL(entry.objectUrl);
+  entry.objectUrl = null;
+}
+
+function clearRecent() {
+  for (const entries of page.recent.values()) entries.forEach(dropRecent);
+  page.recent.clear();
+  $('recent-list').replaceChildren();
+}
+
+function recentItem(id, frame, entry) {
+  const item = document.createElement('li');
+  item.dataset.id = frame.id;
+  item.dataset.kind = frame.kind || 'other';
+  const media = frame.media && typeof frame.media.url === 'string' ? frame.media : null;
+  const picture = media && ['image', 'sticker'].includes(frame.kind);
+  if (picture) {
+    const img = document.createElement('img');
+    img.className = 'thumb';
+    img.alt = (frame.kind === 'sticker' ? 'Sticker' : 'Picture') + ' from ' + sender(frame);
+    img.width = 96;
+    img.height = 96;
+    img.hidden = true;
+    const status = document.createElement('span');
+    status.className = 'thumb-status hint';
+    status.textContent = 'Loading the picture…';
+    item.append(img, status);
+    loadThumbnail(media.url, entry, img, status);
+  }
+  const body = document.createElement('div');
+  body.className = 'body';
+  const meta = document.createElement('p');
+  meta.className = 'meta';
+  const at = frame.timestamp ? frame.timestamp * 1000 : frame.at_ms;
+  const time = document.createElement('time');
+  time.dateTime = new Date(at).toISOString();
+  time.textContent = formatTime(at);
+  const from = document.createElement('span');
+  from.className = 'from';
+  from.textContent = sender(frame);
+  meta.append(time, ' ', from);
+  if (frame.kind && frame.kind !== 'text') {
+    const kind = document.createElement('span');
+    kind.className = 'badge';
+    kind.textContent = frame.kind;
+    meta.append(' ', kind);
+  }
+  const text = document.createElement('p');
+  text.className = 'text';
+  text.textContent = frame.text || frame.caption || (picture ? '' : '—');
+  body.append(meta);
+  if (text.textContent) body.append(text);
+  if (media && !picture) {
+    const what = document.createElement('p');
+    what.className = 'hint';
+    what.textContent = 'Attachment: ' + (media.mimetype || 'unknown type');
+    body.append(what);
+  }
+  item.append(body);
+  return item;
+}
+
+function sender(frame) {
+  const phone = frame.from ? '+' + frame.from : frame.chat || 'unknown';
+  return frame.push_name ? phone + ' (' + frame.push_name + ')' : phone;
+}
+
+async function loadThumbnail(url, entry, img, status) {
+  // Only our own API paths: a frame never makes the page fetch elsewhere.
+  if (!url.startsWith('/v1/')) {
+    status.textContent = 'The picture is not available.';
+    return;
+  }
+  try {
+    let response;
+    try {
+      response = await fetch(url, { headers: { Authorization: 'Bearer ' + page.token }, cache: 'no-store' });
+    } catch (e) {
+      throw new ApiError(0, 'network_error', 'the daemon did not answer (' + e.message + ')');
+    }
+    if (!response.ok) {
+      let error = {};
+      try {
+        error = (await response.json()).error || {};
+      } catch (e) {
+        error = {};
+      }
+      throw new ApiError(response.status, error.code || 'http_' + response.status, error.message || response.statusText);
+    }
+    const blob = await response.blob();
+    if (entry.dropped || !/^image\//.test(blob.type)) {
+      if (!entry.dropped) status.textContent = 'Not a picture (' + (blob.type || 'unknown type') + ').';
+      return;
+    }
+    entry.objectUrl = URL.createObjectURL(blob);
+    img.src = entry.objectUrl;
+    img.hidden = false;
+    status.remove();
+  } catch (e) {
+    if (!entry.dropped) status.textContent = 'Could not load the picture: ' + (e.code ? '[' + e.code + '] ' : '') + e.message;
+  }
+}
+
+function renderRecent(session, pairing) {
+  const entries = page.recent.get(session.id) || [];
+  $('recent').hidden = pairing && entries.length === 0;
+  $('recent-empty').hidden = entries.length > 0;
+  const list = $('recent-list');
+  const items = entries.map((e) => e.element);
+  if (items.length !== list.children.length || items.some((item, i) => list.children[i] !== item)) {
+    list.replaceChildren(...items);
+  }
+}
+
 // ---- demo mode -------------------------------------------------------------
 
 // Only `whatsd serve --demo` answers GET /v1/demo with 200; any other answer
@@ -956,6 +1097,7 @@ function renderDemo(session, linked) {
   $('demo-message').hidden = !(demo && linked);
   $('demo-contact').textContent = demo ? '+' + demo.default_contact : '';
   $('demo-send').setAttribute('aria-busy', String(page.demoSending));
+  $('demo-send-image').setAttribute('aria-busy', String(page.demoSending));
   if (!linked && page.demoSent && page.demoSent.session === session.id) page.demoSent = null;
   const sent = page.demoSent && page.demoSent.session === session.id ? page.demoSent : null;
   const notice = $('demo-sent');
@@ -997,14 +1139,14 @@ async function demoScan() {
   }
 }
 
-async function demoSend(event) {
+async function demoSend(event, image) {
   event.preventDefault();
   const id = page.selected;
   if (!id || page.demoSending) return;
   clearError();
   const input = $('demo-text');
   const text = input.value;
-  if (!text.trim()) {
+  if (!image && !text.trim()) {
     showError({ code: 'missing_text', message: 'type the text the demo contact sends' });
     input.focus();
     return;
@@ -1013,7 +1155,9 @@ async function demoSend(event) {
   page.demoSent = null;
   renderDetail();
   try {
-    const sent = await api('POST', '/v1/demo/sessions/' + encodeURIComponent(id) + '/messages', { text });
+    const body = image ? { image: true } : { text };
+    if (image && text.trim()) body.text = text;
+    const sent = await api('POST', '/v1/demo/sessions/' + encodeURIComponent(id) + '/messages', body);
     page.demoSent = { session: id, id: sent.id, from: sent.from, to: sent.to };
     if (input.value === text) input.value = '';
   } catch (e) {
@@ -1156,7 +1300,8 @@ document.addEventListener('DOMContentLoaded', () => {
   $('create-form').addEventListener('submit', createSession);
   $('pair-code-form').addEventListener('submit', requestPairCode);
   $('demo-scan').addEventListener('click', demoScan);
-  $('demo-message-form').addEventListener('submit', demoSend);
+  $('demo-message-form').addEventListener('submit', (event) => demoSend(event, false));
+  $('demo-send-image').addEventListener('click', (event) => demoSend(event, true));
   $('groups-refresh').addEventListener('click', () => {
     if (page.selected) loadGroups(page.selected);
   });

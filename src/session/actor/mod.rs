@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use whatsapp_rust::store::traits::DeviceStore;
 
 use super::contacts;
-use super::event::{EventKind, Identity, PairingQr, SessionEvent};
+use super::event::{EventKind, Identity, PairingQr, ReceivedMedia, SessionEvent};
 use super::limits::{Bucket, Levels, LimitOverride, LimitsView};
 use super::outbound::{Outgoing, SendStatus};
 use super::state::{Reason, SessionState};
@@ -134,6 +134,8 @@ struct SessionInbound {
     /// For the contacts directory.
     store: Store,
     latest: Arc<Mutex<LatestReceived>>,
+    /// `message.received` for the event WebSocket.
+    events: broadcast::Sender<SessionEvent>,
 }
 
 /// The last message received in each chat since the start (for "mark the
@@ -204,6 +206,7 @@ impl InboundSink for SessionInbound {
         let refs = media_refs(&prefix, &batch, now_ms());
         self.store.media_refs_put(&refs)?;
         let ticket = self.store.write_ticket();
+        let received = received_events(&owner, &batch);
         {
             let mut latest = lock(&self.latest);
             for message in &batch {
@@ -214,6 +217,10 @@ impl InboundSink for SessionInbound {
         if !refs.is_empty() {
             self.store.flush_through(ticket).await?;
         }
+        // Once committed; nobody listening is fine.
+        for event in received {
+            let _ = self.events.send(event);
+        }
         // After the commit WhatsApp waits for: the directory is a record
         // of what was seen, and its failure costs no message.
         if let Err(e) = contacts::note(&self.store, &prefix, &seen) {
@@ -221,6 +228,40 @@ impl InboundSink for SessionInbound {
         }
         Ok(())
     }
+}
+
+/// The event WebSocket's `message.received` for what others sent in `batch`.
+fn received_events(owner: &Owner, batch: &[InboundMessage]) -> Vec<SessionEvent> {
+    batch
+        .iter()
+        .filter(|m| !m.from_me && !m.is_status && !m.undecryptable)
+        .filter(|m| m.content.kind != "protocol")
+        .map(|m| SessionEvent {
+            session: owner.session.clone(),
+            tenant: owner.tenant.clone(),
+            incarnation: owner.incarnation.clone(),
+            at_ms: now_ms(),
+            kind: EventKind::MessageReceived {
+                id: m.id.clone(),
+                chat: m.chat.clone(),
+                from: m.sender_phone.clone(),
+                push_name: m.push_name.clone(),
+                kind: m.content.kind.to_string(),
+                text: m.content.text.clone(),
+                caption: m.content.caption.clone(),
+                media: m
+                    .content
+                    .media
+                    .as_ref()
+                    .filter(|media| media.download.is_some())
+                    .map(|media| ReceivedMedia {
+                        url: crate::webhook::payload::media_path(&owner.session, &m.id),
+                        mimetype: media.mimetype.clone(),
+                    }),
+                timestamp: m.timestamp,
+            },
+        })
+        .collect()
 }
 
 /// The download refs of the batch's attachments, keyed under `prefix`.
@@ -677,6 +718,7 @@ impl Actor {
                 owner: Arc::clone(&self.owner),
                 store: self.shared.store.clone(),
                 latest: Arc::clone(&self.latest),
+                events: self.shared.events.clone(),
             }) as Arc<dyn InboundSink>
         });
         match Connection::start(&self.scope, &self.shared.config.wa, backend, tx, inbound).await {
