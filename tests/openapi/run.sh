@@ -158,9 +158,12 @@ parameters = { "path.id" = { dictionary = "tenants", probability = 0.5 }, "path.
 
 # - import_contacts: a text/csv body is a plain string to the schema; its
 #   CSV grammar and header row (400 malformed_csv) cannot be a pattern.
+#   An import of more rows than `maxItems` can also be bigger than the
+#   body limit: refused with 413 body_too_large before it is parsed.
 [[operations]]
 include-operation-id = "import_contacts"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 parameters = { "path.id" = { dictionary = "sessions", probability = 0.5 } }
 
 # - send_message: which fields go with which `type` (text needs text, a
@@ -173,6 +176,12 @@ parameters = { "path.id" = { dictionary = "sessions", probability = 0.5 } }
 include-operation-id = "send_message"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "415", "422", "429", "5xx"]
 parameters = { "path.id" = { dictionary = "sessions", probability = 0.5 } }
+
+# - the demo contact's message: `text` is needed unless `image` is true
+#   (422 invalid_body), a rule between two fields.
+[[operations]]
+include-path-regex = "^/v1/demo/sessions/\\\\{id\\\\}/messages\$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
 # - the Graph API's send answers 400 where Meta does, and Cloud API
 #   libraries rely on it: an unknown (or another tenant's) phone number id
