@@ -39,8 +39,8 @@ fn the_example_config_sets_every_key() {
             .sum::<usize>()
     };
     // Every key of whatsd::config::Config: 3 top-level, 6 auth, 9 api, 3 whatsapp,
-    // 9 sessions, 7 limits, 14 webhooks, 2 log.
-    assert_eq!(count(&table), 53, "config/example.toml must show every key");
+    // 10 sessions, 7 limits, 14 webhooks, 2 log.
+    assert_eq!(count(&table), 54, "config/example.toml must show every key");
 }
 
 #[test]
