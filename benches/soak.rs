@@ -16,12 +16,16 @@
 //! | `SOAK_DROP_EVERY_MIN` | 1 | fakewa closes `SOAK_DROPS` (5) sessions' connections; 0: never |
 //! | `SOAK_UNLINK_EVERY_MIN` | 5 | one phone unlinks its device, the session is paired again; 0: never |
 //! | `SOAK_SAMPLE_SECS` | 60 | sampling period |
-//! | `SOAK_CSV` | `target/soak.csv` | the samples |
+//! | `SOAK_CSV` | `target/soak.csv` | the samples; the per-tree figures go next to it, in `<stem>-trees.csv` |
 //!
 //! Every sample prints and writes to the CSV: the daemon's RSS, open fds and
 //! threads (from `/proc/<pid>`), the WhatsApp library's live tasks, the
 //! webhook outbox depth and the store size (from `/metrics`), the data
-//! dir's size on disk (its blocks, as `du`), and the messages so far.
+//! dir's size on disk (its blocks, as `du`), the live bytes in the store
+//! (keys and values, summed over its trees), and the messages so far; the
+//! live entries and bytes of every tree (device keyspaces summed by row
+//! kind, from `whatsd_store_tree_*`) go to a second CSV, one row per tree
+//! and sample, and the trees that grew are printed at the end.
 //!
 //! Pass criteria, checked at the end: every message fakewa accepted for a
 //! session arrived at the receiver at least once (counted by message id);
@@ -577,9 +581,14 @@ struct Sample {
     in_received: usize,
     out_accepted: usize,
     out_at_fakewa: usize,
+    /// Live key and value bytes in the store, all trees.
+    live_mib: f64,
+    /// Tree → (live entries, live bytes), from `whatsd_store_tree_*`.
+    trees: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
-const CSV_HEADER: &str = "minute,rss_mib,fds,threads,library_tasks,outbox_depth,store_mib,disk_mib,connected,in_sent,in_received,out_accepted,out_at_fakewa";
+const CSV_HEADER: &str = "minute,rss_mib,fds,threads,library_tasks,outbox_depth,store_mib,disk_mib,connected,in_sent,in_received,out_accepted,out_at_fakewa,live_mib";
+const TREES_CSV_HEADER: &str = "minute,tree,entries,bytes";
 
 impl Sample {
     /// The fields in table order, each with its decimals.
@@ -602,11 +611,43 @@ impl Sample {
     }
 
     fn csv(&self) -> String {
-        self.fields()
+        let mut row = self
+            .fields()
             .iter()
             .map(|(v, decimals)| format!("{v:.decimals$}"))
             .collect::<Vec<_>>()
-            .join(",")
+            .join(",");
+        row.push_str(&format!(",{:.1}", self.live_mib));
+        row
+    }
+
+    /// Rows under [`TREES_CSV_HEADER`].
+    fn trees_csv(&self) -> String {
+        self.trees
+            .iter()
+            .map(|(tree, (entries, bytes))| {
+                format!("{:.2},{tree},{entries},{bytes}\n", self.minute)
+            })
+            .collect()
+    }
+
+    /// The trees above 1 MiB, biggest first, for the log.
+    fn trees_line(&self) -> String {
+        let mut big: Vec<_> = self
+            .trees
+            .iter()
+            .filter(|(_, (_, bytes))| *bytes >= 1048576.0)
+            .collect();
+        big.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        let listed = big
+            .iter()
+            .map(|(tree, (entries, bytes))| format!("{tree} {entries:.0}/{:.1}", bytes / 1048576.0))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "       live {:.1} MiB (entries/MiB): {listed}",
+            self.live_mib
+        )
     }
 
     /// A row under [`TABLE_HEADER`].
@@ -658,6 +699,25 @@ fn disk_bytes(dir: &Path) -> u64 {
 async fn sample(soak: &Soak, pid: Option<u32>, data_dir: &Path, minute: f64) -> Sample {
     let metrics = soak.metrics().await;
     let metric = |name: &str| metrics.get(name).copied().unwrap_or(f64::NAN);
+    let mut trees = std::collections::BTreeMap::new();
+    for (name, value) in &metrics {
+        let tree_of = |family: &str| {
+            name.strip_prefix(family)?
+                .strip_prefix("{tree=\"")?
+                .strip_suffix("\"}")
+                .map(str::to_owned)
+        };
+        if let Some(tree) = tree_of("whatsd_store_tree_entries") {
+            trees.entry(tree).or_insert((f64::NAN, f64::NAN)).0 = *value;
+        } else if let Some(tree) = tree_of("whatsd_store_tree_bytes") {
+            trees.entry(tree).or_insert((f64::NAN, f64::NAN)).1 = *value;
+        }
+    }
+    let live_mib = if trees.is_empty() {
+        f64::NAN
+    } else {
+        trees.values().map(|(_, b)| b).sum::<f64>() / 1048576.0
+    };
     let status = |field: &str| pid.and_then(|p| proc_status(p, field)).unwrap_or(f64::NAN);
     let out_texts: HashSet<String> = soak
         .fake
@@ -689,6 +749,8 @@ async fn sample(soak: &Soak, pid: Option<u32>, data_dir: &Path, minute: f64) -> 
         in_received,
         out_accepted: lock(&soak.sends).len(),
         out_at_fakewa,
+        live_mib,
+        trees,
     }
 }
 
@@ -714,6 +776,7 @@ async fn sampler(
     start: Instant,
     until: Instant,
     csv: &mut std::fs::File,
+    trees_csv: &mut std::fs::File,
 ) -> Vec<Sample> {
     let mut samples = Vec::new();
     println!("{TABLE_HEADER}");
@@ -726,8 +789,11 @@ async fn sampler(
         let pid = soak.pid.load(Ordering::SeqCst);
         let s = sample(&soak, (pid != 0).then_some(pid), &data_dir, minute).await;
         println!("{}", s.line());
+        println!("{}", s.trees_line());
         let _ = writeln!(csv, "{}", s.csv());
         let _ = csv.flush();
+        let _ = write!(trees_csv, "{}", s.trees_csv());
+        let _ = trees_csv.flush();
         samples.push(s);
     }
     samples
@@ -844,6 +910,16 @@ async fn run(knobs: Knobs) -> usize {
 
     let mut csv = std::fs::File::create(&knobs.csv).expect("create the CSV");
     writeln!(csv, "{CSV_HEADER}").expect("write the CSV");
+    let trees_path = knobs.csv.with_file_name(format!(
+        "{}-trees.csv",
+        knobs
+            .csv
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "soak".into())
+    ));
+    let mut trees_csv = std::fs::File::create(&trees_path).expect("create the trees CSV");
+    writeln!(trees_csv, "{TREES_CSV_HEADER}").expect("write the trees CSV");
 
     // The loaded run.
     let start = Instant::now();
@@ -858,7 +934,8 @@ async fn run(knobs: Knobs) -> usize {
             &knobs,
             start,
             until,
-            &mut csv
+            &mut csv,
+            &mut trees_csv
         )
     );
     soak.stop.store(true, Ordering::SeqCst);
@@ -911,6 +988,8 @@ async fn run(knobs: Knobs) -> usize {
     );
     println!("{TABLE_HEADER}");
     println!("{}", last.line());
+    println!("{}", last.trees_line());
+    let _ = write!(trees_csv, "{}", last.trees_csv());
     println!(
         "messages in: {} accepted by fakewa, {} arrived at the receiver, {} lost, {} duplicate POSTs ({} POSTs, {} answered 503)",
         expected.len(),
@@ -951,6 +1030,37 @@ async fn run(knobs: Knobs) -> usize {
         per_hour(|s| s.threads),
         per_hour(|s| s.library_tasks),
     );
+    // Per tree: live bytes and entries at the first sample after warm-up
+    // and at the end, and the slope of its bytes.
+    if let (Some(first), true) = (after.first(), !last.trees.is_empty()) {
+        println!(
+            "live store after warm-up (minute {:.1} → end), per tree: entries, MiB, slope of MiB/h",
+            first.minute
+        );
+        for (tree, (entries, bytes)) in &last.trees {
+            let (e0, b0) = first
+                .trees
+                .get(tree)
+                .copied()
+                .unwrap_or((f64::NAN, f64::NAN));
+            let tree_slope = slope(
+                after
+                    .iter()
+                    .map(|s| (s.minute, s.trees.get(tree).map_or(f64::NAN, |t| t.1))),
+            ) * 60.0
+                / 1048576.0;
+            println!(
+                "  {tree:<28} {e0:>9.0} → {entries:>9.0}  {:>8.2} → {:>8.2} MiB  {tree_slope:+.2} MiB/h",
+                b0 / 1048576.0,
+                bytes / 1048576.0
+            );
+        }
+        println!(
+            "live store slope {:+.1} MiB/h (disk {:+.1} MiB/h: the rest is space sled has not reclaimed)",
+            per_hour(|s| s.live_mib),
+            per_hour(|s| s.disk_mib)
+        );
+    }
     println!("load average at end: {}", loadavg());
     if lost.is_empty() {
         println!("PASS: no message lost");

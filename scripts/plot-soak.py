@@ -72,7 +72,11 @@ def main():
     panels = [
         ("RSS (MiB)", [("rss_mib", "whatsd RSS")]),
         ("open fds", [("fds", "whatsd fds")]),
-        ("disk (MiB)", [("disk_mib", "data dir (du)"), ("store_mib", "store size (metric)")]),
+        (
+            "disk (MiB)",
+            [("disk_mib", "data dir (du)"), ("store_mib", "store size (metric)")]
+            + ([("live_mib", "live keys + values (all trees)")] if "live_mib" in rows[0] else []),
+        ),
         ("webhook outbox depth", [("outbox_depth", "outbox depth")]),
         ("library tasks", [("library_tasks", "library tasks")]),
     ]

@@ -204,6 +204,9 @@ pub struct SessionsConfig {
     pub shutdown_timeout: Duration,
     /// Sessions one tenant may hold (creates beyond it: 403 `quota_exceeded`).
     pub max_per_tenant: usize,
+    /// How long a send's status is kept after its last change.
+    #[serde(deserialize_with = "de_duration")]
+    pub send_status_retention: Duration,
 }
 
 impl Default for SessionsConfig {
@@ -220,6 +223,7 @@ impl Default for SessionsConfig {
             expiry: d.expiry,
             shutdown_timeout: d.shutdown_timeout,
             max_per_tenant: d.max_per_tenant,
+            send_status_retention: d.send_status_retention,
         }
     }
 }
@@ -564,6 +568,7 @@ const ENV_KEYS: &[(&[&str], EnvKind)] = &[
     (&["sessions", "stuck_after"], EnvKind::Str),
     (&["sessions", "silent_after"], EnvKind::Str),
     (&["sessions", "expiry"], EnvKind::Str),
+    (&["sessions", "send_status_retention"], EnvKind::Str),
     (&["sessions", "shutdown_timeout"], EnvKind::Str),
     (&["sessions", "max_per_tenant"], EnvKind::Int),
     (&["limits", "sends_per_minute"], EnvKind::Int),
@@ -803,6 +808,14 @@ impl Config {
         if self.auth.ticket_ttl > Duration::from_secs(300) {
             return bad("auth.ticket_ttl must be at most 5m: tickets travel in URLs".into());
         }
+        if self.sessions.send_status_retention.as_millis()
+            < crate::session::outbound::IDEMPOTENCY_WINDOW_MS as u128
+        {
+            return bad(
+                "sessions.send_status_retention must be at least 1d: an Idempotency-Key names its send for a day"
+                    .into(),
+            );
+        }
         if self.api.body_limit < 1024 {
             return bad("api.body_limit must be at least 1KiB".into());
         }
@@ -857,6 +870,7 @@ impl Config {
             expiry: s.expiry,
             shutdown_timeout: s.shutdown_timeout,
             max_per_tenant: s.max_per_tenant,
+            send_status_retention: s.send_status_retention,
             limits: self.limits,
         }
     }
@@ -1369,6 +1383,7 @@ mod tests {
                     p if p.ends_with("_file") || p == "data_dir" => "/tmp/x",
                     "device_os" => "x",
                     "public_url" => "https://whatsd.example.com",
+                    "send_status_retention" => "2d",
                     _ => "1m",
                 },
             };

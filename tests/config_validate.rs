@@ -38,9 +38,9 @@ fn the_example_config_sets_every_key() {
             .map(|v| v.as_table().map_or(1, |t| t.len()))
             .sum::<usize>()
     };
-    // Every key of whatsd::config::Config: 3 top-level, 6 auth, 9 api, 3 whatsapp,
-    // 9 sessions, 7 limits, 14 webhooks, 2 log.
-    assert_eq!(count(&table), 63, "config/example.toml must show every key");
+    // Every key of whatsd::config::Config: 3 top-level, 6 auth, 10 api, 3 whatsapp,
+    // 10 sessions, 7 limits, 15 webhooks, 8 media, 2 log.
+    assert_eq!(count(&table), 64, "config/example.toml must show every key");
 }
 
 #[test]

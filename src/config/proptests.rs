@@ -303,6 +303,16 @@ fn keys() -> Vec<Key> {
         k(&["sessions", "expiry"], d(86_400 * 400), |c, v| {
             c.sessions.expiry = v.duration()
         }),
+        k(
+            &["sessions", "send_status_retention"],
+            prop_oneof![
+                (86_400..=86_400 * 400u64)
+                    .prop_map(|n| Valid::Duration(format!("{n}s"), Duration::from_secs(n))),
+                (1..=400u64).prop_map(|n| hours_or_days(n, 86_400, "d", 86_400 * 400)),
+            ]
+            .boxed(),
+            |c, v| c.sessions.send_status_retention = v.duration(),
+        ),
         k(&["sessions", "shutdown_timeout"], d(3600), |c, v| {
             c.sessions.shutdown_timeout = v.duration()
         }),

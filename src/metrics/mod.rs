@@ -302,9 +302,52 @@ pub async fn render(supervisor: &Supervisor, store: &Store) -> String {
             .ok()
             .and_then(Result::ok)
     };
+    let usage = store_usage(store).await;
     let mut out = String::with_capacity(4096);
-    render_into(&mut out, &by_state, store_size, resident_memory_bytes());
+    render_into(
+        &mut out,
+        &by_state,
+        store_size,
+        usage.as_deref(),
+        resident_memory_bytes(),
+    );
     out
+}
+
+/// How old the per-tree figures may be before a scrape reads the store
+/// again: a full scan (chunked, see [`Store::tree_usage`]), so at most
+/// about once a minute however often Prometheus scrapes.
+const STORE_USAGE_MAX_AGE: Duration = Duration::from_secs(50);
+
+type UsageFigures = Arc<BTreeMap<String, crate::store::TreeUsage>>;
+
+/// The per-tree figures, read again when older than
+/// [`STORE_USAGE_MAX_AGE`]; one scan at a time, concurrent scrapes wait for
+/// it. `None` if the scan failed.
+async fn store_usage(store: &Store) -> Option<UsageFigures> {
+    static LAST: tokio::sync::Mutex<Option<(std::time::Instant, UsageFigures)>> =
+        tokio::sync::Mutex::const_new(None);
+    let mut last = LAST.lock().await;
+    if let Some((at, figures)) = last.as_ref()
+        && at.elapsed() < STORE_USAGE_MAX_AGE
+    {
+        return Some(Arc::clone(figures));
+    }
+    let scanned = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.tree_usage())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    };
+    match scanned {
+        Some(figures) => {
+            let figures = Arc::new(figures);
+            *last = Some((std::time::Instant::now(), Arc::clone(&figures)));
+            Some(figures)
+        }
+        None => None,
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -321,6 +364,7 @@ fn render_into(
     out: &mut String,
     sessions: &BTreeMap<&'static str, u64>,
     store_size: Option<u64>,
+    usage: Option<&BTreeMap<String, crate::store::TreeUsage>>,
     rss: Option<u64>,
 ) {
     let r = &REGISTRY;
@@ -473,6 +517,34 @@ fn render_into(
         );
         let _ = writeln!(out, "whatsd_store_size_bytes {bytes}");
     }
+    if let Some(usage) = usage {
+        header(
+            out,
+            "whatsd_store_tree_entries",
+            "gauge",
+            "Live entries per store tree (device keyspaces summed by row kind), read at most once a minute.",
+        );
+        for (tree, figures) in usage {
+            let _ = writeln!(
+                out,
+                "whatsd_store_tree_entries{{tree=\"{tree}\"}} {}",
+                figures.entries
+            );
+        }
+        header(
+            out,
+            "whatsd_store_tree_bytes",
+            "gauge",
+            "Live key and stored value bytes per store tree (device keyspaces summed by row kind); the rest of the size on disk is space sled has not reclaimed.",
+        );
+        for (tree, figures) in usage {
+            let _ = writeln!(
+                out,
+                "whatsd_store_tree_bytes{{tree=\"{tree}\"}} {}",
+                figures.bytes
+            );
+        }
+    }
     if let Some(bytes) = rss {
         header(
             out,
@@ -549,7 +621,7 @@ mod tests {
         store.flush().await.unwrap();
         assert!(count() > before);
         let mut out = String::new();
-        render_into(&mut out, &BTreeMap::new(), None, None);
+        render_into(&mut out, &BTreeMap::new(), None, None, None);
         assert!(
             out.lines()
                 .any(|l| l.starts_with("whatsd_store_flush_duration_seconds_count ")),
@@ -563,7 +635,14 @@ mod tests {
         set_outbox_source(Arc::new(|| (3, 1.5)));
         let mut out = String::new();
         let sessions = SessionState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        render_into(&mut out, &sessions, Some(4096), Some(1 << 20));
+        let usage = BTreeMap::from([(
+            "send_status".to_string(),
+            crate::store::TreeUsage {
+                entries: 2,
+                bytes: 300,
+            },
+        )]);
+        render_into(&mut out, &sessions, Some(4096), Some(&usage), Some(1 << 20));
         for family in [
             "whatsd_sessions",
             "whatsd_session_transitions_total",
@@ -572,6 +651,8 @@ mod tests {
             "whatsd_store_flush_duration_seconds",
             "whatsd_webhook_outbox_depth",
             "whatsd_store_size_bytes",
+            "whatsd_store_tree_entries",
+            "whatsd_store_tree_bytes",
             "process_resident_memory_bytes",
             "whatsd_rate_limit_exhausted_sessions",
             "whatsd_rate_limit_lowest_level_ratio",
@@ -584,6 +665,10 @@ mod tests {
             assert_eq!(types, 1, "{family}:\n{out}");
         }
         assert!(out.contains("whatsd_webhook_outbox_depth 3\n"), "{out}");
+        assert!(
+            out.contains("whatsd_store_tree_bytes{tree=\"send_status\"} 300\n"),
+            "{out}"
+        );
         assert!(
             out.contains("whatsd_webhook_delivery_duration_seconds_bucket{le=\"0.05\"} "),
             "{out}"

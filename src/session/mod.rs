@@ -104,6 +104,9 @@ pub struct SessionConfig {
     pub shutdown_timeout: Duration,
     /// Sessions one tenant may hold.
     pub max_per_tenant: usize,
+    /// How long the status of a send is kept after its last change (see
+    /// [`outbound::expire`]); at least the idempotency window.
+    pub send_status_retention: Duration,
     /// Rate limits before tenant and session overrides.
     pub limits: limits::Limits,
 }
@@ -121,6 +124,7 @@ impl Default for SessionConfig {
             expiry: Duration::from_secs(14 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
             max_per_tenant: 100,
+            send_status_retention: Duration::from_secs(30 * 24 * 3600),
             limits: limits::Limits::default(),
         }
     }

@@ -252,6 +252,36 @@ pub struct IdempotencyRecord {
     pub created_ms: i64,
 }
 
+/// Whether a stored status record has outlived `retention_ms` at `now_ms`:
+/// the send is no longer queued and its status last changed before then.
+/// A record that does not parse is kept (it reads as an error already).
+pub fn status_expired(raw: &[u8], now_ms: i64, retention_ms: i64) -> bool {
+    serde_json::from_slice::<SendStatus>(raw).is_ok_and(|s| {
+        s.status != SendState::Queued && s.updated_ms < now_ms.saturating_sub(retention_ms)
+    })
+}
+
+/// Whether a stored idempotency record is past [`IDEMPOTENCY_WINDOW_MS`]
+/// at `now_ms` (it no longer names a send, see the enqueue).
+pub fn idempotency_expired(raw: &[u8], now_ms: i64) -> bool {
+    serde_json::from_slice::<IdempotencyRecord>(raw)
+        .is_ok_and(|r| now_ms - r.created_ms >= IDEMPOTENCY_WINDOW_MS)
+}
+
+/// Deletes, in every session's keyspace, the status records older than
+/// `retention` ([`status_expired`]) and the idempotency keys past their
+/// window. Blocking. Returns how many of each.
+pub fn expire(
+    store: &crate::store::Store,
+    now_ms: i64,
+    retention: std::time::Duration,
+) -> Result<(usize, usize), crate::store::StoreError> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let statuses = store.send_status_expire(|raw| status_expired(raw, now_ms, retention_ms))?;
+    let keys = store.send_idempotency_expire(|raw| idempotency_expired(raw, now_ms))?;
+    Ok((statuses, keys))
+}
+
 /// The store prefix of one session incarnation's queue, statuses and keys.
 pub fn prefix(blinder: &Blinder, incarnation: &str) -> Vec<u8> {
     blinder.blind(b"outbound", incarnation.as_bytes()).to_vec()
@@ -320,5 +350,109 @@ mod tests {
         assert_eq!(p.len(), 32);
         assert_ne!(p, prefix(&b, "inc-2"));
         assert_ne!(idempotency_key(&p, "a"), idempotency_key(&p, "b"));
+    }
+
+    /// Statuses past the retention go, queued sends and younger statuses
+    /// stay, a receipt's update keeps a status; idempotency keys go after
+    /// their window; other sessions' rows are swept the same way.
+    #[tokio::test]
+    async fn the_retention_sweep_deletes_old_statuses_and_keys() {
+        use crate::store::{MasterKey, Store};
+        const DAY: i64 = 24 * 60 * 60 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &MasterKey::from_bytes([9; 32])).unwrap();
+        let retention = std::time::Duration::from_secs(30 * 24 * 3600);
+        let now = 100 * DAY;
+        let json = |v: &SendStatus| serde_json::to_vec(v).unwrap();
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        for (n, incarnation) in ["inc-a", "inc-b"].into_iter().enumerate() {
+            let p = prefix(store.blinder(), incarnation);
+            // 700 per session: more than one chunk of the sweep.
+            for i in 0..700i64 {
+                let id = format!("3EB0{n}{i:017}");
+                let (state, at) = match i % 4 {
+                    0 => (SendState::Read, now - 31 * DAY),
+                    1 => (SendState::Sent, now - 29 * DAY),
+                    2 => (SendState::Failed, now - 40 * DAY),
+                    _ => (SendState::Queued, now - 50 * DAY),
+                };
+                let key = status_key(&p, &id);
+                let idem = idempotency_key(&p, &id);
+                let record = serde_json::to_vec(&IdempotencyRecord {
+                    id: id.clone(),
+                    created_ms: at,
+                })
+                .unwrap();
+                store
+                    .send_enqueue(
+                        &p,
+                        b"item",
+                        (
+                            &key,
+                            &json(&SendStatus::new(&id, "1@s.whatsapp.net", state, at)),
+                        ),
+                        Some((&idem, &record)),
+                    )
+                    .await
+                    .unwrap();
+                if state == SendState::Queued || at >= now - 30 * DAY {
+                    kept.push(key);
+                } else {
+                    gone.push((key, state));
+                }
+            }
+        }
+        // A receipt moved this old `read` status on just now: it stays.
+        let at = gone
+            .iter()
+            .position(|(_, state)| *state == SendState::Read)
+            .unwrap();
+        let (moved, _) = gone.remove(at);
+        let gone: Vec<Vec<u8>> = gone.into_iter().map(|(key, _)| key).collect();
+        let mut status: SendStatus =
+            serde_json::from_slice(&store.send_status(&moved).unwrap().unwrap()).unwrap();
+        assert!(status.advance(SendState::Played, now));
+        store.send_status_put(&moved, &json(&status)).unwrap();
+        kept.push(moved);
+
+        let (statuses, keys) = expire(&store, now, retention).unwrap();
+        assert_eq!(statuses, gone.len());
+        // Every idempotency record is older than a day.
+        assert_eq!(keys, 1400);
+        for key in &gone {
+            assert_eq!(store.send_status(key).unwrap(), None);
+        }
+        for key in &kept {
+            assert!(store.send_status(key).unwrap().is_some());
+        }
+        let p = prefix(store.blinder(), "inc-a");
+        assert_eq!(
+            store
+                .send_idempotency(&idempotency_key(&p, &format!("3EB00{:017}", 1)))
+                .unwrap(),
+            None
+        );
+        // Nothing more to do.
+        assert_eq!(expire(&store, now, retention).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn what_expires() {
+        let old =
+            serde_json::to_vec(&SendStatus::new("x", "1@s", SendState::Delivered, 10)).unwrap();
+        assert!(status_expired(&old, 1_000, 500));
+        assert!(!status_expired(&old, 1_000, 995));
+        let queued =
+            serde_json::to_vec(&SendStatus::new("x", "1@s", SendState::Queued, 10)).unwrap();
+        assert!(!status_expired(&queued, 1_000, 500));
+        assert!(!status_expired(b"not json", 1_000, 500));
+        let key = serde_json::to_vec(&IdempotencyRecord {
+            id: "x".into(),
+            created_ms: 0,
+        })
+        .unwrap();
+        assert!(!idempotency_expired(&key, IDEMPOTENCY_WINDOW_MS - 1));
+        assert!(idempotency_expired(&key, IDEMPOTENCY_WINDOW_MS));
     }
 }

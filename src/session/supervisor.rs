@@ -20,6 +20,9 @@ use crate::proto::v1::SessionRecord;
 use crate::store::Store;
 use crate::task::TaskScope;
 
+/// How often the send status retention sweep runs.
+const SEND_STATUS_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// Events buffered per subscriber before it starts missing some.
 const EVENT_BUFFER: usize = 4096;
 /// Commands queued per session.
@@ -128,6 +131,7 @@ impl Supervisor {
         }
         tracing::info!(restored, "supervisor started");
         supervisor.spawn_health_sweep();
+        supervisor.spawn_send_status_sweep();
         Ok(supervisor)
     }
 
@@ -198,6 +202,37 @@ impl Supervisor {
                 let senders: Vec<_> = lock(&inner.sessions).values().cloned().collect();
                 for tx in senders {
                     let _ = tx.try_send(Command::Health);
+                }
+            }
+        });
+    }
+
+    /// Deletes the sends' statuses past their retention and the expired
+    /// idempotency keys, at start and every hour (see
+    /// [`super::outbound::expire`]).
+    fn spawn_send_status_sweep(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.scope.spawn_until_cancelled(async move {
+            let mut ticker = tokio::time::interval(SEND_STATUS_SWEEP_EVERY);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = inner.shared.store.clone();
+                let retention = inner.shared.config.send_status_retention;
+                drop(inner);
+                let swept = tokio::task::spawn_blocking(move || {
+                    super::outbound::expire(&store, now_ms(), retention)
+                })
+                .await;
+                match swept {
+                    Ok(Ok((0, 0))) => {}
+                    Ok(Ok((statuses, keys))) => tracing::info!(
+                        statuses,
+                        idempotency_keys = keys,
+                        "expired send statuses past their retention"
+                    ),
+                    Ok(Err(e)) => tracing::error!("expiring send statuses: {e}"),
+                    Err(_) => tracing::error!("expiring send statuses panicked"),
                 }
             }
         });

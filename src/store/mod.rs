@@ -43,6 +43,7 @@ mod rekey;
 pub mod release;
 mod sends;
 pub mod tenants;
+mod usage;
 
 #[cfg(test)]
 mod proptests;
@@ -58,6 +59,7 @@ pub use device::DeviceBackend;
 pub use error::StoreError;
 pub use records::RECORD_VERSION;
 pub use rekey::{RekeyReport, rekey};
+pub use usage::TreeUsage;
 
 /// Serializes every sled call that takes sled's concurrency control.
 ///

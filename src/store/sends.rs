@@ -17,6 +17,10 @@
 //! A send is queued durably (flushed) before the API answers; taking it off
 //! the queue and marking it sent is one transaction, also flushed, so a
 //! crash between the two resends it with the same message id.
+//!
+//! Status records and idempotency keys are kept until a retention sweep
+//! ([`Store::send_status_expire`], [`Store::send_idempotency_expire`]; the
+//! session layer decides what has expired) deletes them.
 
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
@@ -224,6 +228,78 @@ impl Store {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Deletes the status records that `expired` says so (it sees each
+    /// opened value), reading the tree one bounded chunk at a time under
+    /// the gate; a record rewritten meanwhile (a receipt) is kept.
+    /// Committed by the next group commit: a crash may bring an expired
+    /// record back until the next sweep. Blocking. Returns how many.
+    pub fn send_status_expire(&self, expired: impl Fn(&[u8]) -> bool) -> Result<usize, StoreError> {
+        self.send_expire(STATUS_TREE, expired)
+    }
+
+    /// [`Store::send_status_expire`] for the idempotency keys.
+    pub fn send_idempotency_expire(
+        &self,
+        expired: impl Fn(&[u8]) -> bool,
+    ) -> Result<usize, StoreError> {
+        self.send_expire(IDEMPOTENCY_TREE, expired)
+    }
+
+    fn send_expire(
+        &self,
+        name: &str,
+        expired: impl Fn(&[u8]) -> bool,
+    ) -> Result<usize, StoreError> {
+        const CHUNK: usize = 512;
+        let tree = self.tree(name)?;
+        let mut removed = 0;
+        let mut after: Option<sled::IVec> = None;
+        loop {
+            let chunk: Vec<(sled::IVec, sled::IVec)> = {
+                let _gate = sled_gate();
+                let range = match &after {
+                    None => tree.range::<sled::IVec, _>(..),
+                    Some(key) => tree.range::<sled::IVec, _>((
+                        std::ops::Bound::Excluded(key.clone()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                };
+                range.take(CHUNK).collect::<Result<_, _>>()?
+            };
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            let done = chunk.len() < CHUNK;
+            let gone: Vec<_> = chunk
+                .into_iter()
+                .filter(|(key, sealed)| match self.send_open(name, key, sealed) {
+                    Ok(plain) => expired(&plain),
+                    Err(e) => {
+                        tracing::warn!(tree = name, error = %e, "skipping an unreadable row in the retention sweep");
+                        false
+                    }
+                })
+                .collect();
+            if !gone.is_empty() {
+                let _gate = sled_gate();
+                for (key, sealed) in gone {
+                    if tree
+                        .compare_and_swap(&key, Some(&sealed), None as Option<&[u8]>)?
+                        .is_ok()
+                    {
+                        removed += 1;
+                    }
+                }
+            }
+            super::sled_gate_yield(std::time::Duration::from_millis(5));
+            if done {
+                break;
+            }
+        }
+        Ok(removed)
     }
 
     /// The key of a tenant's limits (not a session prefix: 33 bytes).

@@ -162,6 +162,34 @@ mod kind {
     pub const DEVICE: u8 = 0x40;
 }
 
+/// The name of a device keyspace row kind (the first byte of its key),
+/// for the per-tree size figures ([`crate::store::Store::tree_usage`]).
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        kind::IDENTITY => "identity",
+        kind::SESSION => "session",
+        kind::PREKEY => "prekey",
+        kind::SIGNED_PREKEY => "signed_prekey",
+        kind::SENDER_KEY => "sender_key",
+        kind::PREKEY_BUCKET => "prekey_bucket",
+        kind::SYNC_KEY => "sync_key",
+        kind::APP_STATE_VERSION => "app_state_version",
+        kind::MUTATION_MAC => "mutation_mac",
+        kind::SENDER_KEY_DEVICE => "sender_key_device",
+        kind::LID_MAPPING => "lid_mapping",
+        kind::PN_TO_LID => "pn_to_lid",
+        kind::BASE_KEY => "base_key",
+        kind::DEVICE_LIST => "device_list",
+        kind::GROUP_METADATA => "group_metadata",
+        kind::TC_TOKEN => "tc_token",
+        kind::SENT_MESSAGE => "sent_message",
+        kind::PENDING_INBOUND => "pending_inbound",
+        kind::MSG_SECRET => "msg_secret",
+        kind::DEVICE => "device",
+        _ => "other",
+    }
+}
+
 /// Whether rows whose key starts with `kind` hold one-time prekeys (for
 /// the size figures of the benches).
 pub fn is_prekey_kind(kind: u8) -> bool {
