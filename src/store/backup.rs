@@ -515,6 +515,7 @@ pub fn restore(
         summary.trees += 1;
         summary.entries += tree.entries.len() as u64;
     }
+    super::advance_ids_past_queues(&db)?;
     db.flush()?;
     Ok(summary)
 }
@@ -523,6 +524,40 @@ pub fn restore(
 mod tests {
     use super::*;
     use wacore::store::traits::{DeviceStore, SignalStore};
+
+    #[test]
+    fn items_queued_after_a_restore_never_take_a_restored_items_key() {
+        let key = MasterKey::generate().unwrap();
+        let from = tempfile::tempdir().unwrap();
+        // sled moves a database's ids on at each open (its persisted
+        // lease): a store opened a few times holds numbers that a restored
+        // one, opened once, has not reached.
+        for _ in 0..3 {
+            drop(Store::open(from.path(), &key).unwrap());
+        }
+        let backup = {
+            let store = Store::open(from.path(), &key).unwrap();
+            let items: Vec<(&[u8], &[u8])> =
+                vec![(b"q1", b"one"), (b"q1", b"two"), (b"q1", b"three")];
+            store.outbox_append(&items).unwrap();
+            store.backup().unwrap()
+        };
+        let to = tempfile::tempdir().unwrap();
+        restore(to.path(), &backup, Some(&key)).unwrap();
+        let store = Store::open(to.path(), &key).unwrap();
+        store.outbox_append(&[(b"q1", b"four")]).unwrap();
+        // A fresh database's ids start again from 0: without moving them
+        // on, "four" got a lower number than the restored items and came
+        // first (and a number equal to one of theirs overwrites it).
+        let values: Vec<Vec<u8>> = store
+            .outbox_all()
+            .unwrap()
+            .into_iter()
+            .map(|item| item.value)
+            .collect();
+        let expected: Vec<&[u8]> = vec![b"one", b"two", b"three", b"four"];
+        assert_eq!(values, expected);
+    }
 
     #[tokio::test]
     async fn a_backup_restores_into_an_empty_dir_with_the_same_key() {

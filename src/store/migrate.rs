@@ -237,6 +237,7 @@ fn run_until(
     let report = {
         let new = open_db_at(&work)?;
         let report = convert(&old, &new, sealer, stop)?;
+        super::advance_ids_past_queues(&new)?;
         // Format 2: the values are converted in place next ([`compact`]).
         mark(&new, BLINDED)?;
         report

@@ -669,6 +669,30 @@ pub(crate) fn create_data_dir(data_dir: &Path) -> Result<(), StoreError> {
 /// How long `open` waits for a just-closed database's file lock.
 const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Moves `db`'s id generator past every sequence number its queues hold.
+/// Queue keys (webhook outbox, dead letters, send queue) end in a number
+/// from sled's `generate_id`, which a fresh database starts again at 0: a
+/// restore or a conversion into one would otherwise hand new items the keys
+/// of restored ones (overwriting them) and sort them first.
+fn advance_ids_past_queues(db: &sled::Db) -> Result<(), StoreError> {
+    let mut highest = None;
+    for name in [outbox::OUTBOX_TREE, outbox::DEAD_TREE, sends::QUEUE_TREE] {
+        let tree = db.open_tree(name)?;
+        for key in tree.iter().keys() {
+            let key = key?;
+            if let Some(at) = key.len().checked_sub(8) {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&key[at..]);
+                highest = highest.max(Some(u64::from_be_bytes(seq)));
+            }
+        }
+    }
+    if let Some(highest) = highest {
+        while db.generate_id()? <= highest {}
+    }
+    Ok(())
+}
+
 fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
     open_db_at(&data_dir.join(DB_DIR))
 }
