@@ -283,11 +283,12 @@ pub fn page(
     let mut found = Vec::new();
     let mut cursor = after.map(<[u8]>::to_vec);
     loop {
-        let rows = store.contacts_page(prefix, cursor.as_deref(), 256)?;
+        let rows = store.contacts_page(prefix, cursor.as_deref(), CHUNK)?;
         let Some((last, _)) = rows.last() else {
-            return Ok((found, None));
+            return Ok((without_merged(found), None));
         };
         let last = last.clone();
+        let end = rows.len() < CHUNK;
         for (k, bytes) in rows {
             let Ok(Row::Person(person)) = serde_json::from_slice::<Row>(&bytes) else {
                 continue;
@@ -300,12 +301,31 @@ pub fn page(
             if matches {
                 found.push(person);
                 if found.len() == limit {
-                    return Ok((found, Some(k)));
+                    return Ok((without_merged(found), Some(k)));
                 }
             }
         }
+        if end {
+            return Ok((without_merged(found), None));
+        }
         cursor = Some(last);
     }
+}
+
+/// Rows read per store call. Each call is consistent in itself; between
+/// two, a merge can move someone to a key the next call reads.
+const CHUNK: usize = 256;
+
+/// Drops a phone-only entry read before it merged into the LID entry also
+/// read (two reads of a page straddled the merge): one person, one entry.
+fn without_merged(mut found: Vec<Contact>) -> Vec<Contact> {
+    let merged: std::collections::HashSet<String> = found
+        .iter()
+        .filter(|p| p.lid.is_some())
+        .filter_map(|p| p.phone.clone())
+        .collect();
+    found.retain(|p| p.lid.is_some() || p.phone.as_ref().is_none_or(|ph| !merged.contains(ph)));
+    found
 }
 
 #[cfg(test)]
@@ -357,6 +377,31 @@ mod tests {
         assert_eq!(again[0].last_seen_ms, 40);
         // Another session's directory is apart.
         assert!(all(&store, &[2u8; 32]).is_empty());
+    }
+
+    #[test]
+    fn a_page_read_across_a_merge_shows_the_person_once() {
+        let person = |phone: Option<&str>, lid: Option<&str>| Contact {
+            phone: phone.map(str::to_owned),
+            lid: lid.map(str::to_owned),
+            ..Contact::default()
+        };
+        // Read before the merge (phone only), then after it (the LID's
+        // entry, which now has the phone too).
+        let page = without_merged(vec![
+            person(Some("15550001"), None),
+            person(Some("15550002"), None),
+            person(None, Some("78@lid")),
+            person(Some("15550001"), Some("77@lid")),
+        ]);
+        assert_eq!(
+            page,
+            vec![
+                person(Some("15550002"), None),
+                person(None, Some("78@lid")),
+                person(Some("15550001"), Some("77@lid")),
+            ]
+        );
     }
 
     #[test]
