@@ -38,6 +38,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/media", post(media_send))
         .route("/control/media/ca.pem", get(media_ca))
         .route("/control/media/expire", post(media_expire))
+        .route("/control/media/hold", post(media_hold).get(media_held))
         .route("/control/media/sent/{id}", get(media_sent))
         .route("/control/receipts-from-devices", get(receipts_from_devices))
         .route("/control/chatstates", get(chatstates))
@@ -373,6 +374,21 @@ struct ExpireReq {}
 
 async fn media_expire(State(s): State<Arc<Server>>, Body(_req): Body<ExpireReq>) -> Response {
     Json(json!({"expired": s.media.expire_all()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldReq {
+    hold: bool,
+}
+
+async fn media_hold(State(s): State<Arc<Server>>, Body(req): Body<HoldReq>) -> Response {
+    let waiting = s.media.hold_uploads(req.hold);
+    Json(json!({"hold": req.hold, "waiting": waiting})).into_response()
+}
+
+async fn media_held(State(s): State<Arc<Server>>) -> Response {
+    Json(json!({"waiting": s.media.uploads_held()})).into_response()
 }
 
 async fn media_sent(

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,10 @@ pub struct MediaStore {
     store_limit: usize,
     blobs: Mutex<HashMap<String, Blob>>,
     next_id: AtomicU64,
+    /// While true, uploads wait (their bodies unread) until released.
+    hold: tokio::sync::watch::Sender<bool>,
+    /// Uploads waiting on `hold`.
+    held: Arc<AtomicUsize>,
 }
 
 impl MediaStore {
@@ -119,7 +123,39 @@ impl MediaStore {
             store_limit,
             blobs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            hold: tokio::sync::watch::Sender::new(false),
+            held: Arc::default(),
         })
+    }
+
+    /// Holds uploads (`true`: each waits, its body unread, until released)
+    /// or releases them; answers how many wait now.
+    pub fn hold_uploads(&self, hold: bool) -> usize {
+        self.hold.send_replace(hold);
+        self.uploads_held()
+    }
+
+    /// How many uploads wait on [`MediaStore::hold_uploads`].
+    pub fn uploads_held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits while uploads are held, counted while waiting (until released,
+    /// or until the server drops the request).
+    async fn pass_hold(&self) {
+        struct Waiting(Arc<AtomicUsize>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let mut rx = self.hold.subscribe();
+        if !*rx.borrow_and_update() {
+            return;
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(self.held.clone());
+        let _ = rx.wait_for(|held| !*held).await;
     }
 
     /// The CA certificate (PEM) that signed the media server's certificate.
@@ -424,6 +460,7 @@ async fn upload(
             "fakewa does not resume uploads",
         );
     }
+    media.pass_hold().await;
     let body = match axum::body::to_bytes(request.into_body(), media.max_upload).await {
         Ok(body) => body,
         Err(_) => {
