@@ -783,3 +783,148 @@ async fn a_queued_media_send_survives_kill_9() {
     assert_eq!(deleted.status, 204, "{}", deleted.text());
     assert_eq!(blobs(&daemon), 0, "a deleted session's media go with it");
 }
+
+/// Polls fakewa until `n` uploads wait on its hold.
+async fn uploads_waiting(fake: &fakewa::FakeWa, n: u64) {
+    control_until(fake, "/control/media/hold", |v| v["waiting"] == n).await;
+}
+
+async fn hold_uploads(fake: &fakewa::FakeWa, hold: bool) {
+    let held = request(
+        fake.control_addr(),
+        "POST",
+        "/control/media/hold",
+        None,
+        Some((
+            "application/json",
+            json!({ "hold": hold }).to_string().into_bytes(),
+        )),
+    )
+    .await;
+    assert_eq!(held.status, 200, "{}", held.text());
+}
+
+/// A request that must be answered while an upload is stuck: bounded, so
+/// a session whose loop waits on the upload fails the test instead of
+/// hanging it.
+async fn answered(
+    what: &str,
+    call: impl std::future::Future<Output = common::Response>,
+) -> common::Response {
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer while an upload was in flight"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_flight_holds_up_nothing_and_can_be_cancelled() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let options = common::Options {
+        extra_toml: UNLIMITED.into(),
+        ..common::Options::default()
+    };
+    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    common::pair(&daemon, &fake, "shop-1", None, PHONE).await;
+
+    // The CDN holds the first upload: a picture that takes "forever".
+    hold_uploads(&fake, true).await;
+    let picture = queued_id(
+        &post_multipart(
+            &daemon,
+            "shop-1",
+            &[("to", ADA), ("type", "image"), ("caption", "stuck")],
+            Some(("a.jpg", "image/jpeg", &jpeg(200_000))),
+        )
+        .await,
+    );
+    uploads_waiting(&fake, 1).await;
+
+    // Meanwhile the session answers: status reads, new sends, cancels.
+    let status = answered(
+        "the picture's status",
+        daemon.get(
+            &format!("/v1/sessions/shop-1/messages/{picture}"),
+            Some(ADMIN),
+        ),
+    )
+    .await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    assert_eq!(status.json()["status"], "queued");
+    let text = queued_id(
+        &answered(
+            "a text queued behind the picture",
+            post_json(
+                &daemon,
+                "shop-1",
+                json!({"to": ADA, "text": "after the picture"}),
+            ),
+        )
+        .await,
+    );
+    let info = answered(
+        "the session",
+        daemon.get("/v1/sessions/shop-1", Some(ADMIN)),
+    )
+    .await;
+    assert_eq!(info.json()["state"], "connected");
+
+    // Cancelled while it uploads: it never goes, and its bytes are removed.
+    let cancelled = answered(
+        "cancelling the upload",
+        daemon.delete(
+            &format!("/v1/sessions/shop-1/messages/{picture}"),
+            Some(ADMIN),
+        ),
+    )
+    .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    assert_eq!(cancelled.json()["status"], "cancelled");
+    assert_eq!(blobs(&daemon), 0, "a cancelled send's blob is removed");
+
+    // The queue goes on with the text, in order, while the CDN still holds
+    // the abandoned upload; then the CDN lets it through, too late.
+    let entry = outbox_entry(&fake, &text).await;
+    assert_eq!(entry["text"], "after the picture");
+    hold_uploads(&fake, false).await;
+    uploads_waiting(&fake, 0).await;
+    let outbox = control_get(&fake, &format!("/control/outbox?from_phone={PHONE}")).await;
+    let outbox = outbox.json();
+    let sent: Vec<&Value> = outbox["messages"]
+        .as_array()
+        .map(|m| m.iter().filter(|e| e["id"] == picture.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        sent.is_empty(),
+        "a cancelled picture reached the contact: {sent:?}"
+    );
+    let status = daemon
+        .get(
+            &format!("/v1/sessions/shop-1/messages/{picture}"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(status.json()["status"], "cancelled");
+
+    // A send that has left is no longer cancelled: the next picture goes
+    // (nothing holds it), and a cancel after it answers 409.
+    let second = queued_id(
+        &post_multipart(
+            &daemon,
+            "shop-1",
+            &[("to", ADA), ("type", "image")],
+            Some(("b.jpg", "image/jpeg", &jpeg(20_000))),
+        )
+        .await,
+    );
+    outbox_entry(&fake, &second).await;
+    assert!(sent_bytes(&fake, &second).await == jpeg(20_000));
+    let late = daemon
+        .delete(
+            &format!("/v1/sessions/shop-1/messages/{second}"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(late.status, 409, "{}", late.text());
+    assert_eq!(late.json()["error"]["code"], "not_queued");
+}

@@ -644,7 +644,7 @@ pub async fn message_status(
         (status = 200, description = "cancelled (`status: cancelled`)", body = SendStatus),
         (status = 400, description = "`invalid_id`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such session, or it sent no such message", body = ErrorBody),
-        (status = 409, description = "`not_queued`: it has left the queue already", body = ErrorBody),
+        (status = 409, description = "`not_queued`: it has left the queue already, or is on its way (a media send can be cancelled while it uploads, not once its message is being sent)", body = ErrorBody),
     ))]
 pub async fn cancel_message(
     State(state): State<AppState>,
@@ -655,6 +655,11 @@ pub async fn cancel_message(
     path_message_id(&message_id)?;
     match state.supervisor.cancel_send(&id, &message_id).await? {
         Some(status) if status.status == SendState::Cancelled => Ok(Json(status)),
+        Some(status) if status.status == SendState::Queued => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_queued",
+            format!("message {message_id:?} is being sent; it can no longer be cancelled"),
+        )),
         Some(status) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_queued",

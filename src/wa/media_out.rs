@@ -6,12 +6,14 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use whatsapp_rust::Jid;
 use whatsapp_rust::buffa::MessageField;
 use whatsapp_rust::wacore::download::{DownloadUtils, MediaType};
 use whatsapp_rust::wacore::upload::{EncryptedMediaInfo, MediaEncryptor, UploadSource};
 use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::{Client, Jid};
 
 use super::{Connection, WaError, parse_recipient};
 use crate::session::outbound::{BlobMeta, MediaKind, QueuedMedia};
@@ -132,18 +134,54 @@ pub enum ChatState {
     Paused,
 }
 
-/// What a queued send becomes on the wire.
-pub struct WireSend<'a> {
-    pub to: &'a str,
-    pub id: &'a str,
-    pub text: &'a str,
+/// What a queued send becomes on the wire (owned: it is sent from a task
+/// of its own, see [`Sender`]).
+pub struct WireSend {
+    pub to: String,
+    pub id: String,
+    pub text: String,
     /// With the path of its stored blob.
-    pub media: Option<(&'a QueuedMedia, PathBuf)>,
+    pub media: Option<(QueuedMedia, PathBuf)>,
     /// Quoted message: (id, author JID).
-    pub quote: Option<(&'a str, &'a str)>,
+    pub quote: Option<(String, String)>,
     /// Reaction: (target key, emoji).
-    pub reaction: Option<(wa::MessageKey, &'a str)>,
+    pub reaction: Option<(wa::MessageKey, String)>,
 }
+
+/// Where a send in flight is: a cancel may still stop it while it uploads,
+/// never once the message itself is on its way.
+#[derive(Debug, Default)]
+pub struct SendGate(AtomicU8);
+
+const UPLOADING: u8 = 0;
+const SENDING: u8 = 1;
+const CANCELLED: u8 = 2;
+
+impl SendGate {
+    /// Stops the send if it has not started sending the message; true if
+    /// it will not be sent.
+    pub fn cancel(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(UPLOADING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == CANCELLED,
+        }
+    }
+
+    /// Passes the gate to send the message; false if it was cancelled.
+    fn open(&self) -> bool {
+        self.0
+            .compare_exchange(UPLOADING, SENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Sends queued messages from a task of their own, so an upload of many
+/// megabytes never holds up the session's loop.
+#[derive(Clone)]
+pub struct Sender(Arc<Client>);
 
 /// The key of message `id` in `chat`, for a reaction.
 pub fn message_key(
@@ -160,13 +198,13 @@ pub fn message_key(
     }
 }
 
-impl Connection {
+impl Sender {
     /// Sends a queued message as message `id` (reused on a retry): a
     /// text, a media message (uploaded first, from its stored blob) or a
     /// reaction; with a quote when given.
-    pub async fn send_wire(&self, send: WireSend<'_>) -> Result<String, WaError> {
+    pub async fn send_wire(&self, send: WireSend, gate: &SendGate) -> Result<String, WaError> {
         use whatsapp_rust::wacore::proto_helpers::{MessageBuilderExt, MessageExt};
-        let jid = parse_recipient(send.to)?;
+        let jid = parse_recipient(&send.to)?;
         if send.text.is_empty() && send.media.is_none() && send.reaction.is_none() {
             // A media send whose blob cannot be named: never an empty text.
             return Err(WaError::Media(
@@ -178,23 +216,26 @@ impl Connection {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or_default();
-            whatsapp_rust::wacore::proto_helpers::build_reaction_message(key, emoji, now)
+            whatsapp_rust::wacore::proto_helpers::build_reaction_message(key, &emoji, now)
         } else if let Some((media, path)) = send.media {
-            self.upload_message(media, path).await?
+            self.upload_message(&media, path).await?
         } else {
-            wa::Message::text(send.text)
+            wa::Message::text(&send.text)
         };
         if let Some((id, participant)) = send.quote {
             let context = wa::ContextInfo {
-                stanza_id: Some(id.to_owned()),
-                participant: Some(participant.to_owned()),
+                stanza_id: Some(id),
+                participant: Some(participant),
                 ..Default::default()
             };
             message.set_context_info(context);
         }
-        let options = whatsapp_rust::SendOptions::default().with_message_id(send.id);
+        if !gate.open() {
+            return Err(WaError::Send("cancelled".into()));
+        }
+        let options = whatsapp_rust::SendOptions::default().with_message_id(&send.id);
         let sent = self
-            .client()
+            .0
             .send_message_with_options(jid, message, options)
             .await
             .map_err(|e| WaError::Send(e.to_string()))?;
@@ -227,7 +268,7 @@ impl Connection {
             streaming_sidecar: blob.sidecar.clone(),
         };
         let up = self
-            .client()
+            .0
             .upload_stream(FileSource { path, len }, info, media_type(media.kind))
             .await
             .map_err(|e| WaError::Media(format!("upload: {e}")))?;
@@ -310,6 +351,13 @@ impl Connection {
             }
         }
         Ok(message)
+    }
+}
+
+impl Connection {
+    /// A handle that sends queued messages from another task.
+    pub fn sender(&self) -> Sender {
+        Sender(self.client().clone())
     }
 
     /// Marks messages `ids` of `chat` read (`sender`: their author in a group).

@@ -350,14 +350,23 @@ impl Actor {
     async fn on_receipt(&mut self, mut receipt: Receipt) {
         self.resolve_phone(&mut receipt.recipient).await;
         for id in receipt.message_ids {
-            self.note_receipt(&id, receipt.status);
-            self.emit(EventKind::MessageAck {
-                id,
+            let ack = EventKind::MessageAck {
+                id: id.clone(),
                 status: receipt.status,
                 chat: receipt.chat.clone(),
                 recipient: receipt.recipient.clone(),
                 timestamp: receipt.timestamp,
-            });
+            };
+            // A receipt can overtake the result of its own send: it waits
+            // for it, so `message.sent` comes first.
+            if let Some(flight) = self.in_flight.as_mut()
+                && flight.id() == id
+            {
+                flight.early_acks.push((receipt.status, ack));
+                continue;
+            }
+            self.note_receipt(&id, receipt.status);
+            self.emit(ack);
         }
     }
 

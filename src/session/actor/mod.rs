@@ -336,6 +336,8 @@ pub(super) struct Actor {
     levels: Option<Levels>,
     /// Human pacing: the queued send "typing…" was shown for.
     typed_for: Option<String>,
+    /// The queued send on its way (one at a time).
+    in_flight: Option<outbound::InFlight>,
     /// The last message received per chat.
     latest: Arc<Mutex<LatestReceived>>,
     /// When the current state was entered (for the health sweep).
@@ -383,6 +385,7 @@ impl Actor {
             drain_at: None,
             levels: None,
             typed_for: None,
+            in_flight: None,
             latest: Arc::default(),
             state_since: Instant::now(),
             scope,
@@ -437,6 +440,7 @@ impl Actor {
                 _ = sleep_until(self.activation_deadline) => self.on_activation_timeout().await,
                 found = poll_result(&mut self.phone_poll) => self.on_phone_poll(found).await,
                 _ = sleep_until(self.drain_at) => self.drain_one().await,
+                sent = send_finished(&mut self.in_flight) => self.on_sent(sent).await,
                 _ = sleep_until(self.start_permit.as_ref().map(|(_, until)| *until)) => {
                     self.start_permit = None;
                 }
@@ -750,6 +754,7 @@ impl Actor {
             poll.abort();
         }
         lock(&self.shared.live_qr).remove(&self.record.id);
+        self.abandon_send();
         self.wa_events = None;
         if let Some(conn) = self.conn.take() {
             conn.shutdown(self.config().shutdown_timeout).await;
@@ -1065,6 +1070,15 @@ async fn client_finished(conn: &mut Option<Connection>) {
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => pending().await,
+    }
+}
+
+async fn send_finished(
+    flight: &mut Option<outbound::InFlight>,
+) -> Result<Option<Result<(), String>>, tokio::task::JoinError> {
+    match flight {
+        Some(flight) => (&mut flight.task).await,
         None => pending().await,
     }
 }

@@ -3,8 +3,10 @@
 //! the actor's loop so commands are not held up, and keep each send's
 //! status (receipts move it on).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use super::{Actor, SEND_TIMEOUT};
@@ -16,10 +18,37 @@ use crate::session::outbound::{
 };
 use crate::session::state::SessionState;
 use crate::session::{AckStatus, EventKind, now_ms};
-use crate::wa::media_out::{WireSend, message_key};
+use crate::wa::media_out::{SendGate, WireSend, message_key};
 
 /// How long the queue waits after a failed attempt.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The queued send being sent, by a task of its own.
+pub(super) struct InFlight {
+    /// The outbound prefix of the incarnation it was queued in.
+    prefix: Vec<u8>,
+    queue_key: Vec<u8>,
+    item: QueuedSend,
+    pacing: bool,
+    gate: Arc<SendGate>,
+    /// Receipts for it that came before its result.
+    pub(super) early_acks: Vec<(AckStatus, EventKind)>,
+    /// `None`: stopped by the daemon's shutdown.
+    pub(super) task: JoinHandle<Option<Result<(), String>>>,
+}
+
+impl InFlight {
+    pub(super) fn id(&self) -> &str {
+        &self.item.id
+    }
+}
+
+impl Drop for InFlight {
+    /// A send whose session's loop is gone (stopped, deleted) stops too.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 impl Actor {
     pub(super) fn outbound_prefix(&self) -> Vec<u8> {
@@ -201,6 +230,18 @@ impl Actor {
         if status.status != SendState::Queued {
             return Ok(Some(status));
         }
+        if let Some(flight) = &self.in_flight
+            && flight.item.id == id
+        {
+            // Still uploading: the gate keeps the message from going, and
+            // the task is stopped. Already sending: it can no longer be
+            // called back, and stays `queued` until it is `sent`.
+            if !flight.gate.cancel() {
+                return Ok(Some(status));
+            }
+            self.in_flight = None; // Its drop stops the task.
+            self.drain_at = Some(Instant::now());
+        }
         let queued = self.shared.store.send_queue(&prefix)?;
         let Some(item) = queued.iter().find(|item| {
             serde_json::from_slice::<QueuedSend>(&item.value).is_ok_and(|q| q.id == id)
@@ -230,6 +271,9 @@ impl Actor {
     /// next one follows on the next turn of the loop.
     pub(super) async fn drain_one(&mut self) {
         self.drain_at = None;
+        if self.in_flight.is_some() {
+            return; // `on_sent` starts the next one.
+        }
         if self.state() != SessionState::Connected {
             return; // `on_connected` starts the queue again.
         }
@@ -243,7 +287,7 @@ impl Actor {
                 return;
             }
         };
-        let Ok(mut item) = serde_json::from_slice::<QueuedSend>(&head.value) else {
+        let Ok(item) = serde_json::from_slice::<QueuedSend>(&head.value) else {
             tracing::error!(session = %self.record.id, "an unreadable queued send; dropped");
             let _ = self.shared.store.send_dequeue(&head.key, None).await;
             self.drain_at = Some(Instant::now());
@@ -282,9 +326,9 @@ impl Actor {
             .reply_to
             .as_ref()
             .map(|q| (q.id.clone(), self.quoted_author(&prefix, &item.to, q)));
-        let media_path = match &item.media {
+        let media = match &item.media {
             Some(media) => match self.shared.store.media_blob_path(&media.blob.name) {
-                Ok(path) => Some((media, path)),
+                Ok(path) => Some((media.clone(), path)),
                 Err(e) => {
                     tracing::error!(session = %self.record.id, id = %item.id, "a queued media send: {e}");
                     None
@@ -301,22 +345,69 @@ impl Actor {
             return;
         };
         let wire = WireSend {
-            to: &item.to,
-            id: &item.id,
-            text: &item.text,
-            media: media_path,
-            quote: quote.as_ref().map(|(id, who)| (id.as_str(), who.as_str())),
+            to: item.to.clone(),
+            id: item.id.clone(),
+            text: item.text.clone(),
+            media,
+            quote,
             reaction: item.reaction.as_ref().map(|r| {
                 (
                     message_key(&item.to, &r.message_id, r.from_me, r.participant.as_deref()),
-                    r.emoji.as_str(),
+                    r.emoji.clone(),
                 )
             }),
         };
-        let sent = tokio::select! {
-            sent = tokio::time::timeout(timeout, conn.send_wire(wire)) => sent,
-            _ = self.scope.cancelled() => return,
+        // The send runs in a task of its own (an upload can take minutes);
+        // its result comes back to the loop (`on_sent`). One at a time: the
+        // queue's order is the order on the wire.
+        let sender = conn.sender();
+        let gate = Arc::new(SendGate::default());
+        let task = self.scope.spawn_until_cancelled({
+            let gate = gate.clone();
+            async move {
+                match tokio::time::timeout(timeout, sender.send_wire(wire, &gate)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("sending took too long".to_string()),
+                }
+            }
+        });
+        self.in_flight = Some(InFlight {
+            prefix,
+            queue_key: head.key,
+            item,
+            pacing,
+            gate,
+            early_acks: Vec::new(),
+            task,
+        });
+    }
+
+    /// A send in flight is over: records it sent, or counts the failed
+    /// attempt (failed for good after [`MAX_ATTEMPTS`]).
+    pub(super) async fn on_sent(&mut self, sent: Result<Option<Result<(), String>>, JoinError>) {
+        let Some(mut flight) = self.in_flight.take() else {
+            return;
         };
+        let (prefix, queue_key, pacing) = (
+            std::mem::take(&mut flight.prefix),
+            std::mem::take(&mut flight.queue_key),
+            flight.pacing,
+        );
+        let mut item = flight.item.clone();
+        let early_acks = std::mem::take(&mut flight.early_acks);
+        let sent = match sent {
+            Ok(Some(sent)) => Ok(sent),
+            Ok(None) => return, // The daemon stops; the send stays queued.
+            Err(e) => Err(e),
+        };
+        if prefix != self.outbound_prefix() {
+            // Unlinked and paired again (or moved) while it was sent: the
+            // queue it came from is gone with that incarnation.
+            tracing::info!(session = %self.record.id, id = %item.id, "a send finished after its session's account changed; not recorded");
+            self.drain_at = Some(Instant::now());
+            return;
+        }
         let now = now_ms();
         let status_key = outbound::status_key(&prefix, &item.id);
         let mut status = self
@@ -327,14 +418,14 @@ impl Actor {
                 SendStatus::new(&item.id, &item.to, SendState::Queued, item.created_ms)
             });
         let error = match sent {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("sending took too long".to_string()),
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(format!("the send stopped: {e}")),
         };
         match error {
             None => {
                 status.advance(SendState::Sent, now);
-                if let Err(e) = self.dequeue(&head.key, &status_key, &status).await {
+                if let Err(e) = self.dequeue(&queue_key, &status_key, &status).await {
                     tracing::error!(session = %self.record.id, id = %item.id, "recording a send: {e}");
                 } else if let Some(media) = &item.media {
                     self.remove_blob(&media.blob.name).await;
@@ -359,7 +450,7 @@ impl Actor {
                     status.status = SendState::Failed;
                     status.reason = Some(error.clone());
                     status.updated_ms = now;
-                    if let Err(e) = self.dequeue(&head.key, &status_key, &status).await {
+                    if let Err(e) = self.dequeue(&queue_key, &status_key, &status).await {
                         tracing::error!(session = %self.record.id, id = %item.id, "recording a failed send: {e}");
                     } else if let Some(media) = &item.media {
                         self.remove_blob(&media.blob.name).await;
@@ -372,12 +463,25 @@ impl Actor {
                     self.drain_at = Some(Instant::now());
                 } else {
                     if let Ok(value) = serde_json::to_vec(&item) {
-                        let _ = self.shared.store.send_queue_update(&head.key, &value);
+                        let _ = self.shared.store.send_queue_update(&queue_key, &value);
                     }
                     self.drain_at = Some(Instant::now() + RETRY_AFTER);
                 }
             }
         }
+        for (status, ack) in early_acks {
+            if let EventKind::MessageAck { id, .. } = &ack {
+                self.note_receipt(id, status);
+            }
+            self.emit(ack);
+        }
+    }
+
+    /// Stops a send in flight without counting an attempt (the client
+    /// stops): it stays queued, and goes again, with the same id, when the
+    /// session is connected again.
+    pub(super) fn abandon_send(&mut self) {
+        self.in_flight = None; // Its drop stops the task.
     }
 
     async fn dequeue(
