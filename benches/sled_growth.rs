@@ -1,0 +1,142 @@
+//! Why the soak's disk grows (issue 19): sled 0.34 alone, no whatsd.
+//!
+//! `cargo bench --offline --bench sled_growth` (env `SLED_GROWTH_STEPS`,
+//! default 50,000; prints numbers, asserts nothing).
+//!
+//! A store shaped like whatsd's: 200 trees of 16 stable 2 KiB rows (the
+//! device keyspaces), and per step nine overwrites of one of their five hot
+//! rows (Signal sessions, sender keys) and, depending on the case, one new
+//! 220-byte row in another tree (a send's status; the library's message
+//! secrets and retry copies grow the same way); a flush every 100 steps,
+//! as the group commit does. Cases, each in a fresh database:
+//!
+//! - `hot only`: the overwrites, nothing grows;
+//! - `hot + growing tree`: plus the new rows at random keys, same database;
+//! - `hot + growing tree, keys in order`: the new rows at increasing keys;
+//! - `hot + growing tree in a 2nd db`: the new rows in a database of their
+//!   own.
+//!
+//! Printed per case: the bytes of live rows written, and what the
+//! databases' directories take on disk at the end.
+
+use std::path::Path;
+use std::time::Instant;
+
+const TREES: usize = 200;
+const STABLE_ROWS: u32 = 16;
+const HOT_ROWS: u64 = 5;
+const VALUE: usize = 2048;
+const OVERWRITES_PER_STEP: u64 = 9;
+const GROWING_ROW: usize = 220;
+const FLUSH_EVERY: u64 = 100;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Growth {
+    None,
+    Random,
+    InOrder,
+    OwnDb,
+}
+
+fn disk(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => disk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn open(path: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(64 << 20)
+        .flush_every_ms(None)
+        .open()
+        .expect("open sled")
+}
+
+fn run(name: &str, growth: Growth, steps: u64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = open(&dir.path().join("db"));
+    let own = open(&dir.path().join("growth"));
+    let hot: Vec<sled::Tree> = (0..TREES)
+        .map(|i| db.open_tree(format!("device/{i}")).expect("tree"))
+        .collect();
+    for tree in &hot {
+        for k in 0..STABLE_ROWS {
+            tree.insert(k.to_be_bytes(), vec![1u8; VALUE])
+                .expect("insert");
+        }
+    }
+    let growing = match growth {
+        Growth::OwnDb => own.open_tree("send_status"),
+        _ => db.open_tree("send_status"),
+    }
+    .expect("tree");
+    let started = Instant::now();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut grown = 0u64;
+    for step in 0..steps {
+        for j in 0..OVERWRITES_PER_STEP {
+            let tree = &hot[((step * OVERWRITES_PER_STEP + j) % TREES as u64) as usize];
+            let key = (((step + j) % HOT_ROWS) as u32).to_be_bytes();
+            tree.insert(key, vec![(step % 251) as u8; VALUE])
+                .expect("insert");
+        }
+        let key = match growth {
+            Growth::None => None,
+            Growth::InOrder => Some(step.to_be_bytes().to_vec()),
+            Growth::Random | Growth::OwnDb => {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Some([x.to_be_bytes(), step.to_be_bytes()].concat())
+            }
+        };
+        if let Some(key) = key {
+            growing.insert(key, vec![7u8; GROWING_ROW]).expect("insert");
+            grown += GROWING_ROW as u64;
+        }
+        if step % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            db.flush().expect("flush");
+            own.flush().expect("flush");
+        }
+    }
+    db.flush().expect("flush");
+    own.flush().expect("flush");
+    let live = (TREES as u64 * STABLE_ROWS as u64 * VALUE as u64) + grown;
+    let (main, second) = (
+        disk(&dir.path().join("db")),
+        disk(&dir.path().join("growth")),
+    );
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "{name:<36} {steps:>7} {:>9.1} {:>9.1} {:>9.1} {:>7.1}x {:>6.1}",
+        mib(live),
+        mib(main),
+        mib(second),
+        (main + second) as f64 / live as f64,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn main() {
+    let steps: u64 = std::env::var("SLED_GROWTH_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    println!(
+        "{:<36} {:>7} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "case", "steps", "live MiB", "db MiB", "2nd MiB", "disk/live", "secs"
+    );
+    run("hot only", Growth::None, steps);
+    run("hot + growing tree", Growth::Random, steps);
+    run("hot + growing tree, keys in order", Growth::InOrder, steps);
+    run("hot + growing tree in a 2nd db", Growth::OwnDb, steps);
+}
