@@ -39,6 +39,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/media/ca.pem", get(media_ca))
         .route("/control/media/expire", post(media_expire))
         .route("/control/media/sent/{id}", get(media_sent))
+        .route(
+            "/control/media/reupload",
+            get(reupload_stats).post(reupload_answer),
+        )
         .route("/control/receipts-from-devices", get(receipts_from_devices))
         .route("/control/chatstates", get(chatstates))
         .route("/control/address-book", post(address_book))
@@ -373,6 +377,22 @@ struct ExpireReq {}
 
 async fn media_expire(State(s): State<Arc<Server>>, Body(_req): Body<ExpireReq>) -> Response {
     Json(json!({"expired": s.media.expire_all()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReuploadReq {
+    answer: crate::media_retry::ReuploadAnswer,
+}
+
+/// How the contacts' phones answer re-upload requests from now on.
+async fn reupload_answer(State(s): State<Arc<Server>>, Body(req): Body<ReuploadReq>) -> Response {
+    s.reuploads.set_answer(req.answer);
+    Json(s.reuploads.stats()).into_response()
+}
+
+async fn reupload_stats(State(s): State<Arc<Server>>) -> Response {
+    Json(s.reuploads.stats()).into_response()
 }
 
 async fn media_sent(
