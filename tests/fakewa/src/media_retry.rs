@@ -216,7 +216,7 @@ impl Reuploads {
         let body = wa::MediaRetryNotification {
             stanza_id: Some(message_id.clone()),
             direct_path,
-            result: Some(result.into()),
+            result: Some(result),
             ..Default::default()
         };
         let (ct, iv) = seal_notification(&media_key, &message_id, &body.encode_to_vec());
@@ -331,7 +331,7 @@ mod tests {
         let body = wa::MediaRetryNotification {
             stanza_id: Some("MSG-1".into()),
             direct_path: Some("/v/new.enc".into()),
-            result: Some(wa::media_retry_notification::ResultType::SUCCESS.into()),
+            result: Some(wa::media_retry_notification::ResultType::SUCCESS),
             ..Default::default()
         };
         let plain = body.encode_to_vec();
