@@ -5,11 +5,16 @@
 //! headers; Meta's two-step download leads to the same bytes. A corrupted
 //! MAC is a clear 502 and nothing breaks; expired media is 410; another
 //! tenant, and a session id deleted and created again, reach nothing.
+//! Expired media is asked again of the sender's phone: once it answers, a
+//! retry downloads the file; a phone that no longer has it leaves it 410.
 
 mod common;
 
+use std::time::Duration;
+
 use common::{
-    ADMIN, Daemon, Options, control, create_tenant, pair, put_webhook, wait_for, webhook_receiver,
+    ADMIN, Daemon, Options, Response, control, create_tenant, pair, put_webhook, request, wait_for,
+    webhook_receiver,
 };
 use serde_json::{Value, json};
 
@@ -340,4 +345,154 @@ async fn received_media_downloads_byte_exact_and_fails_clearly() {
         .get(&format!("/graph/v23.0/{media_id}"), Some(&token))
         .await;
     assert_eq!(stale.status, 404, "{}", stale.text());
+}
+
+/// fakewa's count of the media re-upload requests its phones answered.
+async fn reuploads(fake: &fakewa::FakeWa) -> Value {
+    let got = request(
+        fake.control_addr(),
+        "GET",
+        "/control/media/reupload",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    got.json()
+}
+
+/// GETs `path` until `done` accepts the answer (bounded); every answer
+/// before must be 410 `media_expired`.
+async fn poll_media(
+    daemon: &Daemon,
+    token: &str,
+    path: &str,
+    done: impl Fn(&Response) -> bool,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = daemon.get(path, Some(token)).await;
+        if done(&got) {
+            return got;
+        }
+        assert_eq!(got.status, 410, "{}", got.text());
+        assert_eq!(got.error_code(), "media_expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out polling {path}: {}",
+            got.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_media_is_uploaded_again_by_the_senders_phone() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let options = Options {
+        extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
+        ..Options::default()
+    };
+    let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+    let token = create_tenant(&daemon, "acme").await;
+    let (url, bodies) = webhook_receiver().await;
+    put_webhook(&daemon, &token, "acme", "crm", &url, "whatsd").await;
+    pair(&daemon, &fake, "shop-1", Some("acme"), PHONE).await;
+
+    let jpeg = file(&[0xff, 0xd8, 0xff, 0xe0], 150 * 1024 + 3, 11);
+    let png = file(b"\x89PNG\r\n\x1a\n", 40 * 1024, 12);
+    let kept = send_media(&fake, "image", "image/jpeg", &jpeg, json!({})).await;
+    let lost = send_media(&fake, "image", "image/png", &png, json!({})).await;
+    webhook_of(&bodies, &kept).await;
+    webhook_of(&bodies, &lost).await;
+    let kept_path = format!("/v1/sessions/shop-1/messages/{kept}/media");
+    let lost_path = format!("/v1/sessions/shop-1/messages/{lost}/media");
+    assert_eq!(daemon.get(&kept_path, Some(&token)).await.status, 200);
+    let none = reuploads(&fake).await;
+    assert_eq!(none["requests"], 0, "{none}");
+    assert_eq!(none["answer"], "success", "{none}");
+
+    let expired = control(fake.control_addr(), "/control/media/expire", json!({})).await;
+    assert_eq!(expired.status, 200, "{}", expired.text());
+
+    // The CDN answers 410: so does whatsd, and it asks the sender's phone.
+    let gone = daemon.get(&kept_path, Some(&token)).await;
+    assert_eq!(gone.status, 410, "{}", gone.text());
+    assert_eq!(gone.error_code(), "media_expired");
+    let why = gone.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("asked to upload it again"), "{why}");
+    // The phone uploads it again; a retry gets the file, byte-exact.
+    let got = poll_media(&daemon, &token, &kept_path, |r| r.status == 200).await;
+    assert!(got.body == jpeg, "the re-uploaded download differs");
+    assert_eq!(got.header("content-type"), Some("image/jpeg"));
+    assert_eq!(
+        got.header("content-length"),
+        Some(jpeg.len().to_string().as_str())
+    );
+    let counts = reuploads(&fake).await;
+    assert_eq!(
+        counts["requests"], 1,
+        "one request for one download: {counts}"
+    );
+    assert_eq!(counts["reuploaded"], 1, "{counts}");
+    // The new path is kept: later downloads need no other request.
+    let again = daemon.get(&kept_path, Some(&token)).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(again.body == jpeg);
+
+    // A phone that no longer has the file: it stays 410.
+    let refuse = control(
+        fake.control_addr(),
+        "/control/media/reupload",
+        json!({ "answer": "not_found" }),
+    )
+    .await;
+    assert_eq!(refuse.status, 200, "{}", refuse.text());
+    assert_eq!(refuse.json()["answer"], "not_found");
+    let gone = daemon.get(&lost_path, Some(&token)).await;
+    assert_eq!(gone.status, 410, "{}", gone.text());
+    assert_eq!(gone.error_code(), "media_expired");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = reuploads(&fake).await;
+        if counts["refused"] == 1 {
+            assert_eq!(counts["requests"], 2, "{counts}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the phone was never asked: {counts}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // whatsd records the refusal: the 410 says so, and the phone is not
+    // asked again.
+    let refused = poll_media(&daemon, &token, &lost_path, |r| {
+        r.status == 410 && r.text().contains("cannot upload it again")
+    })
+    .await;
+    assert_eq!(refused.error_code(), "media_expired");
+    let still = daemon.get(&lost_path, Some(&token)).await;
+    assert_eq!(still.status, 410, "{}", still.text());
+    assert_eq!(still.error_code(), "media_expired");
+    let counts = reuploads(&fake).await;
+    assert_eq!(counts["requests"], 2, "a refusal is final: {counts}");
+
+    // Nothing broke: the session is connected, the other file still served.
+    let status = daemon.get("/v1/sessions/shop-1", Some(&token)).await;
+    assert_eq!(status.json()["state"], "connected");
+    let again = daemon.get(&kept_path, Some(&token)).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(again.body == jpeg);
+    let log = daemon.log();
+    assert!(
+        log.contains("media re-upload refused"),
+        "{}",
+        common::tail(&log)
+    );
+    assert!(!log.contains("panicked"), "{}", common::tail(&log));
 }

@@ -16,7 +16,9 @@
 //! under the same id, or moved to another tenant, reaches none of the
 //! media received before.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -121,7 +123,7 @@ async fn find_ref(
         (status = 400, description = "`invalid_id`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such session (or another tenant's); `media_not_found`: no media received in that message", body = ErrorBody),
         (status = 409, description = "`not_connected`: the session is not connected", body = ErrorBody),
-        (status = 410, description = "`media_expired`: WhatsApp no longer has the file (a re-upload was asked of the sender's phone: try again later), or it is older than `media.retention_days`", body = ErrorBody),
+        (status = 410, description = "`media_expired`: WhatsApp no longer has the file (the sender's phone is asked to upload it again: try again later; once the phone has answered that it cannot, it stays 410), or it is older than `media.retention_days`", body = ErrorBody),
         (status = 502, description = "`media_undecryptable`: the file does not match its hashes or MAC; `media_unavailable`: WhatsApp's media servers did not deliver it", body = ErrorBody),
     ))]
 pub async fn download(
@@ -196,10 +198,14 @@ async fn stream(
     let fetched = match queries.fetch_media(&r, file).await {
         Ok(fetched) => fetched,
         Err(MediaError::Expired(why)) => {
-            ask_reupload(state, queries, key, r);
-            return Err(expired(&format!(
-                "{why}; the sender's phone was asked to upload it again, try again later"
-            )));
+            let next = if r.reupload_refused {
+                "the sender's phone answered that it cannot upload it again"
+            } else if ask_reupload(state, queries, key, r) {
+                "the sender's phone was asked to upload it again, try again later"
+            } else {
+                "too many files are being asked of senders' phones at once, try again later"
+            };
+            return Err(expired(&format!("{why}; {next}")));
         }
         Err(MediaError::Undecryptable(why)) => {
             tracing::warn!(session = %id, message = %r.message_id, "media refused: {why}");
@@ -333,24 +339,106 @@ pub fn content_disposition(name: &str) -> String {
     format!("attachment; filename*=UTF-8''{encoded}; filename=\"{ascii}\"")
 }
 
+/// Re-upload requests at most in flight at once (each waits up to 30 s
+/// for the phone's answer).
+const MAX_REUPLOADS: usize = 256;
+
+/// The media re-upload requests in flight, by ref key (the session
+/// incarnation's prefix and the message id): one at a time per file.
+#[derive(Default)]
+pub struct Reuploads(Arc<Mutex<HashSet<Vec<u8>>>>);
+
+/// A ref's request in flight; it ends when this is dropped.
+struct InFlight {
+    set: Arc<Mutex<HashSet<Vec<u8>>>>,
+    key: Vec<u8>,
+}
+
+impl Reuploads {
+    /// `key`'s request, unless one is in flight already (`Ok(None)`), or
+    /// too many are (`Err`).
+    fn begin(&self, key: &[u8]) -> Result<Option<InFlight>, ()> {
+        let mut set = lock(&self.0);
+        if set.contains(key) {
+            return Ok(None);
+        }
+        if set.len() >= MAX_REUPLOADS {
+            return Err(());
+        }
+        set.insert(key.to_vec());
+        Ok(Some(InFlight {
+            set: self.0.clone(),
+            key: key.to_vec(),
+        }))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Asks the sender's phone to upload the file again, in the background
-/// (the phone answers in its own time); a new path is written to the ref.
-fn ask_reupload(state: &AppState, queries: crate::wa::Queries, key: Vec<u8>, r: MediaRef) {
+/// (the phone answers in its own time), unless it is being asked already:
+/// a client retrying meanwhile asks nothing more. A new path is written to
+/// the ref, and so is a refusal (the phone no longer has the file: it is
+/// not asked again). False when too many requests are in flight.
+fn ask_reupload(state: &AppState, queries: crate::wa::Queries, key: Vec<u8>, r: MediaRef) -> bool {
+    let in_flight = match state.reuploads.begin(&key) {
+        Ok(Some(in_flight)) => in_flight,
+        Ok(None) => return true,
+        Err(()) => return false,
+    };
     let store = state.store.clone();
     state.scope.spawn_until_cancelled(async move {
-        match queries.request_reupload(&r).await {
-            Ok(direct_path) => {
-                let mut updated = r.clone();
-                updated.direct_path = direct_path;
-                updated.url.clear();
-                let done = tokio::task::spawn_blocking(move || store.media_ref_update(&key, &updated)).await;
-                if let Ok(Err(e)) = done {
-                    tracing::warn!(message = %r.message_id, "recording a re-uploaded media path: {e}");
+        // Held until the answer is written: a download meanwhile still
+        // finds the old ref, and must not ask again.
+        let _in_flight = in_flight;
+        // A download that read the ref before the last request's answer was
+        // written comes here with the old path: nothing to ask then.
+        let (lookup, reader) = (key.clone(), store.clone());
+        let current = tokio::task::spawn_blocking(move || reader.media_ref(&lookup))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|found| found.map_err(|e| e.to_string()));
+        match current {
+            Ok(Some(now)) if now.direct_path == r.direct_path && !now.reupload_refused => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(message = %r.message_id, "reading a media ref: {e}");
+                return;
+            }
+        }
+        let updated = match queries.request_reupload(&r).await {
+            Ok(direct_path) => MediaRef {
+                direct_path,
+                url: String::new(),
+                ..r.clone()
+            },
+            Err(MediaError::Expired(why)) => {
+                tracing::info!(message = %r.message_id, "media re-upload refused: {why}");
+                MediaRef {
+                    reupload_refused: true,
+                    ..r.clone()
                 }
             }
-            Err(e) => tracing::info!(message = %r.message_id, "media re-upload not done: {e}"),
+            Err(e) => {
+                tracing::info!(message = %r.message_id, "media re-upload not done: {e}");
+                return;
+            }
+        };
+        let done =
+            tokio::task::spawn_blocking(move || store.media_ref_update(&key, &updated)).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(message = %r.message_id, "recording a media re-upload's answer: {e}");
         }
     });
+    true
 }
 
 /// The webhook workers' source of inline media
@@ -560,6 +648,22 @@ mod tests {
         // A message id outside the API's alphabet is refused by the handler.
         let slash = format!("{}2f", &id);
         assert!(parse_graph_media_id(&slash).is_some_and(|(_, m)| check_message_id(&m).is_err()));
+    }
+
+    #[test]
+    fn one_reupload_in_flight_per_file_and_a_bound_on_all() {
+        let reuploads = Reuploads::default();
+        let first = reuploads.begin(b"a").unwrap().expect("asked");
+        assert!(reuploads.begin(b"a").unwrap().is_none(), "already asked");
+        drop(first);
+        let again = reuploads.begin(b"a").unwrap();
+        assert!(again.is_some(), "asked again once answered");
+        let held: Vec<_> = (1..MAX_REUPLOADS)
+            .map(|i| reuploads.begin(&i.to_be_bytes()).unwrap().unwrap())
+            .collect();
+        assert!(reuploads.begin(b"b").is_err(), "too many in flight");
+        drop(held);
+        assert!(reuploads.begin(b"b").unwrap().is_some());
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Shared {
     pub scope: TaskScope,
     /// The webhook outbox; `None` only in router tests without one.
     pub webhooks: Option<crate::webhook::Webhooks>,
+    /// Media re-upload requests waiting for the sender's phone.
+    pub reuploads: media::Reuploads,
     /// `serve --demo`: the embedded fake WhatsApp server.
     #[cfg(feature = "demo")]
     pub demo: Option<Arc<crate::demo::Demo>>,
@@ -94,6 +96,7 @@ impl AppState {
             config,
             scope,
             webhooks,
+            reuploads: media::Reuploads::default(),
             #[cfg(feature = "demo")]
             demo: None,
         }))

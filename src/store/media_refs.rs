@@ -58,6 +58,10 @@ pub struct MediaRef {
     pub caption: Option<String>,
     /// When whatsd received it (Unix ms): the retention counts from here.
     pub received_ms: i64,
+    /// The sender's phone answered a re-upload request that it cannot
+    /// upload the file again: once WhatsApp's copy is gone, it is gone.
+    #[serde(default)]
+    pub reupload_refused: bool,
 }
 
 impl std::fmt::Debug for MediaRef {
@@ -296,6 +300,7 @@ mod tests {
             file_name: Some("invoice \"1\".pdf".into()),
             caption: Some("the invoice".into()),
             received_ms,
+            reupload_refused: false,
         }
     }
 
@@ -313,6 +318,13 @@ mod tests {
         ));
         assert!(MediaRef::decode(&[]).is_err());
         assert!(MediaRef::decode(&[VERSION, b'{']).is_err());
+        // A ref written before re-upload refusals were kept reads as not refused.
+        let mut json: serde_json::Value = serde_json::from_slice(&bytes[1..]).unwrap();
+        assert_eq!(json["reupload_refused"], false);
+        json.as_object_mut().unwrap().remove("reupload_refused");
+        let mut older = vec![VERSION];
+        older.extend(serde_json::to_vec(&json).unwrap());
+        assert_eq!(MediaRef::decode(&older).unwrap(), r);
         // The media key never reaches a log.
         let debug = format!("{r:?}");
         assert!(!debug.contains("0707"), "{debug}");

@@ -180,7 +180,9 @@ impl Queries {
 
     /// Asks the sender's phone to upload `r` again (WhatsApp's media
     /// retry); the new direct path on success. Waits for the phone's
-    /// answer (the library bounds it).
+    /// answer (the library bounds it). [`MediaError::Expired`] when the
+    /// phone refused (it no longer has the file, or the request did not
+    /// open); [`MediaError::Unavailable`] when no answer came.
     pub async fn request_reupload(&self, r: &MediaRef) -> Result<String, MediaError> {
         use whatsapp_rust::{MediaRetryResult, MediaReuploadRequest};
         let chat: whatsapp_rust::Jid = r

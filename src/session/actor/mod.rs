@@ -294,6 +294,7 @@ fn media_refs(
                 file_name: d.file_name.clone(),
                 caption: d.caption.clone(),
                 received_ms: now_ms,
+                reupload_refused: false,
             };
             Some((key(prefix, &m.id), r))
         })

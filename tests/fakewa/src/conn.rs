@@ -1395,12 +1395,15 @@ impl Conn {
 
     async fn on_receipt(
         &mut self,
-        _cipher: &mut TransportCipher,
+        cipher: &mut TransportCipher,
         node: &Node,
     ) -> Result<(), ConnError> {
         let Some(key) = self.device_key().cloned() else {
             return Ok(());
         };
+        if attr(node, "type").as_deref() == Some("server-error") {
+            return self.on_server_error_receipt(cipher, &key, node).await;
+        }
         let mut ids: Vec<String> = attr(node, "id").into_iter().collect();
         if let Some(list) = node.get_optional_child("list") {
             ids.extend(
@@ -1428,6 +1431,51 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// A media re-upload request (`<receipt type="server-error"><rmr/>`):
+    /// acked, recorded with the receipts, and answered at once by the
+    /// sender's phone (`crate::media_retry`). It confirms no delivery: the
+    /// queue is left alone.
+    async fn on_server_error_receipt(
+        &mut self,
+        cipher: &mut TransportCipher,
+        key: &DeviceKey,
+        node: &Node,
+    ) -> Result<(), ConnError> {
+        let id = attr(node, "id").unwrap_or_default();
+        self.server.record_receipt(server::DeviceReceipt {
+            from_device_jid: format!("{}:{}@s.whatsapp.net", key.phone, key.device),
+            chat: attr(node, "to").unwrap_or_default(),
+            participant: attr(node, "participant"),
+            ids: vec![id.clone()],
+            kind: "server-error".into(),
+            received_at_ms: now_ms(),
+        });
+        let mut ack = NodeBuilder::new("ack")
+            .attr("class", "receipt")
+            .attr("id", id.clone())
+            .attr("type", "server-error");
+        if let Some(to) = attr(node, "to") {
+            ack = ack.attr("from", to);
+        }
+        self.send(cipher, &ack.build()).await?;
+        let server = self.server.clone();
+        let answer = server
+            .reuploads
+            .answer(&server.media, &key.phone, node, |phone| {
+                server.known_lid(phone)
+            });
+        match answer {
+            Some(notification) => {
+                tracing::info!(device = %key, %id, "media re-upload request answered");
+                self.send(cipher, &notification).await
+            }
+            None => {
+                tracing::debug!(device = %key, %id, "server-error receipt without <rmr> ignored");
+                Ok(())
+            }
+        }
     }
 
     /// A typing indicator the device sent: `<chatstate to><composing/>`
@@ -1670,7 +1718,7 @@ pub(crate) fn attr(node: &Node, key: &str) -> Option<String> {
     node.attrs.get(key).map(|v| v.as_str().into_owned())
 }
 
-fn child_bytes(node: &Node, tag: &str) -> Option<Vec<u8>> {
+pub(crate) fn child_bytes(node: &Node, tag: &str) -> Option<Vec<u8>> {
     match &node.get_optional_child(tag)?.content {
         Some(NodeContent::Bytes(b)) => Some(b.clone()),
         Some(NodeContent::String(s)) => Some(s.as_bytes().to_vec()),

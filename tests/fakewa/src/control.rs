@@ -40,6 +40,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/control/media/expire", post(media_expire))
         .route("/control/media/hold", post(media_hold).get(media_held))
         .route("/control/media/sent/{id}", get(media_sent))
+        .route(
+            "/control/media/reupload",
+            get(reupload_stats).post(reupload_answer),
+        )
         .route("/control/receipts-from-devices", get(receipts_from_devices))
         .route("/control/chatstates", get(chatstates))
         .route("/control/address-book", post(address_book))
@@ -389,6 +393,22 @@ async fn media_hold(State(s): State<Arc<Server>>, Body(req): Body<HoldReq>) -> R
 
 async fn media_held(State(s): State<Arc<Server>>) -> Response {
     Json(json!({"waiting": s.media.uploads_held()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReuploadReq {
+    answer: crate::media_retry::ReuploadAnswer,
+}
+
+/// How the contacts' phones answer re-upload requests from now on.
+async fn reupload_answer(State(s): State<Arc<Server>>, Body(req): Body<ReuploadReq>) -> Response {
+    s.reuploads.set_answer(req.answer);
+    Json(s.reuploads.stats()).into_response()
+}
+
+async fn reupload_stats(State(s): State<Arc<Server>>) -> Response {
+    Json(s.reuploads.stats()).into_response()
 }
 
 async fn media_sent(

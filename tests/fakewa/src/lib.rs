@@ -11,6 +11,7 @@ mod conn;
 pub mod control;
 pub mod control_client;
 pub mod media;
+pub mod media_retry;
 pub mod noise;
 pub mod peer;
 pub mod phone;

@@ -248,6 +248,8 @@ pub struct Server {
     next_msg_id: AtomicU64,
     /// The media CDN.
     pub media: Arc<MediaStore>,
+    /// The contacts' phones' copies of the media they sent, for re-uploads.
+    pub reuploads: crate::media_retry::Reuploads,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -296,6 +298,7 @@ impl Server {
                 config.media_max_upload,
                 config.media_store_limit,
             )?),
+            reuploads: crate::media_retry::Reuploads::new(config.media_store_limit),
             config,
         }))
     }
@@ -556,9 +559,10 @@ impl Server {
                 *last ^= 0x01;
             }
         }
+        let blob = axum::body::Bytes::from(blob);
         let direct_path = self
             .media
-            .store(media_type.mms_type(), blob.into())
+            .store(media_type.mms_type(), blob.clone())
             .map_err(|e| ControlError::Failed(format!("media store: {e:?}")))?;
         let url = self.media.url(&direct_path);
         let mimetype = req.mimetype.clone();
@@ -650,6 +654,15 @@ impl Server {
             }
         }
         let id = self.new_message_id();
+        // The sender's phone keeps the file: it can upload it again.
+        self.reuploads.keep(crate::media_retry::PhoneCopy {
+            message_id: id.clone(),
+            from_phone: req.from_phone.clone(),
+            to_phone: req.to_phone.clone(),
+            media_key: enc.media_key.to_vec(),
+            mms_type: media_type.mms_type(),
+            blob,
+        });
         self.queue_for_devices(
             &req.to_phone,
             QueuedMessage {
