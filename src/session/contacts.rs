@@ -41,7 +41,7 @@ pub struct Contact {
 }
 
 /// A stored row: a person, or where a phone number's person moved to.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "row", rename_all = "snake_case")]
 enum Row {
     Person(Contact),
@@ -151,68 +151,134 @@ fn merge(into: &mut Contact, from: &Contact) {
     }
 }
 
+/// How far a person's `last_seen_ms` may lag: a sighting that changes
+/// nothing else writes nothing within this (a chatty contact costs the
+/// store no write per message).
+pub const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
+
+/// What a sighting writes: the person at `home`, and at the phone's key a
+/// pointer to `home` when that is elsewhere.
+struct Plan {
+    home: Vec<u8>,
+    before: Option<Row>,
+    person: Contact,
+    pointer: Option<Vec<u8>>,
+    /// The phone's row already points at `home`.
+    pointer_in_place: bool,
+}
+
+impl Plan {
+    /// Writing it would change nothing a reader sees but a last seen time
+    /// within [`LAST_SEEN_GRANULARITY_MS`].
+    fn changes_little(&self) -> bool {
+        let Some(Row::Person(before)) = &self.before else {
+            return false;
+        };
+        let mut after = self.person.clone();
+        let lag = after.last_seen_ms - before.last_seen_ms;
+        if (0..LAST_SEEN_GRANULARITY_MS).contains(&lag) {
+            after.last_seen_ms = before.last_seen_ms;
+        }
+        after == *before && (self.pointer.is_none() || self.pointer_in_place)
+    }
+}
+
+/// Plans sighting `seen` over the rows `read` gives.
+fn plan<E>(
+    prefix: &[u8],
+    blinder: &Blinder,
+    seen: &Seen,
+    read: impl Fn(&[u8]) -> Result<Option<Row>, E>,
+) -> Result<Plan, E> {
+    let by_lid = seen.lid.as_deref().map(|l| key(prefix, blinder, "lid", l));
+    let by_phone = seen
+        .phone
+        .as_deref()
+        .map(|p| key(prefix, blinder, "phone", p));
+    let from_book = seen.name.is_some();
+    let sighting = Contact {
+        phone: seen.phone.clone(),
+        lid: seen.lid.clone(),
+        push_name: seen.push_name.clone(),
+        name: seen.name.clone(),
+        groups: seen.group.iter().cloned().collect(),
+        first_seen_ms: if from_book { 0 } else { seen.at_ms },
+        last_seen_ms: if from_book { 0 } else { seen.at_ms },
+        ..Contact::default()
+    };
+    let phone_row = match &by_phone {
+        Some(k) => read(k)?,
+        None => None,
+    };
+    // Where the person lives: the LID's entry when the LID is known; else
+    // wherever the phone's row says.
+    let home = match (&by_lid, &phone_row) {
+        (Some(k), _) => k.clone(),
+        (None, Some(Row::MergedInto { key })) => match crate::store::ids::unhex(key) {
+            Some(k) => k,
+            None => by_phone.clone().unwrap_or_default(),
+        },
+        (None, _) => by_phone.clone().unwrap_or_default(),
+    };
+    let before = read(&home)?;
+    let mut person = match &before {
+        Some(Row::Person(p)) => p.clone(),
+        _ => Contact::default(),
+    };
+    // A phone-only entry met its LID: it merges into the LID's.
+    if let (Some(_), Some(Row::Person(alone))) = (&by_lid, &phone_row) {
+        merge(&mut person, alone);
+    }
+    merge(&mut person, &sighting);
+    // Someone known only from the address book was "seen" when the phone
+    // synced them.
+    if person.first_seen_ms == 0 {
+        person.first_seen_ms = seen.at_ms;
+    }
+    if person.last_seen_ms == 0 {
+        person.last_seen_ms = seen.at_ms;
+    }
+    let pointer = by_phone.filter(|k| *k != home);
+    let pointer_in_place = matches!(
+        &phone_row,
+        Some(Row::MergedInto { key }) if crate::store::ids::unhex(key).as_deref() == Some(home.as_slice())
+    );
+    Ok(Plan {
+        home,
+        before,
+        person,
+        pointer,
+        pointer_in_place,
+    })
+}
+
 /// Notes sightings in the directory under `prefix`, each in one
-/// transaction (not flushed: the next group commit writes it).
+/// transaction (not flushed: the next group commit writes it). A sighting
+/// that would change nothing but a last seen time within
+/// [`LAST_SEEN_GRANULARITY_MS`] is not written.
 pub fn note(store: &Store, prefix: &[u8], seen: &[Seen]) -> Result<(), StoreError> {
     let blinder = store.blinder();
     for seen in seen {
         if seen.phone.is_none() && seen.lid.is_none() {
             continue;
         }
-        let by_lid = seen.lid.as_deref().map(|l| key(prefix, blinder, "lid", l));
-        let by_phone = seen
-            .phone
-            .as_deref()
-            .map(|p| key(prefix, blinder, "phone", p));
-        let from_book = seen.name.is_some();
-        let sighting = Contact {
-            phone: seen.phone.clone(),
-            lid: seen.lid.clone(),
-            push_name: seen.push_name.clone(),
-            name: seen.name.clone(),
-            groups: seen.group.iter().cloned().collect(),
-            first_seen_ms: if from_book { 0 } else { seen.at_ms },
-            last_seen_ms: if from_book { 0 } else { seen.at_ms },
-            ..Contact::default()
-        };
+        // A plain read first: most sightings are of someone known.
+        let known = plan(prefix, blinder, seen, |k| {
+            Ok::<_, StoreError>(
+                store
+                    .contacts_get(k)?
+                    .and_then(|bytes| serde_json::from_slice::<Row>(&bytes).ok()),
+            )
+        })?;
+        if known.changes_little() {
+            continue;
+        }
         store.contacts_update(|tx| {
-            let phone_row = match &by_phone {
-                Some(k) => read(tx, k)?,
-                None => None,
-            };
-            // Where the person lives: the LID's entry when the LID is
-            // known; else wherever the phone's row says.
-            let home = match (&by_lid, &phone_row) {
-                (Some(k), _) => k.clone(),
-                (None, Some(Row::MergedInto { key })) => match crate::store::ids::unhex(key) {
-                    Some(k) => k,
-                    None => by_phone.clone().unwrap_or_default(),
-                },
-                (None, _) => by_phone.clone().unwrap_or_default(),
-            };
-            let mut person = match read(tx, &home)? {
-                Some(Row::Person(p)) => p,
-                _ => Contact::default(),
-            };
-            // A phone-only entry met its LID: it merges into the LID's.
-            if let (Some(_), Some(Row::Person(alone))) = (&by_lid, &phone_row) {
-                merge(&mut person, alone);
-            }
-            merge(&mut person, &sighting);
-            // Someone known only from the address book was "seen" when the
-            // phone synced them.
-            if person.first_seen_ms == 0 {
-                person.first_seen_ms = seen.at_ms;
-            }
-            if person.last_seen_ms == 0 {
-                person.last_seen_ms = seen.at_ms;
-            }
-            write(tx, &home, &Row::Person(person))?;
-            if let Some(k) = &by_phone
-                && *k != home
-            {
+            let plan = plan(prefix, blinder, seen, |k| read(tx, k))?;
+            write(tx, &plan.home, &Row::Person(plan.person))?;
+            if let Some(k) = &plan.pointer {
                 let pointer = Row::MergedInto {
-                    key: crate::store::ids::hex(&home),
+                    key: crate::store::ids::hex(&plan.home),
                 };
                 write(tx, k, &pointer)?;
             }
@@ -371,10 +437,24 @@ mod tests {
         assert_eq!(ada.groups, vec!["g@g.us".to_string()]);
         assert_eq!((ada.first_seen_ms, ada.last_seen_ms), (10, 30));
         // Seen by phone alone later: the same entry, not a new one.
-        note(&store, &prefix, &[phone("15550001", 40)]).unwrap();
+        let later = 30 + LAST_SEEN_GRANULARITY_MS;
+        note(&store, &prefix, &[phone("15550001", later)]).unwrap();
         let again = all(&store, &prefix);
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0].last_seen_ms, 40);
+        assert_eq!(again[0].last_seen_ms, later);
+        // Seen again within the granularity: nothing is written, unless
+        // something else changed (here the push name).
+        note(&store, &prefix, &[phone("15550001", later + 1_000)]).unwrap();
+        assert_eq!(all(&store, &prefix)[0].last_seen_ms, later);
+        note(
+            &store,
+            &prefix,
+            &[Seen::sender("15550001", "", "Ada B", None, later + 2_000)],
+        )
+        .unwrap();
+        let renamed = all(&store, &prefix);
+        assert_eq!(renamed[0].push_name.as_deref(), Some("Ada B"));
+        assert_eq!(renamed[0].last_seen_ms, later + 2_000);
         // Another session's directory is apart.
         assert!(all(&store, &[2u8; 32]).is_empty());
     }
