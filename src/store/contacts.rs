@@ -72,14 +72,7 @@ impl Store {
 
     /// One row, opened (outside a transaction: what is committed now).
     pub fn contacts_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = self.tree(CONTACTS_TREE)?;
-        let sealed = {
-            let _gate = sled_gate();
-            tree.get(key)?
-        };
-        sealed
-            .map(|s| self.open_sealed(CONTACTS_TREE, key, &s, OWNER, WHAT))
-            .transpose()
+        self.get_sealed(CONTACTS_TREE, key, OWNER, WHAT)
     }
 
     /// Up to `limit` rows under `prefix` after key `after` (exclusive), in

@@ -248,14 +248,7 @@ impl Store {
 
     /// A Graph upload's record.
     pub fn media_upload(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = self.tree(UPLOADS_TREE)?;
-        let sealed = {
-            let _gate = sled_gate();
-            tree.get(key)?
-        };
-        sealed
-            .map(|s| self.open_sealed(UPLOADS_TREE, key, &s, "<media>", "media upload record"))
-            .transpose()
+        self.get_sealed(UPLOADS_TREE, key, "<media>", "media upload record")
     }
 
     /// The Graph uploads under `prefix`.

@@ -209,13 +209,8 @@ impl Store {
 
     /// The ref stored under `key`.
     pub fn media_ref(&self, key: &[u8]) -> Result<Option<MediaRef>, StoreError> {
-        let tree = self.tree(MEDIA_REFS_TREE)?;
-        let sealed = {
-            let _gate = sled_gate();
-            tree.get(key)?
-        };
-        sealed
-            .map(|s| MediaRef::decode(&self.open_sealed(MEDIA_REFS_TREE, key, &s, OWNER, WHAT)?))
+        self.get_sealed(MEDIA_REFS_TREE, key, OWNER, WHAT)?
+            .map(|opened| MediaRef::decode(&opened))
             .transpose()
     }
 

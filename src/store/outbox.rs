@@ -92,6 +92,25 @@ impl Store {
             })
     }
 
+    /// The value under `key` in `tree`, read through the gate and opened
+    /// (see [`Store::open_sealed`]).
+    pub(super) fn get_sealed(
+        &self,
+        tree: &str,
+        key: &[u8],
+        owner: &str,
+        what: &'static str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let handle = self.tree(tree)?;
+        let sealed = {
+            let _gate = sled_gate();
+            handle.get(key)?
+        };
+        sealed
+            .map(|s| self.open_sealed(tree, key, &s, owner, what))
+            .transpose()
+    }
+
     /// Opens scanned `(key, sealed)` pairs of `tree` (see [`Store::open_sealed`]).
     pub(super) fn open_scanned(
         &self,

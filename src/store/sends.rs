@@ -159,14 +159,7 @@ impl Store {
 
     /// A send's status record.
     pub fn send_status(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = self.tree(STATUS_TREE)?;
-        let sealed = {
-            let _gate = sled_gate();
-            tree.get(key)?
-        };
-        sealed
-            .map(|s| self.send_open(STATUS_TREE, key, &s))
-            .transpose()
+        self.get_sealed(STATUS_TREE, key, OUTBOUND, QUEUE_VALUE)
     }
 
     /// Writes a send's status record (a receipt's news). Committed by the
@@ -181,27 +174,13 @@ impl Store {
 
     /// What an idempotency key was used for.
     pub fn send_idempotency(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = self.tree(IDEMPOTENCY_TREE)?;
-        let sealed = {
-            let _gate = sled_gate();
-            tree.get(key)?
-        };
-        sealed
-            .map(|s| self.send_open(IDEMPOTENCY_TREE, key, &s))
-            .transpose()
+        self.get_sealed(IDEMPOTENCY_TREE, key, OUTBOUND, QUEUE_VALUE)
     }
 
     /// A rate-limit value (a session's or tenant's limits, a session's
     /// bucket state).
     pub fn send_limits(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = self.tree(LIMITS_TREE)?;
-        let sealed = {
-            let _gate = sled_gate();
-            tree.get(key)?
-        };
-        sealed
-            .map(|s| self.send_open(LIMITS_TREE, key, &s))
-            .transpose()
+        self.get_sealed(LIMITS_TREE, key, OUTBOUND, QUEUE_VALUE)
     }
 
     /// Writes (or with `None` removes) a rate-limit value; durable on
