@@ -6,14 +6,13 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use whatsapp_rust::Jid;
 use whatsapp_rust::buffa::MessageField;
 use whatsapp_rust::wacore::download::{DownloadUtils, MediaType};
 use whatsapp_rust::wacore::upload::{EncryptedMediaInfo, MediaEncryptor, UploadSource};
 use whatsapp_rust::waproto::whatsapp as wa;
-use whatsapp_rust::{Client, Jid};
 
 use super::{Connection, WaError, parse_recipient};
 use crate::session::outbound::{BlobMeta, MediaKind, QueuedMedia};
@@ -135,7 +134,7 @@ pub enum ChatState {
 }
 
 /// What a queued send becomes on the wire (owned: it is sent from a task
-/// of its own, see [`Sender`]).
+/// of its own, through [`Queries`](super::Queries)).
 pub struct WireSend {
     pub to: String,
     pub id: String,
@@ -178,11 +177,6 @@ impl SendGate {
     }
 }
 
-/// Sends queued messages from a task of their own, so an upload of many
-/// megabytes never holds up the session's loop.
-#[derive(Clone)]
-pub struct Sender(Arc<Client>);
-
 /// The key of message `id` in `chat`, for a reaction.
 pub fn message_key(
     chat: &str,
@@ -198,7 +192,7 @@ pub fn message_key(
     }
 }
 
-impl Sender {
+impl super::Queries {
     /// Sends a queued message as message `id` (reused on a retry): a
     /// text, a media message (uploaded first, from its stored blob) or a
     /// reaction; with a quote when given.
@@ -355,11 +349,6 @@ impl Sender {
 }
 
 impl Connection {
-    /// A handle that sends queued messages from another task.
-    pub fn sender(&self) -> Sender {
-        Sender(self.client().clone())
-    }
-
     /// Marks messages `ids` of `chat` read (`sender`: their author in a group).
     pub async fn mark_read(
         &self,

@@ -23,8 +23,8 @@ pub use runtime::live_library_tasks;
 use crate::session::Identity;
 
 /// Runs queries to WhatsApp for one client from any task (groups in
-/// [`groups`], numbers in [`contacts`]): a query must not hold up the
-/// session's own loop.
+/// [`groups`], numbers in [`contacts`], media in [`media`], queued sends
+/// in [`media_out`]): a query must not hold up the session's own loop.
 pub struct Queries(std::sync::Arc<whatsapp_rust::Client>);
 
 /// How clients reach WhatsApp.

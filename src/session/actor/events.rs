@@ -362,7 +362,7 @@ impl Actor {
             if let Some(flight) = self.in_flight.as_mut()
                 && flight.id() == id
             {
-                flight.early_acks.push((receipt.status, ack));
+                flight.early_acks.push(ack);
                 continue;
             }
             self.note_receipt(&id, receipt.status);

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinError;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Actor, SEND_TIMEOUT};
 use crate::session::SupervisorError;
@@ -31,22 +32,16 @@ pub(super) struct InFlight {
     item: QueuedSend,
     pacing: bool,
     gate: Arc<SendGate>,
-    /// Receipts for it that came before its result.
-    pub(super) early_acks: Vec<(AckStatus, EventKind)>,
-    /// `None`: stopped by the daemon's shutdown.
-    pub(super) task: JoinHandle<Option<Result<(), String>>>,
+    /// Receipts for it (`message.ack`) that came before its result.
+    pub(super) early_acks: Vec<EventKind>,
+    /// `None`: stopped by the daemon's shutdown. Dropped, it stops the
+    /// send (a stop, a cancel, or the session's loop gone).
+    pub(super) task: AbortOnDropHandle<Option<Result<(), String>>>,
 }
 
 impl InFlight {
     pub(super) fn id(&self) -> &str {
         &self.item.id
-    }
-}
-
-impl Drop for InFlight {
-    /// A send whose session's loop is gone (stopped, deleted) stops too.
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -239,7 +234,7 @@ impl Actor {
             if !flight.gate.cancel() {
                 return Ok(Some(status));
             }
-            self.in_flight = None; // Its drop stops the task.
+            self.in_flight = None; // Dropping its task stops it.
             self.drain_at = Some(Instant::now());
         }
         let queued = self.shared.store.send_queue(&prefix)?;
@@ -360,9 +355,9 @@ impl Actor {
         // The send runs in a task of its own (an upload can take minutes);
         // its result comes back to the loop (`on_sent`). One at a time: the
         // queue's order is the order on the wire.
-        let sender = conn.sender();
+        let sender = conn.queries();
         let gate = Arc::new(SendGate::default());
-        let task = self.scope.spawn_until_cancelled({
+        let task = AbortOnDropHandle::new(self.scope.spawn_until_cancelled({
             let gate = gate.clone();
             async move {
                 match tokio::time::timeout(timeout, sender.send_wire(wire, &gate)).await {
@@ -371,7 +366,7 @@ impl Actor {
                     Err(_) => Err("sending took too long".to_string()),
                 }
             }
-        });
+        }));
         self.in_flight = Some(InFlight {
             prefix,
             queue_key: head.key,
@@ -386,16 +381,17 @@ impl Actor {
     /// A send in flight is over: records it sent, or counts the failed
     /// attempt (failed for good after [`MAX_ATTEMPTS`]).
     pub(super) async fn on_sent(&mut self, sent: Result<Option<Result<(), String>>, JoinError>) {
-        let Some(mut flight) = self.in_flight.take() else {
+        let Some(InFlight {
+            prefix,
+            queue_key,
+            mut item,
+            pacing,
+            early_acks,
+            ..
+        }) = self.in_flight.take()
+        else {
             return;
         };
-        let (prefix, queue_key, pacing) = (
-            std::mem::take(&mut flight.prefix),
-            std::mem::take(&mut flight.queue_key),
-            flight.pacing,
-        );
-        let mut item = flight.item.clone();
-        let early_acks = std::mem::take(&mut flight.early_acks);
         let sent = match sent {
             Ok(Some(sent)) => Ok(sent),
             Ok(None) => return, // The daemon stops; the send stays queued.
@@ -469,9 +465,9 @@ impl Actor {
                 }
             }
         }
-        for (status, ack) in early_acks {
-            if let EventKind::MessageAck { id, .. } = &ack {
-                self.note_receipt(id, status);
+        for ack in early_acks {
+            if let EventKind::MessageAck { id, status, .. } = &ack {
+                self.note_receipt(id, *status);
             }
             self.emit(ack);
         }
@@ -481,7 +477,7 @@ impl Actor {
     /// stops): it stays queued, and goes again, with the same id, when the
     /// session is connected again.
     pub(super) fn abandon_send(&mut self) {
-        self.in_flight = None; // Its drop stops the task.
+        self.in_flight = None; // Dropping its task stops it.
     }
 
     async fn dequeue(
