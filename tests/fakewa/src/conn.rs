@@ -1401,9 +1401,6 @@ impl Conn {
         let Some(key) = self.device_key().cloned() else {
             return Ok(());
         };
-        if attr(node, "type").as_deref() == Some("server-error") {
-            return self.on_server_error_receipt(cipher, &key, node).await;
-        }
         let mut ids: Vec<String> = attr(node, "id").into_iter().collect();
         if let Some(list) = node.get_optional_child("list") {
             ids.extend(
@@ -1419,6 +1416,9 @@ impl Conn {
             kind: attr(node, "type").unwrap_or_else(|| "delivery".into()),
             received_at_ms: now_ms(),
         });
+        if attr(node, "type").as_deref() == Some("server-error") {
+            return self.on_server_error_receipt(cipher, &key, node).await;
+        }
         if attr(node, "type").as_deref() == Some("retry") {
             tracing::warn!(device = %key, ?ids, "client could not decrypt a message (retry receipt)");
         }
@@ -1433,10 +1433,10 @@ impl Conn {
         Ok(())
     }
 
-    /// A media re-upload request (`<receipt type="server-error"><rmr/>`):
-    /// acked, recorded with the receipts, and answered at once by the
-    /// sender's phone (`crate::media_retry`). It confirms no delivery: the
-    /// queue is left alone.
+    /// A media re-upload request (`<receipt type="server-error"><rmr/>`,
+    /// recorded with the receipts by the caller): acked, and answered at
+    /// once by the sender's phone (`crate::media_retry`). It confirms no
+    /// delivery: the queue is left alone.
     async fn on_server_error_receipt(
         &mut self,
         cipher: &mut TransportCipher,
@@ -1444,14 +1444,6 @@ impl Conn {
         node: &Node,
     ) -> Result<(), ConnError> {
         let id = attr(node, "id").unwrap_or_default();
-        self.server.record_receipt(server::DeviceReceipt {
-            from_device_jid: format!("{}:{}@s.whatsapp.net", key.phone, key.device),
-            chat: attr(node, "to").unwrap_or_default(),
-            participant: attr(node, "participant"),
-            ids: vec![id.clone()],
-            kind: "server-error".into(),
-            received_at_ms: now_ms(),
-        });
         let mut ack = NodeBuilder::new("ack")
             .attr("class", "receipt")
             .attr("id", id.clone())
