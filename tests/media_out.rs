@@ -790,15 +790,10 @@ async fn uploads_waiting(fake: &fakewa::FakeWa, n: u64) {
 }
 
 async fn hold_uploads(fake: &fakewa::FakeWa, hold: bool) {
-    let held = request(
+    let held = common::control(
         fake.control_addr(),
-        "POST",
         "/control/media/hold",
-        None,
-        Some((
-            "application/json",
-            json!({ "hold": hold }).to_string().into_bytes(),
-        )),
+        json!({ "hold": hold }),
     )
     .await;
     assert_eq!(held.status, 200, "{}", held.text());
