@@ -13,8 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    ADMIN, Daemon, Options, Response, control, create_tenant, pair, put_webhook, request, wait_for,
-    webhook_receiver,
+    ADMIN, Daemon, Options, Response, control, control_until, create_tenant, pair, put_webhook,
+    request, wait_for, webhook_receiver,
 };
 use serde_json::{Value, json};
 
@@ -456,19 +456,15 @@ async fn expired_media_is_uploaded_again_by_the_senders_phone() {
     let gone = daemon.get(&lost_path, Some(&token)).await;
     assert_eq!(gone.status, 410, "{}", gone.text());
     assert_eq!(gone.error_code(), "media_expired");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let counts = reuploads(&fake).await;
-        if counts["refused"] == 1 {
-            assert_eq!(counts["requests"], 2, "{counts}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the phone was never asked: {counts}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The phone was asked (and refused).
+    let counts = control_until(
+        fake.control_addr(),
+        "/control/media/reupload",
+        Duration::from_secs(20),
+        |c| c["refused"] == 1,
+    )
+    .await;
+    assert_eq!(counts["requests"], 2, "{counts}");
     // whatsd records the refusal: the 410 says so, and the phone is not
     // asked again.
     let refused = poll_media(&daemon, &token, &lost_path, |r| {

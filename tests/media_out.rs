@@ -314,22 +314,8 @@ async fn sent_bytes(fake: &fakewa::FakeWa, id: &str) -> Vec<u8> {
     got.body
 }
 
-/// Waits (bounded) for `path` of fakewa's control API to hold what `pick` finds.
-async fn control_until(fake: &fakewa::FakeWa, path: &str, pick: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = control_get(fake, path).await;
-        if got.status == 200 && pick(&got.json()) {
-            return got.json();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path}: {}",
-            got.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How long a test waits for fakewa's control API to show something.
+const CONTROL_WAIT: Duration = Duration::from_secs(30);
 
 fn queued_id(response: &common::Response) -> String {
     assert_eq!(response.status, 202, "{}", response.text());
@@ -527,9 +513,10 @@ async fn each_media_type_arrives_byte_exact_with_its_fields() {
         .await;
     assert_eq!(read.status, 200, "{}", read.text());
     assert_eq!(read.json()["message_ids"], json!([hello_id]));
-    control_until(
-        &fake,
+    common::control_until(
+        fake.control_addr(),
         &format!("/control/receipts-from-devices?phone={PHONE}"),
+        CONTROL_WAIT,
         |v| {
             v["receipts"].as_array().is_some_and(|r| {
                 r.iter().any(|r| {
@@ -576,14 +563,19 @@ async fn each_media_type_arrives_byte_exact_with_its_fields() {
             )
             .await;
         assert_eq!(shown.status, 204, "{}", shown.text());
-        control_until(&fake, &format!("/control/chatstates?phone={PHONE}"), |v| {
-            v["chatstates"].as_array().is_some_and(|c| {
-                c.iter().any(|c| {
-                    c["state"] == wire
-                        && c["chat"].as_str().is_some_and(|chat| chat.starts_with(ADA))
+        common::control_until(
+            fake.control_addr(),
+            &format!("/control/chatstates?phone={PHONE}"),
+            CONTROL_WAIT,
+            |v| {
+                v["chatstates"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["state"] == wire
+                            && c["chat"].as_str().is_some_and(|chat| chat.starts_with(ADA))
+                    })
                 })
-            })
-        })
+            },
+        )
         .await;
     }
     let bad = daemon
@@ -786,7 +778,13 @@ async fn a_queued_media_send_survives_kill_9() {
 
 /// Polls fakewa until `n` uploads wait on its hold.
 async fn uploads_waiting(fake: &fakewa::FakeWa, n: u64) {
-    control_until(fake, "/control/media/hold", |v| v["waiting"] == n).await;
+    common::control_until(
+        fake.control_addr(),
+        "/control/media/hold",
+        CONTROL_WAIT,
+        |v| v["waiting"] == n,
+    )
+    .await;
 }
 
 async fn hold_uploads(fake: &fakewa::FakeWa, hold: bool) {

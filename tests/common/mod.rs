@@ -463,6 +463,29 @@ pub async fn control(addr: SocketAddr, path: &str, body: Value) -> Response {
     .await
 }
 
+/// Waits (up to `within`) until `GET path` of fakewa's control API at
+/// `addr` answers 200 with what `pick` accepts; returns that answer.
+pub async fn control_until(
+    addr: SocketAddr,
+    path: &str,
+    within: Duration,
+    pick: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = request(addr, "GET", path, None, None).await;
+        if got.status == 200 && pick(&got.json()) {
+            return got.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path}: {}",
+            got.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Pairs session `id` with `phone` through the API only (create, start,
 /// QR from the socket, fakewa scans) and waits for `connected`.
 pub async fn pair(
