@@ -28,3 +28,9 @@ pub mod wa;
 pub mod webhook;
 
 pub use daemon::{ConfigWatch, Options, RunError, run, run_with};
+
+/// Locks `m`, taking a lock poisoned by a panic elsewhere as it is (a
+/// panicking task must not take every later caller down with it).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -34,6 +34,7 @@ use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::{ErrorBody, SessionMessagePath};
 use super::sessions::visible_session;
+use crate::lock;
 use crate::session::outbound;
 use crate::store::ids::hex;
 use crate::store::media_refs::{self, MediaRef};
@@ -377,10 +378,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         lock(&self.set).remove(&self.key);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Asks the sender's phone to upload the file again, in the background

@@ -2,7 +2,7 @@
 //! reload, the health sweep, and graceful shutdown.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -16,6 +16,7 @@ use super::{
     EventSink, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError, now_ms,
     valid_session_id,
 };
+use crate::lock;
 use crate::proto::v1::SessionRecord;
 use crate::store::Store;
 use crate::task::TaskScope;
@@ -44,10 +45,6 @@ struct Inner {
     scope: TaskScope,
     /// Serializes creates, so a tenant's quota is counted exactly.
     creating: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Supervisor {

@@ -28,7 +28,7 @@ pub mod target;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -42,6 +42,7 @@ pub use outbox::EndpointStats;
 pub use payload::{Me, WebhookEvent};
 pub use queue::{DeadLetter, Pending};
 
+use crate::lock;
 pub(crate) use crate::session::now_ms;
 use crate::store::{Store, StoreError};
 use crate::task::TaskScope;
@@ -155,10 +156,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.scope.cancel();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Webhooks {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::pending;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
@@ -21,6 +21,7 @@ use super::{
     EventSink, Owner, PairCodeIssued, SessionConfig, SessionInfo, SupervisorError,
     TRANSITIONS_KEPT, now_ms,
 };
+use crate::lock;
 use crate::proto::v1::{SessionRecord, Transition};
 use crate::store::Store;
 use crate::task::TaskScope;
@@ -299,10 +300,6 @@ fn media_refs(
             Some((key(prefix, &m.id), r))
         })
         .collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long a restored session may hold a start permit before others get a turn.
