@@ -17,7 +17,11 @@
 //!   own.
 //!
 //! Printed per case: the bytes of live rows written, and what the
-//! databases' directories take on disk at the end.
+//! databases' directories take on disk at the end (allocated blocks, as
+//! `du` and the soak count them); the load average before and after.
+
+mod stats;
+use stats::{disk_bytes, loadavg};
 
 use std::path::Path;
 use std::time::Instant;
@@ -36,20 +40,6 @@ enum Growth {
     Random,
     InOrder,
     OwnDb,
-}
-
-fn disk(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|dir| {
-            dir.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => disk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn open(path: &Path) -> sled::Db {
@@ -112,8 +102,8 @@ fn run(name: &str, growth: Growth, steps: u64) {
     own.flush().expect("flush");
     let live = (TREES as u64 * STABLE_ROWS as u64 * VALUE as u64) + grown;
     let (main, second) = (
-        disk(&dir.path().join("db")),
-        disk(&dir.path().join("growth")),
+        disk_bytes(&dir.path().join("db")),
+        disk_bytes(&dir.path().join("growth")),
     );
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
@@ -131,6 +121,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
+    println!("load average {}", loadavg());
     println!(
         "{:<36} {:>7} {:>9} {:>9} {:>9} {:>8} {:>6}",
         "case", "steps", "live MiB", "db MiB", "2nd MiB", "disk/live", "secs"
@@ -139,4 +130,5 @@ fn main() {
     run("hot + growing tree", Growth::Random, steps);
     run("hot + growing tree, keys in order", Growth::InOrder, steps);
     run("hot + growing tree in a 2nd db", Growth::OwnDb, steps);
+    println!("load average {}", loadavg());
 }

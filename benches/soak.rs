@@ -41,7 +41,7 @@
 mod common;
 
 mod stats;
-use stats::loadavg;
+use stats::{disk_bytes, loadavg};
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -678,22 +678,6 @@ fn proc_status(pid: u32, field: &str) -> Option<f64> {
 
 fn open_fds(pid: u32) -> Option<f64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as f64)
-}
-
-/// Bytes the files under `dir` occupy on disk (`du`: allocated blocks).
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_bytes(&e.path()) + m.blocks() * 512,
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 async fn sample(soak: &Soak, pid: Option<u32>, data_dir: &Path, minute: f64) -> Sample {

@@ -12,6 +12,22 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Bytes the files under `dir` occupy on disk (`du`: allocated blocks).
+pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()) + m.blocks() * 512,
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` writes them.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
