@@ -583,11 +583,15 @@ struct Sample {
     out_at_fakewa: usize,
     /// Live key and value bytes in the store, all trees.
     live_mib: f64,
+    /// On disk (blocks, as `du`): the state database (`db`) and the
+    /// history database (`history`), see `src/store/dbs.rs`.
+    state_disk_mib: f64,
+    history_disk_mib: f64,
     /// Tree → (live entries, live bytes), from `whatsd_store_tree_*`.
     trees: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
-const CSV_HEADER: &str = "minute,rss_mib,fds,threads,library_tasks,outbox_depth,store_mib,disk_mib,connected,in_sent,in_received,out_accepted,out_at_fakewa,live_mib";
+const CSV_HEADER: &str = "minute,rss_mib,fds,threads,library_tasks,outbox_depth,store_mib,disk_mib,connected,in_sent,in_received,out_accepted,out_at_fakewa,live_mib,state_disk_mib,history_disk_mib";
 const TREES_CSV_HEADER: &str = "minute,tree,entries,bytes";
 
 impl Sample {
@@ -617,7 +621,10 @@ impl Sample {
             .map(|(v, decimals)| format!("{v:.decimals$}"))
             .collect::<Vec<_>>()
             .join(",");
-        row.push_str(&format!(",{:.1}", self.live_mib));
+        row.push_str(&format!(
+            ",{:.1},{:.1},{:.1}",
+            self.live_mib, self.state_disk_mib, self.history_disk_mib
+        ));
         row
     }
 
@@ -645,8 +652,8 @@ impl Sample {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "       live {:.1} MiB (entries/MiB): {listed}",
-            self.live_mib
+            "       disk: state db {:.1} MiB, history db {:.1} MiB; live {:.1} MiB (entries/MiB): {listed}",
+            self.state_disk_mib, self.history_disk_mib, self.live_mib
         )
     }
 
@@ -663,6 +670,33 @@ impl Sample {
 }
 
 const TABLE_HEADER: &str = "minute  RSS MiB   fds thrd libtsk  outbox store MiB disk MiB conn.  in sent  in rcvd out acc out@fwa";
+
+/// Whether a tree of `whatsd_store_tree_*` lives in the history database
+/// (src/store/dbs.rs; device rows by kind: message secrets and sent-message
+/// copies).
+fn history_tree(tree: &str) -> bool {
+    matches!(
+        tree,
+        "send_queue"
+            | "send_status"
+            | "send_idempotency"
+            | "contacts"
+            | "media_refs"
+            | "device/msg_secret"
+            | "device/sent_message"
+    )
+}
+
+/// Live MiB of the trees of one database (history or state).
+fn live_mib_in(sample: &Sample, history: bool) -> f64 {
+    sample
+        .trees
+        .iter()
+        .filter(|(tree, _)| history_tree(tree) == history)
+        .map(|(_, (_, bytes))| bytes)
+        .sum::<f64>()
+        / 1048576.0
+}
 
 /// A number from `/proc/<pid>/status`.
 fn proc_status(pid: u32, field: &str) -> Option<f64> {
@@ -734,6 +768,8 @@ async fn sample(soak: &Soak, pid: Option<u32>, data_dir: &Path, minute: f64) -> 
         out_accepted: lock(&soak.sends).len(),
         out_at_fakewa,
         live_mib,
+        state_disk_mib: disk_bytes(&data_dir.join("db")) as f64 / 1048576.0,
+        history_disk_mib: disk_bytes(&data_dir.join("history")) as f64 / 1048576.0,
         trees,
     }
 }
@@ -1043,6 +1079,18 @@ async fn run(knobs: Knobs) -> usize {
             "live store slope {:+.1} MiB/h (disk {:+.1} MiB/h: the rest is space sled has not reclaimed)",
             per_hour(|s| s.live_mib),
             per_hour(|s| s.disk_mib)
+        );
+        println!(
+            "state database: disk {:.1} → {:.1} MiB, slope {:+.1} MiB/h (live {:+.2} MiB/h); \
+             history database: disk {:.1} → {:.1} MiB, slope {:+.1} MiB/h (live {:+.2} MiB/h)",
+            first.state_disk_mib,
+            last.state_disk_mib,
+            per_hour(|s| s.state_disk_mib),
+            per_hour(|s| live_mib_in(s, false)),
+            first.history_disk_mib,
+            last.history_disk_mib,
+            per_hour(|s| s.history_disk_mib),
+            per_hour(|s| live_mib_in(s, true)),
         );
     }
     println!("load average at end: {}", loadavg());

@@ -46,7 +46,7 @@ use sled::{Event, IVec};
 
 use super::crypto::{MasterKey, Sealer};
 use super::error::StoreError;
-use super::{KEY_CHECK, META_TREE, SLED_DEFAULT_TREE, Store, VERIFIER, open_db, store_exists};
+use super::{Dbs, KEY_CHECK, META_TREE, Store, VERIFIER, store_exists};
 
 const MAGIC: &[u8] = b"WHATSD-BACKUP\0";
 const VERSION: u32 = 1;
@@ -77,12 +77,12 @@ impl Store {
     /// gate only chunk by chunk, but blocks for the whole copy: call it from
     /// a blocking thread.
     pub fn backup(&self) -> Result<Vec<u8>, StoreError> {
-        export(&self.inner.db)
+        export(&self.inner.dbs)
     }
 
     /// The database's size on disk (sled's estimate), in bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        self.inner.dbs.size_on_disk()
     }
 }
 
@@ -95,16 +95,16 @@ pub fn backup_offline(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
         )));
     }
     let lock = super::migrate::prepare(data_dir)?;
-    let db = open_db(data_dir)?;
+    let dbs = Dbs::open(data_dir)?;
     drop(lock);
-    if super::migrate::format(&db)? == super::migrate::Format::Plain {
+    if super::migrate::format(&dbs.state)? == super::migrate::Format::Plain {
         return Err(StoreError::Invalid(format!(
             "the store in {} is in format 1 (ids in plain text in its keys); \
              start whatsd once to convert it, then take the backup",
             data_dir.display()
         )));
     }
-    export(&db)
+    export(&dbs)
 }
 
 /// Whether opening failed because another process (a running daemon)
@@ -157,6 +157,8 @@ fn was_dropped(drops: &DropSet, name: &[u8]) -> bool {
 /// One tree as copied so far.
 struct Copy {
     name: IVec,
+    /// The database that holds it.
+    db: sled::Db,
     tree: sled::Tree,
     /// In key order, as copied (a later chunk starts after the last key).
     entries: Vec<(IVec, IVec)>,
@@ -266,20 +268,20 @@ fn copy_whole(tree: &sled::Tree) -> Result<Vec<(IVec, IVec)>, StoreError> {
         .collect()
 }
 
-fn export(db: &sled::Db) -> Result<Vec<u8>, StoreError> {
+/// Both databases in one point in time: the gate covers them both, and
+/// tree names are unique across them (see [`super::dbs`]).
+fn export(dbs: &Dbs) -> Result<Vec<u8>, StoreError> {
     let drops = watch_drops();
     let (mut copies, subscribers) = {
         let _gate = super::sled_gate();
         let mut copies = Vec::new();
         let mut subscribers = Vec::new();
-        for name in db.tree_names() {
-            if name == SLED_DEFAULT_TREE {
-                continue;
-            }
+        for (name, db) in dbs.trees() {
             let tree = db.open_tree(&name)?;
             subscribers.push(tree.watch_prefix(Vec::new()));
             copies.push(Copy {
                 name,
+                db: db.clone(),
                 tree,
                 entries: Vec::new(),
                 written: HashMap::new(),
@@ -304,21 +306,20 @@ fn export(db: &sled::Db) -> Result<Vec<u8>, StoreError> {
         let events = drain.finish()?;
         let dropped = drops.lock().map_err(|_| StoreError::Poisoned)?.clone();
         let known: HashSet<IVec> = copies.iter().map(|c| c.name.clone()).collect();
-        let mut now: HashSet<IVec> = db.tree_names().into_iter().collect();
-        now.remove(SLED_DEFAULT_TREE);
+        let now: HashMap<IVec, &sled::Db> = dbs.trees().into_iter().collect();
         for copy in &mut copies {
             copy.dropped |= dropped.contains(copy.name.as_ref());
             if copy.dropped {
-                copy.gone = !now.contains(&copy.name);
+                copy.gone = !now.contains_key(&copy.name);
                 copy.entries = if copy.gone {
                     Vec::new()
                 } else {
-                    copy_whole(&db.open_tree(&copy.name)?)?
+                    copy_whole(&copy.db.open_tree(&copy.name)?)?
                 };
             }
         }
         let mut created = Vec::new();
-        for name in now.into_iter().filter(|name| !known.contains(name)) {
+        for (name, db) in now.into_iter().filter(|(name, _)| !known.contains(name)) {
             let entries = copy_whole(&db.open_tree(&name)?)?;
             created.push((name, entries));
         }
@@ -497,13 +498,13 @@ pub fn restore(
         )));
     }
     super::create_data_dir(data_dir)?;
-    let db = open_db(data_dir)?;
+    let dbs = Dbs::open(data_dir)?;
     let mut summary = BackupSummary {
         bytes: backup.len() as u64,
         ..BackupSummary::default()
     };
     for tree in &trees {
-        let target = db.open_tree(tree.name)?;
+        let target = dbs.open_tree(tree.name)?;
         for chunk in tree.entries.chunks(BATCH_SIZE) {
             let mut batch = sled::Batch::default();
             for (key, value) in chunk {
@@ -515,8 +516,8 @@ pub fn restore(
         summary.trees += 1;
         summary.entries += tree.entries.len() as u64;
     }
-    super::advance_ids_past_queues(&db)?;
-    db.flush()?;
+    super::advance_ids_past_queues(&dbs.state, &dbs.history)?;
+    dbs.flush()?;
     Ok(summary)
 }
 
@@ -612,7 +613,7 @@ mod tests {
         const BIG: usize = 150_000;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &MasterKey::generate().unwrap()).unwrap();
-        let db = store.inner.db.clone();
+        let db = store.inner.dbs.state.clone();
         let (wide, left, right, big) = (
             db.open_tree("t/wide").unwrap(),
             db.open_tree("t/left").unwrap(),

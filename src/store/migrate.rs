@@ -3,7 +3,9 @@
 //! hashes, see [`super::ids`]) the first time the new code opens it.
 //!
 //! A format-2 store is then converted to format 3 (compact versioned
-//! values) in place, resumably: see [`compact`].
+//! values) in place, resumably: see [`compact`]. A format-3 store (one
+//! sled database) is converted to format 4 by moving the rows that
+//! accumulate to the history database, resumably: see [`split`].
 //!
 //! Copy and swap, never in place: sled's log keeps overwritten and removed
 //! keys until it happens to reuse their segments, so rewriting keys in the
@@ -59,8 +61,10 @@ use crate::webhook::convert::{LegacySession, LegacySessions, Renamed};
 const FORMAT: &[u8] = b"format";
 /// Keyed hashes instead of ids in keys (see the top of this file).
 const BLINDED: &[u8] = b"2";
-/// Compact versioned values (see [`compact`]).
-const CURRENT: &[u8] = b"3";
+/// Compact versioned values (see [`compact`]), one database.
+const COMPACT: &[u8] = b"3";
+/// What accumulates in the history database (see [`split`]).
+const CURRENT: &[u8] = b"4";
 const WORK_DIR: &str = "db.migrating";
 const DONE_DIR: &str = "db.new";
 const OLD_DIR: &str = "db.old";
@@ -119,6 +123,8 @@ pub(super) enum Format {
     /// Keyed hashes, values as wacore and JSON gave them: converted in
     /// place ([`compact`]).
     Blinded,
+    /// Compact values, one database: converted in place ([`split`]).
+    Compact,
     Current,
     /// Written by a newer whatsd.
     Newer(String),
@@ -128,6 +134,7 @@ pub(super) fn format(db: &sled::Db) -> Result<Format, StoreError> {
     Ok(match db.open_tree(META_TREE)?.get(FORMAT)?.as_deref() {
         None => Format::Plain,
         Some(BLINDED) => Format::Blinded,
+        Some(COMPACT) => Format::Compact,
         Some(CURRENT) => Format::Current,
         Some(other) => Format::Newer(String::from_utf8_lossy(other).into_owned()),
     })
@@ -237,7 +244,7 @@ fn run_until(
     let report = {
         let new = open_db_at(&work)?;
         let report = convert(&old, &new, sealer, stop)?;
-        super::advance_ids_past_queues(&new)?;
+        super::advance_ids_past_queues(&new, &new)?;
         // Format 2: the values are converted in place next ([`compact`]).
         mark(&new, BLINDED)?;
         report
@@ -327,7 +334,7 @@ fn compact_until(
         report.webhook_entries += converted;
         report.unreadable += unreadable;
     }
-    mark(db, CURRENT)?;
+    mark(db, COMPACT)?;
     tracing::info!(
         device_keyspaces = report.keyspaces,
         webhook_entries = report.webhook_entries,
@@ -342,6 +349,117 @@ fn compact_until(
             "the conversion left values that do not open; they still read as errors or not at all"
         );
     }
+    Ok(report)
+}
+
+/// What [`split`] moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SplitReport {
+    /// Whole trees moved (send queue, statuses, idempotency keys, contacts,
+    /// media references) and their entries.
+    pub trees: u64,
+    pub entries: u64,
+    /// Device keyspace rows moved (message secrets, sent-message copies).
+    pub device_rows: u64,
+    /// Device rows that did not open, moved sealed as they were.
+    pub unreadable: u64,
+}
+
+/// Converts a format-3 store (one sled database) to format 4 by moving
+/// what accumulates to the history database (see [`super::dbs`]): the
+/// trees that belong there whole, and from every device keyspace the
+/// message secrets and sent-message copies, re-sealed under their new
+/// tree's name. Then `store_meta/format = 4`.
+///
+/// Copy, flush, then remove: each step is written to the history database
+/// and flushed before the state database lets go of it, so a crash
+/// anywhere leaves every row in at least one place, and the next open runs
+/// this again (the format is still 3), which copies what is left and
+/// overwrites what was copied with the same rows.
+pub(super) fn split(dbs: &super::Dbs, sealer: &Sealer) -> Result<SplitReport, StoreError> {
+    split_until(dbs, sealer, None)
+}
+
+fn split_until(
+    dbs: &super::Dbs,
+    sealer: &Sealer,
+    stop_after_trees: Option<u64>,
+) -> Result<SplitReport, StoreError> {
+    let started = Instant::now();
+    tracing::info!("converting the store to format 4 (a history database); in place, resumable");
+    let mut report = SplitReport::default();
+    for name in dbs.state.tree_names() {
+        if super::dbs::in_history(&name) {
+            let from = dbs.state.open_tree(&name)?;
+            let mut to = Writer::new(&dbs.history, &name)?;
+            for item in from.iter() {
+                let (key, value) = item?;
+                to.insert(&key, &value)?;
+                report.entries += 1;
+            }
+            to.finish()?;
+            dbs.history.flush()?;
+            {
+                let _gate = sled_gate();
+                dbs.state.drop_tree(&name)?;
+            }
+            dbs.state.flush()?;
+            report.trees += 1;
+        } else if let Some(keyspace) = name.strip_prefix(DEVICE_TREE_PREFIX.as_bytes()) {
+            let from = dbs.state.open_tree(&name)?;
+            let history_name = [super::DEVICE_HISTORY_PREFIX.as_bytes(), keyspace].concat();
+            let mut to = Writer::new(&dbs.history, &history_name)?;
+            let mut moved = Vec::new();
+            for item in from.iter() {
+                let (key, sealed) = item?;
+                if !key
+                    .first()
+                    .copied()
+                    .is_some_and(super::device::is_history_kind)
+                {
+                    continue;
+                }
+                match sealer.open(&name, &key, &sealed) {
+                    Ok(plain) => to.insert(&key, &sealer.seal(&history_name, &key, &plain)?)?,
+                    Err(_) => {
+                        report.unreadable += 1;
+                        to.insert(&key, &sealed)?;
+                    }
+                }
+                moved.push(key);
+            }
+            if moved.is_empty() {
+                continue;
+            }
+            to.finish()?;
+            dbs.history.flush()?;
+            for chunk in moved.chunks(BATCH_SIZE) {
+                let mut batch = sled::Batch::default();
+                for key in chunk {
+                    batch.remove(key);
+                }
+                let _gate = sled_gate();
+                from.apply_batch(batch)?;
+            }
+            dbs.state.flush()?;
+            report.device_rows += moved.len() as u64;
+            report.trees += 1;
+        } else {
+            continue;
+        }
+        if stop_after_trees == Some(report.trees) {
+            return Err(StoreError::Task("conversion stopped by a test"));
+        }
+    }
+    mark(&dbs.state, CURRENT)?;
+    tracing::info!(
+        trees = report.trees,
+        entries = report.entries,
+        device_rows = report.device_rows,
+        unreadable = report.unreadable,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store converted to format 4"
+    );
     Ok(report)
 }
 
@@ -865,10 +983,10 @@ mod format_3_tests {
     /// uploaded flag, and the rest of the fixture as it was.
     async fn assert_compacted(data: &Path, key: &MasterKey, old: &OldPrekeys) {
         let store = Store::open(data, key).unwrap();
-        assert!(is_current(&store.inner.db).unwrap());
+        assert!(is_current(&store.inner.dbs.state).unwrap());
         let sealer = Sealer::new(key);
         for (name, rows) in old {
-            let tree = store.inner.db.open_tree(name).unwrap();
+            let tree = store.inner.dbs.state.open_tree(name).unwrap();
             assert_eq!(
                 tree.scan_prefix([OLD_PREKEY]).count(),
                 0,
@@ -984,13 +1102,247 @@ mod format_3_tests {
         let (_dir, data, key) = format_2_store();
         {
             let db = open_db(&data).unwrap();
-            mark(&db, b"4").unwrap();
+            mark(&db, b"5").unwrap();
         }
         let err = Store::open(&data, &key).unwrap_err();
         assert!(
-            matches!(&err, StoreError::NewerFormat { found, .. } if found == "4"),
+            matches!(&err, StoreError::NewerFormat { found, .. } if found == "5"),
             "{err:?}"
         );
         assert!(err.to_string().contains("newer whatsd"), "{err}");
+    }
+}
+
+/// Format 3 → 4 (the history database), against a format-3 store made by
+/// [`format_3_layout`]: today's writer, then every history row moved back
+/// where format 3 kept it (one database, device rows sealed under
+/// `device/<hex>`).
+#[cfg(test)]
+mod format_4_tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::dbs::in_history;
+    use crate::store::{DEVICE_HISTORY_PREFIX, Dbs, MasterKey, Store, backup};
+    use wacore::store::traits::{MsgSecretEntry, MsgSecretStore, ProtocolStore, SignalStore};
+
+    const SESSION: &str = "desk-r7m2x";
+    const CHAT: &str = "15550001111@s.whatsapp.net";
+    const PREFIX: [u8; 32] = [7; 32];
+
+    fn status_key() -> Vec<u8> {
+        [&PREFIX[..], b"3EB0AA"].concat()
+    }
+
+    /// A store with a queued send (status, idempotency key), a message
+    /// secret, a sent-message copy and a Signal session.
+    async fn written(data: &Path, key: &MasterKey) {
+        let store = Store::open(data, key).unwrap();
+        store
+            .send_enqueue(
+                &PREFIX,
+                b"queued item",
+                (&status_key(), b"queued"),
+                Some((&[&PREFIX[..], b"idem"].concat(), b"3EB0AA")),
+            )
+            .await
+            .unwrap();
+        let device = store.device_backend(SESSION).unwrap();
+        device
+            .put_msg_secrets(vec![MsgSecretEntry {
+                chat: Arc::from(CHAT),
+                sender: Arc::from(CHAT),
+                msg_id: Arc::from("3EB0AA"),
+                secret: [9; 32],
+                expires_at: 0,
+                message_ts: 1_700_000_000,
+            }])
+            .await
+            .unwrap();
+        device
+            .store_sent_message(CHAT, "3EB0BB", b"sent payload")
+            .await
+            .unwrap();
+        device
+            .put_session("15550001111.0:1", b"signal session")
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+
+    /// Moves every history row back where format 3 kept it and marks the
+    /// store format 3: the layout whatsd wrote up to commit 4c02508.
+    fn format_3_layout(data: &Path, key: &MasterKey) {
+        let sealer = Sealer::new(key);
+        let dbs = Dbs::open(data).unwrap();
+        for (name, _) in dbs.trees() {
+            if !in_history(&name) {
+                continue;
+            }
+            let from = dbs.history.open_tree(&name).unwrap();
+            let state_name = match name.strip_prefix(DEVICE_HISTORY_PREFIX.as_bytes()) {
+                Some(id) => [DEVICE_TREE_PREFIX.as_bytes(), id].concat(),
+                None => name.to_vec(),
+            };
+            let to = dbs.state.open_tree(&state_name).unwrap();
+            for entry in from.iter() {
+                let (k, v) = entry.unwrap();
+                let plain = sealer.open(&name, &k, &v).unwrap();
+                to.insert(&k, sealer.seal(&state_name, &k, &plain).unwrap())
+                    .unwrap();
+            }
+            dbs.history.drop_tree(&name).unwrap();
+        }
+        mark(&dbs.state, COMPACT).unwrap();
+        dbs.flush().unwrap();
+    }
+
+    fn format_3_store() -> (tempfile::TempDir, PathBuf, MasterKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let key = MasterKey::from_bytes([5; 32]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(written(&data, &key));
+        format_3_layout(&data, &key);
+        (dir, data, key)
+    }
+
+    /// Rows of `db` whose tree or kind says they belong in history.
+    fn history_rows(db: &sled::Db) -> usize {
+        db.tree_names()
+            .iter()
+            .map(|name| {
+                let tree = db.open_tree(name).unwrap();
+                if in_history(name) {
+                    tree.len()
+                } else if name.starts_with(DEVICE_TREE_PREFIX.as_bytes()) {
+                    tree.iter()
+                        .keys()
+                        .filter(|k| crate::store::device::is_history_kind(k.as_ref().unwrap()[0]))
+                        .count()
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    /// What a split store must say: format 4, no history row left in the
+    /// state database, and everything written reading back as written.
+    async fn assert_split(data: &Path, key: &MasterKey) {
+        let store = Store::open(data, key).unwrap();
+        assert!(is_current(&store.inner.dbs.state).unwrap());
+        assert_eq!(history_rows(&store.inner.dbs.state), 0, "history rows left");
+        // send_queue, send_status, send_idempotency, device_history/<hex>.
+        assert!(history_rows(&store.inner.dbs.history) >= 5);
+        assert_eq!(
+            store.send_status(&status_key()).unwrap().unwrap(),
+            b"queued"
+        );
+        let queued = store.send_queue(&PREFIX).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].value, b"queued item");
+        assert_eq!(
+            store
+                .send_idempotency(&[&PREFIX[..], b"idem"].concat())
+                .unwrap()
+                .unwrap(),
+            b"3EB0AA"
+        );
+        let device = store.device_backend(SESSION).unwrap();
+        assert_eq!(
+            device.get_msg_secret(CHAT, CHAT, "3EB0AA").await.unwrap(),
+            Some(vec![9; 32])
+        );
+        assert_eq!(
+            device
+                .get_session("15550001111.0:1")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"signal session"[..])
+        );
+        assert_eq!(
+            device.take_sent_message(CHAT, "3EB0BB").await.unwrap(),
+            Some(b"sent payload".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_format_3_store_splits_on_open() {
+        let (_dir, data, key) = tokio::task::spawn_blocking(format_3_store).await.unwrap();
+        {
+            let dbs = Dbs::open(&data).unwrap();
+            assert_eq!(format(&dbs.state).unwrap(), Format::Compact);
+            assert_eq!(history_rows(&dbs.history), 0);
+            assert!(history_rows(&dbs.state) >= 5);
+        }
+        assert_split(&data, &key).await;
+    }
+
+    #[tokio::test]
+    async fn a_split_stopped_anywhere_finishes_on_the_next_open() {
+        for stop_after in 1..=4 {
+            let (_dir, data, key) = tokio::task::spawn_blocking(format_3_store).await.unwrap();
+            {
+                let dbs = Dbs::open(&data).unwrap();
+                let stopped = split_until(&dbs, &Sealer::new(&key), Some(stop_after));
+                assert!(stopped.is_err(), "stopped after {stop_after} trees");
+                assert_eq!(format(&dbs.state).unwrap(), Format::Compact);
+            }
+            assert_split(&data, &key).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backup_of_a_split_store_restores_both_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::from_bytes([5; 32]);
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        written(&from, &key).await;
+        let bytes = {
+            let store = Store::open(&from, &key).unwrap();
+            tokio::task::spawn_blocking(move || store.backup())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        backup::restore(&to, &bytes, Some(&key)).unwrap();
+        assert_split(&to, &key).await;
+        // A format-3 backup restores too: converted when it is opened.
+        let old = dir.path().join("old");
+        let (_dir3, data3, _) = tokio::task::spawn_blocking(format_3_store).await.unwrap();
+        let bytes = backup::backup_offline(&data3).unwrap();
+        backup::restore(&old, &bytes, Some(&key)).unwrap();
+        assert_split(&old, &key).await;
+    }
+
+    #[tokio::test]
+    async fn a_wipe_drops_the_sessions_rows_in_both_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::from_bytes([5; 32]);
+        written(dir.path(), &key).await;
+        let store = Store::open(dir.path(), &key).unwrap();
+        let id = store.keyspace_id(SESSION);
+        assert_eq!(store.device_keyspaces(), [id.clone()]);
+        let history_name = format!("{DEVICE_HISTORY_PREFIX}{id}");
+        let has = |db: &sled::Db, name: &str| db.tree_names().iter().any(|n| n == name.as_bytes());
+        assert!(has(&store.inner.dbs.history, &history_name));
+        assert!(store.wipe_device(SESSION).await.unwrap());
+        assert!(!has(&store.inner.dbs.history, &history_name));
+        assert!(!has(
+            &store.inner.dbs.state,
+            &format!("{DEVICE_TREE_PREFIX}{id}")
+        ));
+        assert!(store.device_keyspaces().is_empty());
+        let fresh = store.device_backend(SESSION).unwrap();
+        assert_eq!(
+            fresh.get_msg_secret(CHAT, CHAT, "3EB0AA").await.unwrap(),
+            None
+        );
     }
 }

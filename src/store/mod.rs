@@ -1,23 +1,29 @@
-//! whatsd's embedded storage: one sled database per daemon, encrypted at rest.
+//! whatsd's embedded storage: two sled databases per daemon (see [`dbs`]),
+//! encrypted at rest.
 //!
-//! Layout of the sled database in `<data_dir>/db`:
+//! Layout of the state database in `<data_dir>/db`:
 //!
 //! | tree                  | key                            | value                                   |
 //! |-----------------------|--------------------------------|-----------------------------------------|
 //! | `store_meta`          | `key_check`, `rekey_target`    | sealed verifier (proves the master key)  |
 //! | `store_meta`          | `index_key`                    | sealed key of the blinded ids ([`ids`])  |
-//! | `store_meta`          | `format`                       | `2` (plain; see [`migrate`])             |
+//! | `store_meta`          | `format`                       | `4` (plain; see [`migrate`])             |
 //! | `session_records`     | H(session id)                  | sealed prost `whatsd.v1.SessionRecord`  |
 //! | `device/<hex H(id)>`  | kind byte ‖ blinded key        | sealed value (see [`device`])           |
+//!
+//! and in the history database, `<data_dir>/history` (what accumulates):
+//! `send_queue`, `send_status`, `send_idempotency` (see [`sends`]),
+//! `contacts`, `media_refs`, and `device_history/<hex H(id)>` (a session's
+//! message secrets and sent-message copies, same keys as in `device/…`).
 //!
 //! H is the keyed hash of [`ids`]: no session id, tenant id, phone number,
 //! JID or LID is readable in a key or a tree name; the values that need an
 //! id back carry it, sealed. The phone → sessions index lives in memory,
 //! rebuilt from the records at open (see [`records`]).
 //!
-//! Each session's WhatsApp key material lives in its own tree, so wiping a
-//! session is a single atomic `drop_tree`. Every value is sealed with the
-//! master key (see [`crypto`]).
+//! Each session's WhatsApp key material lives in its own tree (one per
+//! database), so wiping a session is two atomic `drop_tree`s, state first.
+//! Every value is sealed with the master key (see [`crypto`]).
 //!
 //! Invariant that [`rekey`] relies on: every tree other than `store_meta`,
 //! (format 1's) `phone_index` and sled's default tree holds only values
@@ -31,6 +37,7 @@
 pub mod backup;
 pub mod contacts;
 pub mod crypto;
+mod dbs;
 pub mod device;
 pub mod error;
 pub mod ids;
@@ -55,6 +62,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use crypto::{KeyConfig, KeySource, MasterKey, Sealer, load_master_key};
+pub(crate) use dbs::{DEVICE_HISTORY_PREFIX, Dbs};
 pub use device::DeviceBackend;
 pub use error::StoreError;
 pub use records::RECORD_VERSION;
@@ -98,8 +106,9 @@ pub(crate) fn sled_gate_yield(limit: std::time::Duration) {
     }
 }
 
-/// Makes every write so far durable (a tree's flush is the whole
-/// database's), on tokio's blocking pool.
+/// Makes every write so far durable, on tokio's blocking pool: flushes
+/// each database (a tree's flush is its whole database's; history first,
+/// see [`Dbs::flush`]).
 ///
 /// Not sled's `flush_async`: that runs the flush on sled's own small IO
 /// pool, and with many sessions flushing at once every pool thread sat in
@@ -109,17 +118,24 @@ pub(crate) fn sled_gate_yield(limit: std::time::Duration) {
 /// sled 0.34 makes its log writes durable with `sync_file_range`, which
 /// survives a process crash but not a power loss or VM crash (it neither
 /// flushes the drive's cache nor the file's metadata, e.g. its new size).
-/// With `log` given, the flush is followed by one `fdatasync` of sled's
-/// log file (`<data_dir>/db/db`, which holds the log and its segments), so
-/// what the flush covered also survives a power loss.
+/// With `logs` given, a database's flush that wrote anything is followed
+/// by one `fdatasync` of its log file (`<dir>/db`, which holds the log and
+/// its segments), so what the flush covered also survives a power loss.
 ///
 /// Only [`FlushGroup`] calls it: every durable path joins the group commit.
-async fn flush_blocking(tree: sled::Tree, log: Option<Arc<fs::File>>) -> Result<(), StoreError> {
+async fn flush_blocking(
+    trees: [sled::Tree; 2],
+    logs: Option<[Arc<fs::File>; 2]>,
+) -> Result<(), StoreError> {
     tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-        tree.flush()?;
-        if let Some(log) = log {
-            log.sync_data()
-                .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
+        for (at, tree) in trees.iter().enumerate() {
+            let written = tree.flush()?;
+            if let Some(log) = logs.as_ref().map(|logs| &logs[at])
+                && written > 0
+            {
+                log.sync_data()
+                    .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
+            }
         }
         Ok(())
     })
@@ -159,7 +175,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
+    dbs: Dbs,
     sealer: Arc<Sealer>,
     blinder: ids::Blinder,
     records: sled::Tree,
@@ -184,11 +200,13 @@ struct Inner {
 /// ticket before it starts, so every ticket up to that one had its writes
 /// in sled before the flush began and is covered by it.
 pub(crate) struct FlushGroup {
-    /// What is flushed: any tree (a tree's flush is the whole database's).
-    tree: sled::Tree,
-    /// sled's log file, `fdatasync`ed after each flush (see
-    /// [`flush_blocking`]); `None` when power-loss durability is off.
-    log: std::sync::RwLock<Option<Arc<fs::File>>>,
+    /// What is flushed: a tree of each database, history first (a tree's
+    /// flush is its whole database's).
+    trees: [sled::Tree; 2],
+    /// The databases' log files, in the same order, `fdatasync`ed after
+    /// each flush that wrote (see [`flush_blocking`]); `None` when
+    /// power-loss durability is off.
+    logs: std::sync::RwLock<Option<[Arc<fs::File>; 2]>>,
     requested: AtomicU64,
     /// The newest ticket known durable.
     done: tokio::sync::Mutex<u64>,
@@ -206,10 +224,10 @@ pub(crate) struct FlushGroup {
 const FLUSH_SOON_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl FlushGroup {
-    fn new(tree: sled::Tree, log: Option<fs::File>) -> Self {
+    fn new(trees: [sled::Tree; 2], logs: Option<[Arc<fs::File>; 2]>) -> Self {
         Self {
-            tree,
-            log: std::sync::RwLock::new(log.map(Arc::new)),
+            trees,
+            logs: std::sync::RwLock::new(logs),
             requested: AtomicU64::new(0),
             done: tokio::sync::Mutex::new(0),
             soon: AtomicU64::new(0),
@@ -238,9 +256,9 @@ impl FlushGroup {
         }
         let covered = self.requested.load(Ordering::Acquire);
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        let log = self.log.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let logs = self.logs.read().unwrap_or_else(|p| p.into_inner()).clone();
         let started = std::time::Instant::now();
-        let flushed = flush_blocking(self.tree.clone(), log).await;
+        let flushed = flush_blocking(self.trees.clone(), logs).await;
         crate::metrics::store_flush(started.elapsed());
         flushed?;
         *done = covered;
@@ -289,8 +307,9 @@ impl Store {
     ///
     /// An older store is converted first (see [`migrate`]): format 1
     /// (plain-text ids in its keys) by copy and swap, format 2 (values as
-    /// JSON and library records) in place; an interrupted conversion is
-    /// finished.
+    /// JSON and library records) in place, format 3 (one database) by
+    /// moving what accumulates to the history database (see [`dbs`]); an
+    /// interrupted conversion is finished.
     pub fn open(data_dir: &Path, key: &MasterKey) -> Result<Self, StoreError> {
         create_data_dir(data_dir)?;
         tighten_permissions(data_dir, true);
@@ -314,19 +333,37 @@ impl Store {
                             found,
                         });
                     }
-                    migrate::Format::Plain | migrate::Format::Current => {}
+                    migrate::Format::Plain
+                    | migrate::Format::Compact
+                    | migrate::Format::Current => {}
                 }
             }
         }
+        let dbs = Dbs {
+            state: db,
+            history: open_db_at(&data_dir.join(dbs::HISTORY_DIR))?,
+        };
+        if migrate::format(&dbs.state)? == migrate::Format::Compact {
+            migrate::split(&dbs, &sealer)?;
+        }
         // sled made its files with the process umask.
         tighten_permissions(data_dir, false);
-        let blinder = ids::load_or_create(&db, &sealer)?;
-        let records = db.open_tree(RECORDS_TREE)?;
-        let log = open_log_file(data_dir)?;
-        let flushes = Arc::new(FlushGroup::new(db.open_tree(META_TREE)?, Some(log)));
+        let blinder = ids::load_or_create(&dbs.state, &sealer)?;
+        let records = dbs.state.open_tree(RECORDS_TREE)?;
+        let logs = [
+            Arc::new(open_log_file(&data_dir.join(dbs::HISTORY_DIR), data_dir)?),
+            Arc::new(open_log_file(&data_dir.join(DB_DIR), data_dir)?),
+        ];
+        let flushes = Arc::new(FlushGroup::new(
+            [
+                dbs.history.open_tree(sends::STATUS_TREE)?,
+                dbs.state.open_tree(META_TREE)?,
+            ],
+            Some(logs),
+        ));
         let store = Self {
             inner: Arc::new(Inner {
-                db,
+                dbs,
                 sealer,
                 blinder,
                 records,
@@ -361,11 +398,15 @@ impl Store {
         }
         backends.retain(|_, backend| backend.strong_count() > 0);
         let name = self.device_tree_name(session_id);
-        let tree = self.inner.db.open_tree(&name)?;
+        let history_name = self.device_history_name(session_id);
+        let trees = device::Trees {
+            state: self.inner.dbs.state.open_tree(&name)?,
+            history: self.inner.dbs.history.open_tree(&history_name)?,
+        };
         let backend = Arc::new(DeviceBackend::new(
             session_id,
-            name.into_bytes(),
-            tree,
+            [name.into_bytes(), history_name.into_bytes()],
+            trees,
             Arc::clone(&self.inner.sealer),
             self.inner.blinder.clone(),
             Arc::clone(&self.inner.flushes),
@@ -404,13 +445,17 @@ impl Store {
             .lock()
             .map_err(|_| StoreError::Poisoned)?;
         let name = self.device_tree_name(session_id);
+        let history_name = self.device_history_name(session_id);
+        // The state tree first: a crash before the second drop leaves
+        // history rows no keys can use, which the orphan sweep finds (see
+        // `device_keyspaces`).
         let drop_tree = || {
             let _gate = sled_gate();
             backup::tree_dropped(name.as_bytes());
-            self.inner
-                .db
-                .drop_tree(name.as_bytes())
-                .map_err(StoreError::from)
+            backup::tree_dropped(history_name.as_bytes());
+            let existed = self.inner.dbs.state.drop_tree(name.as_bytes())?;
+            let history = self.inner.dbs.history.drop_tree(history_name.as_bytes())?;
+            Ok(existed || history)
         };
         match backends.remove(session_id).and_then(|weak| weak.upgrade()) {
             Some(live) => live.wipe_with(drop_tree),
@@ -442,42 +487,51 @@ impl Store {
     /// keyspace, whether or not a record owns it (for finding orphans:
     /// compare with the keyspace ids of the records' session ids).
     pub fn device_keyspaces(&self) -> Vec<String> {
-        self.inner
-            .db
-            .tree_names()
+        let mut ids: Vec<String> = self
+            .inner
+            .dbs
+            .trees()
             .iter()
-            .filter_map(|name| std::str::from_utf8(name).ok())
-            .filter_map(|name| name.strip_prefix(DEVICE_TREE_PREFIX))
+            .filter_map(|(name, _)| std::str::from_utf8(name).ok())
+            .filter_map(|name| {
+                name.strip_prefix(DEVICE_TREE_PREFIX)
+                    .or_else(|| name.strip_prefix(DEVICE_HISTORY_PREFIX))
+            })
             .map(str::to_string)
-            .collect()
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// What one session's device keyspace holds on disk, by kind of row
     /// (the first byte of the key): rows, key bytes, stored (sealed) value
     /// bytes. For the benches and the size figures in BENCHMARKS.md.
     pub fn device_keyspace_usage(&self, session_id: &str) -> Result<KeyspaceUsage, StoreError> {
-        let name = format!("{DEVICE_TREE_PREFIX}{}", self.keyspace_id(session_id));
+        let id = self.keyspace_id(session_id);
         let mut usage = KeyspaceUsage::default();
-        if !self
-            .inner
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n == name.as_bytes())
-        {
-            return Ok(usage);
-        }
-        let tree = self.inner.db.open_tree(name)?;
-        let entries = {
-            let _gate = sled_gate();
-            tree.iter().collect::<Result<Vec<_>, _>>()?
-        };
-        for (key, value) in entries {
-            let kind = key.first().copied().unwrap_or(0);
-            let row = usage.by_kind.entry(kind).or_default();
-            row.rows += 1;
-            row.key_bytes += key.len() as u64;
-            row.value_bytes += value.len() as u64;
+        for (name, db) in [
+            (format!("{DEVICE_TREE_PREFIX}{id}"), &self.inner.dbs.state),
+            (
+                format!("{DEVICE_HISTORY_PREFIX}{id}"),
+                &self.inner.dbs.history,
+            ),
+        ] {
+            if !db.tree_names().iter().any(|n| n == name.as_bytes()) {
+                continue;
+            }
+            let tree = db.open_tree(name)?;
+            let entries = {
+                let _gate = sled_gate();
+                tree.iter().collect::<Result<Vec<_>, _>>()?
+            };
+            for (key, value) in entries {
+                let kind = key.first().copied().unwrap_or(0);
+                let row = usage.by_kind.entry(kind).or_default();
+                row.rows += 1;
+                row.key_bytes += key.len() as u64;
+                row.value_bytes += value.len() as u64;
+            }
         }
         Ok(usage)
     }
@@ -520,17 +574,21 @@ impl Store {
     /// (the default): benchmarks measure what power-loss durability costs.
     #[doc(hidden)]
     pub fn set_power_loss_durable(&self, on: bool) -> Result<(), StoreError> {
-        let log = if on {
-            Some(Arc::new(open_log_file(&self.inner.data_dir)?))
+        let data_dir = &self.inner.data_dir;
+        let logs = if on {
+            Some([
+                Arc::new(open_log_file(&data_dir.join(dbs::HISTORY_DIR), data_dir)?),
+                Arc::new(open_log_file(&data_dir.join(DB_DIR), data_dir)?),
+            ])
         } else {
             None
         };
         *self
             .inner
             .flushes
-            .log
+            .logs
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = log;
+            .unwrap_or_else(|p| p.into_inner()) = logs;
         Ok(())
     }
 
@@ -548,7 +606,7 @@ impl Store {
                 // keeps the next probes waiting here, not on new threads.
                 let _turn = turn;
                 let _gate = sled_gate();
-                let meta = store.inner.db.open_tree(META_TREE)?;
+                let meta = store.inner.dbs.state.open_tree(META_TREE)?;
                 meta.get(KEY_CHECK)?
                     .map(drop)
                     .ok_or(StoreError::Invalid("the key check record is gone".into()))
@@ -582,6 +640,10 @@ impl Store {
         format!("{DEVICE_TREE_PREFIX}{}", self.keyspace_id(session_id))
     }
 
+    fn device_history_name(&self, session_id: &str) -> String {
+        format!("{DEVICE_HISTORY_PREFIX}{}", self.keyspace_id(session_id))
+    }
+
     fn sealer(&self) -> &Sealer {
         &self.inner.sealer
     }
@@ -596,7 +658,9 @@ impl Store {
 /// Whether `data_dir` already holds a store (used to refuse generating a key
 /// for an existing store), counting one halfway through its conversion.
 pub(crate) fn store_exists(data_dir: &Path) -> bool {
-    data_dir.join(DB_DIR).exists() || migrate::in_progress(data_dir)
+    data_dir.join(DB_DIR).exists()
+        || data_dir.join(dbs::HISTORY_DIR).exists()
+        || migrate::in_progress(data_dir)
 }
 
 /// Takes group and other permissions away from the data dir and
@@ -674,10 +738,16 @@ const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 /// from sled's `generate_id`, which a fresh database starts again at 0: a
 /// restore or a conversion into one would otherwise hand new items the keys
 /// of restored ones (overwriting them) and sort them first.
-fn advance_ids_past_queues(db: &sled::Db) -> Result<(), StoreError> {
+/// `queues` is the database that holds the send queue (the history
+/// database, or `db` itself in a store not split yet).
+fn advance_ids_past_queues(db: &sled::Db, queues: &sled::Db) -> Result<(), StoreError> {
     let mut highest = None;
-    for name in [outbox::OUTBOX_TREE, outbox::DEAD_TREE, sends::QUEUE_TREE] {
-        let tree = db.open_tree(name)?;
+    for (name, holder) in [
+        (outbox::OUTBOX_TREE, db),
+        (outbox::DEAD_TREE, db),
+        (sends::QUEUE_TREE, queues),
+    ] {
+        let tree = holder.open_tree(name)?;
         for key in tree.iter().keys() {
             let key = key?;
             if let Some(at) = key.len().checked_sub(8) {
@@ -724,15 +794,15 @@ fn open_db_at(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// sled's log file, for the `fdatasync` after each group commit; its
-/// directory entries are synced once here, so the file itself survives a
-/// power loss once the store exists.
-fn open_log_file(data_dir: &Path) -> Result<fs::File, StoreError> {
+/// A sled database's log file (`<dir>/db`), for the `fdatasync` after
+/// each group commit; its directory entries (up to the data dir) are
+/// synced once here, so the file itself survives a power loss once the
+/// store exists.
+fn open_log_file(dir: &Path, data_dir: &Path) -> Result<fs::File, StoreError> {
     let io = |e| StoreError::from(sled::Error::Io(e));
-    let dir = data_dir.join(DB_DIR);
     let log = fs::File::open(dir.join("db")).map_err(io)?;
     log.sync_data().map_err(io)?;
-    for synced in [dir.join("conf"), dir.clone(), data_dir.to_path_buf()] {
+    for synced in [dir.join("conf"), dir.to_path_buf(), data_dir.to_path_buf()] {
         if let Ok(f) = fs::File::open(&synced) {
             f.sync_all().map_err(io)?;
         }

@@ -71,7 +71,7 @@ fn seq_of(key: &[u8]) -> u64 {
 
 impl Store {
     pub(super) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.inner.db.open_tree(name)?)
+        self.inner.dbs.open_tree(name)
     }
 
     /// Opens a sealed value of `tree`; `owner` and `what` name it in the
@@ -179,7 +179,7 @@ impl Store {
         // never sees a later item of a queue before an earlier one.
         let _gate = sled_gate();
         for (prefix, plain) in items {
-            let seq = self.inner.db.generate_id()?;
+            let seq = self.inner.dbs.state.generate_id()?;
             let mut key = Vec::with_capacity(prefix.len() + 8);
             key.extend_from_slice(prefix);
             key.extend_from_slice(&seq.to_be_bytes());
@@ -345,7 +345,7 @@ impl Store {
         let dead_key = id.to_be_bytes();
         let key = {
             let _gate = sled_gate();
-            let seq = self.inner.db.generate_id()?;
+            let seq = self.inner.dbs.state.generate_id()?;
             let mut key = prefix.to_vec();
             key.extend_from_slice(&seq.to_be_bytes());
             let sealed = self.seal_value(OUTBOX_TREE, &key, plain)?;

@@ -18,10 +18,7 @@ use std::path::Path;
 use super::crypto::{MasterKey, Sealer};
 use super::error::StoreError;
 use super::ids::INDEX_KEY;
-use super::{
-    KEY_CHECK, META_TREE, PHONE_INDEX_TREE, REKEY_TARGET, SLED_DEFAULT_TREE, VERIFIER, open_db,
-    store_exists,
-};
+use super::{Dbs, KEY_CHECK, META_TREE, PHONE_INDEX_TREE, REKEY_TARGET, VERIFIER, store_exists};
 
 /// Values re-sealed per sled batch.
 const BATCH_SIZE: usize = 512;
@@ -64,7 +61,8 @@ fn rekey_until(
     // A conversion to format 2 that committed but was not swapped in yet
     // is finished first, so the rotation works on the database that stays.
     let _lock = super::migrate::prepare(data_dir)?;
-    let db = open_db(data_dir)?;
+    let dbs = Dbs::open(data_dir)?;
+    let db = &dbs.state;
     let old = Sealer::new(old);
     let new = Sealer::new(new);
     let meta = db.open_tree(META_TREE)?;
@@ -110,14 +108,11 @@ fn rekey_until(
     }
 
     let mut report = RekeyReport::default();
-    for name in db.tree_names() {
-        if name == SLED_DEFAULT_TREE
-            || name == META_TREE.as_bytes()
-            || name == PHONE_INDEX_TREE.as_bytes()
-        {
+    for (name, tree_db) in dbs.trees() {
+        if name == META_TREE.as_bytes() || name == PHONE_INDEX_TREE.as_bytes() {
             continue;
         }
-        let tree = db.open_tree(&name)?;
+        let tree = tree_db.open_tree(&name)?;
         let mut batch = sled::Batch::default();
         let mut pending_in_batch = 0;
         for item in tree.iter() {
@@ -126,7 +121,7 @@ fn rekey_until(
                     let _gate = super::sled_gate();
                     tree.apply_batch(batch)?;
                 }
-                db.flush()?;
+                dbs.flush()?;
                 return Ok(report);
             }
             let (key, sealed) = item?;
@@ -156,7 +151,7 @@ fn rekey_until(
             tree.apply_batch(batch)?;
         }
     }
-    db.flush()?;
+    dbs.flush()?;
 
     let mut commit = sled::Batch::default();
     // The index key (see `ids`) moves to the new key in the same atomic

@@ -58,7 +58,7 @@ impl Store {
         let keys = self.tree(IDEMPOTENCY_TREE)?;
         let key = {
             let _gate = sled_gate();
-            let seq = self.inner.db.generate_id()?;
+            let seq = self.inner.dbs.state.generate_id()?;
             let mut key = Vec::with_capacity(prefix.len() + 8);
             key.extend_from_slice(prefix);
             key.extend_from_slice(&seq.to_be_bytes());

@@ -44,7 +44,7 @@ impl std::fmt::Debug for TenantRecord {
 
 impl Store {
     fn tenants_tree(&self) -> Result<sled::Tree, StoreError> {
-        Ok(self.inner.db.open_tree(TENANTS_TREE)?)
+        Ok(self.inner.dbs.state.open_tree(TENANTS_TREE)?)
     }
 
     pub(super) fn tenant_key(&self, id: &str) -> [u8; ids::BLIND_LEN] {
@@ -130,7 +130,7 @@ impl Store {
 
     /// The stored hash of a generated admin token, if one was generated.
     pub fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        let tree = self.inner.db.open_tree(AUTH_META_TREE)?;
+        let tree = self.inner.dbs.state.open_tree(AUTH_META_TREE)?;
         let Some(sealed) = tree.get(ADMIN_TOKEN_HASH)? else {
             return Ok(None);
         };
@@ -150,7 +150,7 @@ impl Store {
     }
 
     pub async fn set_admin_token_hash(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
-        let tree = self.inner.db.open_tree(AUTH_META_TREE)?;
+        let tree = self.inner.dbs.state.open_tree(AUTH_META_TREE)?;
         let sealed = self
             .sealer()
             .seal(AUTH_META_TREE.as_bytes(), ADMIN_TOKEN_HASH, hash)?;

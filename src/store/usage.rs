@@ -4,9 +4,10 @@
 //! space it has not reclaimed yet; comparing the two tells live growth from
 //! garbage.
 //!
-//! The device keyspaces (one tree per session) are summed over all
-//! sessions, by row kind (`device/session`, `device/msg_secret`, …), so
-//! the figures name no session.
+//! The device keyspaces (one tree per session in each database, see
+//! [`super::dbs`]) are summed over all sessions, by row kind
+//! (`device/session`, `device/msg_secret`, …), so the figures name no
+//! session.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -14,7 +15,9 @@ use std::time::Duration;
 
 use sled::IVec;
 
-use super::{DEVICE_TREE_PREFIX, SLED_DEFAULT_TREE, Store, StoreError, sled_gate, sled_gate_yield};
+use super::{
+    DEVICE_HISTORY_PREFIX, DEVICE_TREE_PREFIX, Store, StoreError, sled_gate, sled_gate_yield,
+};
 
 /// Entries read under one hold of the gate.
 const CHUNK_ENTRIES: usize = 512;
@@ -35,14 +38,11 @@ impl Store {
     /// bounded chunk at a time; blocking: call it from a blocking thread.
     pub fn tree_usage(&self) -> Result<BTreeMap<String, TreeUsage>, StoreError> {
         let mut usage: BTreeMap<String, TreeUsage> = BTreeMap::new();
-        let names = self.inner.db.tree_names();
-        for name in names {
-            if name == SLED_DEFAULT_TREE {
-                continue;
-            }
+        for (name, db) in self.inner.dbs.trees() {
             let label = String::from_utf8_lossy(&name).into_owned();
-            let device = label.starts_with(DEVICE_TREE_PREFIX);
-            let tree = self.inner.db.open_tree(&name)?;
+            let device =
+                label.starts_with(DEVICE_TREE_PREFIX) || label.starts_with(DEVICE_HISTORY_PREFIX);
+            let tree = db.open_tree(&name)?;
             let mut from: Option<IVec> = None;
             loop {
                 let done = {

@@ -199,17 +199,47 @@ pub fn is_prekey_kind(kind: u8) -> bool {
 /// Format byte of the fixed-layout rows whatsd defines itself.
 const ROW_FORMAT_V1: u8 = 1;
 
+/// Whether rows of `kind` accumulate (one per message until a sweep) and
+/// so live in the session's tree of the history database (see
+/// `crate::store::dbs`): message secrets and the copies of sent messages.
+pub fn is_history_kind(kind: u8) -> bool {
+    kind == kind::MSG_SECRET || kind == kind::SENT_MESSAGE
+}
+
+/// Whether the stored (or natural) key `key` is a history row.
+fn in_history(key: &[u8]) -> bool {
+    key.first().copied().is_some_and(is_history_kind)
+}
+
+/// A session's two trees: `device/<hex>` in the state database and
+/// `device_history/<hex>` in the history database.
+pub(crate) struct Trees {
+    pub(crate) state: sled::Tree,
+    pub(crate) history: sled::Tree,
+}
+
+impl Trees {
+    fn for_key(&self, key: &[u8]) -> &sled::Tree {
+        if in_history(key) {
+            &self.history
+        } else {
+            &self.state
+        }
+    }
+}
+
 /// wacore's store traits over one session's device keyspace.
 pub struct DeviceBackend {
     session: Arc<str>,
-    /// The sled tree name, bound into every value's AAD.
-    tree_name: Vec<u8>,
+    /// The sled trees' names (state, history), each bound into the AAD of
+    /// every value in it.
+    tree_names: [Vec<u8>; 2],
     sealer: Arc<Sealer>,
     blinder: Blinder,
     /// `None` once the keyspace has been wiped, or this handle closed. Every sled call happens under
     /// the read lock and the wipe under the write lock, so no call can touch
     /// a dropped tree.
-    tree: RwLock<Option<sled::Tree>>,
+    tree: RwLock<Option<Trees>>,
     /// The store's group commit, which every flush here joins.
     flushes: Arc<FlushGroup>,
 }
@@ -225,18 +255,18 @@ impl std::fmt::Debug for DeviceBackend {
 impl DeviceBackend {
     pub(super) fn new(
         session: &str,
-        tree_name: Vec<u8>,
-        tree: sled::Tree,
+        tree_names: [Vec<u8>; 2],
+        trees: Trees,
         sealer: Arc<Sealer>,
         blinder: Blinder,
         flushes: Arc<FlushGroup>,
     ) -> Self {
         Self {
             session: Arc::from(session),
-            tree_name,
+            tree_names,
             sealer,
             blinder,
-            tree: RwLock::new(Some(tree)),
+            tree: RwLock::new(Some(trees)),
             flushes,
         }
     }
@@ -245,10 +275,16 @@ impl DeviceBackend {
         &self.session
     }
 
-    /// The sled tree this backend writes (`device/<blinded session id>`).
+    /// The sled tree of this backend's state rows (`device/<blinded
+    /// session id>`; history rows are in `device_history/<…>`).
     #[doc(hidden)]
     pub fn tree_name(&self) -> &[u8] {
-        &self.tree_name
+        &self.tree_names[0]
+    }
+
+    /// The name of the tree that holds `key`'s row (its values' AAD).
+    fn tree_name_for(&self, key: &[u8]) -> &[u8] {
+        &self.tree_names[usize::from(in_history(key))]
     }
 
     /// The sled key under which the Signal session with `address` is
@@ -299,34 +335,47 @@ impl DeviceBackend {
 
     // --- plumbing -----------------------------------------------------------
 
+    /// Runs `f` over the tree of the state rows.
     fn with_tree<T>(
         &self,
         f: impl FnOnce(&sled::Tree) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.with_tree_for(&[], f)
+    }
+
+    /// Runs `f` over the tree that holds the rows of `key` (a stored key,
+    /// or a prefix that starts with its kind byte).
+    fn with_tree_for<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&sled::Tree) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let guard = self.tree.read().map_err(|_| StoreError::Poisoned)?;
         match guard.as_ref() {
-            Some(tree) => {
+            Some(trees) => {
                 let _gate = super::sled_gate();
-                f(tree)
+                f(trees.for_key(key))
             }
             None => Err(StoreError::Wiped(self.session.to_string())),
         }
     }
 
+    /// A transaction over the tree of the rows of `kind`.
     fn transact<T>(
         &self,
+        kind: u8,
         f: impl Fn(&TransactionalTree) -> Result<T, ConflictableTransactionError<StoreError>>,
     ) -> Result<T, StoreError> {
-        self.with_tree(|tree| tree.transaction(f).map_err(tx_error))
+        self.with_tree_for(&[kind], |tree| tree.transaction(f).map_err(tx_error))
     }
 
     fn seal(&self, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.sealer.seal(&self.tree_name, key, plain)
+        self.sealer.seal(self.tree_name_for(key), key, plain)
     }
 
     fn open(&self, key: &[u8], sealed: &[u8], what: &'static str) -> Result<Vec<u8>, StoreError> {
         self.sealer
-            .open(&self.tree_name, key, sealed)
+            .open(self.tree_name_for(key), key, sealed)
             .map_err(|_| StoreError::Undecryptable {
                 session: self.session.to_string(),
                 what,
@@ -344,7 +393,7 @@ impl DeviceBackend {
     /// Opens the value under a natural key.
     fn get(&self, natural: &[u8], what: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.k(natural);
-        match self.with_tree(|tree| Ok(tree.get(&key)?))? {
+        match self.with_tree_for(&key, |tree| Ok(tree.get(&key)?))? {
             Some(sealed) => self.open(&key, &sealed, what).map(Some),
             None => Ok(None),
         }
@@ -354,8 +403,8 @@ impl DeviceBackend {
     fn put(&self, natural: &[u8], plain: &[u8]) -> Result<(), StoreError> {
         let key = self.k(natural);
         let sealed = self.seal(&key, plain)?;
-        self.with_tree(|tree| {
-            tree.insert(key, sealed)?;
+        self.with_tree_for(&key, |tree| {
+            tree.insert(key.as_slice(), sealed)?;
             Ok(())
         })
     }
@@ -364,7 +413,7 @@ impl DeviceBackend {
     /// under `self.k(natural)`.
     fn remove(&self, natural: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         let key = self.k(natural);
-        self.with_tree(|tree| Ok(tree.remove(key)?))
+        self.with_tree_for(&key, |tree| Ok(tree.remove(&key)?))
     }
 
     /// Seals `rows` (natural keys) and writes them atomically: one row as
@@ -385,14 +434,17 @@ impl DeviceBackend {
             0 => Ok(()),
             1 => {
                 let (key, sealed) = sealed_rows.pop().expect("one row");
-                self.with_tree(|tree| Ok(tree.insert(key, sealed).map(drop)?))
+                self.with_tree_for(&key, |tree| {
+                    Ok(tree.insert(key.as_slice(), sealed).map(drop)?)
+                })
             }
             _ => {
+                let route = one_tree(sealed_rows.iter().map(|(key, _)| key.as_slice()))?;
                 let mut batch = sled::Batch::default();
                 for (key, sealed) in sealed_rows {
                     batch.insert(key, sealed);
                 }
-                self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+                self.with_tree_for(&route, |tree| Ok(tree.apply_batch(batch)?))
             }
         }
     }
@@ -406,21 +458,22 @@ impl DeviceBackend {
             0 => Ok(()),
             1 => {
                 let key = keys.pop().expect("one key");
-                self.with_tree(|tree| Ok(tree.remove(key).map(drop)?))
+                self.with_tree_for(&key, |tree| Ok(tree.remove(key.as_slice()).map(drop)?))
             }
             _ => {
+                let route = one_tree(keys.iter().map(Vec::as_slice))?;
                 let mut batch = sled::Batch::default();
                 for key in keys {
                     batch.remove(key);
                 }
-                self.with_tree(|tree| Ok(tree.apply_batch(batch)?))
+                self.with_tree_for(&route, |tree| Ok(tree.apply_batch(batch)?))
             }
         }
     }
 
     /// Keys (not values) under `prefix`.
     fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<sled::IVec>, StoreError> {
-        self.with_tree(|tree| {
+        self.with_tree_for(prefix, |tree| {
             tree.scan_prefix(prefix)
                 .keys()
                 .collect::<Result<Vec<_>, _>>()
@@ -433,7 +486,7 @@ impl DeviceBackend {
         &self,
         prefix: &[u8],
     ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
-        self.with_tree(|tree| {
+        self.with_tree_for(prefix, |tree| {
             tree.scan_prefix(prefix)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(StoreError::from)
@@ -481,7 +534,7 @@ impl DeviceBackend {
         for (key, sealed) in self.entries_with_prefix(prefix)? {
             match self.open(&key, &sealed, what) {
                 Ok(plain) if expired(&plain) => {
-                    let swapped = self.with_tree(|tree| {
+                    let swapped = self.with_tree_for(&key, |tree| {
                         Ok(tree.compare_and_swap(&key, Some(&sealed), None as Option<&[u8]>)?)
                     })?;
                     if swapped.is_ok() {
@@ -504,6 +557,19 @@ impl DeviceBackend {
         self.flush().await?;
         Ok(value)
     }
+}
+
+/// The route (first key) of rows written as one batch: a batch is atomic
+/// only within one tree, so rows of both trees in one batch are a bug.
+fn one_tree<'a>(mut keys: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, StoreError> {
+    let first = keys.next().unwrap_or_default();
+    let history = in_history(first);
+    if keys.any(|key| in_history(key) != history) {
+        return Err(StoreError::Invalid(
+            "one batch of device rows spans both databases".into(),
+        ));
+    }
+    Ok(first.to_vec())
 }
 
 // --- key encoding -----------------------------------------------------------

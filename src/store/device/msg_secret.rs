@@ -80,7 +80,7 @@ impl MsgSecretStore for DeviceBackend {
             .collect::<Result<Vec<_>, _>>()?;
         // One transaction: the merge reads what earlier rows of the same
         // batch wrote, and concurrent writers cannot interleave.
-        let result = self.transact(|tx| {
+        let result = self.transact(kind::MSG_SECRET, |tx| {
             for (key, entry) in keys.iter().zip(&entries) {
                 let mut row = MsgSecretRow {
                     secret: entry.secret,

@@ -202,7 +202,7 @@ impl DeviceBackend {
                 .iter()
                 .map(|(id, record)| compact(*id, record, uploaded)),
         );
-        self.transact(|tx| {
+        self.transact(kind::PREKEY_BUCKET, |tx| {
             for (bucket_key, prekeys) in &groups {
                 let mut bucket = self.bucket_tx(tx, bucket_key)?.unwrap_or_default();
                 merge(&mut bucket, prekeys.iter().cloned());
@@ -232,7 +232,7 @@ impl DeviceBackend {
         for &id in ids {
             groups.entry(bucket_key(id)).or_default().push(id);
         }
-        self.transact(|tx| {
+        self.transact(kind::PREKEY_BUCKET, |tx| {
             for (bucket_key, ids) in &groups {
                 let Some(mut bucket) = self.bucket_tx(tx, bucket_key)? else {
                     continue;
@@ -254,7 +254,7 @@ impl DeviceBackend {
 
     pub(super) fn remove_prekey_row(&self, id: u32) -> Result<(), StoreError> {
         let bucket_key = bucket_key(id);
-        self.transact(|tx| {
+        self.transact(kind::PREKEY_BUCKET, |tx| {
             let Some(mut bucket) = self.bucket_tx(tx, &bucket_key)? else {
                 return Ok(());
             };

@@ -213,14 +213,14 @@ impl ProtocolStore for DeviceBackend {
     }
 
     async fn put_lid_mapping(&self, entry: &LidPnMappingEntry) -> WaResult<()> {
-        Ok(self.transact(|tx| self.put_lid_mapping_tx(tx, entry))?)
+        Ok(self.transact(kind::LID_MAPPING, |tx| self.put_lid_mapping_tx(tx, entry))?)
     }
 
     async fn put_lid_mappings(&self, entries: &[LidPnMappingEntry]) -> WaResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        Ok(self.transact(|tx| {
+        Ok(self.transact(kind::LID_MAPPING, |tx| {
             for entry in entries {
                 self.put_lid_mapping_tx(tx, entry)?;
             }
@@ -363,7 +363,7 @@ impl ProtocolStore for DeviceBackend {
         sender_timestamp: i64,
     ) -> WaResult<()> {
         let tc_key = self.k(&key(kind::TC_TOKEN, jid.as_bytes()));
-        Ok(self.transact(|tx| {
+        Ok(self.transact(kind::TC_TOKEN, |tx| {
             let entry = match self.get_tc_token_tx(tx, &tc_key)? {
                 Some(existing) => TcTokenEntry {
                     sender_timestamp: Some(
@@ -390,7 +390,7 @@ impl ProtocolStore for DeviceBackend {
         token_timestamp: i64,
     ) -> WaResult<()> {
         let tc_key = self.k(&key(kind::TC_TOKEN, jid.as_bytes()));
-        Ok(self.transact(|tx| {
+        Ok(self.transact(kind::TC_TOKEN, |tx| {
             let existing = self.get_tc_token_tx(tx, &tc_key)?;
             // Newer wins; a byte-less placeholder never blocks the first real token.
             if let Some(existing) = &existing
