@@ -1328,7 +1328,7 @@ mod format_4_tests {
         written(dir.path(), &key).await;
         let store = Store::open(dir.path(), &key).unwrap();
         let id = store.keyspace_id(SESSION);
-        assert_eq!(store.device_keyspaces(), [id.clone()]);
+        assert_eq!(store.device_keyspaces(), std::slice::from_ref(&id));
         let history_name = format!("{DEVICE_HISTORY_PREFIX}{id}");
         let has = |db: &sled::Db, name: &str| db.tree_names().iter().any(|n| n == name.as_bytes());
         assert!(has(&store.inner.dbs.history, &history_name));
