@@ -14,7 +14,16 @@
 //! - `hot + growing tree`: plus the new rows at random keys, same database;
 //! - `hot + growing tree, keys in order`: the new rows at increasing keys;
 //! - `hot + growing tree in a 2nd db`: the new rows in a database of their
-//!   own.
+//!   own;
+//! - `history db alone`: only the second database's share of whatsd's
+//!   history database: each new row is overwritten three times soon after
+//!   (a send's status: queued, sent, delivered, read), and a queue row is
+//!   inserted and removed per step.
+//!
+//! `SLED_GROWTH_FLUSHER_MS=N` opens the databases with sled's periodic
+//! flusher every N ms (whatsd keeps it off, see `sled_gate`): the only
+//! place sled 0.34 rewrites pages out of mostly-dead segments in a loop
+//! (`attempt_gc`), besides one page per node replacement.
 //!
 //! Printed per case: the bytes of live rows written, and what the
 //! databases' directories take on disk at the end (allocated blocks, as
@@ -40,13 +49,17 @@ enum Growth {
     Random,
     InOrder,
     OwnDb,
+    History,
 }
 
 fn open(path: &Path) -> sled::Db {
+    let flusher = std::env::var("SLED_GROWTH_FLUSHER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     sled::Config::new()
         .path(path)
         .cache_capacity(64 << 20)
-        .flush_every_ms(None)
+        .flush_every_ms(flusher)
         .open()
         .expect("open sled")
 }
@@ -55,7 +68,8 @@ fn run(name: &str, growth: Growth, steps: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = open(&dir.path().join("db"));
     let own = open(&dir.path().join("growth"));
-    let hot: Vec<sled::Tree> = (0..TREES)
+    let trees = if growth == Growth::History { 0 } else { TREES };
+    let hot: Vec<sled::Tree> = (0..trees)
         .map(|i| db.open_tree(format!("device/{i}")).expect("tree"))
         .collect();
     for tree in &hot {
@@ -65,15 +79,31 @@ fn run(name: &str, growth: Growth, steps: u64) {
         }
     }
     let growing = match growth {
-        Growth::OwnDb => own.open_tree("send_status"),
+        Growth::OwnDb | Growth::History => own.open_tree("send_status"),
         _ => db.open_tree("send_status"),
     }
     .expect("tree");
+    let queue = own.open_tree("send_queue").expect("tree");
     let started = Instant::now();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut grown = 0u64;
+    let mut recent: std::collections::VecDeque<Vec<u8>> = Default::default();
     for step in 0..steps {
+        if growth == Growth::History {
+            queue
+                .insert(step.to_be_bytes(), vec![3u8; 400])
+                .expect("insert");
+            queue.remove(step.to_be_bytes()).expect("remove");
+            if let Some(key) = recent.get(step as usize % 16) {
+                growing
+                    .insert(key.clone(), vec![8u8; GROWING_ROW])
+                    .expect("insert");
+            }
+        }
         for j in 0..OVERWRITES_PER_STEP {
+            if growth == Growth::History {
+                break;
+            }
             let tree = &hot[((step * OVERWRITES_PER_STEP + j) % TREES as u64) as usize];
             let key = (((step + j) % HOT_ROWS) as u32).to_be_bytes();
             tree.insert(key, vec![(step % 251) as u8; VALUE])
@@ -82,7 +112,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
         let key = match growth {
             Growth::None => None,
             Growth::InOrder => Some(step.to_be_bytes().to_vec()),
-            Growth::Random | Growth::OwnDb => {
+            Growth::Random | Growth::OwnDb | Growth::History => {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
@@ -90,8 +120,12 @@ fn run(name: &str, growth: Growth, steps: u64) {
             }
         };
         if let Some(key) = key {
-            growing.insert(key, vec![7u8; GROWING_ROW]).expect("insert");
+            growing
+                .insert(key.clone(), vec![7u8; GROWING_ROW])
+                .expect("insert");
             grown += GROWING_ROW as u64;
+            recent.push_front(key);
+            recent.truncate(48);
         }
         if step % FLUSH_EVERY == FLUSH_EVERY - 1 {
             db.flush().expect("flush");
@@ -100,7 +134,12 @@ fn run(name: &str, growth: Growth, steps: u64) {
     }
     db.flush().expect("flush");
     own.flush().expect("flush");
-    let live = (TREES as u64 * STABLE_ROWS as u64 * VALUE as u64) + grown;
+    let stable = if growth == Growth::History {
+        0
+    } else {
+        TREES as u64 * STABLE_ROWS as u64 * VALUE as u64
+    };
+    let live = stable + grown;
     let (main, second) = (
         disk_bytes(&dir.path().join("db")),
         disk_bytes(&dir.path().join("growth")),
@@ -126,9 +165,18 @@ fn main() {
         "{:<36} {:>7} {:>9} {:>9} {:>9} {:>8} {:>6}",
         "case", "steps", "live MiB", "db MiB", "2nd MiB", "disk/live", "secs"
     );
-    run("hot only", Growth::None, steps);
-    run("hot + growing tree", Growth::Random, steps);
-    run("hot + growing tree, keys in order", Growth::InOrder, steps);
-    run("hot + growing tree in a 2nd db", Growth::OwnDb, steps);
+    let only = std::env::var("SLED_GROWTH_CASES").unwrap_or_default();
+    let cases = [
+        ("hot only", Growth::None),
+        ("hot + growing tree", Growth::Random),
+        ("hot + growing tree, keys in order", Growth::InOrder),
+        ("hot + growing tree in a 2nd db", Growth::OwnDb),
+        ("history db alone", Growth::History),
+    ];
+    for (at, (name, growth)) in cases.into_iter().enumerate() {
+        if only.is_empty() || only.split(',').any(|c| c == (at + 1).to_string()) {
+            run(name, growth, steps);
+        }
+    }
     println!("load average {}", loadavg());
 }

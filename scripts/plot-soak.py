@@ -75,7 +75,12 @@ def main():
         (
             "disk (MiB)",
             [("disk_mib", "data dir (du)"), ("store_mib", "store size (metric)")]
-            + ([("live_mib", "live keys + values (all trees)")] if "live_mib" in rows[0] else []),
+            + ([("live_mib", "live keys + values (all trees)")] if "live_mib" in rows[0] else [])
+            + (
+                [("state_disk_mib", "state db (du)"), ("history_disk_mib", "history db (du)")]
+                if "state_disk_mib" in rows[0]
+                else []
+            ),
         ),
         ("webhook outbox depth", [("outbox_depth", "outbox depth")]),
         ("library tasks", [("library_tasks", "library tasks")]),
