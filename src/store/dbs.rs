@@ -53,6 +53,14 @@ pub(crate) fn in_history(name: &[u8]) -> bool {
         .any(|tree| tree.as_bytes() == name)
 }
 
+/// Opens (creating) the history database of the store in `data_dir`.
+pub(super) fn open_history(data_dir: &Path) -> Result<sled::Db, StoreError> {
+    super::open_db_with_cache(
+        &data_dir.join(HISTORY_DIR),
+        super::HISTORY_CACHE_CAPACITY_BYTES,
+    )
+}
+
 /// Both databases of one store.
 #[derive(Clone)]
 pub(crate) struct Dbs {
@@ -64,7 +72,7 @@ impl Dbs {
     pub(super) fn open(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
             state: super::open_db(data_dir)?,
-            history: super::open_db_at(&data_dir.join(HISTORY_DIR))?,
+            history: open_history(data_dir)?,
         })
     }
 

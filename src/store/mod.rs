@@ -165,8 +165,12 @@ const KEY_CHECK: &[u8] = b"key_check";
 const REKEY_TARGET: &[u8] = b"rekey_target";
 const VERIFIER: &[u8] = b"whatsd store format 1";
 
-/// sled page cache bound; the working set of a few hundred sessions fits.
+/// sled page cache bound of the state database; the working set of a few
+/// hundred sessions fits.
 const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// The history database's: its rows are written once and read rarely (a
+/// status, a retry copy, a contact page), so little of it is worth keeping.
+const HISTORY_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Handle to the daemon's store. Cheap to clone.
 #[derive(Clone)]
@@ -341,7 +345,7 @@ impl Store {
         }
         let dbs = Dbs {
             state: db,
-            history: open_db_at(&data_dir.join(dbs::HISTORY_DIR))?,
+            history: dbs::open_history(data_dir)?,
         };
         if migrate::format(&dbs.state)? == migrate::Format::Compact {
             migrate::split(&dbs, &sealer)?;
@@ -768,10 +772,14 @@ fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
 }
 
 fn open_db_at(path: &Path) -> Result<sled::Db, StoreError> {
+    open_db_with_cache(path, CACHE_CAPACITY_BYTES)
+}
+
+fn open_db_with_cache(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     let path = path.to_path_buf();
     let config = sled::Config::new()
         .path(&path)
-        .cache_capacity(CACHE_CAPACITY_BYTES)
+        .cache_capacity(cache_bytes)
         // No background flusher: it shares sled's global lock (see
         // `sled_gate`). Durable writes flush themselves; the rest is flushed
         // with them, by `Store::flush` at shutdown, or when the Db drops.
