@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
-use wacore::store::traits::{PendingInboundRow, ProtocolStore, SignalStore};
+use wacore::store::traits::{
+    MsgSecretEntry, MsgSecretStore, PendingInboundRow, ProtocolStore, SignalStore,
+};
 use whatsd::store::{MasterKey, Store};
 
 const CHILD_ENV: &str = "WHATSD_STORE_CRASH_CHILD";
@@ -62,7 +64,7 @@ fn uploaded(n: u64) -> bool {
 /// Batch `n` uses one of the durable write paths, in rotation.
 async fn write_batch(b: &whatsd::store::DeviceBackend, n: u64) {
     let rows: Vec<u64> = (0..ROWS_PER_BATCH).collect();
-    match n % 5 {
+    match n % 6 {
         0 => {
             let batch: Vec<(Arc<str>, Bytes)> = rows
                 .iter()
@@ -99,6 +101,22 @@ async fn write_batch(b: &whatsd::store::DeviceBackend, n: u64) {
                 .await
                 .expect("prekeys batch");
         }
+        4 => {
+            // Message secrets live in the history database (src/store/dbs.rs):
+            // its writes are durable through the same group commit.
+            let batch: Vec<MsgSecretEntry> = rows
+                .iter()
+                .map(|&r| MsgSecretEntry {
+                    chat: Arc::from("chat@g.us"),
+                    sender: Arc::from("sender@lid"),
+                    msg_id: Arc::from(address(n, r)),
+                    secret: identity(n, r),
+                    expires_at: 0,
+                    message_ts: n as i64,
+                })
+                .collect();
+            b.put_msg_secrets(batch).await.expect("message secrets");
+        }
         _ => {
             let ids: Vec<String> = rows.iter().map(|&r| address(n, r)).collect();
             let bodies: Vec<Vec<u8>> = rows.iter().map(|&r| payload(n, r)).collect();
@@ -123,7 +141,7 @@ async fn assert_batch_present(b: &whatsd::store::DeviceBackend, n: u64) {
     for r in 0..ROWS_PER_BATCH {
         let a = address(n, r);
         let what = format!("acknowledged batch {n} row {r}");
-        match n % 5 {
+        match n % 6 {
             0 => assert_eq!(
                 b.get_session(&a).await.expect(&what).as_deref(),
                 Some(&payload(n, r)[..]),
@@ -146,6 +164,13 @@ async fn assert_batch_present(b: &whatsd::store::DeviceBackend, n: u64) {
                     .as_deref(),
                 Some(&payload(n, r)[..]),
                 "{what} (prekey)"
+            ),
+            4 => assert_eq!(
+                b.get_msg_secret("chat@g.us", "sender@lid", &a)
+                    .await
+                    .expect(&what),
+                Some(identity(n, r).to_vec()),
+                "{what} (message secret)"
             ),
             _ => assert_eq!(
                 b.get_pending_inbound("chat@g.us", "sender@lid", &a)
