@@ -403,10 +403,11 @@ impl Store {
         backends.retain(|_, backend| backend.strong_count() > 0);
         let name = self.device_tree_name(session_id);
         let history_name = self.device_history_name(session_id);
-        let trees = device::Trees {
-            state: self.inner.dbs.state.open_tree(&name)?,
-            history: self.inner.dbs.history.open_tree(&history_name)?,
-        };
+        let trees = device::Trees::new(
+            self.inner.dbs.state.open_tree(&name)?,
+            self.inner.dbs.history.clone(),
+            history_name.clone().into_bytes(),
+        );
         let backend = Arc::new(DeviceBackend::new(
             session_id,
             [name.into_bytes(), history_name.into_bytes()],

@@ -212,19 +212,35 @@ fn in_history(key: &[u8]) -> bool {
 }
 
 /// A session's two trees: `device/<hex>` in the state database and
-/// `device_history/<hex>` in the history database.
+/// `device_history/<hex>` in the history database, opened (and so created)
+/// on first use: an idle session never touches it, and every open sled tree
+/// costs memory (about 10 KiB per session at 1,000 sessions).
 pub(crate) struct Trees {
-    pub(crate) state: sled::Tree,
-    pub(crate) history: sled::Tree,
+    state: sled::Tree,
+    history: std::sync::OnceLock<sled::Tree>,
+    history_db: sled::Db,
+    history_name: Vec<u8>,
 }
 
 impl Trees {
-    fn for_key(&self, key: &[u8]) -> &sled::Tree {
-        if in_history(key) {
-            &self.history
-        } else {
-            &self.state
+    pub(crate) fn new(state: sled::Tree, history_db: sled::Db, history_name: Vec<u8>) -> Self {
+        Self {
+            state,
+            history: std::sync::OnceLock::new(),
+            history_db,
+            history_name,
         }
+    }
+
+    fn for_key(&self, key: &[u8]) -> Result<&sled::Tree, StoreError> {
+        if !in_history(key) {
+            return Ok(&self.state);
+        }
+        if let Some(tree) = self.history.get() {
+            return Ok(tree);
+        }
+        let opened = self.history_db.open_tree(&self.history_name)?;
+        Ok(self.history.get_or_init(|| opened))
     }
 }
 
@@ -353,8 +369,9 @@ impl DeviceBackend {
         let guard = self.tree.read().map_err(|_| StoreError::Poisoned)?;
         match guard.as_ref() {
             Some(trees) => {
+                let tree = trees.for_key(key)?;
                 let _gate = super::sled_gate();
-                f(trees.for_key(key))
+                f(tree)
             }
             None => Err(StoreError::Wiped(self.session.to_string())),
         }
