@@ -50,6 +50,8 @@ enum Growth {
     InOrder,
     OwnDb,
     History,
+    /// `History`, plus per step two rows in one of 200 per-session trees.
+    HistoryTrees,
 }
 
 fn open(path: &Path) -> sled::Db {
@@ -68,7 +70,11 @@ fn run(name: &str, growth: Growth, steps: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = open(&dir.path().join("db"));
     let own = open(&dir.path().join("growth"));
-    let trees = if growth == Growth::History { 0 } else { TREES };
+    let trees = if matches!(growth, Growth::History | Growth::HistoryTrees) {
+        0
+    } else {
+        TREES
+    };
     let hot: Vec<sled::Tree> = (0..trees)
         .map(|i| db.open_tree(format!("device/{i}")).expect("tree"))
         .collect();
@@ -79,17 +85,34 @@ fn run(name: &str, growth: Growth, steps: u64) {
         }
     }
     let growing = match growth {
-        Growth::OwnDb | Growth::History => own.open_tree("send_status"),
+        Growth::OwnDb | Growth::History | Growth::HistoryTrees => own.open_tree("send_status"),
         _ => db.open_tree("send_status"),
     }
     .expect("tree");
     let queue = own.open_tree("send_queue").expect("tree");
+    let sessions: Vec<sled::Tree> = if growth == Growth::HistoryTrees {
+        (0..TREES)
+            .map(|i| own.open_tree(format!("device_history/{i}")).expect("tree"))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let started = Instant::now();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut grown = 0u64;
     let mut recent: std::collections::VecDeque<Vec<u8>> = Default::default();
     for step in 0..steps {
-        if growth == Growth::History {
+        if let Some(tree) = sessions.get(step as usize % TREES.max(1)) {
+            for len in [110usize, 85] {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                tree.insert(x.to_be_bytes(), vec![5u8; len])
+                    .expect("insert");
+                grown += len as u64;
+            }
+        }
+        if matches!(growth, Growth::History | Growth::HistoryTrees) {
             queue
                 .insert(step.to_be_bytes(), vec![3u8; 400])
                 .expect("insert");
@@ -101,7 +124,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
             }
         }
         for j in 0..OVERWRITES_PER_STEP {
-            if growth == Growth::History {
+            if matches!(growth, Growth::History | Growth::HistoryTrees) {
                 break;
             }
             let tree = &hot[((step * OVERWRITES_PER_STEP + j) % TREES as u64) as usize];
@@ -112,7 +135,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
         let key = match growth {
             Growth::None => None,
             Growth::InOrder => Some(step.to_be_bytes().to_vec()),
-            Growth::Random | Growth::OwnDb | Growth::History => {
+            Growth::Random | Growth::OwnDb | Growth::History | Growth::HistoryTrees => {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
@@ -134,7 +157,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
     }
     db.flush().expect("flush");
     own.flush().expect("flush");
-    let stable = if growth == Growth::History {
+    let stable = if matches!(growth, Growth::History | Growth::HistoryTrees) {
         0
     } else {
         TREES as u64 * STABLE_ROWS as u64 * VALUE as u64
@@ -172,6 +195,7 @@ fn main() {
         ("hot + growing tree, keys in order", Growth::InOrder),
         ("hot + growing tree in a 2nd db", Growth::OwnDb),
         ("history db alone", Growth::History),
+        ("history db, 200 session trees", Growth::HistoryTrees),
     ];
     for (at, (name, growth)) in cases.into_iter().enumerate() {
         if only.is_empty() || only.split(',').any(|c| c == (at + 1).to_string()) {
