@@ -20,6 +20,13 @@
 //!   (a send's status: queued, sent, delivered, read), and a queue row is
 //!   inserted and removed per step.
 //!
+//! - `hot + outbox and buffer churn`: hot rows, plus 1 KiB queue items in
+//!   and out (50 steps later) and a buffer row in and out per step;
+//! - `hot + a re-pairing every 1,000 steps`: hot rows, plus one tree
+//!   dropped and made again with its stable rows; `… emptied, kept`: the
+//!   tree emptied by one batch of removes instead (what `Store::wipe_device`
+//!   does); `… emptied, dropped`: emptied, then dropped.
+//!
 //! `SLED_GROWTH_FLUSHER_MS=N` opens the databases with sled's periodic
 //! flusher every N ms (whatsd keeps it off, see `sled_gate`): the only
 //! place sled 0.34 rewrites pages out of mostly-dead segments in a loop
@@ -52,6 +59,17 @@ enum Growth {
     History,
     /// `History`, plus per step two rows in one of 200 per-session trees.
     HistoryTrees,
+    /// Hot rows, plus a queue (1 KiB items in, out 50 steps later) and a
+    /// buffer row in and out per step: the outbox and pending-inbound rows.
+    HotQueue,
+    /// Hot rows, plus one tree dropped and made again (its stable rows
+    /// written anew) every 1,000 steps: a re-pairing.
+    HotRepair,
+    /// `HotRepair`, the tree emptied by one batch of removes instead of
+    /// dropped.
+    HotRepairClear,
+    /// `HotRepair`, the tree emptied by one batch of removes, then dropped.
+    HotRepairClearDrop,
 }
 
 fn open(path: &Path) -> sled::Db {
@@ -75,7 +93,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
     } else {
         TREES
     };
-    let hot: Vec<sled::Tree> = (0..trees)
+    let mut hot: Vec<sled::Tree> = (0..trees)
         .map(|i| db.open_tree(format!("device/{i}")).expect("tree"))
         .collect();
     for tree in &hot {
@@ -89,7 +107,11 @@ fn run(name: &str, growth: Growth, steps: u64) {
         _ => db.open_tree("send_status"),
     }
     .expect("tree");
-    let queue = own.open_tree("send_queue").expect("tree");
+    let queue = match growth {
+        Growth::HotQueue => db.open_tree("webhook_outbox"),
+        _ => own.open_tree("send_queue"),
+    }
+    .expect("tree");
     let sessions: Vec<sled::Tree> = if growth == Growth::HistoryTrees {
         (0..TREES)
             .map(|i| own.open_tree(format!("device_history/{i}")).expect("tree"))
@@ -123,6 +145,43 @@ fn run(name: &str, growth: Growth, steps: u64) {
                     .expect("insert");
             }
         }
+        if growth == Growth::HotQueue {
+            queue
+                .insert(step.to_be_bytes(), vec![4u8; 1024])
+                .expect("insert");
+            if let Some(old) = step.checked_sub(50) {
+                queue.remove(old.to_be_bytes()).expect("remove");
+            }
+            let buffer = &hot[step as usize % TREES];
+            buffer.insert(b"pending", vec![6u8; 300]).expect("insert");
+            buffer.remove(b"pending").expect("remove");
+        }
+        if matches!(
+            growth,
+            Growth::HotRepair | Growth::HotRepairClear | Growth::HotRepairClearDrop
+        ) && step % 1000 == 999
+        {
+            let at = (step / 1000) as usize % TREES;
+            let name = format!("device/{at}");
+            if growth == Growth::HotRepair {
+                db.drop_tree(name.as_bytes()).expect("drop");
+            } else {
+                let mut batch = sled::Batch::default();
+                for key in hot[at].iter().keys() {
+                    batch.remove(key.expect("key"));
+                }
+                hot[at].apply_batch(batch).expect("clear");
+                if growth == Growth::HotRepairClearDrop {
+                    db.drop_tree(name.as_bytes()).expect("drop");
+                }
+            }
+            let tree = db.open_tree(name).expect("tree");
+            for k in 0..STABLE_ROWS {
+                tree.insert(k.to_be_bytes(), vec![2u8; VALUE])
+                    .expect("insert");
+            }
+            hot[at] = tree;
+        }
         for j in 0..OVERWRITES_PER_STEP {
             if matches!(growth, Growth::History | Growth::HistoryTrees) {
                 break;
@@ -133,7 +192,11 @@ fn run(name: &str, growth: Growth, steps: u64) {
                 .expect("insert");
         }
         let key = match growth {
-            Growth::None => None,
+            Growth::None
+            | Growth::HotQueue
+            | Growth::HotRepair
+            | Growth::HotRepairClear
+            | Growth::HotRepairClearDrop => None,
             Growth::InOrder => Some(step.to_be_bytes().to_vec()),
             Growth::Random | Growth::OwnDb | Growth::History | Growth::HistoryTrees => {
                 x ^= x << 13;
@@ -196,6 +259,16 @@ fn main() {
         ("hot + growing tree in a 2nd db", Growth::OwnDb),
         ("history db alone", Growth::History),
         ("history db, 200 session trees", Growth::HistoryTrees),
+        ("hot + outbox and buffer churn", Growth::HotQueue),
+        ("hot + a re-pairing every 1,000 steps", Growth::HotRepair),
+        (
+            "hot + re-pairing, tree emptied, kept",
+            Growth::HotRepairClear,
+        ),
+        (
+            "hot + re-pairing, emptied, dropped",
+            Growth::HotRepairClearDrop,
+        ),
     ];
     for (at, (name, growth)) in cases.into_iter().enumerate() {
         if only.is_empty() || only.split(',').any(|c| c == (at + 1).to_string()) {

@@ -1125,7 +1125,9 @@ mod format_4_tests {
     use super::*;
     use crate::store::dbs::in_history;
     use crate::store::{DEVICE_HISTORY_PREFIX, Dbs, MasterKey, Store, backup};
-    use wacore::store::traits::{MsgSecretEntry, MsgSecretStore, ProtocolStore, SignalStore};
+    use wacore::store::traits::{
+        DeviceStore, MsgSecretEntry, MsgSecretStore, ProtocolStore, SignalStore,
+    };
 
     const SESSION: &str = "desk-r7m2x";
     const CHAT: &str = "15550001111@s.whatsapp.net";
@@ -1322,7 +1324,7 @@ mod format_4_tests {
     }
 
     #[tokio::test]
-    async fn a_wipe_drops_the_sessions_rows_in_both_databases() {
+    async fn a_wipe_empties_and_a_delete_drops_both_databases_trees() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::from_bytes([5; 32]);
         written(dir.path(), &key).await;
@@ -1330,19 +1332,32 @@ mod format_4_tests {
         let id = store.keyspace_id(SESSION);
         assert_eq!(store.device_keyspaces(), std::slice::from_ref(&id));
         let history_name = format!("{DEVICE_HISTORY_PREFIX}{id}");
+        let state_name = format!("{DEVICE_TREE_PREFIX}{id}");
         let has = |db: &sled::Db, name: &str| db.tree_names().iter().any(|n| n == name.as_bytes());
-        assert!(has(&store.inner.dbs.history, &history_name));
+        let len = |db: &sled::Db, name: &str| db.open_tree(name).unwrap().len();
+        assert!(len(&store.inner.dbs.history, &history_name) > 0);
+        // A wipe (logout, reset, unlink) empties both trees and keeps them
+        // for the next pairing.
         assert!(store.wipe_device(SESSION).await.unwrap());
-        assert!(!has(&store.inner.dbs.history, &history_name));
-        assert!(!has(
-            &store.inner.dbs.state,
-            &format!("{DEVICE_TREE_PREFIX}{id}")
-        ));
-        assert!(store.device_keyspaces().is_empty());
+        assert_eq!(len(&store.inner.dbs.history, &history_name), 0);
+        assert_eq!(len(&store.inner.dbs.state, &state_name), 0);
         let fresh = store.device_backend(SESSION).unwrap();
+        assert!(!fresh.exists().await.unwrap());
         assert_eq!(
             fresh.get_msg_secret(CHAT, CHAT, "3EB0AA").await.unwrap(),
             None
         );
+        assert!(!store.wipe_device(SESSION).await.unwrap(), "nothing left");
+        // A delete drops them.
+        let again = store.device_backend(SESSION).unwrap();
+        again
+            .store_sent_message(CHAT, "3EB0CC", b"payload")
+            .await
+            .unwrap();
+        again.put_session("15550001111.0:1", b"s").await.unwrap();
+        assert!(store.drop_device(SESSION).await.unwrap());
+        assert!(!has(&store.inner.dbs.history, &history_name));
+        assert!(!has(&store.inner.dbs.state, &state_name));
+        assert!(store.device_keyspaces().is_empty());
     }
 }

@@ -835,7 +835,7 @@ impl Actor {
     async fn delete(&mut self) -> Result<(), SupervisorError> {
         self.stop_client().await;
         let owner = Owner::of(&self.record);
-        self.shared.store.wipe_device(&owner.session).await?;
+        self.shared.store.drop_device(&owner.session).await?;
         crate::fault::point("session.delete.after_wipe", &owner.session);
         if let Some(sink) = &self.shared.sink {
             sink.session_deleted(&owner).await.map_err(|e| {
