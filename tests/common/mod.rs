@@ -107,7 +107,11 @@ impl Daemon {
             .append(true)
             .open(dir.join("daemon.log"))
             .expect("open daemon log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_whatsd"));
+        // A bench may run a copy of the binary (`BENCH_WHATSD_BIN`), so a
+        // build in the same target dir cannot swap it under a long soak.
+        let binary = std::env::var_os("BENCH_WHATSD_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_whatsd").into());
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .arg("--config")
