@@ -7,8 +7,9 @@
 //! device keyspaces), and per step nine overwrites of one of their five hot
 //! rows (Signal sessions, sender keys) and, depending on the case, one new
 //! 220-byte row in another tree (a send's status; the library's message
-//! secrets and retry copies grow the same way); a flush every 100 steps,
-//! as the group commit does. Cases, each in a fresh database:
+//! secrets and retry copies grow the same way); a flush every 100 steps
+//! (`SLED_GROWTH_FLUSH_EVERY`), as the group commit does. Cases, each in a
+//! fresh database:
 //!
 //! - `hot only`: the overwrites, nothing grows;
 //! - `hot + growing tree`: plus the new rows at random keys, same database;
@@ -25,7 +26,10 @@
 //! - `hot + a re-pairing every 1,000 steps`: hot rows, plus one tree
 //!   dropped and made again with its stable rows; `… emptied, kept`: the
 //!   tree emptied by one batch of removes instead (what `Store::wipe_device`
-//!   does); `… emptied, dropped`: emptied, then dropped.
+//!   does); `… emptied, dropped`: emptied, then dropped;
+//! - `hot + outbox with receiver outages`: the churn case, but the queue's
+//!   receiver is away for 1,500 of every 7,000 steps (the queue grows to
+//!   1,500 items, then drains), as in the soak.
 //!
 //! `SLED_GROWTH_FLUSHER_MS=N` opens the databases with sled's periodic
 //! flusher every N ms (whatsd keeps it off, see `sled_gate`): the only
@@ -48,7 +52,6 @@ const HOT_ROWS: u64 = 5;
 const VALUE: usize = 2048;
 const OVERWRITES_PER_STEP: u64 = 9;
 const GROWING_ROW: usize = 220;
-const FLUSH_EVERY: u64 = 100;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Growth {
@@ -70,6 +73,10 @@ enum Growth {
     HotRepairClear,
     /// `HotRepair`, the tree emptied by one batch of removes, then dropped.
     HotRepairClearDrop,
+    /// `HotQueue`, but the queue's receiver is away for 1,500 of every
+    /// 7,000 steps: the queue grows, then drains (the soak's receiver
+    /// outages).
+    HotQueueOutage,
 }
 
 fn open(path: &Path) -> sled::Db {
@@ -85,6 +92,10 @@ fn open(path: &Path) -> sled::Db {
 }
 
 fn run(name: &str, growth: Growth, steps: u64) {
+    let flush_every: u64 = std::env::var("SLED_GROWTH_FLUSH_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let dir = tempfile::tempdir().expect("temp dir");
     let db = open(&dir.path().join("db"));
     let own = open(&dir.path().join("growth"));
@@ -108,7 +119,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
     }
     .expect("tree");
     let queue = match growth {
-        Growth::HotQueue => db.open_tree("webhook_outbox"),
+        Growth::HotQueue | Growth::HotQueueOutage => db.open_tree("webhook_outbox"),
         _ => own.open_tree("send_queue"),
     }
     .expect("tree");
@@ -145,12 +156,20 @@ fn run(name: &str, growth: Growth, steps: u64) {
                     .expect("insert");
             }
         }
-        if growth == Growth::HotQueue {
+        if matches!(growth, Growth::HotQueue | Growth::HotQueueOutage) {
             queue
                 .insert(step.to_be_bytes(), vec![4u8; 1024])
                 .expect("insert");
-            if let Some(old) = step.checked_sub(50) {
-                queue.remove(old.to_be_bytes()).expect("remove");
+            let away = growth == Growth::HotQueueOutage && step % 7000 >= 5500;
+            if !away {
+                // Everything older than 50 steps leaves, the backlog too.
+                while let Some(first) = queue.first().expect("first") {
+                    let at = u64::from_be_bytes(first.0.as_ref().try_into().expect("key"));
+                    if at + 50 > step {
+                        break;
+                    }
+                    queue.remove(first.0).expect("remove");
+                }
             }
             let buffer = &hot[step as usize % TREES];
             buffer.insert(b"pending", vec![6u8; 300]).expect("insert");
@@ -194,6 +213,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
         let key = match growth {
             Growth::None
             | Growth::HotQueue
+            | Growth::HotQueueOutage
             | Growth::HotRepair
             | Growth::HotRepairClear
             | Growth::HotRepairClearDrop => None,
@@ -213,7 +233,7 @@ fn run(name: &str, growth: Growth, steps: u64) {
             recent.push_front(key);
             recent.truncate(48);
         }
-        if step % FLUSH_EVERY == FLUSH_EVERY - 1 {
+        if step % flush_every == flush_every - 1 {
             db.flush().expect("flush");
             own.flush().expect("flush");
         }
@@ -269,6 +289,7 @@ fn main() {
             "hot + re-pairing, emptied, dropped",
             Growth::HotRepairClearDrop,
         ),
+        ("hot + outbox with receiver outages", Growth::HotQueueOutage),
     ];
     for (at, (name, growth)) in cases.into_iter().enumerate() {
         if only.is_empty() || only.split(',').any(|c| c == (at + 1).to_string()) {
