@@ -83,13 +83,59 @@ pub use usage::TreeUsage;
 /// held only briefly: a backup takes it once per bounded chunk (see
 /// [`backup`]). In debug builds the `store.gate` fault makes every holder
 /// hang (see [`crate::fault::stall`]).
+///
+/// Reads take it too: a sled 0.34 lookup can split or merge the node it
+/// walks through (`Tree::view_for_key`, sled `tree.rs:1656-1675`), which
+/// writes to the log like an insert does.
+///
+/// No tokio worker thread waits for it: a caller that finds it taken
+/// spins briefly (holders keep it for an in-memory sled step, microseconds)
+/// and then, on a worker of the multi-threaded runtime, waits inside
+/// [`tokio::task::block_in_place`], which hands the worker's other tasks
+/// to another thread first; elsewhere (the blocking pool, plain threads,
+/// a single-threaded test runtime) it waits where it is.
 pub(crate) fn sled_gate() -> std::sync::MutexGuard<'static, ()> {
     static GATE: Mutex<()> = Mutex::new(());
-    GATE_WANTED.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    let guard = GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    GATE_WANTED.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    let guard = match try_gate(&GATE) {
+        Some(guard) => guard,
+        None => {
+            GATE_WANTED.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let guard =
+                off_the_workers(|| GATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            GATE_WANTED.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            guard
+        }
+    };
     crate::fault::stall("store.gate");
     guard
+}
+
+/// Takes `gate` if it is free or soon is (a short spin), without blocking.
+fn try_gate(gate: &'static Mutex<()>) -> Option<std::sync::MutexGuard<'static, ()>> {
+    for _ in 0..GATE_SPINS {
+        match gate.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+        }
+    }
+    None
+}
+
+/// How many times [`sled_gate`] tries the gate before it gives up its
+/// worker thread to wait.
+const GATE_SPINS: u32 = 64;
+
+/// Runs the blocking `wait` so that no tokio worker thread sits in it: on
+/// a worker of a multi-threaded runtime through
+/// [`tokio::task::block_in_place`], elsewhere as it is.
+pub(crate) fn off_the_workers<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
 }
 
 /// Callers waiting for [`sled_gate`].
@@ -999,5 +1045,65 @@ impl KeyspaceUsage {
 
     pub fn rows(&self) -> u64 {
         self.by_kind.values().map(|k| k.rows).sum()
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::sled_gate;
+
+    /// While the gate is held elsewhere, tasks waiting for it on both
+    /// workers of a two-worker runtime leave the workers free: a plain
+    /// async task still runs before the gate is let go. (When the waiters
+    /// blocked where they were, they parked both workers and the task ran
+    /// only after the holder gave up, 20 s later.)
+    #[test]
+    fn waiting_for_the_gate_leaves_the_async_workers_free() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let (release, released) = mpsc::channel::<()>();
+        let (held, is_held) = mpsc::channel::<()>();
+        let let_go = Arc::new(AtomicBool::new(false));
+        let holder = std::thread::spawn({
+            let let_go = let_go.clone();
+            move || {
+                let gate = sled_gate();
+                held.send(()).expect("held");
+                // Let go when the test says so, or after a bound so a
+                // failing test ends.
+                let _ = released.recv_timeout(Duration::from_secs(20));
+                let_go.store(true, Ordering::SeqCst);
+                drop(gate);
+            }
+        });
+        is_held.recv().expect("the holder took the gate");
+        let ran_while_held = runtime.block_on(async {
+            let waiters: Vec<_> = (0..4)
+                .map(|_| tokio::spawn(async { drop(sled_gate()) }))
+                .collect();
+            let ran_while_held = tokio::spawn({
+                let let_go = let_go.clone();
+                async move { !let_go.load(Ordering::SeqCst) }
+            })
+            .await
+            .expect("task");
+            let _ = release.send(());
+            for waiter in waiters {
+                waiter.await.expect("waiter");
+            }
+            ran_while_held
+        });
+        holder.join().expect("holder");
+        assert!(
+            ran_while_held,
+            "a task waited for the gate's holder: the waiters parked the workers"
+        );
     }
 }
