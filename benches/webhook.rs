@@ -19,6 +19,12 @@
 //!
 //!    Also printed: the store's group commits (sled flushes) per message.
 //!
+//!    Then the same run again, fresh sessions at the same fakewa, with the
+//!    sessions' messages going to a sink that only counts them: the
+//!    ceiling that WhatsApp's side (fakewa, the library, the session
+//!    actor) leaves for whatsd's outbox and delivery. The ratio of the two
+//!    maximum rates is printed last.
+//!
 //! Env knobs: `WHATSD_BENCH_E2E_SESSIONS` (sessions end to end, default 8),
 //! `WHATSD_BENCH_ONLY=e2e` (skip part 1), `WHATSD_BENCH_FDATASYNC=0` (group
 //! commits stop at sled's flush, as before power-loss durability: measures
@@ -94,7 +100,13 @@ fn main() {
         if std::env::var("WHATSD_BENCH_ONLY").as_deref() != Ok("e2e") {
             outbox_alone(&receiver, &url).await;
         }
-        end_to_end(&receiver, &url, &fake).await;
+        let full = end_to_end(&receiver, &url, &fake, Path::Webhook, 0).await;
+        let ceiling = end_to_end(&receiver, &url, &fake, Path::Library, 1).await;
+        println!();
+        println!(
+            "end to end against its ceiling (same run): {full:.0} / {ceiling:.0} msgs/s = {:.2}",
+            full / ceiling
+        );
     });
     fake.stop();
 }
@@ -129,6 +141,17 @@ impl Receiver {
         v
     }
 
+    /// Counts a message that carries a send stamp, arrived at `now` (µs).
+    fn arrived(&self, body: &[u8], now: i64) {
+        if let Some(sent) = stamp(body) {
+            lock(&self.latencies).push(now - sent);
+            self.stamped.fetch_add(1, Ordering::SeqCst);
+            if let Some(window) = lock(&self.window).as_ref() {
+                window.add_permits(1);
+            }
+        }
+    }
+
     /// Bounded poll until `n` stamped POSTs arrived; returns when the last did.
     async fn wait_for(&self, n: usize, what: &str) {
         let deadline = Instant::now() + WAIT;
@@ -144,14 +167,7 @@ impl Receiver {
 }
 
 async fn hook(State(r): State<Arc<Receiver>>, body: Bytes) -> StatusCode {
-    let now = now_us();
-    if let Some(sent) = stamp(&body) {
-        lock(&r.latencies).push(now - sent);
-        r.stamped.fetch_add(1, Ordering::SeqCst);
-        if let Some(window) = lock(&r.window).as_ref() {
-            window.add_permits(1);
-        }
-    }
+    r.arrived(&body, now_us());
     let mut sample = lock(&r.sample);
     if sample.is_none() {
         *sample = Some(body);
@@ -402,7 +418,70 @@ async fn load(url: &str, body: Bytes, concurrency: usize) -> f64 {
 
 // ---- 2. end to end --------------------------------------------------------
 
-async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
+/// What the sessions' messages go to in an end-to-end run.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// The daemon's path: durable outbox append, group commit, HTTP POST
+    /// to the receiver.
+    Webhook,
+    /// The ceiling: a sink that counts each message as it is handed over
+    /// (no outbox, no commit, no HTTP); what WhatsApp's side of the path
+    /// (fakewa, the library's decryption and acks, the session) allows.
+    Library,
+}
+
+/// An [`EventSink`] that records every message's latency as the receiver
+/// would, at the moment the session hands it over.
+struct CountingSink(Arc<Receiver>);
+
+#[async_trait::async_trait]
+impl EventSink for CountingSink {
+    async fn messages(
+        &self,
+        _owner: &whatsd::session::Owner,
+        _me: Identity,
+        batch: Vec<InboundMessage>,
+    ) -> anyhow::Result<()> {
+        for message in &batch {
+            if let Some(text) = &message.content.text {
+                self.0.arrived(text.as_bytes(), now_us());
+            }
+        }
+        Ok(())
+    }
+
+    fn session_event(&self, _event: &whatsd::session::SessionEvent) {}
+
+    async fn session_deleted(&self, _owner: &whatsd::session::Owner) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn session_reassigned(
+        &self,
+        _old: &whatsd::session::Owner,
+        _new: &whatsd::session::Owner,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// One end-to-end run over `path`; `run` keeps its sessions and contacts
+/// apart from another run's at the same fakewa. Returns the max rate.
+async fn end_to_end(
+    receiver: &Arc<Receiver>,
+    url: &str,
+    fake: &fakewa::FakeWa,
+    path: Path,
+    run: usize,
+) -> f64 {
+    println!();
+    println!(
+        "== end to end, {} ==",
+        match path {
+            Path::Webhook => "fakewa -> whatsd -> durable outbox -> webhook POST",
+            Path::Library => "the ceiling: fakewa -> whatsd's sessions -> a counting sink",
+        }
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), &MasterKey::from_bytes([9; 32])).expect("store");
     let power_loss = power_loss_durable();
@@ -439,6 +518,10 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
         )
         .await
         .expect("endpoint");
+    let sink: Arc<dyn EventSink> = match path {
+        Path::Webhook => Arc::new(webhooks.clone()),
+        Path::Library => Arc::new(CountingSink(Arc::clone(receiver))),
+    };
     let config = SessionConfig {
         wa: WaConfig {
             ws_url: Some(fake.ws_url()),
@@ -449,10 +532,9 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
         activation_timeout: Duration::from_secs(600),
         ..Default::default()
     };
-    let supervisor =
-        Supervisor::start_with_sink(store.clone(), config, Some(Arc::new(webhooks.clone())))
-            .await
-            .expect("supervisor");
+    let supervisor = Supervisor::start_with_sink(store.clone(), config, Some(sink))
+        .await
+        .expect("supervisor");
     let sessions: usize = std::env::var("WHATSD_BENCH_E2E_SESSIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -463,7 +545,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
     let pairings: Vec<_> = (0..sessions)
         .map(|i| {
             let (supervisor, server) = (supervisor.clone(), Arc::clone(&fake.server));
-            tokio::spawn(async move { pair(&supervisor, &server, i).await })
+            tokio::spawn(async move { pair(&supervisor, &server, run * 1000 + i).await })
         })
         .collect();
     let mut phones = Vec::new();
@@ -474,7 +556,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
         .iter()
         .enumerate()
         .flat_map(|(i, phone)| {
-            (0..CONTACTS).map(move |c| (phone.clone(), format!("1777{i:03}{c:04}")))
+            (0..CONTACTS).map(move |c| (phone.clone(), format!("1777{run}{i:03}{c:04}")))
         })
         .collect();
     let send = |k: usize| {
@@ -597,6 +679,7 @@ async fn end_to_end(receiver: &Receiver, url: &str, fake: &fakewa::FakeWa) {
     }
     supervisor.shutdown().await;
     webhooks.shutdown(Duration::from_secs(5)).await;
+    MAX_MESSAGES as f64 / max_time.as_secs_f64()
 }
 
 /// Creates session `i`, scans its QR as a fresh number, waits for it to
