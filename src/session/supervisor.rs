@@ -39,7 +39,7 @@ pub struct Supervisor {
 
 struct Inner {
     shared: Arc<Shared>,
-    sessions: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    sessions: Mutex<HashMap<String, mpsc::Sender<Box<Command>>>>,
     /// Every session's task, its client's tasks and the health sweep run
     /// here; cancelled, each session records its shutdown and stops.
     scope: TaskScope,
@@ -123,7 +123,7 @@ impl Supervisor {
             let tx = supervisor.spawn_actor(record);
             if reconnect {
                 restored += 1;
-                let _ = tx.send(Command::Restore).await;
+                let _ = tx.send(Box::new(Command::Restore)).await;
             }
         }
         tracing::info!(restored, "supervisor started");
@@ -132,7 +132,10 @@ impl Supervisor {
         Ok(supervisor)
     }
 
-    fn spawn_actor(&self, record: SessionRecord) -> mpsc::Sender<Command> {
+    /// Commands go boxed: a channel keeps its messages in blocks of 32
+    /// slots, so each idle session holds 32 pointers rather than 32
+    /// commands (~2.5 KiB).
+    fn spawn_actor(&self, record: SessionRecord) -> mpsc::Sender<Box<Command>> {
         let id = record.id.clone();
         let (tx, rx) = mpsc::channel(COMMAND_BUFFER);
         lock(&self.inner.sessions).insert(id.clone(), tx.clone());
@@ -175,7 +178,10 @@ impl Supervisor {
                     } else {
                         "session task was cancelled"
                     };
-                    let record = shared.mark_failed_after_crash(&id, message).await;
+                    // Boxed: this task waits on its session for the
+                    // session's whole life, and need not reserve room for
+                    // this store call meanwhile.
+                    let record = Box::pin(shared.mark_failed_after_crash(&id, message)).await;
                     if let Some(record) = record
                         && !inner.scope.is_cancelled()
                     {
@@ -198,7 +204,7 @@ impl Supervisor {
                 let Some(inner) = weak.upgrade() else { return };
                 let senders: Vec<_> = lock(&inner.sessions).values().cloned().collect();
                 for tx in senders {
-                    let _ = tx.try_send(Command::Health);
+                    let _ = tx.try_send(Box::new(Command::Health));
                 }
             }
         });
@@ -654,7 +660,7 @@ impl Supervisor {
             .cloned()
             .ok_or_else(|| SupervisorError::NotFound(id.to_owned()))?;
         let (reply, rx) = oneshot::channel();
-        tx.send(make(reply))
+        tx.send(Box::new(make(reply)))
             .await
             .map_err(|_| SupervisorError::NotFound(id.to_owned()))?;
         match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {

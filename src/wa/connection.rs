@@ -45,12 +45,14 @@ impl Drop for TaskGuard {
 /// Runs inline on the library's dispatch path, so it only does a
 /// non-blocking send. The default concurrent delivery would spawn a task per
 /// event and lose their order (`Connected` could overtake `PairSuccess`).
-struct Forward(mpsc::UnboundedSender<WaEvent>);
+/// Events go boxed: a channel keeps its messages in blocks of 32 slots, so
+/// each session holds 32 pointers idle rather than 32 events (~4 KiB).
+struct Forward(mpsc::UnboundedSender<Box<WaEvent>>);
 
 impl EventHandler for Forward {
     fn handle_event(&self, event: Arc<Event>) {
         if let Some(mapped) = super::events::map(&event) {
-            let _ = self.0.send(mapped);
+            let _ = self.0.send(Box::new(mapped));
         }
     }
 
@@ -71,7 +73,7 @@ impl Connection {
         session: &TaskScope,
         config: &WaConfig,
         backend: Arc<dyn Backend>,
-        events: mpsc::UnboundedSender<WaEvent>,
+        events: mpsc::UnboundedSender<Box<WaEvent>>,
         inbound: Option<Arc<dyn InboundSink>>,
     ) -> Result<Self, WaError> {
         let tasks = super::runtime::Tasks::new(session);

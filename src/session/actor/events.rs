@@ -435,7 +435,7 @@ impl Actor {
     pub(super) async fn on_client_exit(&mut self) {
         // Terminal events may still be queued behind the exit: apply them first.
         while let Some(event) = self.wa_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            self.on_wa_event(event).await;
+            Box::pin(self.on_wa_event(*event)).await;
         }
         let Some(conn) = self.conn.take() else { return };
         drop(conn);

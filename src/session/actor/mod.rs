@@ -318,7 +318,7 @@ pub(super) struct Actor {
     /// The record's owner, shared with the live connection's inbound sink.
     owner: Arc<Mutex<Owner>>,
     conn: Option<Connection>,
-    wa_events: Option<mpsc::UnboundedReceiver<WaEvent>>,
+    wa_events: Option<mpsc::UnboundedReceiver<Box<WaEvent>>>,
     /// When a pairing that has not reached `connected` is given up.
     activation_deadline: Option<Instant>,
     qr_index: u32,
@@ -406,46 +406,53 @@ impl Actor {
         &self.shared.config
     }
 
-    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> ActorExit {
+    /// The session's loop. Every handler's future is boxed: they are alive
+    /// one at a time, and inline this task would reserve room for the
+    /// largest of them (several KiB) for as long as the session lives.
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Box<Command>>) -> ActorExit {
         let shutdown = self.scope.token();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    self.stop_client().await;
-                    self.record_shutdown().await;
+                    Box::pin(self.stop_client()).await;
+                    Box::pin(self.record_shutdown()).await;
                     return ActorExit::Stopped;
                 }
-                command = commands.recv() => match command {
+                command = commands.recv() => match command.map(|command| *command) {
                     Some(Command::Delete(reply)) => {
-                        let result = self.delete().await;
+                        let result = Box::pin(self.delete()).await;
                         let deleted = result.is_ok();
                         let _ = reply.send(result);
                         if deleted {
                             return ActorExit::Deleted;
                         }
                     }
-                    Some(command) => self.on_command(command).await,
+                    Some(command) => Box::pin(self.on_command(command)).await,
                     None => {
-                        self.stop_client().await;
+                        Box::pin(self.stop_client()).await;
                         return ActorExit::Stopped;
                     }
                 },
                 event = next_event(&mut self.wa_events) => match event {
-                    Some(event) => self.on_wa_event(event).await,
+                    Some(event) => Box::pin(self.on_wa_event(event)).await,
                     None => self.wa_events = None,
                 },
-                _ = client_finished(&mut self.conn) => self.on_client_exit().await,
-                _ = sleep_until(self.activation_deadline) => self.on_activation_timeout().await,
-                found = poll_result(&mut self.phone_poll) => self.on_phone_poll(found).await,
-                _ = sleep_until(self.drain_at) => self.drain_one().await,
-                sent = send_finished(&mut self.in_flight) => self.on_sent(sent).await,
+                _ = client_finished(&mut self.conn) => Box::pin(self.on_client_exit()).await,
+                _ = sleep_until(self.activation_deadline) => {
+                    Box::pin(self.on_activation_timeout()).await;
+                }
+                found = poll_result(&mut self.phone_poll) => {
+                    Box::pin(self.on_phone_poll(found)).await;
+                }
+                _ = sleep_until(self.drain_at) => Box::pin(self.drain_one()).await,
+                sent = send_finished(&mut self.in_flight) => Box::pin(self.on_sent(sent)).await,
                 _ = sleep_until(self.start_permit.as_ref().map(|(_, until)| *until)) => {
                     self.start_permit = None;
                 }
                 permit = permit_turn(&mut self.waiting_permit) => {
                     self.waiting_permit = None;
                     self.start_permit = permit.map(|p| (p, Instant::now() + START_PERMIT_HOLD));
-                    if let Err(e) = self.start().await {
+                    if let Err(e) = Box::pin(self.start()).await {
                         tracing::warn!(session = %self.record.id, "restoring: {e}");
                     }
                 }
@@ -1051,9 +1058,9 @@ impl Actor {
     }
 }
 
-async fn next_event(rx: &mut Option<mpsc::UnboundedReceiver<WaEvent>>) -> Option<WaEvent> {
+async fn next_event(rx: &mut Option<mpsc::UnboundedReceiver<Box<WaEvent>>>) -> Option<WaEvent> {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.recv().await.map(|event| *event),
         None => pending().await,
     }
 }
@@ -1094,5 +1101,30 @@ async fn permit_turn(
     match wait {
         Some(wait) => wait.await.ok().and_then(Result::ok),
         None => pending().await,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn future_size<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A session's task lives as long as the session; what it keeps while
+    /// idle is the actor and the futures it waits on, not room for its
+    /// handlers (boxed in `run`). With them inline, `run` took the actor
+    /// plus the largest handler and more (6,192 bytes in a debug build
+    /// against 3,336 boxed).
+    #[test]
+    fn the_session_task_does_not_reserve_room_for_its_handlers() {
+        let actor = std::mem::size_of::<Actor>();
+        let run = future_size(Actor::run);
+        let largest_handler = future_size(Actor::on_command).max(future_size(Actor::on_wa_event));
+        assert!(
+            run < actor + largest_handler,
+            "run's future is {run} bytes: the actor ({actor}) plus a handler ({largest_handler}) inline"
+        );
     }
 }
