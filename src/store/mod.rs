@@ -227,9 +227,13 @@ const KEY_CHECK: &[u8] = b"key_check";
 const REKEY_TARGET: &[u8] = b"rekey_target";
 const VERIFIER: &[u8] = b"whatsd store format 1";
 
-/// sled page cache bound of the state database; the working set of a few
-/// hundred sessions fits.
-const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// sled page cache bound of the state database. A paired session's rows
+/// take ~40 KiB in it, most of them one-time prekeys read once per new
+/// contact; the rows a message touches (its Signal session, the device
+/// row) are a few KiB. At 64 MiB the cache held every row of 1,000
+/// sessions (~40 KiB of each one's resident memory); at 16 MiB the cold
+/// ones fall out and are read back from the log when needed.
+const CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 /// The history database's: its rows are written once and read rarely (a
 /// status, a retry copy, a contact page), so little of it is worth keeping.
 const HISTORY_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
