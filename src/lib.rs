@@ -17,6 +17,7 @@ mod daemon;
 pub mod demo;
 #[doc(hidden)]
 pub mod fault;
+pub mod hex;
 pub mod metrics;
 pub mod notify;
 pub mod proto;

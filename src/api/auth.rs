@@ -97,9 +97,7 @@ fn random_hex(prefix: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::internal(&"the system random generator failed"))?;
     let mut out = String::with_capacity(prefix.len() + 64);
     out.push_str(prefix);
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
+    crate::hex::push_hex(&mut out, &bytes);
     Ok(out)
 }
 

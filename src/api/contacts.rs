@@ -15,8 +15,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, JsonOrCsv};
 use super::groups::answered;
 use super::openapi::{ErrorBody, SessionPath};
 use super::sessions::{normalize_phone, visible_session};
+use crate::hex::{hex, unhex};
 use crate::session::contacts::{self, Annotation, Contact};
-use crate::store::ids::{hex, unhex};
 use crate::wa::contacts::NumberCheck;
 
 /// Page sizes of the directory.

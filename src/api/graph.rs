@@ -22,10 +22,10 @@ use super::auth::{Principal, authenticate_parts};
 use super::error::{ApiError, RateLimitHeaders, error_response};
 use super::media_out::{self, ReplyTo, SendMessage};
 use super::sessions::{normalize_phone, send_text, visible_session};
+use crate::hex::hex;
 use crate::session::SessionInfo;
 use crate::session::media::rekey;
 use crate::session::outbound::MediaKind;
-use crate::store::ids::hex;
 use crate::webhook::bsuid;
 
 /// Message types Meta's `/messages` takes that whatsd does not send yet.

@@ -34,9 +34,9 @@ use super::error::ApiError;
 use super::extract::ApiPath;
 use super::openapi::{ErrorBody, SessionMessagePath};
 use super::sessions::visible_session;
+use crate::hex::hex;
 use crate::lock;
 use crate::session::outbound;
-use crate::store::ids::hex;
 use crate::store::media_refs::{self, MediaRef};
 use crate::wa::media::{MediaError, decrypt_into};
 

@@ -214,7 +214,7 @@ fn plan<E>(
     // wherever the phone's row says.
     let home = match (&by_lid, &phone_row) {
         (Some(k), _) => k.clone(),
-        (None, Some(Row::MergedInto { key })) => match crate::store::ids::unhex(key) {
+        (None, Some(Row::MergedInto { key })) => match crate::hex::unhex(key) {
             Some(k) => k,
             None => by_phone.clone().unwrap_or_default(),
         },
@@ -241,7 +241,7 @@ fn plan<E>(
     let pointer = by_phone.filter(|k| *k != home);
     let pointer_in_place = matches!(
         &phone_row,
-        Some(Row::MergedInto { key }) if crate::store::ids::unhex(key).as_deref() == Some(home.as_slice())
+        Some(Row::MergedInto { key }) if crate::hex::unhex(key).as_deref() == Some(home.as_slice())
     );
     Ok(Plan {
         home,
@@ -278,7 +278,7 @@ pub fn note(store: &Store, prefix: &[u8], seen: &[Seen]) -> Result<(), StoreErro
             write(tx, &plan.home, &Row::Person(plan.person))?;
             if let Some(k) = &plan.pointer {
                 let pointer = Row::MergedInto {
-                    key: crate::store::ids::hex(&plan.home),
+                    key: crate::hex::hex(&plan.home),
                 };
                 write(tx, k, &pointer)?;
             }
@@ -314,7 +314,7 @@ pub fn annotate(store: &Store, prefix: &[u8], row: &Annotation) -> Result<bool, 
         for k in by_lid.iter().chain(by_phone.iter()) {
             match read(tx, k)? {
                 Some(Row::Person(_)) => home = Some(k.clone()),
-                Some(Row::MergedInto { key }) => home = crate::store::ids::unhex(&key),
+                Some(Row::MergedInto { key }) => home = crate::hex::unhex(&key),
                 None => continue,
             }
             break;

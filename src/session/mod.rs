@@ -76,7 +76,7 @@ pub fn new_incarnation() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::hex(&bytes)
 }
 
 /// How many transitions a record keeps.

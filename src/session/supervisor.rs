@@ -683,8 +683,7 @@ fn generate_id() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 6];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("s-{hex}")
+    format!("s-{}", crate::hex::hex(&bytes))
 }
 
 impl Shared {

@@ -111,9 +111,7 @@ impl MasterKey {
         }
         let mut file = options.open(path).map_err(io_err)?;
         let mut hex = Zeroizing::new(String::with_capacity(MASTER_KEY_LEN * 2 + 1));
-        for byte in self.0.iter() {
-            hex.push_str(&format!("{byte:02x}"));
-        }
+        crate::hex::push_hex(&mut hex, self.0.as_slice());
         hex.push('\n');
         file.write_all(hex.as_bytes()).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;

@@ -79,28 +79,6 @@ pub(crate) fn load_or_create(db: &sled::Db, sealer: &Sealer) -> Result<Blinder, 
     Ok(Blinder::from_bytes(&bytes))
 }
 
-/// Lower-case hex of a blinded id (for sled tree names).
-/// The bytes of lower- or upper-case hex `text`; `None` if it is not hex.
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +91,5 @@ mod tests {
         assert_ne!(a.blind(b"session", b"x"), a.blind(b"tenant", b"x"));
         assert_ne!(a.blind(b"session", b"x"), b.blind(b"session", b"x"));
         assert_ne!(a.blind(b"session", b"ab"), a.blind(b"sessiona", b"b"));
-        assert_eq!(hex(&[0, 0xab]), "00ab");
     }
 }

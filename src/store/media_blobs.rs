@@ -30,9 +30,9 @@ use std::path::PathBuf;
 
 use tokio::io::AsyncWriteExt;
 
-use super::ids::hex;
 use super::outbox::QueueItem;
 use super::{Store, StoreError, sled_gate};
+use crate::hex::hex;
 
 pub(crate) const UPLOADS_TREE: &str = "media_uploads";
 const DIR: &str = "media-out";

@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, sled_gate};
-use crate::store::ids::{hex, unhex};
+use crate::hex::{hex, unhex};
 
 pub(crate) const MEDIA_REFS_TREE: &str = "media_refs";
 
@@ -81,12 +81,12 @@ mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::hex(bytes))
+        s.serialize_str(&crate::hex::hex(bytes))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
-        super::unhex(&text).ok_or_else(|| serde::de::Error::custom("not hex"))
+        crate::hex::unhex(&text).ok_or_else(|| serde::de::Error::custom("not hex"))
     }
 }
 

@@ -600,7 +600,7 @@ fn convert(
             (name.to_vec(), Kind::Id(TENANT_DOMAIN))
         } else if let Some(session) = device_session {
             report.keyspaces += 1;
-            let hashed = ids::hex(&blinder.blind(SESSION_DOMAIN, session));
+            let hashed = crate::hex::hex(&blinder.blind(SESSION_DOMAIN, session));
             (
                 format!("{DEVICE_TREE_PREFIX}{hashed}").into_bytes(),
                 Kind::Device,

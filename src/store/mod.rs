@@ -777,7 +777,7 @@ impl Store {
     /// The id under which `session_id`'s device keyspace is stored: the hex
     /// of its blinded id.
     pub fn keyspace_id(&self, session_id: &str) -> String {
-        ids::hex(
+        crate::hex::hex(
             &self
                 .inner
                 .blinder

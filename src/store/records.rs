@@ -81,7 +81,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.records.iter() {
             let (key, sealed) = item?;
-            let label = format!("?{}", ids::hex(&key[..key.len().min(6)]));
+            let label = format!("?{}", crate::hex::hex(&key[..key.len().min(6)]));
             match self.decode_record(&label, &key, &sealed) {
                 Ok(record) => out.push((record.id.clone(), Ok(record))),
                 Err(e) => out.push((label, Err(e))),

@@ -105,7 +105,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tenants_tree()?.iter() {
             let (key, sealed) = item?;
-            let label = format!("?{}", ids::hex(&key[..key.len().min(6)]));
+            let label = format!("?{}", crate::hex::hex(&key[..key.len().min(6)]));
             out.push(self.decode_tenant(&label, &key, &sealed)?);
         }
         // Stored in hash order; listed in id order.

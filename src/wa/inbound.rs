@@ -7,6 +7,7 @@
 //! redelivers (`whatsapp_rust::InboundDurabilityHook`). The sink therefore
 //! sees a message at least once and must be idempotent on [`InboundMessage::key`].
 
+use crate::hex::hex;
 use std::sync::Arc;
 
 use whatsapp_rust::types::durability_hook::InboundMessage as LibInbound;
@@ -256,11 +257,6 @@ async fn resolve_sender(client: &Client, message: &mut InboundMessage, info: &Me
     if let Some(phone) = phone_of_lid(client, &info.source.sender).await {
         message.sender_phone = phone;
     }
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The metadata every attachment kind has.

@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 
 use super::bsuid::{self, Contact};
 use super::endpoint::Format;
+use crate::hex::hex;
 use crate::session::{EventKind, Identity, SessionEvent};
 use crate::store::ids::Blinder;
 use crate::store::media_refs;
 use crate::wa::InboundMessage;
-use crate::wa::inbound::hex;
 
 /// One event as every whatsd-format webhook receives it. `id` is stable
 /// across retries and redeliveries: use it as the idempotency key.
