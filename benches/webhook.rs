@@ -19,11 +19,13 @@
 //!
 //!    Also printed: the store's group commits (sled flushes) per message.
 //!
-//!    Then the same run again, fresh sessions at the same fakewa, with the
-//!    sessions' messages going to a sink that only counts them: the
-//!    ceiling that WhatsApp's side (fakewa, the library, the session
-//!    actor) leaves for whatsd's outbox and delivery. The ratio of the two
-//!    maximum rates is printed last.
+//!    Then the same run twice more, fresh sessions at the same fakewa: with
+//!    the webhooks' workers stopped (each message appended to the outbox
+//!    and committed, then counted: the path without delivery), and with
+//!    the sessions' messages going to a sink that only counts them (the
+//!    ceiling that WhatsApp's side — fakewa, the library, the session
+//!    actor — leaves for whatsd's outbox and delivery). The ratios of the
+//!    maximum rates are printed last.
 //!
 //! Env knobs: `WHATSD_BENCH_E2E_SESSIONS` (sessions end to end, default 8),
 //! `WHATSD_BENCH_ONLY=e2e` (skip part 1), `WHATSD_BENCH_FDATASYNC=0` (group
@@ -101,11 +103,14 @@ fn main() {
             outbox_alone(&receiver, &url).await;
         }
         let full = end_to_end(&receiver, &url, &fake, Path::Webhook, 0).await;
+        let outbox = end_to_end(&receiver, &url, &fake, Path::Outbox, 2).await;
         let ceiling = end_to_end(&receiver, &url, &fake, Path::Library, 1).await;
         println!();
         println!(
-            "end to end against its ceiling (same run): {full:.0} / {ceiling:.0} msgs/s = {:.2}",
-            full / ceiling
+            "end to end against its ceiling (same run): {full:.0} / {ceiling:.0} msgs/s = {:.2}; \
+             without delivery {outbox:.0} msgs/s = {:.2}",
+            full / ceiling,
+            outbox / ceiling
         );
     });
     fake.stop();
@@ -424,6 +429,10 @@ enum Path {
     /// The daemon's path: durable outbox append, group commit, HTTP POST
     /// to the receiver.
     Webhook,
+    /// The daemon's path without delivery: the message is appended to the
+    /// outbox and committed (the webhooks' workers are stopped), then
+    /// counted.
+    Outbox,
     /// The ceiling: a sink that counts each message as it is handed over
     /// (no outbox, no commit, no HTTP); what WhatsApp's side of the path
     /// (fakewa, the library's decryption and acks, the session) allows.
@@ -431,21 +440,31 @@ enum Path {
 }
 
 /// An [`EventSink`] that records every message's latency as the receiver
-/// would, at the moment the session hands it over.
-struct CountingSink(Arc<Receiver>);
+/// would, at the moment the session hands it over; with `outbox`, only
+/// after that sink (the webhooks, workers stopped) made it durable.
+struct CountingSink {
+    receiver: Arc<Receiver>,
+    outbox: Option<Webhooks>,
+}
 
 #[async_trait::async_trait]
 impl EventSink for CountingSink {
     async fn messages(
         &self,
-        _owner: &whatsd::session::Owner,
-        _me: Identity,
+        owner: &whatsd::session::Owner,
+        me: Identity,
         batch: Vec<InboundMessage>,
     ) -> anyhow::Result<()> {
-        for message in &batch {
-            if let Some(text) = &message.content.text {
-                self.0.arrived(text.as_bytes(), now_us());
+        let Some(outbox) = &self.outbox else {
+            for text in batch.iter().filter_map(|m| m.content.text.as_deref()) {
+                self.receiver.arrived(text.as_bytes(), now_us());
             }
+            return Ok(());
+        };
+        let texts: Vec<Option<String>> = batch.iter().map(|m| m.content.text.clone()).collect();
+        outbox.messages(owner, me, batch).await?;
+        for text in texts.iter().flatten() {
+            self.receiver.arrived(text.as_bytes(), now_us());
         }
         Ok(())
     }
@@ -479,6 +498,7 @@ async fn end_to_end(
         "== end to end, {} ==",
         match path {
             Path::Webhook => "fakewa -> whatsd -> durable outbox -> webhook POST",
+            Path::Outbox => "no delivery: fakewa -> whatsd -> durable outbox (workers stopped)",
             Path::Library => "the ceiling: fakewa -> whatsd's sessions -> a counting sink",
         }
     );
@@ -520,7 +540,18 @@ async fn end_to_end(
         .expect("endpoint");
     let sink: Arc<dyn EventSink> = match path {
         Path::Webhook => Arc::new(webhooks.clone()),
-        Path::Library => Arc::new(CountingSink(Arc::clone(receiver))),
+        Path::Outbox => {
+            // Stopped: appends and commits, delivers nothing.
+            webhooks.shutdown(Duration::from_secs(5)).await;
+            Arc::new(CountingSink {
+                receiver: Arc::clone(receiver),
+                outbox: Some(webhooks.clone()),
+            })
+        }
+        Path::Library => Arc::new(CountingSink {
+            receiver: Arc::clone(receiver),
+            outbox: None,
+        }),
     };
     let config = SessionConfig {
         wa: WaConfig {
