@@ -278,7 +278,11 @@ pub(crate) struct FlushGroup {
     /// power-loss durability is off.
     logs: std::sync::RwLock<Option<[Arc<fs::File>; 2]>>,
     requested: AtomicU64,
-    /// The newest ticket known durable.
+    /// The newest ticket known durable. Waiters queue on it: a waiter
+    /// whose ticket the last flush covered returns at once. (Waking all
+    /// waiters together after each flush instead, so the next flush could
+    /// start without this queue passing the lock along, measured no
+    /// faster: 3,732 and 3,974 against 4,556 and 4,401 msgs/s end to end.)
     done: tokio::sync::Mutex<u64>,
     /// The newest ticket of a write that wants a commit soon, not now
     /// ([`Store::flush_soon`]), and whether a task is on it.
@@ -1123,6 +1127,38 @@ mod gate_tests {
         assert!(
             ran_while_held,
             "a task waited for the gate's holder: the waiters parked the workers"
+        );
+    }
+}
+
+#[cfg(test)]
+mod flush_tests {
+    use std::time::Duration;
+
+    use super::{MasterKey, Store};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), &MasterKey::from_bytes([3; 32])).expect("store");
+        (dir, store)
+    }
+
+    /// A caller that runs the group's flush and is dropped halfway (its
+    /// request cancelled) does not leave the group waiting for it: the
+    /// next caller's flush still runs and returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_flush_does_not_wedge_the_group_commit() {
+        let (_dir, store) = store();
+        for _ in 0..20 {
+            store.outbox_append(&[(b"q", b"v")]).expect("write");
+            // Polled at least once (it becomes the running flush), then
+            // dropped by the timeout.
+            let _ = tokio::time::timeout(Duration::from_micros(1), store.flush()).await;
+        }
+        let flushed = tokio::time::timeout(Duration::from_secs(10), store.flush()).await;
+        assert!(
+            matches!(flushed, Ok(Ok(()))),
+            "the flush after a dropped one did not finish: {flushed:?}"
         );
     }
 }
