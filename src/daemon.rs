@@ -237,6 +237,7 @@ pub async fn run_with(
     notifier.notify("READY=1\nSTATUS=serving the API");
     root.spawn_until_cancelled(watchdog(notifier.clone(), store.clone()));
     root.spawn_until_cancelled(expire_media(store.clone(), config.media.retention_days));
+    root.spawn_until_cancelled(crate::store::release::periodically(store.clone()));
     // Reloading ends when the shutdown begins.
     api.child()
         .spawn_until_cancelled(reload_on_sighup(hup, options, config_tx));

@@ -17,7 +17,11 @@
 //!
 //! Both run once removals have settled, once per burst, on the blocking
 //! pool, in a task of the scope the caller gives (the supervisor's, after a
-//! session's delete).
+//! session's delete); and every [`PERIOD`] whatever happens
+//! ([`periodically`]): traffic alone leaves freed memory in the arenas too.
+//! In the soak (200 sessions, 50 messages/s, two hours) a daemon's RSS rose
+//! from ~100 to ~209 MiB through the bursts of the second hour, and one
+//! `malloc_trim(0)` then (called from gdb) brought it to 139 MiB.
 //!
 //! `malloc_trim` cannot return a page that still holds a chunk in use, and
 //! glibc's per-thread cache (tcache) keeps up to 7 freed chunks of each
@@ -37,6 +41,9 @@ use crate::task::TaskScope;
 /// Quiet time after a removal before the memory is given back: the
 /// stopped client's last tasks and the actor's own state are freed by then.
 pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// How often [`periodically`] gives free memory back.
+pub const PERIOD: Duration = Duration::from_secs(10 * 60);
 
 /// Reads that drive sled's deferred frees: every 128th operation of a
 /// thread frees up to 8 × 64 retired objects, so this drains ~130,000
@@ -69,6 +76,34 @@ pub fn session_removed(store: &super::Store, scope: &TaskScope) {
             release();
         }
     });
+}
+
+/// Gives free memory back every [`PERIOD`], as after a removal (sled's
+/// deferred frees drained, then the hook), on the blocking pool, for as
+/// long as the calling task runs. Holds no reference to the store.
+pub async fn periodically(store: super::Store) {
+    let store = Arc::downgrade(&store.inner);
+    every(PERIOD, move || {
+        if let Some(inner) = store.upgrade() {
+            drain_deferred_frees(&inner.records);
+        }
+        if let Some(release) = HOOK.get() {
+            release();
+        }
+    })
+    .await;
+}
+
+/// Runs `release` on the blocking pool every `period`, the first time one
+/// period from now.
+async fn every(period: Duration, release: impl Fn() + Clone + Send + 'static) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let release = release.clone();
+        let _ = tokio::task::spawn_blocking(release).await;
+    }
 }
 
 /// The glibc tunable whatsd runs with: no per-thread cache of freed
@@ -191,6 +226,22 @@ mod tests {
             ))),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn releases_every_period_also_without_removals() {
+        static RELEASES: AtomicUsize = AtomicUsize::new(0);
+        let task = tokio::spawn(every(PERIOD, || {
+            RELEASES.fetch_add(1, Ordering::SeqCst);
+        }));
+        tokio::time::sleep(PERIOD / 2).await;
+        assert_eq!(RELEASES.load(Ordering::SeqCst), 0, "not before a period");
+        let deadline = tokio::time::Instant::now() + PERIOD * 10;
+        while RELEASES.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(RELEASES.load(Ordering::SeqCst) >= 2, "one release a period");
+        task.abort();
     }
 
     #[tokio::test]
