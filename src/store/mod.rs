@@ -144,7 +144,7 @@ const GATE_PATIENCE: std::time::Duration = std::time::Duration::from_micros(200)
 /// Runs the blocking `wait` so that no tokio worker thread sits in it: on
 /// a worker of a multi-threaded runtime through
 /// [`tokio::task::block_in_place`], elsewhere as it is.
-pub(crate) fn off_the_workers<T>(wait: impl FnOnce() -> T) -> T {
+fn off_the_workers<T>(wait: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(wait)

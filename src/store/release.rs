@@ -34,7 +34,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::task::TaskScope;
@@ -69,14 +69,7 @@ pub fn set_hook(release: fn()) -> bool {
 /// all) as if nothing were scheduled.
 pub fn session_removed(store: &super::Store, scope: &TaskScope) {
     let store = Arc::downgrade(&store.inner);
-    RELEASER.schedule(scope, move || {
-        if let Some(inner) = store.upgrade() {
-            drain_deferred_frees(&inner.records);
-        }
-        if let Some(release) = HOOK.get() {
-            release();
-        }
-    });
+    RELEASER.schedule(scope, move || release_now(&store));
 }
 
 /// Gives free memory back every [`PERIOD`], as after a removal (sled's
@@ -84,15 +77,18 @@ pub fn session_removed(store: &super::Store, scope: &TaskScope) {
 /// long as the calling task runs. Holds no reference to the store.
 pub async fn periodically(store: super::Store) {
     let store = Arc::downgrade(&store.inner);
-    every(PERIOD, move || {
-        if let Some(inner) = store.upgrade() {
-            drain_deferred_frees(&inner.records);
-        }
-        if let Some(release) = HOOK.get() {
-            release();
-        }
-    })
-    .await;
+    every(PERIOD, move || release_now(&store)).await;
+}
+
+/// One release, blocking: sled's deferred frees drained (if the store is
+/// still open), then the hook (if one is installed).
+fn release_now(store: &Weak<super::Inner>) {
+    if let Some(inner) = store.upgrade() {
+        drain_deferred_frees(&inner.records);
+    }
+    if let Some(release) = HOOK.get() {
+        release();
+    }
 }
 
 /// Runs `release` on the blocking pool every `period`, the first time one
