@@ -369,3 +369,59 @@ fn demo_needs_the_demo_feature() {
         "the message says how to get a demo build: {stderr}"
     );
 }
+
+/// `whatsd serve` replaces itself once, same pid, with glibc's per-thread
+/// cache off and one malloc arena per core (store::release), keeping what
+/// the operator set in `GLIBC_TUNABLES`, and over the operator's value of
+/// a setting it would add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_with_its_allocator_settings_and_the_operators() {
+    common::init_tracing();
+    let fake = fakewa::FakeWa::start().await.expect("fakewa");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let operators_arenas = format!("glibc.malloc.arena_max={}", cores + 5);
+    for (operator, wanted, unwanted) in [
+        (
+            "glibc.malloc.trim_threshold=262144".to_owned(),
+            vec![
+                "glibc.malloc.trim_threshold=262144".to_owned(),
+                "glibc.malloc.tcache_count=0".to_owned(),
+                format!("glibc.malloc.arena_max={cores}"),
+            ],
+            None,
+        ),
+        (
+            operators_arenas.clone(),
+            vec![
+                operators_arenas.clone(),
+                "glibc.malloc.tcache_count=0".to_owned(),
+            ],
+            Some(format!("glibc.malloc.arena_max={cores}")),
+        ),
+    ] {
+        let options = Options {
+            env: vec![("GLIBC_TUNABLES".into(), operator)],
+            ..Options::default()
+        };
+        let (_dir, daemon) = Daemon::start_with(&fake.ws_url(), options).await;
+        let pid = daemon.child.as_ref().unwrap().id().unwrap();
+        // The process answers on its port: the pid we started is the one
+        // serving, and its environment is what it was started again with
+        // (glibc may split the variable at its colons in this copy).
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+        let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+        for setting in &wanted {
+            assert!(
+                environ.lines().any(|l| l.contains(setting.as_str())),
+                "{setting} in the daemon's environment:\n{environ}"
+            );
+        }
+        if let Some(unwanted) = unwanted {
+            assert!(
+                !environ.contains(&unwanted),
+                "the operator's arena_max wins:\n{environ}"
+            );
+        }
+        assert_eq!(daemon.get("/healthz", None).await.status, 200);
+    }
+}

@@ -29,8 +29,9 @@
 //! small size per thread as in use: after a burst, the tokio workers'
 //! caches hold chunks of the deleted sessions spread over hundreds of
 //! otherwise free pages (~4.5 MB in the churn bench). The binary therefore
-//! runs with that cache off ([`GLIBC_TUNABLE`], set through
-//! [`restart_with_allocator_settings`]: glibc reads it only at start-up).
+//! runs with that cache off, and with one arena per core instead of eight
+//! ([`allocator_settings`], set through [`restart_with_allocator_settings`]:
+//! glibc reads them only at start-up).
 
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,39 +104,64 @@ async fn every(period: Duration, release: impl Fn() + Clone + Send + 'static) {
     }
 }
 
-/// The glibc tunable whatsd runs with: no per-thread cache of freed
-/// chunks, so that freed memory is in the arenas where `malloc_trim` finds
-/// it (see the module docs).
-pub const GLIBC_TUNABLE: &str = "glibc.malloc.tcache_count=0";
+/// The glibc tunables whatsd runs with on `cores` cores, each unless the
+/// environment sets it already (the operator's choice wins):
+///
+/// - `tcache_count=0`: no per-thread cache of freed chunks, so that freed
+///   memory is in the arenas where `malloc_trim` finds it (see the module
+///   docs);
+/// - `arena_max=<cores>`: one arena per core instead of glibc's eight. A
+///   thread that finds the arenas busy gets a new one while there are fewer
+///   than the maximum, and a chunk freed in one arena is reused only by
+///   that arena's threads: spread over up to 16 arenas on two cores (tokio
+///   workers, the blocking pool's threads that come and go, sled's own),
+///   the soak's daemon grew ~1.5 MiB a minute with its live heap flat
+///   (heaptrack: 88 MiB throughout), and the `malloc_trim` every 10
+///   minutes won only part of it back (BENCHMARKS.md, "Sixth run").
+pub fn allocator_settings(cores: usize) -> [(&'static str, String); 2] {
+    [
+        ("glibc.malloc.tcache_count", "0".to_owned()),
+        ("glibc.malloc.arena_max", cores.max(1).to_string()),
+    ]
+}
 
 /// The `GLIBC_TUNABLES` value to start the process with for
-/// [`GLIBC_TUNABLE`], given the current one; `None` when it is in effect
-/// already or the environment sets a `tcache_count` of its own (the
-/// operator's choice wins).
-pub fn glibc_tunables(current: Option<&OsStr>) -> Option<OsString> {
+/// [`allocator_settings`], given the current one: the current settings,
+/// then each of ours it does not set; `None` when it sets them all already.
+pub fn glibc_tunables(current: Option<&OsStr>, cores: usize) -> Option<OsString> {
     let current = current.map(OsStr::to_string_lossy).unwrap_or_default();
-    if current
-        .split(':')
-        .any(|setting| setting.starts_with("glibc.malloc.tcache_count="))
-    {
+    let set = |name: &str| {
+        current
+            .split(':')
+            .any(|setting| setting.split_once('=').is_some_and(|(n, _)| n == name))
+    };
+    let missing: Vec<String> = allocator_settings(cores)
+        .iter()
+        .filter(|(name, _)| !set(name))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    if missing.is_empty() {
         return None;
     }
-    Some(if current.is_empty() {
-        GLIBC_TUNABLE.into()
-    } else {
-        format!("{current}:{GLIBC_TUNABLE}").into()
-    })
+    let mut settings: Vec<String> = current
+        .split(':')
+        .filter(|setting| !setting.is_empty())
+        .map(str::to_owned)
+        .collect();
+    settings.extend(missing);
+    Some(settings.join(":").into())
 }
 
 /// Runs this program again, in this process (same pid, arguments and
-/// environment), with [`GLIBC_TUNABLE`] in effect, unless it is already
+/// environment), with [`allocator_settings`] in effect, unless it is already
 /// (see [`glibc_tunables`]). Call it first thing, before any thread or file
 /// is opened. Returns only when it did not restart: `Some` error when the
 /// exec failed (the program goes on with glibc's defaults).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn restart_with_allocator_settings() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
-    let tunables = glibc_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref())?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let tunables = glibc_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref(), cores)?;
     let mut args = std::env::args_os();
     let mut command = std::process::Command::new("/proc/self/exe");
     if let Some(arg0) = args.next() {
@@ -210,18 +236,61 @@ mod tests {
     }
 
     #[test]
-    fn the_tcache_setting_is_added_once_and_never_over_the_operators() {
-        assert_eq!(glibc_tunables(None), Some(GLIBC_TUNABLE.into()));
+    fn our_settings_are_added_once_and_never_over_the_operators() {
+        let ours = "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2";
+        assert_eq!(glibc_tunables(None, 2), Some(ours.into()));
+        assert_eq!(glibc_tunables(Some(OsStr::new("")), 2), Some(ours.into()));
+        // One arena per core, at least one.
         assert_eq!(
-            glibc_tunables(Some(OsStr::new("glibc.malloc.arena_max=2"))),
-            Some(format!("glibc.malloc.arena_max=2:{GLIBC_TUNABLE}").into())
+            glibc_tunables(None, 16),
+            Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=16".into())
         );
-        assert_eq!(glibc_tunables(Some(OsStr::new(GLIBC_TUNABLE))), None);
         assert_eq!(
-            glibc_tunables(Some(OsStr::new(
-                "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=7"
-            ))),
+            glibc_tunables(None, 0),
+            Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1".into())
+        );
+        // The operator's own settings stay, first; ours fill what they leave.
+        assert_eq!(
+            glibc_tunables(Some(OsStr::new("glibc.malloc.arena_max=4")), 2),
+            Some("glibc.malloc.arena_max=4:glibc.malloc.tcache_count=0".into())
+        );
+        assert_eq!(
+            glibc_tunables(
+                Some(OsStr::new(
+                    "glibc.malloc.tcache_count=7:glibc.malloc.trim_threshold=65536"
+                )),
+                2
+            ),
+            Some(
+                "glibc.malloc.tcache_count=7:glibc.malloc.trim_threshold=65536:\
+                 glibc.malloc.arena_max=2"
+                    .into()
+            )
+        );
+        // What the restart sets is complete: no second restart.
+        let restarted = glibc_tunables(None, 2).unwrap();
+        assert_eq!(glibc_tunables(Some(&restarted), 2), None);
+        assert_eq!(
+            glibc_tunables(
+                Some(OsStr::new(
+                    "glibc.malloc.arena_max=1:glibc.malloc.tcache_count=7"
+                )),
+                2
+            ),
             None
+        );
+        // A name that only starts like ours is not ours.
+        assert_eq!(
+            glibc_tunables(
+                Some(OsStr::new(
+                    "glibc.malloc.arena_max_x=1:glibc.malloc.tcache_count=0"
+                )),
+                2
+            ),
+            Some(
+                "glibc.malloc.arena_max_x=1:glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2"
+                    .into()
+            )
         );
     }
 
