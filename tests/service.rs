@@ -422,6 +422,9 @@ async fn serve_runs_with_its_allocator_settings_and_the_operators() {
                 "the operator's arena_max wins:\n{environ}"
             );
         }
+        // Started again under its own name, not `exe`.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("read comm");
+        assert_eq!(comm.trim_end(), "whatsd");
         assert_eq!(daemon.get("/healthz", None).await.status, 200);
     }
 }

@@ -163,7 +163,11 @@ pub fn restart_with_allocator_settings() -> Option<std::io::Error> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let tunables = glibc_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref(), cores)?;
     let mut args = std::env::args_os();
-    let mut command = std::process::Command::new("/proc/self/exe");
+    // The binary's own path, not `/proc/self/exe`: the kernel names the
+    // process after the file it runs (`comm`, what `ps`, `top`, `pidof`
+    // and the journal's `_COMM` show), and that link's name is `exe`.
+    let program = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut command = std::process::Command::new(program);
     if let Some(arg0) = args.next() {
         command.arg0(arg0);
     }
