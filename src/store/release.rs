@@ -115,9 +115,10 @@ async fn every(period: Duration, release: impl Fn() + Clone + Send + 'static) {
 ///   than the maximum, and a chunk freed in one arena is reused only by
 ///   that arena's threads: spread over up to 16 arenas on two cores (tokio
 ///   workers, the blocking pool's threads that come and go, sled's own),
-///   the soak's daemon grew ~1.5 MiB a minute with its live heap flat
-///   (heaptrack: 88 MiB throughout), and the `malloc_trim` every 10
-///   minutes won only part of it back (BENCHMARKS.md, "Sixth run").
+///   the soak's daemon grew ~1.5 MiB a minute in the first hour with its
+///   live heap flat (heaptrack: 87-97 MiB over two hours), and ~6 in the
+///   second; with two arenas it sat 7-15 MiB lower through the first hour
+///   (BENCHMARKS.md, "Sixth run").
 pub fn allocator_settings(cores: usize) -> [(&'static str, String); 2] {
     [
         ("glibc.malloc.tcache_count", "0".to_owned()),
