@@ -32,78 +32,52 @@ moment: when RSS climbs and the live heap does not, the difference is the
 allocator's free space, not data held.
 """
 
-import collections
 import os
 import re
 import subprocess
 import sys
 import tempfile
 
-SKIP = ("/rustc/", "library/std", "library/alloc", "bytes-1", "hashbrown",
-        "src/bytes_mut.rs", "smallvec", "indexmap")
-REGISTRY = re.compile(r"/root/\.cargo/registry/src/[^/]+/|.*/registry/src/[^/]+/")
+from heaptrack_report import LEAKED, sites, size
+
 FRAMES = 4
 
 
 def cut(recording, minutes, directory):
-    """Writes the recording up to each moment into its own file."""
+    """Writes the recording up to each moment into its own file; returns,
+    per moment in order, the file and the clock (ms) its cut reached."""
     marks = sorted(minutes)
-    limits = [int(m * 60_000) for m in marks]
-    outputs = [open(os.path.join(directory, f"cut-{m}"), "wb") for m in marks]
-    open_outputs = list(zip(limits, outputs))
-    reached = {}
+    paths = [os.path.join(directory, f"cut-{m}") for m in marks]
+    outputs = [open(path, "wb") for path in paths]
+    reached = []
     zstd = subprocess.Popen(["zstd", "-dcq", recording], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     clock = 0
     for line in zstd.stdout:
         if line[:2] == b"c ":
             clock = int(line[2:], 16)
-            while open_outputs and clock >= open_outputs[0][0]:
-                limit, output = open_outputs.pop(0)
-                reached[output.name] = clock
-                output.close()
-            if not open_outputs:
+            while len(reached) < len(marks) and clock >= marks[len(reached)] * 60_000:
+                outputs[len(reached)].close()
+                reached.append(clock)
+            if len(reached) == len(marks):
                 break
-        for _, output in open_outputs:
+        for output in outputs[len(reached):]:
             output.write(line)
     zstd.kill()
-    for _, output in open_outputs:
-        reached[output.name] = clock
+    for output in outputs[len(reached):]:
         output.close()
-    return [(m, o.name, reached[o.name]) for m, o in zip(marks, outputs)]
-
-
-def size(text):
-    m = re.match(r"([\d.]+)([KMG]?)", text)
-    return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)]
+        reached.append(clock)
+    return list(zip(paths, reached))
 
 
 def live(path):
-    """Live bytes per site (first frames outside the standard library)."""
+    """Live bytes per site, and in all."""
     report = subprocess.run(
         ["heaptrack_print", "-f", path, "-p", "0", "-a", "0", "-T", "0", "-l", "1",
          "-m", "0", "-n", "100000"],
         check=True, capture_output=True, text=True).stdout
-    sites, total = collections.Counter(), 0.0
-    cost, frames = None, []
-    for line in report.splitlines():
-        m = re.match(r"^([\d.]+[KMG]?)B? leaked over \d+ calls from", line)
-        if m:
-            if cost is not None:
-                sites[tuple(frames)] += cost
-            cost, frames = size(m.group(1)), []
-            continue
-        m = re.match(r"^total memory leaked: ([\d.]+[KMG]?)", line)
-        if m:
-            total = size(m.group(1))
-        m = re.match(r"^\s+at (\S+):(\d+)", line)
-        if cost is not None and m and len(frames) < FRAMES:
-            frame = f"{m.group(1)}:{m.group(2)}"
-            if not any(s in frame for s in SKIP):
-                frames.append(REGISTRY.sub("", frame))
-    if cost is not None:
-        sites[tuple(frames)] += cost
-    return sites, total
+    total = re.search(r"^total memory leaked: ([\d.]+[KMG]?)", report, re.MULTILINE)
+    return sites(report.splitlines(), LEAKED, FRAMES), size(total.group(1)) if total else 0.0
 
 
 def series(recording):
@@ -140,7 +114,7 @@ def main():
         return
     recording, first, second = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     with tempfile.TemporaryDirectory() as directory:
-        (m1, p1, c1), (m2, p2, c2) = cut(recording, [first, second], directory)
+        (p1, c1), (p2, c2) = cut(recording, [first, second], directory)
         (s1, t1), (s2, t2) = live(p1), live(p2)
     print(f"live heap at {c1 / 60000:.1f} min: {t1 / 2**20:.1f} MiB; "
           f"at {c2 / 60000:.1f} min: {t2 / 2**20:.1f} MiB")

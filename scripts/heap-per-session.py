@@ -20,38 +20,14 @@ library; the figure is (bytes at the larger count - bytes at the smaller)
 `--config` above), or their frames have no file names.
 """
 
-import collections
-import re
 import sys
 
-SKIP = ("/rustc/", "library/std", "library/alloc", "bytes-1", "hashbrown",
-        "src/bytes_mut.rs", "smallvec", "indexmap")
-REGISTRY = re.compile(r"/root/\.cargo/registry/src/[^/]+/|.*/registry/src/[^/]+/")
-
-
-def size(text):
-    m = re.match(r"([\d.]+)([KMG]?)", text)
-    return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)]
+from heaptrack_report import PEAK, sites
 
 
 def load(path):
-    sites = collections.Counter()
-    cost, frames = None, []
-    for line in open(path):
-        m = re.match(r"^([\d.]+[KMG]?)B? peak memory consumed over \d+ calls from", line)
-        if m:
-            if cost is not None:
-                sites[tuple(frames)] += cost
-            cost, frames = size(m.group(1)), []
-            continue
-        m = re.match(r"^\s+at (\S+):(\d+)", line)
-        if cost is not None and m and len(frames) < 3:
-            frame = f"{m.group(1)}:{m.group(2)}"
-            if not any(s in frame for s in SKIP):
-                frames.append(REGISTRY.sub("", frame))
-    if cost is not None:
-        sites[tuple(frames)] += cost
-    return sites
+    with open(path) as report:
+        return sites(report, PEAK, 3)
 
 
 def main():
