@@ -131,9 +131,14 @@ pub fn allocator_settings(cores: usize) -> [(&'static str, String); 2] {
 /// then each of ours it does not set; `None` when it sets them all already.
 pub fn glibc_tunables(current: Option<&OsStr>, cores: usize) -> Option<OsString> {
     let current = current.map(OsStr::to_string_lossy).unwrap_or_default();
+    let mut settings: Vec<String> = current
+        .split(':')
+        .filter(|setting| !setting.is_empty())
+        .map(str::to_owned)
+        .collect();
     let set = |name: &str| {
-        current
-            .split(':')
+        settings
+            .iter()
             .any(|setting| setting.split_once('=').is_some_and(|(n, _)| n == name))
     };
     let missing: Vec<String> = allocator_settings(cores)
@@ -144,11 +149,6 @@ pub fn glibc_tunables(current: Option<&OsStr>, cores: usize) -> Option<OsString>
     if missing.is_empty() {
         return None;
     }
-    let mut settings: Vec<String> = current
-        .split(':')
-        .filter(|setting| !setting.is_empty())
-        .map(str::to_owned)
-        .collect();
     settings.extend(missing);
     Some(settings.join(":").into())
 }
