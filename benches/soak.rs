@@ -22,14 +22,15 @@
 //! threads (from `/proc/<pid>`), the WhatsApp library's live tasks, the
 //! webhook outbox depth and the store size (from `/metrics`), the data
 //! dir's size on disk (its blocks, as `du`), the live bytes in the store
-//! (keys and values, summed over its trees), and the messages so far; the
+//! (keys and values, summed over its trees), the heap as glibc counts it
+//! (in use and kept free, `whatsd_heap_*`), and the messages so far; the
 //! live entries and bytes of every tree (device keyspaces summed by row
 //! kind, from `whatsd_store_tree_*`) go to a second CSV, one row per tree
 //! and sample, and the trees that grew are printed at the end.
 //!
 //! Pass criteria, checked at the end: every message fakewa accepted for a
 //! session arrived at the receiver at least once (counted by message id);
-//! the slopes of RSS, fds and disk after warm-up (least squares over the
+//! the slopes of RSS (and of the heap in use and free), fds and disk after warm-up (least squares over the
 //! samples after the first 20 % of the run) are printed per hour. Exits 1
 //! when a message is lost. fakewa queues messages for a device that is
 //! offline (a daemon outage) and drops its queue when the phone unlinks the
@@ -587,11 +588,17 @@ struct Sample {
     /// history database (`history`), see `src/store/dbs.rs`.
     state_disk_mib: f64,
     history_disk_mib: f64,
+    /// The heap as glibc counts it (`whatsd_heap_in_use_bytes`,
+    /// `whatsd_heap_free_bytes`): live allocations, and free space the
+    /// allocator keeps. RSS minus the first is what the second, code and
+    /// stacks take.
+    heap_in_use_mib: f64,
+    heap_free_mib: f64,
     /// Tree → (live entries, live bytes), from `whatsd_store_tree_*`.
     trees: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
-const CSV_HEADER: &str = "minute,rss_mib,fds,threads,library_tasks,outbox_depth,store_mib,disk_mib,connected,in_sent,in_received,out_accepted,out_at_fakewa,live_mib,state_disk_mib,history_disk_mib";
+const CSV_HEADER: &str = "minute,rss_mib,fds,threads,library_tasks,outbox_depth,store_mib,disk_mib,connected,in_sent,in_received,out_accepted,out_at_fakewa,live_mib,state_disk_mib,history_disk_mib,heap_in_use_mib,heap_free_mib";
 const TREES_CSV_HEADER: &str = "minute,tree,entries,bytes";
 
 impl Sample {
@@ -622,8 +629,12 @@ impl Sample {
             .collect::<Vec<_>>()
             .join(",");
         row.push_str(&format!(
-            ",{:.1},{:.1},{:.1}",
-            self.live_mib, self.state_disk_mib, self.history_disk_mib
+            ",{:.1},{:.1},{:.1},{:.1},{:.1}",
+            self.live_mib,
+            self.state_disk_mib,
+            self.history_disk_mib,
+            self.heap_in_use_mib,
+            self.heap_free_mib
         ));
         row
     }
@@ -660,16 +671,22 @@ impl Sample {
     /// A row under [`TABLE_HEADER`].
     fn line(&self) -> String {
         const WIDTHS: [usize; 13] = [6, 8, 5, 4, 6, 7, 8, 8, 5, 8, 8, 7, 7];
-        self.fields()
+        let mut line = self
+            .fields()
             .iter()
             .zip(WIDTHS)
             .map(|((v, decimals), width)| format!("{v:>width$.decimals$}"))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" ");
+        line.push_str(&format!(
+            " {:>8.1} {:>8.1}",
+            self.heap_in_use_mib, self.heap_free_mib
+        ));
+        line
     }
 }
 
-const TABLE_HEADER: &str = "minute  RSS MiB   fds thrd libtsk  outbox store MiB disk MiB conn.  in sent  in rcvd out acc out@fwa";
+const TABLE_HEADER: &str = "minute  RSS MiB   fds thrd libtsk  outbox store MiB disk MiB conn.  in sent  in rcvd out acc out@fwa heap use heapfree";
 
 /// Whether a tree of `whatsd_store_tree_*` lives in the history database
 /// (src/store/dbs.rs; device rows by kind: message secrets and sent-message
@@ -770,6 +787,8 @@ async fn sample(soak: &Soak, pid: Option<u32>, data_dir: &Path, minute: f64) -> 
         live_mib,
         state_disk_mib: disk_bytes(&data_dir.join("db")) as f64 / 1048576.0,
         history_disk_mib: disk_bytes(&data_dir.join("history")) as f64 / 1048576.0,
+        heap_in_use_mib: metric("whatsd_heap_in_use_bytes") / 1048576.0,
+        heap_free_mib: metric("whatsd_heap_free_bytes") / 1048576.0,
         trees,
     }
 }
@@ -1040,9 +1059,11 @@ async fn run(knobs: Knobs) -> usize {
         churn.repair_failures
     );
     println!(
-        "slopes after warm-up (minute {warm:.1} on, {} samples, least squares): RSS {:+.1} MiB/h, fds {:+.1}/h, disk {:+.1} MiB/h, store {:+.1} MiB/h, outbox {:+.1}/h, threads {:+.1}/h, library tasks {:+.1}/h",
+        "slopes after warm-up (minute {warm:.1} on, {} samples, least squares): RSS {:+.1} MiB/h (heap in use {:+.1}, heap free {:+.1}), fds {:+.1}/h, disk {:+.1} MiB/h, store {:+.1} MiB/h, outbox {:+.1}/h, threads {:+.1}/h, library tasks {:+.1}/h",
         after.len(),
         per_hour(|s| s.rss_mib),
+        per_hour(|s| s.heap_in_use_mib),
+        per_hour(|s| s.heap_free_mib),
         per_hour(|s| s.fds),
         per_hour(|s| s.disk_mib),
         per_hour(|s| s.store_mib),

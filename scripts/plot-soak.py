@@ -70,7 +70,15 @@ def main():
         every = float(os.environ["SOAK_KILL_EVERY_MIN"])
         kills = [every * k for k in range(1, int(minutes[-1] / every) + 1)] if every > 0 else []
     panels = [
-        ("RSS (MiB)", [("rss_mib", "whatsd RSS")]),
+        (
+            "memory (MiB)",
+            [("rss_mib", "whatsd RSS")]
+            + (
+                [("heap_in_use_mib", "heap in use (glibc)"), ("heap_free_mib", "heap free, kept by glibc")]
+                if "heap_in_use_mib" in rows[0]
+                else []
+            ),
+        ),
         ("open fds", [("fds", "whatsd fds")]),
         (
             "disk (MiB)",

@@ -308,6 +308,36 @@ fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
 
+/// The heap as glibc's allocator counts it, all arenas (for the
+/// `whatsd_heap_*` gauges; the library forbids `unsafe`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_figures() -> whatsd::metrics::HeapFigures {
+    /// `struct mallinfo2` (glibc 2.33+, malloc.h): ten `size_t`s.
+    #[repr(C)]
+    struct MallInfo2 {
+        _arena: usize,
+        _ordblks: usize,
+        _smblks: usize,
+        _hblks: usize,
+        hblkhd: usize,
+        _usmblks: usize,
+        _fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        _keepcost: usize,
+    }
+    unsafe extern "C" {
+        fn mallinfo2() -> MallInfo2;
+    }
+    // SAFETY: mallinfo2 takes nothing and returns a plain struct by value;
+    // it is thread-safe (it locks each arena while it counts).
+    let info = unsafe { mallinfo2() };
+    whatsd::metrics::HeapFigures {
+        in_use: (info.uordblks as u64).saturating_add(info.hblkhd as u64),
+        free: info.fordblks as u64,
+    }
+}
+
 fn serve(path: Option<PathBuf>, demo: bool, listen: Option<String>) -> ExitCode {
     // Runs again with glibc's per-thread cache off (see store::release),
     // before anything else: reading the config and opening the log included.
@@ -336,6 +366,8 @@ fn serve(path: Option<PathBuf>, demo: bool, listen: Option<String>) -> ExitCode 
     };
     let log = whatsd::telemetry::init(&config.log);
     whatsd::store::release::set_hook(release_free_memory);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    whatsd::metrics::set_heap_source(heap_figures);
     let options = whatsd::Options::new(path, log).listening_on(listen);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -196,6 +196,8 @@ async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
         "whatsd_webhook_delivery_duration_seconds_count",
         "whatsd_store_size_bytes",
         "process_resident_memory_bytes",
+        "whatsd_heap_in_use_bytes",
+        "whatsd_heap_free_bytes",
     ] {
         assert!(families.contains(family), "{family} missing: {families:?}");
     }
@@ -207,6 +209,10 @@ async fn metrics_count_a_pairing_messages_and_a_webhook_delivery() {
         );
     }
     assert!(sample(&before, "process_resident_memory_bytes", &[]) > 0.0);
+    // The binary installs glibc's counts: a serving daemon holds megabytes
+    // (sled's caches, the runtime), and some of its frees stay in the arenas.
+    assert!(sample(&before, "whatsd_heap_in_use_bytes", &[]) > 1_048_576.0);
+    assert!(sample(&before, "whatsd_heap_free_bytes", &[]) > 0.0);
 
     let hook = daemon
         .put(

@@ -4,7 +4,8 @@
 //! Counters are plain atomics bumped through the free functions below, from
 //! wherever the event happens; gauges are read when scraped (sessions by
 //! state from the supervisor, the outbox from a registered source, the
-//! store's size, the process's memory). Labels only ever take values from
+//! store's size, the process's memory and, from a source the binary
+//! installs, the heap as the allocator counts it). Labels only ever take values from
 //! fixed sets (`&'static str`): no per-session or per-message labels. The
 //! rate-limit buckets, kept per session, are exported by bucket: how many
 //! sessions have an empty one and how full the emptiest is.
@@ -12,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use crate::session::limits::{Bucket, Levels, Limits};
@@ -36,6 +37,44 @@ pub const FLUSH_BUCKETS: [f64; 12] = [
 
 /// Outbox gauges: (pending deliveries, age in seconds of the oldest one).
 pub type OutboxSource = Arc<dyn Fn() -> (u64, f64) + Send + Sync>;
+
+/// What the allocator holds, as glibc's `mallinfo2` counts it: the bytes
+/// of live allocations and the free space kept in its arenas. Their sum
+/// minus what was given back is most of the resident memory; a growing
+/// `free` with a flat `in_use` is the allocator keeping space, not the
+/// daemon keeping data (docs/TROUBLESHOOTING.md, "Memory growing").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapFigures {
+    /// Bytes in allocated chunks, mmapped ones included.
+    pub in_use: u64,
+    /// Bytes in free chunks of the arenas, resident or already given back.
+    pub free: u64,
+}
+
+static HEAP_SOURCE: OnceLock<fn() -> HeapFigures> = OnceLock::new();
+
+/// Installs where the heap gauges come from (the binary's `mallinfo2`
+/// call: this library forbids `unsafe`). The first one wins; returns
+/// whether it was this one. Called at scrape time.
+pub fn set_heap_source(source: fn() -> HeapFigures) -> bool {
+    HEAP_SOURCE.set(source).is_ok()
+}
+
+/// The process's memory at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+struct Memory {
+    resident: Option<u64>,
+    heap: Option<HeapFigures>,
+}
+
+impl Memory {
+    fn now() -> Self {
+        Self {
+            resident: resident_memory_bytes(),
+            heap: HEAP_SOURCE.get().map(|figures| figures()),
+        }
+    }
+}
 
 /// Cumulative buckets over fixed upper bounds, as Prometheus reads them.
 struct Histogram<const N: usize> {
@@ -309,7 +348,7 @@ pub async fn render(supervisor: &Supervisor, store: &Store) -> String {
         &by_state,
         store_size,
         usage.as_deref(),
-        resident_memory_bytes(),
+        Memory::now(),
     );
     out
 }
@@ -365,7 +404,7 @@ fn render_into(
     sessions: &BTreeMap<&'static str, u64>,
     store_size: Option<u64>,
     usage: Option<&BTreeMap<String, crate::store::TreeUsage>>,
-    rss: Option<u64>,
+    memory: Memory,
 ) {
     let r = &REGISTRY;
     let _ = writeln!(out, "# HELP whatsd_build_info The running version.");
@@ -545,7 +584,7 @@ fn render_into(
             );
         }
     }
-    if let Some(bytes) = rss {
+    if let Some(bytes) = memory.resident {
         header(
             out,
             "process_resident_memory_bytes",
@@ -553,6 +592,22 @@ fn render_into(
             "Resident memory of the daemon process.",
         );
         let _ = writeln!(out, "process_resident_memory_bytes {bytes}");
+    }
+    if let Some(heap) = memory.heap {
+        header(
+            out,
+            "whatsd_heap_in_use_bytes",
+            "gauge",
+            "Bytes the daemon's allocations hold (glibc mallinfo2: uordblks + hblkhd).",
+        );
+        let _ = writeln!(out, "whatsd_heap_in_use_bytes {}", heap.in_use);
+        header(
+            out,
+            "whatsd_heap_free_bytes",
+            "gauge",
+            "Free space the allocator keeps in its arenas (glibc mallinfo2: fordblks), resident or given back; the 10-minute release returns its whole pages.",
+        );
+        let _ = writeln!(out, "whatsd_heap_free_bytes {}", heap.free);
     }
 }
 
@@ -621,7 +676,7 @@ mod tests {
         store.flush().await.unwrap();
         assert!(count() > before);
         let mut out = String::new();
-        render_into(&mut out, &BTreeMap::new(), None, None, None);
+        render_into(&mut out, &BTreeMap::new(), None, None, Memory::default());
         assert!(
             out.lines()
                 .any(|l| l.starts_with("whatsd_store_flush_duration_seconds_count ")),
@@ -642,7 +697,14 @@ mod tests {
                 bytes: 300,
             },
         )]);
-        render_into(&mut out, &sessions, Some(4096), Some(&usage), Some(1 << 20));
+        let memory = Memory {
+            resident: Some(1 << 20),
+            heap: Some(HeapFigures {
+                in_use: 600_000,
+                free: 70_000,
+            }),
+        };
+        render_into(&mut out, &sessions, Some(4096), Some(&usage), memory);
         for family in [
             "whatsd_sessions",
             "whatsd_session_transitions_total",
@@ -654,6 +716,8 @@ mod tests {
             "whatsd_store_tree_entries",
             "whatsd_store_tree_bytes",
             "process_resident_memory_bytes",
+            "whatsd_heap_in_use_bytes",
+            "whatsd_heap_free_bytes",
             "whatsd_rate_limit_exhausted_sessions",
             "whatsd_rate_limit_lowest_level_ratio",
             "whatsd_rate_limited_total",
@@ -665,6 +729,8 @@ mod tests {
             assert_eq!(types, 1, "{family}:\n{out}");
         }
         assert!(out.contains("whatsd_webhook_outbox_depth 3\n"), "{out}");
+        assert!(out.contains("whatsd_heap_in_use_bytes 600000\n"), "{out}");
+        assert!(out.contains("whatsd_heap_free_bytes 70000\n"), "{out}");
         assert!(
             out.contains("whatsd_store_tree_bytes{tree=\"send_status\"} 300\n"),
             "{out}"
