@@ -30,11 +30,11 @@
 //!
 //! Pass criteria, checked at the end: every message fakewa accepted for a
 //! session arrived at the receiver at least once (counted by message id);
-//! the slopes of RSS (and of the heap in use and free), fds and disk after warm-up (least squares over the
-//! samples after the first 20 % of the run) are printed per hour. Exits 1
-//! when a message is lost. fakewa queues messages for a device that is
-//! offline (a daemon outage) and drops its queue when the phone unlinks the
-//! device: before an unlink the generator leaves that phone alone until its
+//! the slopes of RSS (and of the heap in use and free), fds and disk after
+//! warm-up (least squares over the samples after the first 20 % of the run)
+//! are printed per hour. Exits 1 when a message is lost. fakewa queues
+//! messages for a device that is offline (a daemon outage) and drops its
+//! queue when the phone unlinks the device: before an unlink the generator leaves that phone alone until its
 //! queue is empty (every message it got acknowledged), so nothing counted
 //! is dropped by fakewa itself.
 

@@ -118,7 +118,8 @@ async fn every(period: Duration, release: impl Fn() + Clone + Send + 'static) {
 ///   the soak's daemon grew ~1.5 MiB a minute in the first hour with its
 ///   live heap flat (heaptrack: 87-97 MiB over two hours), and ~6 in the
 ///   second; with two arenas it sat 7-15 MiB lower through the first hour
-///   (BENCHMARKS.md, "Sixth run").
+///   and grew ~21 MiB in the second instead of ~100 (BENCHMARKS.md, "Sixth
+///   run", "Seventh run").
 pub fn allocator_settings(cores: usize) -> [(&'static str, String); 2] {
     [
         ("glibc.malloc.tcache_count", "0".to_owned()),
