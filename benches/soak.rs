@@ -34,9 +34,9 @@
 //! warm-up (least squares over the samples after the first 20 % of the run)
 //! are printed per hour. Exits 1 when a message is lost. fakewa queues
 //! messages for a device that is offline (a daemon outage) and drops its
-//! queue when the phone unlinks the device: before an unlink the generator leaves that phone alone until its
-//! queue is empty (every message it got acknowledged), so nothing counted
-//! is dropped by fakewa itself.
+//! queue when the phone unlinks the device: before an unlink the generator
+//! leaves that phone alone until its queue is empty (every message it got
+//! acknowledged), so nothing counted is dropped by fakewa itself.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
